@@ -1,0 +1,1 @@
+"""Ray actors: gateway workers (sockets, routing, per-target delivery) and the shared registry."""

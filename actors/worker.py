@@ -1,0 +1,368 @@
+"""Gateway workers: Ray actors that own client sockets and route every frame.
+
+Each worker listens on the shared port (SO_REUSEPORT: the kernel spreads connections), runs
+a workspace manager, and keeps a replica of the directory (which worker owns which client).
+A frame for a local client goes straight onto that client's delivery queue; a frame for a
+client of another worker goes to that worker through its ``PeerLink`` (one Ray call per batch).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from http import HTTPStatus
+from typing import Any
+
+import ray
+import websockets
+from websockets.asyncio.server import ServerConnection
+from websockets.http11 import Request, Response
+
+from actors.peer_link import Item, PeerLink
+from gateway import connection as gateway_connection
+from gateway import envelope
+from gateway.connection import CLOSE_GOING_AWAY, CLOSE_SUPERSEDED, ClientConnection
+from gateway.handshake import HandshakeError, Identity, TokenIssuer
+from gateway.manager import SERVER_VERSION, WorkspaceManager
+from rhizomorph.config import Config
+
+log = logging.getLogger("rhizomorph.worker")
+
+
+class Router:
+    """The routing core of one gateway worker (runs on the worker's event loop)."""
+
+    server_version = SERVER_VERSION
+
+    def __init__(self, config: Config, worker_id: str, registry: Any) -> None:
+        self.config = config
+        self.worker_id = worker_id
+        self.registry = registry
+        self.issuer = TokenIssuer(config.jwt_secret)
+        self.connections: dict[str, ClientConnection] = {}
+        self.by_workspace: dict[str, set[str]] = {}
+        self.directory: dict[str, str] = {}
+        self.links: dict[str, PeerLink] = {}
+        self.manager = WorkspaceManager(self, manager_id=config.manager_id, server_id=config.server_id,
+                                        base_url=config.base_url, issuer=self.issuer,
+                                        call_timeout=config.manager_call_timeout)
+        self.dropped = 0
+
+    # -- ManagerHost ---------------------------------------------------------------------------
+    def identity(self, address: str) -> Identity | None:
+        conn = self.connections.get(address)
+        return conn.identity if conn else None
+
+    def subscriptions(self, address: str) -> set[str] | None:
+        conn = self.connections.get(address)
+        return conn.subscriptions if conn else None
+
+    def send(self, target: str, frame: bytes) -> None:
+        """Route a frame the router made itself (manager replies, calls, rejects)."""
+        self._dispatch(target, frame, None)
+
+    def broadcast_event(self, workspace: str, event_type: str, data: Any) -> None:
+        self._broadcast(f"{workspace}/*", event_type, envelope.event_frame(event_type, data), forward=True)
+
+    # -- peers and directory -------------------------------------------------------------------
+    def set_peers(self, peers: dict[str, Any]) -> None:
+        for worker_id, handle in peers.items():
+            if worker_id != self.worker_id and worker_id not in self.links:
+                self.links[worker_id] = PeerLink(worker_id, handle, self._peer_failed)
+        for worker_id in list(self.links):
+            if worker_id not in peers:
+                del self.links[worker_id]
+
+    def update_directory(self, updates: list[tuple[str, str | None]]) -> None:
+        for address, worker_id in updates:
+            if worker_id is None:
+                self.directory.pop(address, None)
+            else:
+                self.directory[address] = worker_id
+
+    # -- connections ---------------------------------------------------------------------------
+    async def admit(self, conn: ClientConnection, is_reconnect: bool) -> None:
+        """Claim the client's address cluster-wide, replacing an older socket of the same client."""
+        previous = await self.registry.claim_client.remote(conn.address, self.worker_id, conn.generation,
+                                                           conn.identity.user_id, is_reconnect)
+        if previous is not None and not is_reconnect:
+            if await self._owner_alive(conn.address, previous):
+                raise HandshakeError("Client already exists and is active")
+            previous = await self.registry.claim_client.remote(conn.address, self.worker_id, conn.generation,
+                                                               conn.identity.user_id, True)
+        if previous is not None:
+            await self._drop_superseded(conn.address, previous)
+        self.connections[conn.address] = conn
+        self.by_workspace.setdefault(conn.workspace, set()).add(conn.address)
+        self.directory[conn.address] = self.worker_id
+
+    async def _owner_alive(self, address: str, owner: dict[str, str]) -> bool:
+        if owner["worker_id"] == self.worker_id:
+            return await self.probe(address)
+        link = self.links.get(owner["worker_id"])
+        if link is None:
+            return False
+        try:
+            return await link.handle.probe_client.remote(address)
+        except Exception:
+            return False
+
+    async def _drop_superseded(self, address: str, owner: dict[str, str]) -> None:
+        if owner["worker_id"] == self.worker_id:
+            await self.close_client(address, CLOSE_SUPERSEDED, owner["generation"])
+        elif owner["worker_id"] in self.links:
+            self.links[owner["worker_id"]].handle.close_client.remote(address, CLOSE_SUPERSEDED, owner["generation"])
+
+    async def disconnect(self, conn: ClientConnection) -> None:
+        """Clean up after a socket closed: undelivered calls are rejected, services removed."""
+        if self.connections.get(conn.address) is conn:
+            del self.connections[conn.address]
+            members = self.by_workspace.get(conn.workspace)
+            if members is not None:
+                members.discard(conn.address)
+                if not members:
+                    del self.by_workspace[conn.workspace]
+        for frame in conn.queue.close():
+            self._target_gone(conn.address, frame)
+        try:
+            removed = await self.registry.release_client.remote(conn.address, conn.generation)
+        except Exception as exc:  # registry restarting; its state is rebuilt from reconnects
+            log.warning("could not release %s: %s", conn.address, exc)
+            return
+        if removed is None:
+            return  # a newer socket of this client took over: it is not gone
+        if self.directory.get(conn.address) == self.worker_id:
+            del self.directory[conn.address]
+        for info in removed:
+            if info.get("type") != "built-in":
+                self.broadcast_event(conn.workspace, "service_removed", info)
+        client_id = conn.address.split("/", 1)[1]
+        self.broadcast_event(conn.workspace, "client_disconnected", {"id": client_id, "workspace": conn.workspace})
+
+    async def close_client(self, address: str, code: int = CLOSE_GOING_AWAY, generation: str | None = None) -> bool:
+        conn = self.connections.get(address)
+        if conn is None or (generation is not None and conn.generation != generation):
+            return False
+        await conn.websocket.close(code, "closed by the router")
+        return True
+
+    async def probe(self, address: str, timeout: float = 3.0) -> bool:
+        conn = self.connections.get(address)
+        if conn is None:
+            return False
+        try:
+            pong = await conn.websocket.ping()
+            await asyncio.wait_for(pong, timeout)
+            return True
+        except Exception:
+            return False
+
+    # -- routing -------------------------------------------------------------------------------
+    def route(self, conn: ClientConnection, frame: bytes) -> None:
+        """A binary frame from a local client: stamp it and send it on its way."""
+        try:
+            env = envelope.parse(frame)
+        except envelope.EnvelopeError as exc:
+            self.dropped += 1
+            asyncio.ensure_future(_send_error(conn, f"unroutable frame: {exc}"))
+            return
+        target = envelope.normalize_target(env.header["to"], conn.workspace)
+        if envelope.is_broadcast(target) and target != f"{conn.workspace}/*":
+            # Broadcasts never leave the sender's workspace.
+            self._refuse(env.header, conn.address, target, f"cannot broadcast to {target} from {conn.workspace}")
+            return
+        stamped = envelope.stamp(env, sender=conn.address, workspace=conn.workspace, user=conn.user, target=target)
+        self._dispatch(target, stamped, env.header)
+
+    def _dispatch(self, target: str, frame: bytes, header: dict[str, Any] | None) -> None:
+        if target == self.manager.address:
+            self._to_manager(frame, header)
+        elif envelope.is_broadcast(target):
+            event_type = (header or envelope.parse(frame).header).get("type", "")
+            self._broadcast(target, event_type, frame, forward=True)
+        else:
+            self._to_client(target, frame, header)
+
+    def _to_manager(self, frame: bytes, header: dict[str, Any] | None) -> None:
+        header = header or envelope.parse(frame).header
+        owner = self.manager.owns_session(str(header.get("method", "")))
+        if owner is not None and owner != self.worker_id and owner in self.links:
+            self.links[owner].send((self.manager.address, None, frame))
+        else:
+            self.manager.handle(frame)
+
+    def _to_client(self, target: str, frame: bytes, header: dict[str, Any] | None, hops: int = 0) -> None:
+        conn = self.connections.get(target)
+        if conn is not None:
+            if not conn.queue.put(frame):
+                self._target_gone(target, frame, header)
+            return
+        owner = self.directory.get(target)
+        if owner is not None and owner != self.worker_id and owner in self.links and hops == 0:
+            self.links[owner].send((target, None, frame))
+            return
+        # Not in our replica (or a stale entry): ask the registry once before giving up.
+        asyncio.ensure_future(self._locate_then_send(target, frame, header, hops))
+
+    async def _locate_then_send(self, target: str, frame: bytes, header: dict[str, Any] | None, hops: int) -> None:
+        try:
+            owner = await self.registry.locate.remote(target)
+        except Exception:
+            owner = None
+        if target in self.connections:
+            self._to_client(target, frame, header, hops)
+        elif owner is not None and owner != self.worker_id and owner in self.links and hops == 0:
+            self.directory[target] = owner
+            self.links[owner].send((target, None, frame))
+        else:
+            self._target_gone(target, frame, header)
+
+    def _broadcast(self, target: str, event_type: str, frame: bytes, *, forward: bool) -> None:
+        """Deliver to the subscribed clients of this worker, then once to every peer worker."""
+        workspace = target[:-2]
+        for address in self.by_workspace.get(workspace, ()):
+            conn = self.connections[address]
+            if event_type in conn.subscriptions:
+                conn.queue.put(frame)
+        if forward:
+            for link in self.links.values():
+                link.send((target, event_type, frame))
+
+    def deliver(self, items: list[Item]) -> None:
+        """A batch from a peer worker: deliver each frame locally, in order."""
+        for target, event_type, frame in items:
+            if event_type is not None:
+                self._broadcast(target, event_type, frame, forward=False)
+            elif target == self.manager.address:
+                self.manager.handle(frame)
+            else:
+                self._to_client(target, frame, None, hops=1)
+
+    # -- telling senders -----------------------------------------------------------------------
+    def _target_gone(self, target: str, frame: bytes, header: dict[str, Any] | None = None) -> None:
+        try:
+            header = header or envelope.parse(frame).header
+        except envelope.EnvelopeError:
+            return
+        self._refuse(header, header.get("from"), target, f"Target peer {target} is not connected")
+
+    def _refuse(self, header: dict[str, Any], sender: Any, target: str, message: str) -> None:
+        """Tell the sender its message was not delivered: a reject for calls, else peer_not_found."""
+        self.dropped += 1
+        if not isinstance(sender, str) or sender == self.manager.address and "session" not in header:
+            return
+        if header.get("type") != "method":
+            return  # events and server notices are fire-and-forget by design
+        session = header.get("session")
+        if isinstance(session, str):
+            frame = envelope.reject_frame(caller=sender, target=target, session=session, message=message,
+                                          workspace=sender.split("/", 1)[0], user=self.manager.user)
+        else:
+            frame = envelope.peer_not_found_frame(caller=sender, target=target, message=message)
+        if sender == self.manager.address:
+            self._to_manager(frame, None)
+        elif sender in self.connections or sender in self.directory:
+            self._to_client(sender, frame, None)
+
+    def _peer_failed(self, items: list[Item]) -> None:
+        for target, event_type, frame in items:
+            if event_type is None:
+                self._target_gone(target, frame)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "worker_id": self.worker_id,
+            "pid": os.getpid(),
+            "connections": len(self.connections),
+            "clients": sorted(self.connections),
+            "dropped": self.dropped,
+            "peer_calls": {w: link.calls for w, link in self.links.items()},
+            "peer_frames": {w: link.frames for w, link in self.links.items()},
+        }
+
+
+async def _send_error(conn: ClientConnection, message: str) -> None:
+    try:
+        await conn.send_text({"type": "error", "message": message})
+    except Exception:
+        pass
+
+
+def _reuseport_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+def _http_response(connection: ServerConnection, request: Request) -> Response | None:
+    """Plain HTTP on the gateway port: a health check; WebSocket upgrades go through on any path."""
+    if "upgrade" in request.headers.get("Connection", "").lower():
+        return None
+    path = request.path.split("?", 1)[0]
+    if path in ("/health", "/healthz"):
+        return connection.respond(HTTPStatus.OK, "ok\n")
+    if path == "/":
+        return connection.respond(HTTPStatus.OK, "rhizomorph: a Hypha-compatible RPC router. "
+                                                 "Connect a hypha-rpc client to ws://<this host>/\n")
+    return connection.respond(HTTPStatus.NOT_FOUND, "not found\n")
+
+
+@ray.remote(num_cpus=0, max_restarts=0)
+class GatewayWorker:
+    """A Ray actor hosting one ``Router`` and its share of the gateway's sockets."""
+
+    def __init__(self, config: Config, worker_id: str, registry: Any) -> None:
+        logging.basicConfig(level=config.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        logging.getLogger("websockets").setLevel(logging.WARNING)  # one INFO line per connection is noise
+        self._config = config
+        self._router = Router(config, worker_id, registry)
+        self._server: Any = None
+
+    async def start(self) -> dict[str, Any]:
+        config = self._config
+        sock = _reuseport_socket(config.host, config.port)
+        self._server = await websockets.serve(
+            lambda ws: gateway_connection.serve(ws, self._router),
+            sock=sock,
+            max_size=config.max_message_size,
+            compression="deflate" if config.compression else None,
+            process_request=_http_response,
+        )
+        snapshot = await self._router.registry.add_worker.remote(self._router.worker_id, self._self_handle())
+        self._router.update_directory(list(snapshot.items()))
+        return {"worker_id": self._router.worker_id, "pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id(),
+                "port": sock.getsockname()[1]}
+
+    def _self_handle(self) -> Any:
+        return ray.get_runtime_context().current_actor
+
+    async def set_peers(self, peers: dict[str, Any]) -> None:
+        self._router.set_peers(peers)
+
+    async def update_directory(self, updates: list[tuple[str, str | None]]) -> None:
+        self._router.update_directory(updates)
+
+    async def deliver(self, items: list[Item]) -> None:
+        self._router.deliver(items)
+
+    async def close_client(self, address: str, code: int = CLOSE_GOING_AWAY, generation: str | None = None) -> bool:
+        return await self._router.close_client(address, code, generation)
+
+    async def probe_client(self, address: str) -> bool:
+        return await self._router.probe(address)
+
+    async def stats(self) -> dict[str, Any]:
+        return self._router.stats()
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        self._router.manager.close()

@@ -1,0 +1,132 @@
+"""The routing envelope of a hypha-rpc binary frame (sans-I/O).
+
+A v3 binary frame is ``msgpack(header) + msgpack(extra)?``. The router reads only the
+header (the first msgpack object), normalises ``to``, overwrites ``from``/``ws``/``user``
+and re-packs it in front of the untouched remaining bytes. The payload is never decoded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+BROADCAST = "*"
+
+
+class EnvelopeError(ValueError):
+    """A binary frame whose header cannot be routed."""
+
+
+@dataclass(slots=True)
+class Envelope:
+    """A parsed binary frame: the header dict plus where the payload starts."""
+
+    header: dict[str, Any]
+    payload_offset: int
+    frame: bytes
+
+    @property
+    def payload(self) -> memoryview:
+        return memoryview(self.frame)[self.payload_offset :]
+
+
+def parse(frame: bytes) -> Envelope:
+    """Read the header of a binary frame, leaving the payload undecoded."""
+    unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=max(len(frame), 1))
+    unpacker.feed(frame)
+    try:
+        header = unpacker.unpack()
+    except msgpack.OutOfData:
+        raise EnvelopeError("truncated msgpack header") from None
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        raise EnvelopeError(f"malformed msgpack header: {exc}") from None
+    if not isinstance(header, dict):
+        raise EnvelopeError("header must be a msgpack map")
+    to = header.get("to")
+    if not isinstance(to, str) or not to:
+        raise EnvelopeError("header has no string 'to'")
+    if not isinstance(header.get("type", ""), str):
+        raise EnvelopeError("header 'type' must be a string")
+    return Envelope(header, unpacker.tell(), frame)
+
+
+def normalize_target(to: str, workspace: str) -> str:
+    """Make a target absolute: ``*`` -> ``<ws>/*``, ``client`` -> ``<ws>/client``."""
+    if to == BROADCAST:
+        return f"{workspace}/*"
+    if "/" not in to:
+        return f"{workspace}/{to}"
+    return to
+
+
+def is_broadcast(target: str) -> bool:
+    return target.endswith("/*")
+
+
+def stamp(envelope: Envelope, *, sender: str, workspace: str, user: dict[str, Any], target: str) -> bytes:
+    """Re-pack the header with server-trusted ``from``/``ws``/``user`` and the normalised ``to``.
+
+    Client-supplied values of these fields are overwritten, never trusted.
+    """
+    header = envelope.header
+    header["to"] = target
+    header["from"] = sender
+    header["ws"] = workspace
+    header["user"] = user
+    return msgpack.packb(header, use_bin_type=True) + envelope.payload
+
+
+def encode(header: dict[str, Any], extra: dict[str, Any] | None = None) -> bytes:
+    """Pack a two-segment message (the extra segment is optional)."""
+    data = msgpack.packb(header, use_bin_type=True)
+    if extra is not None:
+        data += msgpack.packb(extra, use_bin_type=True)
+    return data
+
+
+def decode(frame: bytes) -> dict[str, Any]:
+    """Decode a whole message (header merged with the extra segment), as a client does.
+
+    Used only for messages addressed to the router itself (the workspace manager).
+    """
+    envelope = parse(frame)
+    message = dict(envelope.header)
+    if envelope.payload_offset < len(frame):
+        unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=len(frame))
+        unpacker.feed(envelope.payload)
+        try:
+            extra = unpacker.unpack()
+        except (msgpack.OutOfData, ValueError, TypeError, msgpack.UnpackException) as exc:
+            raise EnvelopeError(f"malformed msgpack payload: {exc}") from None
+        if not isinstance(extra, dict):
+            raise EnvelopeError("extra segment must be a msgpack map")
+        message.update(extra)
+    return message
+
+
+def reject_frame(*, caller: str, target: str, session: str, message: str, workspace: str, user: dict[str, Any]) -> bytes:
+    """The synthetic ``<session>.reject`` a caller gets when its target is not connected."""
+    header = {
+        "type": "method",
+        "from": target,
+        "to": caller,
+        "method": f"{session}.reject",
+        "ws": workspace,
+        "user": user,
+    }
+    return encode(header, {"args": [{"_rtype": "error", "_rvalue": message, "_rtrace": ""}]})
+
+
+def peer_not_found_frame(*, caller: str, target: str, message: str) -> bytes:
+    """Tell a sender of a session-less message that its peer is gone.
+
+    hypha-rpc >= 0.21.20 then fails every pending call it has towards that peer at once.
+    """
+    return encode({"type": "peer_not_found", "to": caller, "peer_id": target, "error": message})
+
+
+def event_frame(event_type: str, data: Any) -> bytes:
+    """A server event broadcast to subscribers (single segment, no from/ws/user)."""
+    return encode({"type": event_type, "to": BROADCAST, "data": data})

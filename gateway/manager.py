@@ -1,0 +1,348 @@
+"""The workspace manager: the router's own RPC peer at ``*/manager-<server_id>``.
+
+Each gateway worker runs one, serving the clients whose sockets it holds; they share state
+through the registry actor. Only frames addressed to the manager are decoded. Calls the
+manager makes to clients (``get_service`` asks the provider) carry session ids prefixed with
+the worker id, so replies that arrive at another worker are forwarded back here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Awaitable, Callable, Protocol
+
+import shortuuid
+
+from gateway import envelope, rpc
+from gateway.handshake import ACCESS, PERMISSION_LEVELS, Identity, TokenIssuer
+
+log = logging.getLogger("rhizomorph.manager")
+
+SERVER_VERSION = "0.21.135"  # the Hypha server version whose wire behaviour we match
+PERMISSION_ALIASES = {"read": "r", "read_write": "rw", "admin": "a"}
+
+
+class ManagerError(Exception):
+    """Refused call; the message reaches the caller as a RemoteException."""
+
+
+class ManagerHost(Protocol):
+    """What the manager needs from the gateway worker that hosts it."""
+
+    worker_id: str
+    registry: Any
+
+    def send(self, target: str, frame: bytes) -> None: ...
+
+    def identity(self, address: str) -> Identity | None: ...
+
+    def subscriptions(self, address: str) -> set[str] | None: ...
+
+    def broadcast_event(self, workspace: str, event_type: str, data: Any) -> None: ...
+
+
+def server_user(server_id: str) -> dict[str, Any]:
+    """The ``user`` stamped on frames the router itself sends."""
+    return {"id": f"rhizomorph-{server_id}", "roles": ["admin"], "is_anonymous": False,
+            "scope": {"current_workspace": "*", "workspaces": {"*": "a"}, "client_id": None, "extra_scopes": None},
+            "email": None, "parent": None, "expires_at": None, "current_workspace": "*"}
+
+
+async def _call_registry(ref: Any) -> dict[str, Any]:
+    result = await ref
+    if "error" in result:
+        raise ManagerError(result["error"])
+    return result
+
+
+class WorkspaceManager:
+    def __init__(self, host: ManagerHost, *, manager_id: str, server_id: str, base_url: str,
+                 issuer: TokenIssuer, call_timeout: float) -> None:
+        self._host = host
+        self.manager_id = manager_id
+        self.address = f"*/{manager_id}"
+        self._base_url = base_url
+        self._issuer = issuer
+        self._call_timeout = call_timeout
+        self._server_id = server_id
+        self.user = server_user(server_id)
+        self._pending: dict[str, asyncio.Future] = {}
+        self._tasks: set[asyncio.Task] = set()
+        self._methods: dict[str, Callable[..., Awaitable[Any]]] = {
+            "register_service": self.register_service,
+            "unregister_service": self.unregister_service,
+            "get_service": self.get_service,
+            "get_service_info": self.get_service_info,
+            "list_services": self.list_services,
+            "list_clients": self.list_clients,
+            "subscribe": self.subscribe,
+            "unsubscribe": self.unsubscribe,
+            "echo": self.echo,
+            "ping": self.ping,
+            "log": self.log,
+            "generate_token": self.generate_token,
+        }
+
+    # -- entry point -----------------------------------------------------------------------------
+    def owns_session(self, method: str) -> str | None:
+        """The worker id a callback ``method`` belongs to, if it is a manager session."""
+        if method.startswith("services."):
+            return None
+        prefix, sep, _ = method.partition("-")
+        return prefix if sep else None
+
+    def handle(self, frame: bytes) -> None:
+        """A frame addressed to the manager (already stamped by the gateway)."""
+        try:
+            message = envelope.decode(frame)
+        except envelope.EnvelopeError as exc:
+            log.info("undecodable message to the manager: %s", exc)
+            return
+        method = message.get("method")
+        if not isinstance(method, str):
+            return
+        if method.startswith("services."):
+            task = asyncio.get_running_loop().create_task(self._serve(message, method))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        else:
+            self._on_callback(method, message)
+
+    def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(ManagerError("the router is shutting down"))
+
+    # -- serving calls -------------------------------------------------------------------------
+    async def _serve(self, message: dict[str, Any], method: str) -> None:
+        caller = message.get("from")
+        workspace = message.get("ws")
+        identity = self._host.identity(caller) if isinstance(caller, str) else None
+        if identity is None:
+            return  # the caller is gone; nobody to answer
+        replies = rpc.reply_methods(message)
+        args, kwargs = rpc.call_arguments(message)
+        work = asyncio.ensure_future(self._dispatch(identity, method, args, kwargs))
+        session = message.get("session")
+        interval = message.get("t")
+        if message.get("promise") == "*" and isinstance(session, str) and isinstance(interval, (int, float)):
+            # Keep a slow call (get_service waits on the provider) alive in the caller's eyes.
+            while not work.done():
+                done, _ = await asyncio.wait({work}, timeout=max(float(interval), 0.5))
+                if not done:
+                    self._host.send(caller, rpc.heartbeat_frame(sender=self.address, target=caller, session=session,
+                                                                workspace=workspace, user=self.user))
+        try:
+            value, method_id = await work, replies[0] if replies else None
+        except ManagerError as exc:
+            value, method_id = rpc.error_value(str(exc)), replies[1] if replies else None
+        except Exception as exc:  # a bug must still answer the caller, not leave it to time out
+            log.exception("manager method %s failed", method)
+            value, method_id = rpc.error_value(f"{type(exc).__name__}: {exc}"), replies[1] if replies else None
+        if method_id is not None:
+            self._host.send(caller, rpc.callback_frame(sender=self.address, target=caller, method=method_id,
+                                                       value=value, workspace=workspace, user=self.user,
+                                                       parent=session if isinstance(session, str) else None))
+
+    async def _dispatch(self, identity: Identity, method: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
+        path = method.split(".")
+        if path[1:3] == ["built-in", "get_service"]:
+            name = (args or [kwargs.get("service_id", "default")])[0]
+            if name != "default":
+                raise ManagerError(f"the manager has no service {name!r}")
+            return self.service_dict()
+        if path[1:3] == ["built-in", "ping"]:
+            return "pong"
+        if len(path) == 3 and path[1] == "default" and path[2] in self._methods:
+            try:
+                return await self._methods[path[2]](identity, *args, **kwargs)
+            except TypeError as exc:
+                raise ManagerError(f"bad arguments for {path[2]}: {exc}") from None
+        raise ManagerError(f"Method not found: {method}")
+
+    def service_dict(self) -> dict[str, Any]:
+        """What ``get_service("default")`` returns: the manager as a hypha-rpc service."""
+        service: dict[str, Any] = {
+            "id": "default",
+            "name": "Workspace manager (rhizomorph)",
+            "description": "Register, find and list services; subscribe to events.",
+            "type": "functions",
+            "config": {
+                "require_context": True,
+                "visibility": "public",
+                "workspace": "*",
+                "server_id": self._server_id,
+                "hypha_version": SERVER_VERSION,
+                "public_base_url": self._base_url,
+                "local_base_url": self._base_url,
+            },
+        }
+        for name, function in self._methods.items():
+            service[name] = {"_rtype": "method", "_rtarget": self.address, "_rmethod": f"services.default.{name}",
+                             "_rpromise": "*", "_rname": name, "_rdoc": (function.__doc__ or "").strip() or None}
+        return service
+
+    # -- calls the manager makes to clients ----------------------------------------------------
+    def _on_callback(self, method: str, message: dict[str, Any]) -> None:
+        session, _, kind = method.rpartition(".")
+        future = self._pending.get(session)
+        if future is None or future.done():
+            return
+        value = (message.get("args") or [None])[0]
+        if kind == "resolve":
+            future.set_result(value)
+        elif kind == "reject":
+            future.set_exception(ManagerError(rpc.remote_error_message(value)))
+
+    async def call_client(self, target: str, method: str, args: list[Any], timeout: float | None = None) -> Any:
+        session = f"{self._host.worker_id}-{shortuuid.uuid()}"
+        future = asyncio.get_running_loop().create_future()
+        self._pending[session] = future
+        frame = rpc.call_frame(sender=self.address, target=target, method=method, args=args, session=session,
+                               reply_target=self.manager_id, workspace=target.split("/", 1)[0], user=self.user)
+        try:
+            self._host.send(target, frame)
+            return await asyncio.wait_for(future, timeout or self._call_timeout)
+        except asyncio.TimeoutError:
+            raise ManagerError(f"{target} did not answer {method} in time") from None
+        finally:
+            self._pending.pop(session, None)
+
+    # -- the manager's methods (each gets the caller's identity first) -------------------------
+    async def register_service(self, caller: Identity, service: dict[str, Any], config: Any = None,
+                               **_: Any) -> None:
+        """Register a service of the calling client."""
+        if not isinstance(service, dict):
+            raise ManagerError("register_service needs a service info dict")
+        if not caller.can(caller.workspace, "rw"):
+            raise ManagerError(f"Permission denied: read-only access to workspace {caller.workspace}")
+        name = str(service.get("id", "")).rsplit(":", 1)[-1]
+        if name.startswith("_rintf_"):
+            return None  # per-call interface services stay between the two clients, as in Hypha
+        result = await _call_registry(self._host.registry.register_service.remote(caller.address, service))
+        info = result["info"]
+        if result["replaced"] is not None:
+            self._host.broadcast_event(caller.workspace, "service_removed", result["replaced"])
+        if info.get("type") == "built-in":
+            self._host.broadcast_event(caller.workspace, "client_connected",
+                                       {"id": caller.address, "workspace": caller.workspace})
+        else:
+            self._host.broadcast_event(caller.workspace, "service_added", info)
+        return None
+
+    async def unregister_service(self, caller: Identity, service_id: str, **_: Any) -> None:
+        """Unregister a service of the calling client."""
+        result = await _call_registry(self._host.registry.unregister_service.remote(caller.address, service_id))
+        self._host.broadcast_event(caller.workspace, "service_removed", result["info"])
+        return None
+
+    async def get_service(self, caller: Identity, service_id: Any, config: Any = None, **kwargs: Any) -> dict:
+        """Get a service by id: ``name``, ``ws/name``, ``client:name`` or ``ws/client:name``."""
+        if isinstance(service_id, dict):
+            service_id = service_id.get("id")
+        config = dict(config or {}) if isinstance(config, dict) else {}
+        config.update(kwargs)
+        if service_id in ("~", "default") or (isinstance(service_id, str) and service_id.endswith("/~")):
+            return self.service_dict()
+        found = await _call_registry(self._host.registry.find_service.remote(
+            service_id, caller.workspace, list(caller.workspaces), config.get("mode")))
+        owner: str = found["owner"]
+        full_id: str = found["info"]["id"]
+        provider_ws, provider_client = owner.split("/", 1)
+        name = full_id.rsplit(":", 1)[1]
+        service = await self.call_client(owner, "services.built-in.get_service", [name],
+                                         timeout=config.get("timeout"))
+        if not isinstance(service, dict):
+            raise ManagerError(f"provider {owner} returned no service for {name}")
+        service = rpc.absolutize_targets(service, provider_ws)
+        service["id"] = full_id
+        service_config = dict(service.get("config") or {})
+        service_config["workspace"] = provider_ws
+        service_config["url"] = f"{self._base_url}/{provider_ws}/services/{provider_client}:{name}"
+        service["config"] = service_config
+        return service
+
+    async def get_service_info(self, caller: Identity, service_id: Any, config: Any = None, **_: Any) -> dict:
+        """The registered info of a service (no call to its provider)."""
+        if isinstance(service_id, dict):
+            service_id = service_id.get("id")
+        mode = config.get("mode") if isinstance(config, dict) else None
+        found = await _call_registry(self._host.registry.find_service.remote(
+            service_id, caller.workspace, list(caller.workspaces), mode))
+        return found["info"]
+
+    async def list_services(self, caller: Identity, query: Any = None, **kwargs: Any) -> list:
+        """List services: of the caller's workspace, another workspace by name, a pattern, or a query dict."""
+        if query is None and kwargs:
+            query = {k: v for k, v in kwargs.items() if k in ("workspace", "client_id", "service_id", "type",
+                                                              "visibility")} or None
+        result = await _call_registry(self._host.registry.list_services.remote(
+            caller.workspace, list(caller.workspaces), query))
+        return result["services"]
+
+    async def list_clients(self, caller: Identity, workspace: str | None = None, **_: Any) -> list:
+        """The clients connected to a workspace (default: the caller's)."""
+        workspace = workspace or caller.workspace
+        if not caller.can(workspace, "r"):
+            raise ManagerError(f"Permission denied for workspace {workspace}")
+        return [{"id": address} for address in await self._host.registry.list_clients.remote(workspace)]
+
+    async def subscribe(self, caller: Identity, event_type: Any, **_: Any) -> bool:
+        """Receive broadcast events of these types sent in the caller's workspace."""
+        subscriptions = self._host.subscriptions(caller.address)
+        if subscriptions is None:
+            raise ManagerError("the caller is not connected")
+        subscriptions.update(_event_types(event_type))
+        return True
+
+    async def unsubscribe(self, caller: Identity, event_type: Any, **_: Any) -> bool:
+        """Stop receiving events of these types."""
+        subscriptions = self._host.subscriptions(caller.address)
+        if subscriptions is not None:
+            subscriptions.difference_update(_event_types(event_type))
+        return True
+
+    async def echo(self, caller: Identity, data: Any = None, **_: Any) -> Any:
+        """Return the argument unchanged."""
+        return data
+
+    async def ping(self, caller: Identity, client_id: str, timeout: float = 5, **_: Any) -> str:
+        """Ping a client of the caller's workspace through its built-in service."""
+        target = client_id if "/" in client_id else f"{caller.workspace}/{client_id}"
+        if not caller.can(target.split("/", 1)[0], "r"):
+            raise ManagerError(f"Permission denied for {target}")
+        return await self.call_client(target, "services.built-in.ping", ["ping"], timeout=float(timeout))
+
+    async def log(self, caller: Identity, msg: Any = None, **_: Any) -> None:
+        """Write a message to the router's log."""
+        if not caller.can(caller.workspace, "rw"):
+            raise ManagerError("Permission denied: log needs read-write access")
+        log.info("client %s: %s", caller.address, str(msg)[:2000])
+        return None
+
+    async def generate_token(self, caller: Identity, config: Any = None, **kwargs: Any) -> str:
+        """A signed token for the caller's user, scoped to one workspace (config: workspace,
+        permission r/rw/a, expires_in seconds, client_id)."""
+        config = dict(config or {}) if isinstance(config, dict) else {}
+        config.update(kwargs)
+        workspace = config.get("workspace") or caller.workspace
+        permission = PERMISSION_ALIASES.get(config.get("permission", "rw"), config.get("permission", "rw"))
+        if permission not in PERMISSION_LEVELS:
+            raise ManagerError(f"invalid permission {permission!r}: use r, rw or a")
+        if not caller.can(workspace, "a"):
+            raise ManagerError(f"Permission denied: generating a token for {workspace} needs admin access")
+        lifetime = float(config.get("expires_in") or 3600)
+        token_identity = Identity(workspace=workspace, client_id=caller.client_id, user_id=caller.user_id,
+                                  is_anonymous=caller.is_anonymous, roles=caller.roles,
+                                  workspaces={workspace: permission}, email=caller.email)
+        return self._issuer.issue(token_identity, kind=ACCESS, lifetime=lifetime, client_id=config.get("client_id"))
+
+
+def _event_types(event_type: Any) -> list[str]:
+    types = [event_type] if isinstance(event_type, str) else list(event_type or [])
+    if not all(isinstance(t, str) for t in types):
+        raise ManagerError("event types must be strings")
+    return types

@@ -1,0 +1,5 @@
+import sys
+
+from rhizomorph.cli import main
+
+sys.exit(main())

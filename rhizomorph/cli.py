@@ -1,0 +1,62 @@
+"""``rhizomorph serve``: run the router (also ``python -m gateway``)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from typing import Sequence
+
+from rhizomorph.config import Config
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rhizomorph", description="A Hypha-compatible RPC router on Ray.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the router")
+    serve.add_argument("--host", help="interface to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="WebSocket port (default 9527)")
+    serve.add_argument("--workers", type=int, help="gateway workers per node (default: one per CPU)")
+    serve.add_argument("--address", dest="ray_address",
+                       help="join this Ray cluster (default: start an embedded local Ray on 127.0.0.1)")
+    serve.add_argument("--server-id", help="fixed server id (names the manager peer)")
+    serve.add_argument("--log-level", help="DEBUG, INFO, WARNING (default INFO)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    overrides = {k: v for k, v in vars(args).items() if k != "command" and v is not None}
+    config = Config.from_env(**overrides)
+    logging.basicConfig(level=config.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    return serve(config)
+
+
+def serve(config: Config) -> int:
+    from rhizomorph.launcher import Deployment, ensure_ray
+
+    import ray
+
+    started_ray = ensure_ray(config.ray_address)
+    deployment = Deployment(config)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    try:
+        deployment.start()
+        print(f"rhizomorph: serving {deployment.url} with {len(deployment.workers)} gateway worker(s); "
+              f"Ctrl-C to stop", flush=True)
+        while not stop.wait(1.0):
+            pass
+    finally:
+        print("rhizomorph: shutting down", flush=True)
+        deployment.stop()
+        if started_ray:
+            ray.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""Shared fixtures: one embedded Ray runtime per test session, and routers on it.
+
+Ray is started once (3-5 s, ~600 MB); each router is a registry actor plus gateway
+workers on a free port of 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import Any, Awaitable, Callable
+
+import pytest
+
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # embedded Ray on 127.0.0.1 only
+
+from rhizomorph import Config, Deployment, ensure_ray  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def ray_runtime():
+    import ray
+
+    started = ensure_ray(num_cpus=2)
+    yield ray
+    if started:
+        ray.shutdown()
+
+
+def _deploy(**config: Any) -> Deployment:
+    return Deployment(Config(port=0, **config)).start()
+
+
+@pytest.fixture(scope="session")
+def router(ray_runtime):
+    """A router with one gateway worker."""
+    deployment = _deploy(workers=1)
+    yield deployment
+    deployment.stop()
+
+
+@pytest.fixture(scope="session")
+def router2(ray_runtime):
+    """A router with two gateway workers sharing one port."""
+    deployment = _deploy(workers=2)
+    yield deployment
+    deployment.stop()
+
+
+@pytest.fixture
+async def connect(router):
+    """Connect real hypha-rpc clients to ``router`` (or another URL); all are closed after the test."""
+    from hypha_rpc import connect_to_server
+
+    clients = []
+
+    async def _connect(url: str | None = None, **options: Any):
+        server = await connect_to_server({"server_url": url or router.url, "method_timeout": 20, **options})
+        clients.append(server)
+        return server
+
+    yield _connect
+    for server in clients:
+        try:
+            await asyncio.wait_for(server.disconnect(), 5)
+        except Exception:
+            pass
+
+
+async def eventually(check: Callable[[], Awaitable[bool] | bool], timeout: float = 10.0, interval: float = 0.05) -> None:
+    """Wait until ``check()`` is true; fail with a clear message after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        await asyncio.sleep(interval)
