@@ -1,0 +1,207 @@
+"""The released hypha-rpc Python client against a real router on a real Ray runtime."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from tests.conftest import eventually
+
+
+def echo_service(service_id: str = "echo", visibility: str = "public") -> dict:
+    return {"id": service_id, "config": {"visibility": visibility}, "echo": lambda x: x}
+
+
+async def test_cross_workspace_echo_small_medium_and_2mb(connect):
+    provider = await connect()
+    consumer = await connect()
+    assert provider.config.workspace != consumer.config.workspace
+    assert provider.config.workspace.startswith("ws-user-anonymouz-")
+    info = await provider.register_service(echo_service())
+    full_id = f"{provider.config.workspace}/{provider.config.client_id}:echo"
+    assert info["id"] == full_id
+
+    echo = await consumer.get_service(full_id)
+    for size in (10, 20_000, 2_000_000):
+        payload = bytes(range(256)) * (size // 256) + b"z" * (size % 256)
+        assert await echo.echo(payload) == payload
+
+
+async def test_same_workspace_bare_name_list_and_unregister(connect):
+    provider = await connect()
+    token = await provider.generate_token()
+    consumer = await connect(workspace=provider.config.workspace, token=token)
+    assert consumer.config.workspace == provider.config.workspace
+
+    await provider.register_service(echo_service("twin", visibility="protected"))
+    twin = await consumer.get_service("twin")
+    assert await twin.echo("hello") == "hello"
+
+    listed = await consumer.list_services()
+    ids = {s["id"] for s in listed}
+    assert f"{provider.config.workspace}/{provider.config.client_id}:twin" in ids
+
+    await provider.unregister_service("twin")
+    with pytest.raises(Exception, match="(?i)not found"):
+        await consumer.get_service("twin")
+
+
+async def test_protected_service_is_invisible_from_another_workspace(connect):
+    provider = await connect()
+    stranger = await connect()
+    await provider.register_service(echo_service("private", visibility="protected"))
+    with pytest.raises(Exception, match="(?i)not found"):
+        await stranger.get_service(f"{provider.config.workspace}/{provider.config.client_id}:private")
+    assert all(not s["id"].endswith(":private") for s in await stranger.list_services(provider.config.workspace))
+
+
+async def test_remote_error_callback_and_async_generator(connect):
+    provider = await connect()
+    consumer = await connect()
+
+    def fail(message):
+        raise ValueError(f"boom {message}")
+
+    async def call_me_back(callback, value):
+        return await callback(value * 2)
+
+    async def count(n):
+        for i in range(n):
+            yield i
+
+    await provider.register_service({
+        "id": "tools", "config": {"visibility": "public"},
+        "fail": fail, "call_me_back": call_me_back, "count": count,
+    })
+    tools = await consumer.get_service(f"{provider.config.workspace}/{provider.config.client_id}:tools")
+
+    with pytest.raises(Exception, match="boom 3"):
+        await tools.fail(3)
+
+    seen = []
+
+    def on_value(value):
+        seen.append(value)
+        return value + 1
+
+    assert await tools.call_me_back(on_value, 21) == 43
+    assert seen == [42]
+
+    items = [item async for item in await tools.count(25)]
+    assert items == list(range(25))
+
+
+async def test_call_after_provider_disconnects_is_rejected_fast(connect):
+    provider = await connect()
+    consumer = await connect()
+    await provider.register_service(echo_service())
+    echo = await consumer.get_service(f"{provider.config.workspace}/{provider.config.client_id}:echo")
+    assert await echo.echo(1) == 1
+    await provider.disconnect()
+
+    started = time.monotonic()
+    with pytest.raises(Exception, match="not connected"):
+        await echo.echo(2)
+    assert time.monotonic() - started < 1.0
+
+
+async def test_server_closed_socket_reconnects_with_same_identity(connect, router):
+    provider = await connect()
+    consumer = await connect()
+    workspace, client_id = provider.config.workspace, provider.config.client_id
+    await provider.register_service(echo_service())
+    full_id = f"{workspace}/{client_id}:echo"
+    worker = router.workers[provider.config.rhizomorph_worker]
+    address = f"{workspace}/{client_id}"
+
+    closed = await worker.close_client.remote(address)
+    assert closed
+
+    async def reregistered() -> bool:
+        try:
+            echo = await consumer.get_service(full_id)
+            return await echo.echo("again") == "again"
+        except Exception:
+            return False
+
+    await eventually(reregistered, timeout=20, interval=0.3)
+    assert provider.config.workspace == workspace
+    assert provider.config.client_id == client_id
+    assert await provider.echo("still here") == "still here"
+
+
+async def test_two_workers_route_across_the_ray_hop(router2):
+    from hypha_rpc import connect_to_server
+
+    clients = []
+    try:
+        by_worker: dict[str, object] = {}
+        for _ in range(40):
+            server = await connect_to_server({"server_url": router2.url, "method_timeout": 20})
+            clients.append(server)
+            by_worker.setdefault(server.config.rhizomorph_worker, server)
+            if len(by_worker) == 2:
+                break
+        assert set(by_worker) == {"w0", "w1"}, "the kernel never spread 40 connections over both workers"
+        a, b = by_worker["w0"], by_worker["w1"]
+        await a.register_service(echo_service("on-w0"))
+        await b.register_service(echo_service("on-w1"))
+        from_b = await b.get_service(f"{a.config.workspace}/{a.config.client_id}:on-w0")
+        from_a = await a.get_service(f"{b.config.workspace}/{b.config.client_id}:on-w1")
+        assert await from_b.echo(b"x" * 300_000) == b"x" * 300_000
+        assert await asyncio.gather(*(from_a.echo(i) for i in range(50))) == list(range(50))
+
+        stats = {s["worker_id"]: s for s in router2.stats()}
+        assert stats["w0"]["peer_calls"]["w1"] > 0 and stats["w1"]["peer_calls"]["w0"] > 0
+    finally:
+        for server in clients:
+            await server.disconnect()
+
+
+async def test_broadcast_reaches_subscribers_of_the_workspace_only(connect):
+    sender = await connect()
+    token = await sender.generate_token()
+    listener = await connect(workspace=sender.config.workspace, token=token)
+    unsubscribed = await connect(workspace=sender.config.workspace, token=await sender.generate_token())
+    outsider = await connect()
+
+    received: dict[str, list] = {"listener": [], "unsubscribed": [], "outsider": []}
+    listener.on("weather", lambda msg: received["listener"].append(msg["data"]))
+    unsubscribed.on("weather", lambda msg: received["unsubscribed"].append(msg["data"]))
+    outsider.on("weather", lambda msg: received["outsider"].append(msg["data"]))
+    await listener.subscribe("weather")
+    await outsider.subscribe("weather")
+
+    result = sender.emit({"type": "weather", "to": "*", "data": {"sky": "blue"}})
+    if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):
+        await result
+    await eventually(lambda: received["listener"] == [{"sky": "blue"}], timeout=5)
+    await asyncio.sleep(0.3)  # give a wrong delivery the time to show up
+    assert received["outsider"] == []
+    assert received["unsubscribed"] == []
+
+
+async def test_disconnect_broadcasts_client_disconnected_and_removes_services(connect):
+    provider = await connect()
+    watcher = await connect(workspace=provider.config.workspace, token=await provider.generate_token())
+    await provider.register_service(echo_service("leaving", visibility="protected"))
+    gone = []
+    watcher.on("client_disconnected", lambda msg: gone.append(msg["data"]))
+    await watcher.subscribe("client_disconnected")
+    client_id = provider.config.client_id
+    await provider.disconnect()
+    await eventually(lambda: any(d["id"] == client_id for d in gone), timeout=5)
+    assert gone[-1]["workspace"] == provider.config.workspace
+    assert all(not s["id"].endswith(":leaving") for s in await watcher.list_services())
+
+
+async def test_manager_echo_ping_and_bad_workspace_request(connect, router):
+    from hypha_rpc import connect_to_server
+
+    server = await connect()
+    assert await server.echo({"a": [1, 2]}) == {"a": [1, 2]}
+    assert await server.ping(server.config.client_id) == "pong"
+    with pytest.raises(Exception, match="Permission denied"):
+        await connect_to_server({"server_url": router.url, "workspace": server.config.workspace})

@@ -1,0 +1,192 @@
+"""Wire-level behaviour of the gateway, checked with raw WebSocket clients."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import msgpack
+import pytest
+import websockets
+
+from gateway.envelope import decode, encode
+
+
+class RawClient:
+    """A bare WebSocket peer that speaks just enough of the protocol to poke the gateway."""
+
+    def __init__(self, ws, info):
+        self.ws = ws
+        self.info = info
+        self.address = f"{info['workspace']}/{info['client_id']}"
+
+    @classmethod
+    async def connect(cls, url: str, path: str = "/", **auth):
+        ws = await websockets.connect(url + path, max_size=None)
+        await ws.send(json.dumps({"client_id": None, "workspace": None, "token": None,
+                                  "reconnection_token": None, **auth}))
+        info = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        assert info["type"] == "connection_info", info
+        return cls(ws, info)
+
+    async def next_binary(self, timeout: float = 5.0) -> dict:
+        while True:
+            frame = await asyncio.wait_for(self.ws.recv(), timeout)
+            if isinstance(frame, bytes):
+                return decode(frame)
+
+    async def next_text(self, timeout: float = 5.0) -> dict:
+        while True:
+            frame = await asyncio.wait_for(self.ws.recv(), timeout)
+            if isinstance(frame, str):
+                return json.loads(frame)
+
+
+@pytest.fixture
+async def raw(router):
+    clients = []
+
+    async def _connect(path: str = "/", url: str | None = None, **auth):
+        client = await RawClient.connect(url or router.url, path, **auth)
+        clients.append(client)
+        return client
+
+    yield _connect
+    for client in clients:
+        await client.ws.close()
+
+
+async def test_upgrade_on_slash_ws_and_query_parameters_ignored(raw):
+    for path in ("/", "/ws", "/ws?client_id=x&workspace=y"):
+        client = await raw(path)
+        assert client.info["manager_id"].startswith("manager-")
+        assert client.info["workspace"].startswith("ws-user-anonymouz-")
+        assert client.info["reconnection_token"]
+
+
+async def test_text_ping_and_refresh_token(raw):
+    client = await raw()
+    await client.ws.send(json.dumps({"type": "ping"}))
+    assert await client.next_text() == {"type": "pong"}
+    await client.ws.send(json.dumps({"type": "refresh_token"}))
+    reply = await client.next_text()
+    assert reply["type"] == "reconnection_token" and reply["reconnection_token"]
+
+
+async def test_bad_auth_frame_gets_error_and_policy_close(router):
+    for first in ("not json", json.dumps([1, 2]), json.dumps({"client_id": "a/b"}),
+                  json.dumps({"reconnection_token": "forged"})):
+        async with websockets.connect(router.url) as ws:
+            await ws.send(first)
+            reply = json.loads(await asyncio.wait_for(ws.recv(), 5))
+            assert reply["type"] == "error" and reply["message"]
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await asyncio.wait_for(ws.recv(), 5)
+            assert closed.value.rcvd.code == 1008
+
+
+async def test_stamping_overwrites_forged_from_ws_user_and_keeps_payload(raw):
+    alice = await raw()
+    bob = await raw()
+    payload = {"args": [b"\x00\x01payload" * 100], "promise": "*"}
+    forged = {"type": "method", "to": bob.address, "method": "services.x.y", "session": "s1",
+              "from": "victim-ws/victim", "ws": "victim-ws", "user": {"id": "root"}}
+    await alice.ws.send(encode(forged, payload))
+    got = await bob.next_binary()
+    assert got["from"] == alice.address
+    assert got["ws"] == alice.info["workspace"]
+    assert got["user"]["id"] == alice.info["user"]["id"]
+    assert got["args"] == payload["args"]
+
+
+async def test_bare_target_is_resolved_in_the_senders_workspace(raw, router):
+    alice = await raw()
+    token_reply = None
+    # A second client in alice's workspace needs a token from the manager; use a raw call.
+    call = {"type": "method", "to": f"*/{alice.info['manager_id']}", "method": "services.default.generate_token",
+            "session": "tok"}
+    await alice.ws.send(encode(call, {"args": [], "promise": "*"}))
+    while token_reply is None:
+        message = await alice.next_binary()
+        if message["method"] == "tok.resolve":
+            token_reply = message["args"][0]
+    bob = await raw(token=token_reply, workspace=alice.info["workspace"])
+    await alice.ws.send(encode({"type": "method", "to": bob.info["client_id"], "method": "hello"}))
+    got = await bob.next_binary()
+    assert got["to"] == bob.address and got["from"] == alice.address
+
+
+async def test_session_call_to_absent_target_gets_synthetic_reject(raw):
+    alice = await raw()
+    ghost = f"{alice.info['workspace']}/never-was"
+    await alice.ws.send(encode({"type": "method", "to": ghost, "method": "services.a.b", "session": "S42"},
+                               {"args": [1], "promise": "*"}))
+    reply = await alice.next_binary()
+    assert reply["method"] == "S42.reject"
+    assert reply["from"] == ghost
+    assert reply["args"][0]["_rtype"] == "error"
+    assert "not connected" in reply["args"][0]["_rvalue"]
+
+
+async def test_sessionless_message_to_absent_target_tells_the_sender(raw):
+    alice = await raw()
+    ghost = "some-ws/gone"
+    await alice.ws.send(encode({"type": "method", "to": ghost, "method": "S1.resolve"}, {"args": [1]}))
+    reply = await alice.next_binary()
+    assert reply["type"] == "peer_not_found"
+    assert reply["peer_id"] == ghost
+
+
+async def test_malformed_binary_frames_get_an_error_and_the_connection_lives(raw):
+    alice = await raw()
+    for junk in (b"", b"\xc1", msgpack.packb([1, 2, 3]), msgpack.packb({"type": "method"}),
+                 msgpack.packb({"to": 5})):
+        await alice.ws.send(junk)
+        error = await alice.next_text()
+        assert error["type"] == "error" and "unroutable" in error["message"]
+    await alice.ws.send(json.dumps({"type": "ping"}))
+    assert await alice.next_text() == {"type": "pong"}
+
+
+async def test_broadcast_to_another_workspace_is_refused(raw):
+    alice = await raw()
+    bob = await raw()
+    await bob.ws.send(encode({"type": "method", "to": f"*/{bob.info['manager_id']}",
+                              "method": "services.default.subscribe", "session": "sub"},
+                             {"args": ["news"], "promise": "*"}))
+    assert (await bob.next_binary())["method"] == "sub.resolve"
+    await alice.ws.send(encode({"type": "news", "to": f"{bob.info['workspace']}/*", "data": 1}))
+    with pytest.raises(asyncio.TimeoutError):
+        await bob.next_binary(timeout=0.5)
+
+
+async def test_reconnection_token_restores_identity_and_supersedes_old_socket(raw, router):
+    first = await raw()
+    again = await raw(reconnection_token=first.info["reconnection_token"])
+    assert again.info["workspace"] == first.info["workspace"]
+    assert again.info["client_id"] == first.info["client_id"]
+    with pytest.raises(websockets.ConnectionClosed) as closed:
+        while True:
+            await asyncio.wait_for(first.ws.recv(), 5)
+    assert closed.value.rcvd.code == 4000
+
+
+async def test_duplicate_live_client_id_is_refused(raw, router):
+    alice = await raw()
+    call = {"type": "method", "to": f"*/{alice.info['manager_id']}", "method": "services.default.generate_token",
+            "session": "tok"}
+    await alice.ws.send(encode(call, {"args": [], "promise": "*"}))
+    token = (await alice.next_binary())["args"][0]
+    async with websockets.connect(router.url) as ws:
+        await ws.send(json.dumps({"client_id": alice.info["client_id"], "workspace": alice.info["workspace"],
+                                  "token": token}))
+        reply = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        assert reply == {"type": "error", "message": "Client already exists and is active"}
+
+
+async def test_plain_http_health_check(router):
+    import urllib.request
+
+    url = router.url.replace("ws://", "http://") + "/health"
+    body = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read())
+    assert body == b"ok\n"
