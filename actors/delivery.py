@@ -1,17 +1,21 @@
 """The per-target delivery queue: every frame to a connected client goes through its queue.
 
 The queue is owned by the worker that holds the client's socket, so local delivery needs no
-Ray hop. One writer task per target drains it, which keeps frames in the order they were
-queued and means a slow socket never blocks the sender. Frames queued while a write is in
-flight go out back to back in the writer's next pass.
+Ray hop. It owns the target's batch buffer (``actors/batching.py`` decides when to flush) and
+one writer task, which keeps frames in the order they were queued and means a slow socket
+never blocks the sender. A flush goes out as consecutive frames to a v3 client, and as one
+batch frame to a v4 client.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
-from typing import Awaitable, Callable, Iterable
+import time
+from typing import Awaitable, Callable
+
+from actors.batching import Batcher, BatchPolicy
+from gateway import frames as v4frames
 
 log = logging.getLogger("rhizomorph.delivery")
 
@@ -19,52 +23,83 @@ Send = Callable[[bytes], Awaitable[None]]
 
 
 class DeliveryQueue:
-    def __init__(self, address: str, send: Send) -> None:
+    def __init__(self, address: str, send: Send, policy: BatchPolicy, *, wire_v4: bool = False,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.address = address
+        self.wire_v4 = wire_v4
+        self.batcher = Batcher(policy)
+        self.frames_written = 0
         self._send = send
-        self._frames: deque[bytes] = deque()
+        self._clock = clock
         self._writer: asyncio.Task | None = None
+        self._arrived: asyncio.Event | None = None  # set while the writer waits for the timer
         self._closed = False
-        self.delivered = 0
 
     @property
     def depth(self) -> int:
-        return len(self._frames)
+        return len(self.batcher)
+
+    def set_policy(self, policy: BatchPolicy) -> None:
+        self.batcher.policy = policy
+        self._nudge()
 
     def put(self, frame: bytes) -> bool:
         """Queue one frame; ``False`` if the target is gone (the caller tells the sender)."""
         if self._closed:
             return False
-        self._frames.append(frame)
-        self._wake()
-        return True
-
-    def put_many(self, frames: Iterable[bytes]) -> bool:
-        if self._closed:
-            return False
-        self._frames.extend(frames)
-        self._wake()
-        return True
-
-    def _wake(self) -> None:
+        self.batcher.add(frame, self._clock())
         if self._writer is None:
             self._writer = asyncio.get_running_loop().create_task(self._drain())
+        else:
+            self._nudge()
+        return True
+
+    def _nudge(self) -> None:
+        if self._arrived is not None:
+            self._arrived.set()
 
     async def _drain(self) -> None:
-        frames = self._frames
+        batcher = self.batcher
         try:
-            while frames:
-                await self._send(frames.popleft())
-                self.delivered += 1
+            while not self._closed:
+                flush = batcher.take(self._clock())
+                if flush is None:
+                    deadline = batcher.deadline()
+                    if deadline is None:
+                        break  # idle: the next put starts a new writer
+                    await self._wait_until(deadline)
+                    continue
+                if self.wire_v4 and len(flush.frames) > 1:
+                    await self._send(v4frames.encode_batch(flush.frames))
+                    self.frames_written += 1
+                else:
+                    for frame in flush.frames:
+                        await self._send(frame)
+                    self.frames_written += len(flush.frames)
+                batcher.written()
         except Exception as exc:  # the socket closed under us; the connection's cleanup follows
             log.debug("delivery to %s stopped: %s", self.address, exc)
-            self.close()
+            self._closed = True
         finally:
             self._writer = None
+
+    async def _wait_until(self, deadline: float) -> None:
+        """Sleep until the batch timer expires, or a new message may complete the batch."""
+        self._arrived = arrived = asyncio.Event()
+        try:
+            await asyncio.wait_for(arrived.wait(), max(0.0, deadline - self._clock()))
+        except asyncio.TimeoutError:
+            pass
+        finally:
+            self._arrived = None
 
     def close(self) -> list[bytes]:
         """Stop delivering; returns the frames that were never written."""
         self._closed = True
-        undelivered = list(self._frames)
-        self._frames.clear()
-        return undelivered
+        self._nudge()
+        return self.batcher.drain()
+
+    def metrics(self) -> dict:
+        stats = self.batcher.metrics.as_dict()
+        stats.update(depth=self.depth, frames_written=self.frames_written, wire="v4" if self.wire_v4 else "v3")
+        return stats

@@ -9,6 +9,7 @@ client of another worker goes to that worker through its ``PeerLink`` (one Ray c
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import socket
@@ -20,9 +21,11 @@ import websockets
 from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request, Response
 
+from actors.batching import BatchPolicy
 from actors.peer_link import Item, PeerLink
 from gateway import connection as gateway_connection
-from gateway import envelope
+from gateway import http as gateway_http
+from gateway import envelope, frames
 from gateway.connection import CLOSE_GOING_AWAY, CLOSE_SUPERSEDED, ClientConnection
 from gateway.handshake import HandshakeError, Identity, TokenIssuer
 from gateway.manager import SERVER_VERSION, WorkspaceManager
@@ -41,6 +44,7 @@ class Router:
         self.worker_id = worker_id
         self.registry = registry
         self.issuer = TokenIssuer(config.jwt_secret)
+        self.batch_policy = config.batch_policy()
         self.connections: dict[str, ClientConnection] = {}
         self.by_workspace: dict[str, set[str]] = {}
         self.directory: dict[str, str] = {}
@@ -162,6 +166,9 @@ class Router:
     # -- routing -------------------------------------------------------------------------------
     def route(self, conn: ClientConnection, frame: bytes) -> None:
         """A binary frame from a local client: stamp it and send it on its way."""
+        if frames.is_v4(frame):
+            self._route_v4(conn, frame)
+            return
         try:
             env = envelope.parse(frame)
         except envelope.EnvelopeError as exc:
@@ -173,8 +180,36 @@ class Router:
             # Broadcasts never leave the sender's workspace.
             self._refuse(env.header, conn.address, target, f"cannot broadcast to {target} from {conn.workspace}")
             return
+        if envelope.is_broadcast(target) and not conn.identity.can(conn.workspace, "rw"):
+            # Read-only (``r``) clients may call services but not broadcast (docs/security.md).
+            self.dropped += 1
+            asyncio.ensure_future(_send_error(conn, f"permission denied: read-only clients cannot broadcast "
+                                                    f"in {conn.workspace}"))
+            return
         stamped = envelope.stamp(env, sender=conn.address, workspace=conn.workspace, user=conn.user, target=target)
         self._dispatch(target, stamped, env.header)
+
+    def _route_v4(self, conn: ClientConnection, frame: bytes) -> None:
+        """A v4 batch frame: route each message it carries, in order."""
+        try:
+            if not conn.wire_v4:
+                raise frames.FrameError("v4 frame on a v3 connection")
+            messages = frames.decode_batch(frame)
+        except frames.FrameError as exc:
+            self.dropped += 1
+            asyncio.ensure_future(_send_error(conn, f"unroutable frame: {exc}"))
+            return
+        for message in messages:
+            if message and not frames.is_v4(message):
+                self.route(conn, message)
+            else:
+                asyncio.ensure_future(_send_error(conn, "unroutable frame: nested or empty message in a batch"))
+
+    def set_batch_policy(self, policy: BatchPolicy) -> None:
+        """Change batching at run time, for every current and future target of this worker."""
+        self.batch_policy = policy
+        for conn in self.connections.values():
+            conn.queue.set_policy(policy)
 
     def _dispatch(self, target: str, frame: bytes, header: dict[str, Any] | None) -> None:
         if target == self.manager.address:
@@ -271,6 +306,12 @@ class Router:
             if event_type is None:
                 self._target_gone(target, frame)
 
+    async def cluster_stats(self) -> list[dict[str, Any]]:
+        """Stats of this worker and of every peer (the manager's ``get_router_stats``)."""
+        peers = await asyncio.gather(*(link.handle.stats.remote() for link in self.links.values()),
+                                     return_exceptions=True)
+        return [self.stats()] + [p for p in peers if isinstance(p, dict)]
+
     def stats(self) -> dict[str, Any]:
         return {
             "worker_id": self.worker_id,
@@ -280,6 +321,8 @@ class Router:
             "dropped": self.dropped,
             "peer_calls": {w: link.calls for w, link in self.links.items()},
             "peer_frames": {w: link.frames for w, link in self.links.items()},
+            "batch_policy": dataclasses.asdict(self.batch_policy),
+            "targets": {address: conn.queue.metrics() for address, conn in self.connections.items()},
         }
 
 
@@ -302,16 +345,13 @@ def _reuseport_socket(host: str, port: int) -> socket.socket:
 
 
 def _http_response(connection: ServerConnection, request: Request) -> Response | None:
-    """Plain HTTP on the gateway port: a health check; WebSocket upgrades go through on any path."""
+    """Plain HTTP on the gateway port: a health check and static pages; WebSocket upgrades go through on any path."""
     if "upgrade" in request.headers.get("Connection", "").lower():
         return None
     path = request.path.split("?", 1)[0]
     if path in ("/health", "/healthz"):
         return connection.respond(HTTPStatus.OK, "ok\n")
-    if path == "/":
-        return connection.respond(HTTPStatus.OK, "rhizomorph: a Hypha-compatible RPC router. "
-                                                 "Connect a hypha-rpc client to ws://<this host>/\n")
-    return connection.respond(HTTPStatus.NOT_FOUND, "not found\n")
+    return gateway_http.respond(request)  # the console, the examples and the JS client (gateway/http.py)
 
 
 @ray.remote(num_cpus=0, max_restarts=0)
@@ -360,6 +400,9 @@ class GatewayWorker:
 
     async def stats(self) -> dict[str, Any]:
         return self._router.stats()
+
+    async def set_batch_policy(self, policy: BatchPolicy) -> None:
+        self._router.set_batch_policy(policy)
 
     async def stop(self) -> None:
         if self._server is not None:

@@ -16,8 +16,9 @@ import shortuuid
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
+from actors.batching import BatchPolicy
 from actors.delivery import DeliveryQueue
-from gateway import handshake
+from gateway import handshake, limits
 from gateway.handshake import HandshakeError, Identity
 
 if TYPE_CHECKING:
@@ -31,20 +32,25 @@ CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY = 1008  # handshake refused: bad auth frame, bad token, permission, duplicate client
 CLOSE_SUPERSEDED = 4000  # the same client reconnected on a newer socket
 MAX_CONTROL_TEXT = 1000  # Hypha ignores longer client text frames too
+ERROR_SEND_TIMEOUT = 5.0  # seconds to hand a closing client its error frame
+# Limits (gateway/limits.py): 1001 idle timeout, 1008 message rate, 1009 frame too big (sent by
+# websockets itself), 1013 worker full.
 
 
 class ClientConnection:
     """A connected client: who it is, its socket, its delivery queue and its subscriptions."""
 
-    def __init__(self, websocket: ServerConnection, identity: Identity) -> None:
+    def __init__(self, websocket: ServerConnection, identity: Identity, policy: BatchPolicy,
+                 wire_v4: bool = False) -> None:
         self.websocket = websocket
+        self.wire_v4 = wire_v4
         self.identity = identity
         self.address = identity.address
         self.workspace = identity.workspace
         self.user = identity.user_info()
         self.generation = shortuuid.uuid()
         self.subscriptions: set[str] = set()
-        self.queue = DeliveryQueue(self.address, websocket.send)
+        self.queue = DeliveryQueue(self.address, websocket.send, policy, wire_v4=wire_v4)
 
     async def send_text(self, payload: dict[str, Any]) -> None:
         await self.websocket.send(json.dumps(payload))
@@ -55,8 +61,17 @@ async def serve(websocket: ServerConnection, router: "Router") -> None:
     connection = await _handshake(websocket, router)
     if connection is None:
         return
+    config = router.config
+    policy = limits.InboundPolicy(rate=config.message_rate, burst=config.message_burst,
+                                  idle_timeout=config.idle_timeout)
+    watchdog = asyncio.ensure_future(_watch_idle(websocket, policy)) if config.idle_timeout > 0 else None
     try:
         async for message in websocket:
+            breach = policy.on_frame()
+            if breach is not None:
+                log.info("closing %s: %s", connection.address, breach.reason)
+                await close_with_error(websocket, breach.code, breach.reason)
+                break
             if isinstance(message, bytes):
                 router.route(connection, message)
             else:
@@ -64,7 +79,31 @@ async def serve(websocket: ServerConnection, router: "Router") -> None:
     except ConnectionClosed:
         pass
     finally:
+        if watchdog is not None:
+            watchdog.cancel()
         await router.disconnect(connection)
+
+
+async def _watch_idle(websocket: ServerConnection, policy: limits.InboundPolicy) -> None:
+    """Close the socket once no data frame arrived for ``idle_timeout`` (one sleep per period)."""
+    while (breach := policy.idle_breach()) is None:
+        await asyncio.sleep(policy.idle_remaining())
+    log.info("closing an idle connection: %s", breach.reason)
+    await close_with_error(websocket, breach.code, breach.reason)
+
+
+async def close_with_error(websocket: ServerConnection, code: int, reason: str, *, error_frame: bool = True) -> None:
+    """End a connection the router refuses: the text frame ``{"type":"error"}``, then the close.
+
+    The error frame is what hypha-rpc clients report (``ConnectionAbortedError`` during the
+    handshake). A client that does not read cannot stall us: the send gives up after a while.
+    """
+    try:
+        if error_frame:
+            await asyncio.wait_for(websocket.send(handshake.error_frame(reason)), ERROR_SEND_TIMEOUT)
+        await websocket.close(code, limits.close_reason(reason))
+    except (ConnectionClosed, asyncio.TimeoutError):
+        pass
 
 
 async def _handshake(websocket: ServerConnection, router: "Router") -> ClientConnection | None:
@@ -72,16 +111,18 @@ async def _handshake(websocket: ServerConnection, router: "Router") -> ClientCon
         first = await asyncio.wait_for(websocket.recv(), router.config.handshake_timeout)
         request = handshake.parse_auth(first)
         identity, is_reconnect = handshake.authenticate(request, router.issuer)
-        connection = ClientConnection(websocket, identity)
+        wire_v4 = request.wire_protocol >= 4 and router.config.enable_v4
+        connection = ClientConnection(websocket, identity, router.batch_policy, wire_v4=wire_v4)
+        if connection.address not in router.connections:  # a socket replacing its own is not a new one
+            limits.check_capacity(len(router.connections), router.config.max_connections_per_worker,
+                                  reconnecting=is_reconnect)
         await router.admit(connection, is_reconnect)
     except (asyncio.TimeoutError, HandshakeError) as exc:
         reason = "no auth frame in time" if isinstance(exc, asyncio.TimeoutError) else str(exc)
         log.info("handshake refused: %s", reason)
-        try:
-            await websocket.send(handshake.error_frame(reason))
-            await websocket.close(CLOSE_POLICY, reason[:120])
-        except ConnectionClosed:
-            pass
+        # Limits carry their own close code (1013 when the worker is full); the rest is 1008.
+        await close_with_error(websocket, getattr(exc, "close_code", CLOSE_POLICY), reason,
+                               error_frame=getattr(exc, "error_frame", True))
         return None
     except ConnectionClosed:
         return None
@@ -90,7 +131,8 @@ async def _handshake(websocket: ServerConnection, router: "Router") -> ClientCon
     info = handshake.connection_info(
         identity, manager_id=router.config.manager_id, public_base_url=router.config.base_url,
         server_version=router.server_version, reconnection_token=token,
-        token_lifetime=router.config.reconnection_token_lifetime, worker_id=router.worker_id)
+        token_lifetime=router.config.reconnection_token_lifetime, worker_id=router.worker_id,
+        wire_protocol=4 if connection.wire_v4 else 3)
     try:
         await connection.send_text(info)
     except ConnectionClosed:

@@ -32,6 +32,8 @@ class AuthRequest:
     workspace: str | None = None
     token: str | None = None
     reconnection_token: str | None = None
+    #: API version of the wire the client asks for: 4 opts in to batch frames (rhizomorph's v4).
+    wire_protocol: int = 3
 
 
 @dataclass(slots=True)
@@ -101,7 +103,10 @@ def parse_auth(text: str | bytes) -> AuthRequest:
     workspace = values["workspace"]
     if workspace is not None and not _valid_name(workspace):
         raise HandshakeError("invalid workspace name")
-    return AuthRequest(**values)
+    wire = data.get("wire_protocol", 3)
+    if not isinstance(wire, int) or isinstance(wire, bool):
+        raise HandshakeError("'wire_protocol' must be an integer")
+    return AuthRequest(**values, wire_protocol=wire)
 
 
 def _valid_name(name: str) -> bool:
@@ -209,9 +214,14 @@ def _identity_from_claims(claims: dict[str, Any], client_id: str) -> Identity:
 
 
 def connection_info(identity: Identity, *, manager_id: str, public_base_url: str, server_version: str,
-                    reconnection_token: str, token_lifetime: float, worker_id: str) -> dict[str, Any]:
-    """The ``connection_info`` text frame that completes the handshake (§1.4 of the spec)."""
-    return {
+                    reconnection_token: str, token_lifetime: float, worker_id: str,
+                    wire_protocol: int = 3) -> dict[str, Any]:
+    """The ``connection_info`` text frame that completes the handshake (§1.4 of the spec).
+
+    ``wire_protocol`` is included only when the client opted in to v4 and the router agreed:
+    released clients never see it.
+    """
+    info = {
         "type": "connection_info",
         "hypha_version": server_version,
         "public_base_url": public_base_url,
@@ -225,6 +235,9 @@ def connection_info(identity: Identity, *, manager_id: str, public_base_url: str
         # Not part of Hypha's reply: which gateway worker holds this socket (for ops and tests).
         "rhizomorph_worker": worker_id,
     }
+    if wire_protocol >= 4:
+        info["wire_protocol"] = 4
+    return info
 
 
 def error_frame(message: str) -> str:

@@ -41,6 +41,8 @@ class ManagerHost(Protocol):
 
     def broadcast_event(self, workspace: str, event_type: str, data: Any) -> None: ...
 
+    async def cluster_stats(self) -> list[dict[str, Any]]: ...
+
 
 def server_user(server_id: str) -> dict[str, Any]:
     """The ``user`` stamped on frames the router itself sends."""
@@ -82,6 +84,7 @@ class WorkspaceManager:
             "ping": self.ping,
             "log": self.log,
             "generate_token": self.generate_token,
+            "get_router_stats": self.get_router_stats,
         }
 
     # -- entry point -----------------------------------------------------------------------------
@@ -339,6 +342,31 @@ class WorkspaceManager:
                                   is_anonymous=caller.is_anonymous, roles=caller.roles,
                                   workspaces={workspace: permission}, email=caller.email)
         return self._issuer.issue(token_identity, kind=ACCESS, lifetime=lifetime, client_id=config.get("client_id"))
+
+
+    async def get_router_stats(self, caller: Identity, **_: Any) -> dict:
+        """The router's own metrics: per worker, connections and per-target batching
+        (messages, flushes by reason, batch sizes, queue depth). Targets outside the
+        caller's workspaces are summed, not named."""
+        workers = await self._host.cluster_stats()
+        visible = set(caller.workspaces)
+        for worker in workers:
+            targets = worker.pop("targets", {})
+            worker.pop("clients", None)
+            worker["targets"] = {a: m for a, m in targets.items() if a.split("/", 1)[0] in visible}
+            worker["totals"] = _sum_target_metrics(targets.values())
+        return {"server_id": self._server_id, "workers": workers}
+
+
+def _sum_target_metrics(targets: Any) -> dict[str, Any]:
+    totals: dict[str, Any] = {"targets": 0, "messages": 0, "flushes": 0, "bytes": 0, "depth": 0, "reasons": {}}
+    for metrics in targets:
+        totals["targets"] += 1
+        for key in ("messages", "flushes", "bytes", "depth"):
+            totals[key] += metrics[key]
+        for reason, count in metrics["reasons"].items():
+            totals["reasons"][reason] = totals["reasons"].get(reason, 0) + count
+    return totals
 
 
 def _event_types(event_type: Any) -> list[str]:

@@ -23,13 +23,23 @@ def build_parser() -> argparse.ArgumentParser:
                        help="join this Ray cluster (default: start an embedded local Ray on 127.0.0.1)")
     serve.add_argument("--server-id", help="fixed server id (names the manager peer)")
     serve.add_argument("--log-level", help="DEBUG, INFO, WARNING (default INFO)")
+    serve.add_argument("--config", dest="config_file", help="TOML file of Config fields")
+    serve.add_argument("--preset", choices=("latency", "balanced", "throughput"), help="batching preset")
+    batching = serve.add_mutually_exclusive_group()
+    batching.add_argument("--batching", dest="enable_message_batching", action="store_true", default=None,
+                          help="batch small messages per target (default)")
+    batching.add_argument("--no-batching", dest="enable_message_batching", action="store_false",
+                          help="one frame per message")
+    serve.add_argument("--batch-timeout-ms", type=float)
+    serve.add_argument("--batch-max-messages", type=int)
+    serve.add_argument("--batch-max-size", type=int)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    overrides = {k: v for k, v in vars(args).items() if k != "command" and v is not None}
-    config = Config.from_env(**overrides)
+    overrides = {k: v for k, v in vars(args).items() if k not in ("command", "config_file", "preset") and v is not None}
+    config = Config.load(path=args.config_file, preset=args.preset, **overrides)
     logging.basicConfig(level=config.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     return serve(config)
 

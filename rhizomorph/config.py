@@ -9,10 +9,13 @@ from __future__ import annotations
 import dataclasses
 import os
 import secrets
+import tomllib
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import shortuuid
+
+from actors.batching import PRESETS, BatchPolicy
 
 ENV_PREFIX = "RHIZOMORPH_"
 
@@ -47,10 +50,31 @@ class Config:
     handshake_timeout: float = 10.0
     #: Services one client may register (Hypha's HYPHA_MAX_SERVICES_PER_CLIENT).
     max_services_per_client: int = 1000
+    #: Per-target batching of small messages (see actors/batching.py for the flush rules).
+    enable_message_batching: bool = True
+    #: Upper bound on how long a message waits in a busy target's batch, milliseconds.
+    batch_timeout_ms: float = 10.0
+    #: A busy target's batch is flushed when it holds this many messages.
+    batch_max_messages: int = 10
+    #: ... or this many bytes; a message this large or larger bypasses the batch.
+    batch_max_size: int = 32768
+    #: Accept API v4 clients (several messages per frame); v3 clients are unaffected.
+    enable_v4: bool = True
     #: Enable WebSocket per-message deflate (off: it makes 2 MB messages ~20x slower).
     compression: bool = False
     #: Python logging level of the router processes.
     log_level: str = "INFO"
+    #: Clients one gateway worker holds; more are refused with close 1013 (try again later).
+    #: ``0`` = unlimited. See docs/security.md.
+    max_connections_per_worker: int = 10000
+    #: Inbound frames per second per connection (token bucket refill); over it: close 1008.
+    #: Generous on purpose (Hypha: 200/s) so benchmarks never hit it; ``0`` disables it.
+    message_rate: float = 20000.0
+    #: Token bucket capacity: frames a connection may send at once before the rate applies.
+    message_burst: int = 40000
+    #: Seconds without any inbound data frame before the router closes the socket (1001), as
+    #: Hypha; hypha-rpc clients send a text ping every 20-30 s. ``0`` disables it.
+    idle_timeout: float = 600.0
 
     @property
     def manager_id(self) -> str:
@@ -63,6 +87,18 @@ class Config:
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
         return f"http://{host}:{self.port}"
 
+    def batch_policy(self) -> BatchPolicy:
+        return BatchPolicy(enabled=self.enable_message_batching, timeout_ms=self.batch_timeout_ms,
+                           max_messages=self.batch_max_messages, max_size=self.batch_max_size)
+
+    def with_preset(self, name: str) -> "Config":
+        """Apply a batching preset: ``latency``, ``balanced`` (the defaults) or ``throughput``."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown batching preset {name!r}: choose from {', '.join(PRESETS)}")
+        preset = PRESETS[name]
+        return self.replace(batch_timeout_ms=preset.timeout_ms, batch_max_messages=preset.max_messages,
+                            batch_max_size=preset.max_size)
+
     def worker_count(self) -> int:
         return self.workers if self.workers > 0 else max(1, os.cpu_count() or 1)
 
@@ -70,16 +106,51 @@ class Config:
         return dataclasses.replace(self, **changes)
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Config":
-        """Build a config from ``RHIZOMORPH_*`` variables, then apply explicit overrides."""
+    def load(cls, path: str | None = None, environ: Mapping[str, str] | None = None,
+             preset: str | None = None, **overrides: Any) -> "Config":
+        """Build a config. Later sources win: a batching preset, a TOML file, ``RHIZOMORPH_*``
+        variables, then explicit overrides (the CLI)."""
         environ = os.environ if environ is None else environ
+        preset = preset or environ.get(ENV_PREFIX + "PRESET")
         values: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):
-            raw = environ.get(ENV_PREFIX + f.name.upper())
+        if preset:
+            values.update(_batch_fields(PRESETS.get(preset) or _unknown_preset(preset)))
+        path = path or environ.get(ENV_PREFIX + "CONFIG")
+        if path:
+            values.update(_read_file(path))
+        names = {f.name: f for f in dataclasses.fields(cls)}
+        for name, f in names.items():
+            raw = environ.get(ENV_PREFIX + name.upper())
             if raw is not None:
-                values[f.name] = _coerce(f.type, raw, f.name)
+                values[name] = _coerce(f.type, raw, name)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Config":
+        """Build a config from ``RHIZOMORPH_*`` variables, then apply explicit overrides."""
+        return cls.load(environ=environ, **overrides)
+
+
+def _batch_fields(policy: BatchPolicy) -> dict[str, Any]:
+    return {"batch_timeout_ms": policy.timeout_ms, "batch_max_messages": policy.max_messages,
+            "batch_max_size": policy.max_size}
+
+
+def _unknown_preset(name: str) -> BatchPolicy:
+    raise ValueError(f"unknown batching preset {name!r}: choose from {', '.join(PRESETS)}")
+
+
+def _read_file(path: str) -> dict[str, Any]:
+    """A TOML file of Config fields, at the top level or under ``[rhizomorph]``."""
+    with open(path, "rb") as handle:
+        data = tomllib.load(handle)
+    data = data.get("rhizomorph", data)
+    known = {f.name for f in dataclasses.fields(Config)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"{path}: unknown config field(s): {', '.join(unknown)}")
+    return data
 
 
 def _coerce(type_name: Any, raw: str, name: str) -> Any:

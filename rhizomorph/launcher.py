@@ -72,6 +72,15 @@ class Deployment:
         log.info("rhizomorph listening on %s with %d gateway worker(s)", self.url, len(self.workers))
         return self
 
+    def set_batching(self, preset: str | None = None, **fields: Any) -> None:
+        """Change batching on every worker at run time (a preset and/or Config batch fields)."""
+        import ray
+
+        config = self.config.with_preset(preset) if preset else self.config
+        self.config = config.replace(**fields)
+        policy = self.config.batch_policy()
+        ray.get([w.set_batch_policy.remote(policy) for w in self.workers.values()])
+
     def stats(self) -> list[dict[str, Any]]:
         import ray
 

@@ -1,0 +1,172 @@
+"""Per-target batching (sans-I/O): when to flush a target's buffer, and how much.
+
+The rules, for one target:
+
+- A message at least ``max_size`` bytes long bypasses batching: it is flushed alone (after
+  the messages queued before it, which keeps the order).
+- When the target's socket is idle (its last flush left the buffer empty), the next flush
+  happens at once: a lone call pays no batching delay (reason ``idle``).
+- Messages that arrive while a write is in flight accumulate. After the write, the buffer
+  is flushed as soon as it holds ``max_messages`` messages (``count``) or ``max_size`` bytes
+  (``size``), and at the latest ``timeout`` after its oldest message arrived (``timer``).
+- With batching disabled every message is flushed alone (``unbatched``).
+
+``Batcher`` holds no I/O and takes the time as an argument, so the rules are unit-tested
+with a fake clock; ``actors/delivery.py`` drives it from the event loop.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from dataclasses import dataclass, field
+
+FLUSH_REASONS = ("idle", "count", "size", "timer", "large", "unbatched")
+#: Upper bounds of the batch-size histogram buckets (messages per flush).
+BATCH_SIZE_BUCKETS = (1, 2, 5, 10, 20, 50, 100)
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    """The knobs of hypha-rpc's batching report, applied per target by the router."""
+
+    enabled: bool = True
+    timeout_ms: float = 10.0
+    max_messages: int = 10
+    max_size: int = 32768
+
+    def __post_init__(self) -> None:
+        if self.timeout_ms < 0 or self.max_messages < 1 or self.max_size < 1:
+            raise ValueError(f"invalid batch policy: {self}")
+
+
+PRESETS: dict[str, BatchPolicy] = {
+    "latency": BatchPolicy(timeout_ms=5.0, max_messages=5, max_size=32768),
+    "balanced": BatchPolicy(),
+    "throughput": BatchPolicy(timeout_ms=20.0, max_messages=20, max_size=65536),
+}
+
+
+@dataclass
+class BatchMetrics:
+    """What one target's batcher did: ready to be read by the manager or exported."""
+
+    messages: int = 0
+    batched_messages: int = 0  # messages that left in a flush of more than one
+    flushes: int = 0
+    bytes: int = 0
+    reasons: Counter = field(default_factory=Counter)
+    sizes: Counter = field(default_factory=Counter)  # bucket upper bound -> flushes
+    max_depth: int = 0
+
+    def record(self, count: int, size: int, reason: str) -> None:
+        self.flushes += 1
+        self.messages += count
+        self.bytes += size
+        if count > 1:
+            self.batched_messages += count
+        self.reasons[reason] += 1
+        bucket = next((b for b in BATCH_SIZE_BUCKETS if count <= b), float("inf"))
+        self.sizes[bucket] += 1
+
+    def as_dict(self) -> dict:
+        return {
+            "messages": self.messages,
+            "batched_messages": self.batched_messages,
+            "flushes": self.flushes,
+            "bytes": self.bytes,
+            "reasons": {r: self.reasons.get(r, 0) for r in FLUSH_REASONS},
+            "batch_sizes": {("+Inf" if b == float("inf") else str(b)): n for b, n in sorted(self.sizes.items())},
+            "max_depth": self.max_depth,
+        }
+
+
+@dataclass(slots=True)
+class Flush:
+    frames: list[bytes]
+    reason: str
+
+
+class Batcher:
+    def __init__(self, policy: BatchPolicy) -> None:
+        self.policy = policy
+        self.metrics = BatchMetrics()
+        self._frames: deque[bytes] = deque()
+        self._sizes: deque[int] = deque()
+        self._arrivals: deque[float] = deque()
+        self._bytes = 0
+        self._idle = True  # the last flush emptied the buffer
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    @property
+    def buffered_bytes(self) -> int:
+        return self._bytes
+
+    def add(self, frame: bytes, now: float) -> None:
+        self._arrivals.append(now)
+        self._frames.append(frame)
+        self._sizes.append(len(frame))
+        self._bytes += len(frame)
+        if len(self._frames) > self.metrics.max_depth:
+            self.metrics.max_depth = len(self._frames)
+
+    def deadline(self) -> float | None:
+        """When the timer forces a flush of what is buffered (``None``: nothing to wait for)."""
+        if not self._frames or self._idle or not self.policy.enabled:
+            return None
+        return self._arrivals[0] + self.policy.timeout_ms / 1000.0
+
+    def take(self, now: float) -> Flush | None:
+        """The next flush due at ``now`` (the socket is free), or ``None`` to wait."""
+        if not self._frames:
+            self._idle = True
+            return None
+        policy = self.policy
+        if not policy.enabled:
+            return self._pop(1, "unbatched")
+        if self._sizes[0] >= policy.max_size:
+            return self._pop(1, "large")
+        count, size = 0, 0
+        for frame_size in self._sizes:
+            if frame_size >= policy.max_size or count == policy.max_messages or size + frame_size > policy.max_size:
+                break
+            count += 1
+            size += frame_size
+        if count == policy.max_messages:
+            reason = "count"
+        elif count < len(self._frames):
+            reason = "size" if self._sizes[count] < policy.max_size else "large"
+        elif self._idle:
+            reason = "idle"
+        elif now >= self._arrivals[0] + policy.timeout_ms / 1000.0:
+            reason = "timer"
+        else:
+            return None
+        return self._pop(count, reason)
+
+    def _pop(self, count: int, reason: str) -> Flush:
+        frames = [self._frames.popleft() for _ in range(count)]
+        size = 0
+        for _ in range(count):
+            size += self._sizes.popleft()
+            self._arrivals.popleft()
+        self._bytes -= size
+        self.metrics.record(count, size, reason)
+        # Until a write leaves the buffer empty, later messages wait for company (count, size or timer).
+        self._idle = False
+        return Flush(frames, reason)
+
+    def written(self) -> None:
+        """The socket finished writing a flush; an empty buffer means the target is idle again."""
+        if not self._frames:
+            self._idle = True
+
+    def drain(self) -> list[bytes]:
+        """Everything still buffered (the target is gone)."""
+        frames = list(self._frames)
+        self._frames.clear()
+        self._sizes.clear()
+        self._arrivals.clear()
+        self._bytes = 0
+        return frames

@@ -1,0 +1,178 @@
+"""Per-target batching and API v4, end to end: real router, real Ray, real hypha-rpc clients."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from hypha_rpc import connect_to_server as connect_v3
+
+from rhizomorph.client import connect_to_server as connect_v4
+from rhizomorph.client import wire_protocol
+from tests.conftest import eventually
+
+
+def address(server) -> str:
+    return f"{server.config.workspace}/{server.config.client_id}"
+
+
+def target_metrics(deployment, target: str) -> dict:
+    for worker in deployment.stats():
+        if target in worker["targets"]:
+            return worker["targets"][target]
+    raise AssertionError(f"{target} is on no worker")
+
+
+async def emit_all(server, target: str, count: int, event_type: str = "seq") -> None:
+    """Fire ``count`` sequenced events at once (as a busy producer does)."""
+    results = [server.emit({"type": event_type, "to": target, "data": i}) for i in range(count)]
+    await asyncio.gather(*(r for r in results if asyncio.iscoroutine(r) or isinstance(r, asyncio.Future)))
+
+
+@pytest.fixture
+async def clients():
+    opened = []
+
+    async def _open(url: str, v4: bool):
+        connect = connect_v4 if v4 else connect_v3
+        server = await connect({"server_url": url, "method_timeout": 30})
+        opened.append(server)
+        return server
+
+    yield _open
+    for server in opened:
+        try:
+            await asyncio.wait_for(server.disconnect(), 5)
+        except Exception:
+            pass
+
+
+async def test_v4_is_negotiated_and_v3_stays_v3(router, clients):
+    assert wire_protocol(await clients(router.url, v4=True)) == 4
+    assert wire_protocol(await clients(router.url, v4=False)) == 3
+
+
+async def test_burst_to_v4_target_arrives_in_few_frames_intact_and_in_order(router, clients):
+    target = await clients(router.url, v4=True)
+    sender = await clients(router.url, v4=True)
+    received = []
+    target.on("seq", lambda message: received.append(message["data"]))
+    before = target_metrics(router, address(target))
+
+    await emit_all(sender, address(target), 2000)
+    await eventually(lambda: len(received) >= 2000, timeout=20)
+
+    assert received == list(range(2000))
+    after = target_metrics(router, address(target))
+    frames = after["frames_written"] - before["frames_written"]
+    assert after["messages"] - before["messages"] >= 2000
+    assert frames <= 2000 / 4, f"2000 messages took {frames} frames"
+
+
+async def test_v3_target_gets_one_message_per_frame_in_order(router, clients):
+    target = await clients(router.url, v4=False)
+    sender = await clients(router.url, v4=True)
+    received = []
+    target.on("seq", lambda message: received.append(message["data"]))
+    await emit_all(sender, address(target), 500)
+    await eventually(lambda: len(received) >= 500, timeout=20)
+    assert received == list(range(500))
+    metrics = target_metrics(router, address(target))
+    assert metrics["wire"] == "v3"
+    assert metrics["frames_written"] == metrics["messages"]  # never several messages in one v3 frame
+
+
+async def test_lone_call_on_idle_connection_is_flushed_at_once(router, clients):
+    provider = await clients(router.url, v4=True)
+    consumer = await clients(router.url, v4=True)
+    await provider.register_service({"id": "echo", "config": {"visibility": "public"}, "echo": lambda x: x})
+    echo = await consumer.get_service(f"{address(provider)}:echo")
+    await asyncio.sleep(0.2)  # let every queue go idle
+    before = target_metrics(router, address(provider))
+    assert await echo.echo("lone") == "lone"
+    after = target_metrics(router, address(provider))
+    assert after["reasons"]["idle"] == before["reasons"]["idle"] + 1
+    assert after["reasons"]["timer"] == before["reasons"]["timer"]
+
+
+@pytest.mark.parametrize("provider_v4,consumer_v4", [(True, False), (False, True), (True, True)])
+async def test_v3_and_v4_call_each_other_including_2mb(router, clients, provider_v4, consumer_v4):
+    provider = await clients(router.url, v4=provider_v4)
+    consumer = await clients(router.url, v4=consumer_v4)
+    await provider.register_service({"id": "echo", "config": {"visibility": "public"}, "echo": lambda x: x})
+    echo = await consumer.get_service(f"{address(provider)}:echo")
+    for size in (10, 20_000, 2_000_000):
+        payload = bytes(range(256)) * (size // 256) + b"!" * (size % 256)
+        assert await echo.echo(payload) == payload
+
+
+async def test_large_transfer_does_not_hold_up_small_calls(router, clients):
+    provider = await clients(router.url, v4=True)
+    consumer = await clients(router.url, v4=True)
+    await provider.register_service({"id": "sink", "config": {"visibility": "public"},
+                                     "take": lambda data: len(data), "ping": lambda i: i})
+    sink = await consumer.get_service(f"{address(provider)}:sink")
+    finished: dict[str, float] = {}
+
+    async def big() -> None:
+        assert await sink.take(b"\x07" * 16_000_000) == 16_000_000
+        finished["big"] = time.monotonic()
+
+    async def small(i: int) -> None:
+        assert await sink.ping(i) == i
+        finished[f"small{i}"] = time.monotonic()
+
+    transfer = asyncio.create_task(big())
+    await asyncio.sleep(0.05)  # the transfer is under way
+    await asyncio.gather(*(small(i) for i in range(100)))
+    await transfer
+    assert max(v for k, v in finished.items() if k != "big") < finished["big"]
+
+
+async def test_order_holds_across_two_workers(router2, clients):
+    by_worker = {}
+    for _ in range(40):
+        server = await clients(router2.url, v4=True)
+        by_worker.setdefault(server.config.rhizomorph_worker, server)
+        if len(by_worker) == 2:
+            break
+    assert set(by_worker) == {"w0", "w1"}
+    sender, target = by_worker["w0"], by_worker["w1"]
+    received = []
+    target.on("seq", lambda message: received.append(message["data"]))
+    await emit_all(sender, address(target), 2000)
+    await eventually(lambda: len(received) >= 2000, timeout=30)
+    assert received == list(range(2000))
+    w0 = next(s for s in router2.stats() if s["worker_id"] == "w0")
+    # Every Ray hop carries a batch: far fewer calls than frames.
+    assert w0["peer_frames"]["w1"] >= 2000
+    assert w0["peer_calls"]["w1"] < w0["peer_frames"]["w1"] / 4
+
+
+async def test_batching_disabled_at_run_time_sends_one_frame_per_message(router, clients):
+    target = await clients(router.url, v4=True)
+    sender = await clients(router.url, v4=True)
+    received = []
+    target.on("seq", lambda message: received.append(message["data"]))
+    router.set_batching(enable_message_batching=False)
+    try:
+        before = target_metrics(router, address(target))
+        await emit_all(sender, address(target), 300)
+        await eventually(lambda: len(received) >= 300, timeout=20)
+        after = target_metrics(router, address(target))
+    finally:
+        router.set_batching(enable_message_batching=True)
+    assert received == list(range(300))
+    messages = after["messages"] - before["messages"]
+    assert messages >= 300
+    assert after["frames_written"] - before["frames_written"] == messages
+    assert after["reasons"]["unbatched"] - before["reasons"]["unbatched"] == messages
+
+
+async def test_router_stats_through_the_manager(router, clients):
+    server = await clients(router.url, v4=True)
+    stats = await server.get_router_stats()
+    mine = [w["targets"][address(server)] for w in stats["workers"] if address(server) in w["targets"]]
+    assert mine and mine[0]["wire"] == "v4" and mine[0]["messages"] > 0
+    assert all("totals" in w and "reasons" in w["totals"] for w in stats["workers"])

@@ -1,0 +1,130 @@
+"""The batcher's flush rules with a fake clock, and v4 batch framing round trips (pure)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from actors.batching import PRESETS, Batcher, BatchPolicy
+from gateway import frames
+
+POLICY = BatchPolicy(timeout_ms=10.0, max_messages=3, max_size=100)
+
+
+def fill(batcher: Batcher, *sizes: int, now: float = 0.0) -> None:
+    for i, size in enumerate(sizes):
+        batcher.add(bytes([i % 256]) * size, now)
+
+
+def test_idle_target_flushes_a_lone_message_at_once():
+    batcher = Batcher(POLICY)
+    fill(batcher, 10)
+    flush = batcher.take(now=0.0)
+    assert flush is not None and flush.reason == "idle" and len(flush.frames) == 1
+
+
+def test_messages_arriving_during_a_write_wait_for_count():
+    batcher = Batcher(POLICY)
+    fill(batcher, 10)
+    batcher.take(0.0)  # written... but before it completes two more arrive
+    fill(batcher, 10, 10, now=0.001)
+    batcher.written()
+    assert batcher.take(0.002) is None  # not full, timer not due: wait for company
+    assert batcher.deadline() == pytest.approx(0.011)
+    fill(batcher, 10, now=0.003)
+    flush = batcher.take(0.003)
+    assert flush.reason == "count" and len(flush.frames) == 3
+
+
+def test_timer_flushes_a_partial_batch_at_its_deadline():
+    batcher = Batcher(POLICY)
+    fill(batcher, 10)
+    batcher.take(0.0)
+    fill(batcher, 10, now=0.001)
+    batcher.written()
+    assert batcher.take(0.0109) is None
+    flush = batcher.take(0.011)
+    assert flush.reason == "timer" and len(flush.frames) == 1
+    batcher.written()
+    fill(batcher, 10, now=0.5)
+    assert batcher.take(0.5).reason == "idle"  # the buffer emptied: idle again
+
+
+def test_size_limit_and_large_messages_bypass_in_order():
+    batcher = Batcher(POLICY)
+    fill(batcher, 10)
+    batcher.take(0.0)
+    fill(batcher, 40, 40, 40, 200, 5, now=0.001)
+    batcher.written()
+    first = batcher.take(0.001)
+    assert first.reason == "size" and [len(f) for f in first.frames] == [40, 40]
+    second = batcher.take(0.001)
+    assert second.reason == "large" and [len(f) for f in second.frames] == [40]  # flushed ahead of the large one
+    third = batcher.take(0.001)
+    assert third.reason == "large" and [len(f) for f in third.frames] == [200]
+    assert batcher.take(0.001) is None  # the 5-byte one waits for company or the timer
+    assert batcher.take(0.02).reason == "timer"
+
+
+def test_disabled_batching_flushes_one_message_each():
+    batcher = Batcher(BatchPolicy(enabled=False))
+    fill(batcher, 10, 10, 10)
+    reasons = [batcher.take(0.0).reason for _ in range(3)]
+    assert reasons == ["unbatched"] * 3 and batcher.take(0.0) is None
+
+
+def test_metrics_count_reasons_sizes_and_depth():
+    batcher = Batcher(POLICY)
+    fill(batcher, 1, 1, 1, 1)
+    batcher.take(0.0)
+    metrics = batcher.metrics.as_dict()
+    assert metrics["flushes"] == 1 and metrics["messages"] == 3 and metrics["batched_messages"] == 3
+    assert metrics["reasons"]["count"] == 1 and metrics["max_depth"] == 4
+    assert metrics["batch_sizes"] == {"5": 1}
+
+
+def test_presets_match_the_report():
+    assert PRESETS["balanced"] == BatchPolicy(True, 10.0, 10, 32768)
+    assert PRESETS["latency"].timeout_ms == 5.0 and PRESETS["latency"].max_messages == 5
+    assert PRESETS["throughput"] == BatchPolicy(True, 20.0, 20, 65536)
+    with pytest.raises(ValueError):
+        BatchPolicy(max_messages=0)
+
+
+@given(st.lists(st.binary(max_size=300), max_size=50))
+def test_batch_frame_round_trips_any_messages(messages):
+    frame = frames.encode_batch(messages)
+    assert frames.is_v4(frame)
+    assert frames.decode_batch(frame) == messages
+
+
+@given(st.lists(st.binary(min_size=1, max_size=64), min_size=1, max_size=10), st.data())
+def test_truncated_batch_frames_are_refused(messages, data):
+    frame = frames.encode_batch(messages)
+    boundaries, offset = set(), 2
+    for message in messages:
+        offset += frames.OVERHEAD + len(message)
+        boundaries.add(offset)  # cutting here leaves a shorter but whole batch
+    cut = data.draw(st.integers(min_value=3, max_value=len(frame) - 1).filter(lambda n: n not in boundaries))
+    with pytest.raises(frames.FrameError):
+        frames.decode_batch(frame[:cut])
+
+
+@given(st.lists(st.tuples(st.integers(1, 150), st.floats(0, 0.05)), max_size=60))
+def test_batcher_never_loses_or_reorders(arrivals):
+    """Whatever arrives, every frame leaves exactly once, in order, within the limits."""
+    batcher = Batcher(POLICY)
+    sent, now = [], 0.0
+    for i, (size, gap) in enumerate(arrivals):
+        now += gap
+        batcher.add(i.to_bytes(2, "big") + b"x" * (size - 1), now)
+        while (flush := batcher.take(now)) is not None:
+            assert len(flush.frames) <= POLICY.max_messages
+            assert len(flush.frames) == 1 or sum(map(len, flush.frames)) <= POLICY.max_size
+            sent.extend(flush.frames)
+            batcher.written()
+    while (flush := batcher.take(now + 1.0)) is not None:
+        sent.extend(flush.frames)
+        batcher.written()
+    assert [int.from_bytes(f[:2], "big") for f in sent] == list(range(len(arrivals)))
