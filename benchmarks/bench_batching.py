@@ -1,0 +1,82 @@
+"""Batching on vs off, side by side in one run: 2000 x 256 B events to one v4 target.
+
+    python benchmarks/bench_batching.py [--messages 2000] [--size 256] [--repeats 3]
+
+"On" is the router's default policy and the v4 client's default send-side batching; "off"
+disables both (the router at run time, the client at connect). Prints msgs/s for each (median
+of the repeats, with min-max) and the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import time
+
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+from actors.batching import BatchPolicy  # noqa: E402
+from rhizomorph import Config, Deployment, ensure_ray  # noqa: E402
+from rhizomorph.client import connect_to_server  # noqa: E402
+
+
+async def one_run(url: str, batching: bool, messages: int, size: int) -> float:
+    """Send ``messages`` events at once; returns msgs/s until the last one arrived."""
+    policy = BatchPolicy(enabled=batching)
+    target = await connect_to_server({"server_url": url}, batching=policy)
+    sender = await connect_to_server({"server_url": url}, batching=policy)
+    address = f"{target.config.workspace}/{target.config.client_id}"
+    payload = b"x" * size
+    done = asyncio.Event()
+    count = 0
+
+    def on_event(message: dict) -> None:
+        nonlocal count
+        count += 1
+        if count == messages:
+            done.set()
+
+    target.on("bench", on_event)
+    started = time.perf_counter()
+    results = [sender.emit({"type": "bench", "to": address, "data": payload}) for _ in range(messages)]
+    await asyncio.gather(*(r for r in results if asyncio.iscoroutine(r) or isinstance(r, asyncio.Future)))
+    await asyncio.wait_for(done.wait(), 120)
+    elapsed = time.perf_counter() - started
+    await sender.disconnect()
+    await target.disconnect()
+    return messages / elapsed
+
+
+async def compare(deployment: Deployment, messages: int, size: int, repeats: int) -> dict[str, list[float]]:
+    rates: dict[str, list[float]] = {"on": [], "off": []}
+    for _ in range(repeats):
+        for mode in ("on", "off"):  # interleaved, so drift in the machine hits both alike
+            deployment.set_batching(enable_message_batching=mode == "on")
+            rates[mode].append(await one_run(deployment.url, mode == "on", messages, size))
+    deployment.set_batching(enable_message_batching=True)
+    return rates
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=2000)
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=1)
+    args = parser.parse_args()
+    ensure_ray()
+    with Deployment(Config(port=0, workers=args.workers)) as deployment:
+        rates = asyncio.run(compare(deployment, args.messages, args.size, args.repeats))
+    print(f"{args.messages} x {args.size} B events to one v4 target, {args.repeats} repeats, "
+          f"{args.workers} worker(s)")
+    for mode in ("on", "off"):
+        values = rates[mode]
+        print(f"  batching {mode:3}: {statistics.median(values):>10,.0f} msgs/s "
+              f"(min {min(values):,.0f}, max {max(values):,.0f})")
+    print(f"  ratio on/off: {statistics.median(rates['on']) / statistics.median(rates['off']):.2f}x")
+
+
+if __name__ == "__main__":
+    main()
