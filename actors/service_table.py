@@ -40,7 +40,8 @@ class ServiceRecord:
 
     def visible_to(self, workspace: str, readable: set[str]) -> bool:
         """Whether a caller in ``workspace`` (with read access to ``readable``) may see it."""
-        if self.visibility == "public" or self.workspace == workspace or self.workspace in readable:
+        # Public and unlisted services are open to anyone who knows the id (Hypha's rule).
+        if self.visibility in ("public", "unlisted") or self.workspace == workspace or self.workspace in readable:
             return True
         authorized = (self.info.get("config") or {}).get("authorized_workspaces") or []
         return workspace in authorized
@@ -228,6 +229,8 @@ class ServiceTable:
             if "visibility" in filters and record.visibility != filters["visibility"]:
                 continue
             # Unlisted services are reachable by id only; protected ones stay inside their workspace.
+            if record.visibility == "unlisted":
+                continue
             same = record.workspace == caller_workspace or record.workspace in readable
             if not same and record.visibility != "public":
                 continue

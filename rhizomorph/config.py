@@ -85,6 +85,8 @@ class Config:
         if self.public_base_url:
             return self.public_base_url.rstrip("/")
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        if ":" in host:
+            host = f"[{host}]"  # an IPv6 literal
         return f"http://{host}:{self.port}"
 
     def batch_policy(self) -> BatchPolicy:
