@@ -33,6 +33,7 @@ class DeliveryQueue:
         self._clock = clock
         self._writer: asyncio.Task | None = None
         self._arrived: asyncio.Event | None = None  # set while the writer waits for the timer
+        self._progress = asyncio.Event()  # set after every flush (for senders that pace themselves)
         self._closed = False
 
     @property
@@ -77,6 +78,7 @@ class DeliveryQueue:
                         await self._send(frame)
                     self.frames_written += len(flush.frames)
                 batcher.written()
+                self._progress.set()
         except Exception as exc:  # the socket closed under us; the connection's cleanup follows
             log.debug("delivery to %s stopped: %s", self.address, exc)
             self._closed = True
@@ -93,10 +95,17 @@ class DeliveryQueue:
         finally:
             self._arrived = None
 
+    async def wait_below(self, depth: int) -> None:
+        """Wait until fewer than ``depth`` frames are queued (a paced sender's flow control)."""
+        while self.depth >= depth and not self._closed:
+            self._progress.clear()
+            await self._progress.wait()
+
     def close(self) -> list[bytes]:
         """Stop delivering; returns the frames that were never written."""
         self._closed = True
         self._nudge()
+        self._progress.set()
         return self.batcher.drain()
 
     def metrics(self) -> dict:

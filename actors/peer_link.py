@@ -16,6 +16,9 @@ log = logging.getLogger("rhizomorph.peer")
 
 #: One routed frame: (target address, event type for broadcasts or None, stamped frame).
 Item = tuple[str, "str | None", bytes]
+#: Bytes one call carries at most (beyond its first item): a large transfer between two workers
+#: then goes in slices, and small frames queued behind it wait for one slice, not the whole.
+MAX_CALL_BYTES = 1 << 20
 
 
 class PeerLink:
@@ -35,7 +38,14 @@ class PeerLink:
             asyncio.get_running_loop().call_soon(self._flush)
 
     def _flush(self) -> None:
-        items, self._items = self._items, []
+        items, size = self._items, 0
+        for count, item in enumerate(items):
+            size += len(item[2])
+            if size > MAX_CALL_BYTES and count > 0:
+                items, self._items = items[:count], items[count:]
+                break
+        else:
+            self._items = []
         self.calls += 1
         self.frames += len(items)
         task = asyncio.ensure_future(self._call(items))

@@ -12,6 +12,7 @@ import asyncio
 import dataclasses
 import logging
 import os
+import random
 import socket
 from http import HTTPStatus
 from typing import Any
@@ -49,6 +50,9 @@ class Router:
         self.by_workspace: dict[str, set[str]] = {}
         self.directory: dict[str, str] = {}
         self.links: dict[str, PeerLink] = {}
+        # Stream ids this worker hands out: random high half, counter low half (unique per receiver).
+        self._stream_base = random.getrandbits(31) << 32
+        self._stream_seq = 0
         self.manager = WorkspaceManager(self, manager_id=config.manager_id, server_id=config.server_id,
                                         base_url=config.base_url, issuer=self.issuer,
                                         call_timeout=config.manager_call_timeout)
@@ -128,6 +132,7 @@ class Router:
                 members.discard(conn.address)
                 if not members:
                     del self.by_workspace[conn.workspace]
+        self._abort_streams(conn)
         for frame in conn.queue.close():
             self._target_gone(conn.address, frame)
         try:
@@ -169,41 +174,92 @@ class Router:
         if frames.is_v4(frame):
             self._route_v4(conn, frame)
             return
+        stamped = self._stamp(conn, frame)
+        if stamped is not None:
+            self._dispatch(*stamped)
+
+    def _stamp(self, conn: ClientConnection, frame: bytes) -> tuple[str, bytes, dict[str, Any]] | None:
+        """Parse, check and stamp one message: ``(target, stamped frame, header)``, or ``None``
+        after telling the sender why not."""
         try:
             env = envelope.parse(frame)
         except envelope.EnvelopeError as exc:
-            self.dropped += 1
-            asyncio.ensure_future(_send_error(conn, f"unroutable frame: {exc}"))
-            return
+            self._unroutable(conn, str(exc))
+            return None
         target = envelope.normalize_target(env.header["to"], conn.workspace)
         if envelope.is_broadcast(target) and target != f"{conn.workspace}/*":
             # Broadcasts never leave the sender's workspace.
             self._refuse(env.header, conn.address, target, f"cannot broadcast to {target} from {conn.workspace}")
-            return
+            return None
         if envelope.is_broadcast(target) and not conn.identity.can(conn.workspace, "rw"):
             # Read-only (``r``) clients may call services but not broadcast (docs/security.md).
             self.dropped += 1
             asyncio.ensure_future(_send_error(conn, f"permission denied: read-only clients cannot broadcast "
                                                     f"in {conn.workspace}"))
-            return
+            return None
         stamped = envelope.stamp(env, sender=conn.address, workspace=conn.workspace, user=conn.user, target=target)
-        self._dispatch(target, stamped, env.header)
+        return target, stamped, env.header
+
+    def _unroutable(self, conn: ClientConnection, reason: str) -> None:
+        self.dropped += 1
+        asyncio.ensure_future(_send_error(conn, f"unroutable frame: {reason}"))
 
     def _route_v4(self, conn: ClientConnection, frame: bytes) -> None:
-        """A v4 batch frame: route each message it carries, in order."""
+        """A v4 frame: a batch (route each message, in order) or a chunk of a stream."""
+        if not conn.wire_v4:
+            self._unroutable(conn, "v4 frame on a v3 connection")
+            return
+        if frames.is_stream(frame):
+            self._route_chunk(conn, frame)
+            return
         try:
-            if not conn.wire_v4:
-                raise frames.FrameError("v4 frame on a v3 connection")
             messages = frames.decode_batch(frame)
         except frames.FrameError as exc:
-            self.dropped += 1
-            asyncio.ensure_future(_send_error(conn, f"unroutable frame: {exc}"))
+            self._unroutable(conn, str(exc))
             return
         for message in messages:
             if message and not frames.is_v4(message):
                 self.route(conn, message)
             else:
-                asyncio.ensure_future(_send_error(conn, "unroutable frame: nested or empty message in a batch"))
+                self._unroutable(conn, "nested or empty message in a batch")
+
+    def _route_chunk(self, conn: ClientConnection, frame: bytes) -> None:
+        """One chunk of a large message. Chunk 0 starts with the message header, which is
+        stamped like any header; the stream id is renamed so it is unique at the receiver."""
+        try:
+            stream_id, index, flags, data = frames.decode_chunk(frame)
+        except frames.FrameError as exc:
+            self._unroutable(conn, str(exc))
+            return
+        last = bool(flags & frames.LAST)
+        if index == 0:
+            if stream_id in conn.streams:
+                self._unroutable(conn, f"stream {stream_id} is already open")
+                return
+            stamped = self._stamp(conn, data)
+            if stamped is None:
+                return
+            target, data, header = stamped
+            if target == self.manager.address or envelope.is_broadcast(target):
+                self._refuse(header, conn.address, target, "a chunk stream must go to one client")
+                return
+            self._stream_seq += 1
+            entry = (target, self._stream_base | self._stream_seq, header)
+            if not last:
+                conn.streams[stream_id] = entry
+        else:
+            entry = conn.streams.pop(stream_id, None) if last else conn.streams.get(stream_id)
+            if entry is None:
+                self._unroutable(conn, f"chunk {index} of unknown stream {stream_id}")
+                return
+        target, out_id, header = entry
+        self._to_client(target, frames.encode_chunk(out_id, index, last, data), header if last else None)
+
+    def _abort_streams(self, conn: ClientConnection) -> None:
+        """The sender left mid-stream: tell each receiver to drop what it has."""
+        for target, out_id, _ in conn.streams.values():
+            self._to_client(target, frames.encode_chunk(out_id, 0, True, b"", abort=True), None)
+        conn.streams.clear()
 
     def set_batch_policy(self, policy: BatchPolicy) -> None:
         """Change batching at run time, for every current and future target of this worker."""
@@ -231,7 +287,7 @@ class Router:
     def _to_client(self, target: str, frame: bytes, header: dict[str, Any] | None, hops: int = 0) -> None:
         conn = self.connections.get(target)
         if conn is not None:
-            if not conn.queue.put(frame):
+            if not (conn.wire_v4 or not frames.is_v4(frame)) or not conn.queue.put(frame):
                 self._target_gone(target, frame, header)
             return
         owner = self.directory.get(target)
@@ -319,6 +375,7 @@ class Router:
             "connections": len(self.connections),
             "clients": sorted(self.connections),
             "dropped": self.dropped,
+            "streams_opened": self._stream_seq,
             "peer_calls": {w: link.calls for w, link in self.links.items()},
             "peer_frames": {w: link.frames for w, link in self.links.items()},
             "batch_policy": dataclasses.asdict(self.batch_policy),

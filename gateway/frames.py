@@ -57,3 +57,82 @@ def decode_batch(frame: bytes) -> list[bytes]:
         messages.append(bytes(view[offset:offset + length]))
         offset += length
     return messages
+
+
+# -- chunk streams -----------------------------------------------------------------------------
+#
+# A large message travels as a stream of chunk frames::
+#
+#     0xc1 'S' stream id (u64) index (u32) flags (u8) data
+#
+# The first chunk (index 0) starts with the message itself, so its msgpack header — which
+# the router reads and stamps — is at the front of chunk 0. ``LAST`` marks the final chunk.
+# Stream ids are chosen by the sender and rewritten by the router, so they are unique per
+# receiving connection.
+
+STREAM = ord("S")
+STREAM_PREFIX = bytes((MAGIC, STREAM))
+_CHUNK = struct.Struct(">QIB")
+CHUNK_HEADER = 2 + _CHUNK.size
+LAST = 0x01
+ABORT = 0x02  # the sender went away mid-stream: drop what arrived
+
+
+def is_stream(frame: bytes) -> bool:
+    return frame[:2] == STREAM_PREFIX
+
+
+def encode_chunk(stream_id: int, index: int, last: bool, data: bytes, *, abort: bool = False) -> bytes:
+    flags = (LAST if last else 0) | (ABORT if abort else 0)
+    return STREAM_PREFIX + _CHUNK.pack(stream_id, index, flags) + data
+
+
+def decode_chunk(frame: bytes) -> tuple[int, int, int, bytes]:
+    """``(stream_id, index, flags, data)`` of a chunk frame."""
+    if len(frame) < CHUNK_HEADER or not is_stream(frame):
+        raise FrameError("not a v4 chunk frame")
+    stream_id, index, flags = _CHUNK.unpack_from(frame, 2)
+    return stream_id, index, flags, frame[CHUNK_HEADER:]
+
+
+def split_stream(message: bytes, stream_id: int, chunk_size: int) -> list[bytes]:
+    """Cut a message into the chunk frames of one stream."""
+    if chunk_size < 1:
+        raise ValueError("chunk_size must be positive")
+    count = max(1, -(-len(message) // chunk_size))
+    return [encode_chunk(stream_id, i, i == count - 1, message[i * chunk_size:(i + 1) * chunk_size])
+            for i in range(count)]
+
+
+class StreamAssembler:
+    """Joins the chunks of concurrent streams; a gap or an unknown stream is a ``FrameError``."""
+
+    def __init__(self, max_streams: int = 64) -> None:
+        self._parts: dict[int, list[bytes]] = {}
+        self._max_streams = max_streams
+
+    def add(self, frame: bytes) -> bytes | None:
+        """Feed one chunk frame; returns the whole message when its last chunk arrives."""
+        stream_id, index, flags, data = decode_chunk(frame)
+        if flags & ABORT:
+            self._parts.pop(stream_id, None)
+            return None
+        last = flags & LAST
+        parts = self._parts.get(stream_id)
+        if parts is None:
+            if index != 0:
+                raise FrameError(f"stream {stream_id} starts at chunk {index}")
+            if len(self._parts) >= self._max_streams:
+                raise FrameError("too many concurrent streams")
+            parts = self._parts[stream_id] = []
+        elif index != len(parts):
+            del self._parts[stream_id]
+            raise FrameError(f"stream {stream_id}: chunk {index} after {len(parts) - 1}")
+        parts.append(data)
+        if not last:
+            return None
+        del self._parts[stream_id]
+        return b"".join(parts)
+
+    def __len__(self) -> int:
+        return len(self._parts)

@@ -19,12 +19,15 @@ swapped, once, for a subclass that builds a v4 connection only inside this modul
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
+import itertools
 import json
 from collections import deque
-from typing import Any
+from typing import Any, AsyncIterator
 
 import hypha_rpc
+import msgpack
 from hypha_rpc import websocket_client as _hypha_ws
 
 from actors.batching import BatchPolicy
@@ -32,6 +35,9 @@ from actors.delivery import DeliveryQueue
 from gateway import frames
 
 WIRE_PROTOCOL = 4
+CHUNK_SIZE = 256 * 1024  # bytes per chunk frame of a streamed message
+GENERATOR_WINDOW = 32  # items a v4 consumer asks for per round trip (and keeps one window ahead)
+_DEFAULT_CONTEXT = {"connection_type": "websocket"}
 _v4_policy: contextvars.ContextVar[BatchPolicy | None] = contextvars.ContextVar("rhizomorph_v4", default=None)
 
 
@@ -43,6 +49,8 @@ class BatchingWebSocket:
         self._policy = policy
         self._inbox: deque[bytes] = deque()
         self._outbox: DeliveryQueue | None = None  # set once the router confirms v4
+        self._streams = frames.StreamAssembler()
+        self._stream_ids = itertools.count(1)
         self.wire_protocol = 3
 
     def __getattr__(self, name: str) -> Any:  # state, close_code, close, ping, ...
@@ -67,18 +75,30 @@ class BatchingWebSocket:
             return json.dumps(message)
         return text
 
-    async def recv(self) -> str | bytes:
-        if self._inbox:
-            return self._inbox.popleft()
-        data = await self._websocket.recv()
-        if isinstance(data, str):
-            self._on_text(data)
-            return data
-        if frames.is_v4(data):
-            messages = frames.decode_batch(data)
-            self._inbox.extend(messages[1:])
-            return messages[0]
-        return data
+    async def send_stream(self, message: bytes, chunk_size: int = CHUNK_SIZE) -> None:
+        """Send one large message as a chunk stream. Each chunk is queued only once the
+        outbox has drained, so small messages sent meanwhile go out between chunks."""
+        assert self._outbox is not None, "streams need a v4 connection"
+        for chunk in frames.split_stream(message, next(self._stream_ids), chunk_size):
+            await self._outbox.wait_below(1)
+            if not self._outbox.put(chunk):
+                raise ConnectionError("the connection is closed")
+
+    async def recv(self) -> str | bytes | dict:
+        while not self._inbox:
+            data = await self._websocket.recv()
+            if isinstance(data, str):
+                self._on_text(data)
+                return data
+            if not frames.is_v4(data):
+                return data
+            if frames.is_stream(data):
+                whole = self._streams.add(data)
+                if whole is not None:
+                    return _decode_large(whole)
+                continue
+            self._inbox.extend(frames.decode_batch(data))
+        return self._inbox.popleft()
 
     def _on_text(self, text: str) -> None:
         if '"connection_info"' not in text:
@@ -90,6 +110,117 @@ class BatchingWebSocket:
 
     def batch_metrics(self) -> dict[str, Any] | None:
         return self._outbox.metrics() if self._outbox else None
+
+
+def _decode_large(message: bytes) -> dict[str, Any]:
+    """Decode a reassembled message as hypha-rpc decodes a frame (its per-frame buffer limit
+    of ~512 KB does not apply: the message arrived in chunks)."""
+    unpacker = msgpack.Unpacker(max_buffer_size=len(message))
+    unpacker.feed(message)
+    main = unpacker.unpack()
+    main["ctx"] = dict(main, **_DEFAULT_CONTEXT)
+    try:
+        main.update(unpacker.unpack())
+    except msgpack.OutOfData:
+        pass
+    return main
+
+
+class _V4RPC(_hypha_ws.RPC):
+    """hypha-rpc's RPC with two v4 abilities, both used only between v4 peers:
+
+    - large messages to a v4 peer travel as one chunk stream instead of ``message_cache``
+      calls (one round trip per chunk); v3 peers still get ``message_cache``;
+    - generators stream in windows: the consumer asks for up to ``GENERATOR_WINDOW`` items per
+      call and keeps the next window in flight while it consumes (back-pressure: at most two
+      windows are out). v3 consumers ignore the extra key and pull item by item.
+    """
+
+    def __init__(self, connection: Any, *args: Any, **kwargs: Any) -> None:
+        super().__init__(connection, *args, **kwargs)
+        builtin = self._services.get("built-in")
+        if builtin is not None:
+            # Advertised to peers in get_service("<client>:built-in"); api_version stays 3.
+            builtin["config"]["wire_protocol"] = WIRE_PROTOCOL
+
+    async def _send_chunks(self, package: bytes, target_id: str, session_id: Any) -> None:
+        websocket = getattr(self._connection, "_websocket", None)
+        if isinstance(websocket, BatchingWebSocket) and websocket.wire_protocol == WIRE_PROTOCOL:
+            remote = await self.get_remote_service(f"{target_id}:built-in")
+            if getattr(remote.config, "wire_protocol", None) == WIRE_PROTOCOL:
+                await websocket.send_stream(package)
+                return
+        await super()._send_chunks(package, target_id, session_id)
+
+    def _encode(self, a_object: Any, session_id: Any = None, local_workspace: Any = None) -> Any:
+        encoded = super()._encode(a_object, session_id=session_id, local_workspace=local_workspace)
+        if isinstance(encoded, dict) and encoded.get("_rtype") == "generator":
+            session, _, object_id = encoded["_rmethod"].rpartition(".")
+            store = self._get_session_store(session, create=False)
+            next_item = store.get(object_id) if isinstance(store, dict) else None
+            if next_item is not None:
+                store[object_id + ":window"] = _window_of(next_item)
+                encoded["_rwindow_method"] = f"{session}.{object_id}:window"
+        return encoded
+
+    def _decode(self, a_object: Any, remote_parent: Any = None, local_parent: Any = None,
+                remote_workspace: Any = None, local_workspace: Any = None) -> Any:
+        if isinstance(a_object, dict) and a_object.get("_rtype") == "generator" and "_rwindow_method" in a_object:
+            def remote(method: str) -> Any:
+                encoded = {"_rtype": "method", "_rserver": a_object.get("_rserver"),
+                           "_rtarget": a_object["_rtarget"], "_rmethod": method, "_rpromise": "*"}
+                return self._generate_remote_method(encoded, remote_parent=remote_parent, local_parent=local_parent,
+                                                    remote_workspace=remote_workspace,
+                                                    local_workspace=local_workspace)
+
+            close = remote(a_object["_rclose_method"]) if "_rclose_method" in a_object else None
+            return _windowed(remote(a_object["_rwindow_method"]), close)
+        return super()._decode(a_object, remote_parent=remote_parent, local_parent=local_parent,
+                               remote_workspace=remote_workspace, local_workspace=local_workspace)
+
+
+def _is_stop(item: Any) -> bool:
+    return isinstance(item, dict) and item.get("_rtype") == "stop_iteration"
+
+
+def _window_of(next_item: Any) -> Any:
+    """The producer side: up to ``count`` items per call, ending with the stop marker."""
+    async def window(count: int = GENERATOR_WINDOW) -> list:
+        items = []
+        for _ in range(max(1, min(int(count), 1024))):
+            item = await next_item()
+            items.append(item)
+            if _is_stop(item):
+                break
+        return items
+
+    return window
+
+
+async def _windowed(window: Any, close: Any) -> AsyncIterator[Any]:
+    """The consumer side: yields items while the next window is already on its way."""
+    pending = asyncio.ensure_future(window(GENERATOR_WINDOW))
+    finished = False
+    try:
+        while True:
+            items = await pending
+            finished = not items or _is_stop(items[-1])
+            if not finished:
+                pending = asyncio.ensure_future(window(GENERATOR_WINDOW))
+            for item in items:
+                if _is_stop(item):
+                    return
+                yield item
+            if finished:
+                return
+    finally:
+        if not finished:
+            pending.cancel()
+            if close is not None:
+                try:
+                    await close()
+                except Exception:
+                    pass
 
 
 class _V4Connection(_hypha_ws.WebsocketRPCConnection):
@@ -105,6 +236,7 @@ class _V4Connection(_hypha_ws.WebsocketRPCConnection):
 
 
 _PlainConnection = _hypha_ws.WebsocketRPCConnection
+_PlainRPC = _hypha_ws.RPC
 
 
 class _SelectingConnection(_PlainConnection):
@@ -119,8 +251,19 @@ class _SelectingConnection(_PlainConnection):
         return connection
 
 
+class _SelectingRPC(_PlainRPC):
+    """Likewise for the RPC object: ``_V4RPC`` inside our ``connect_to_server``."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        rpc_class = _V4RPC if _v4_policy.get() is not None else _PlainRPC
+        rpc = object.__new__(rpc_class)
+        rpc.__init__(*args, **kwargs)
+        return rpc
+
+
 if not issubclass(_hypha_ws.WebsocketRPCConnection, _SelectingConnection):
     _hypha_ws.WebsocketRPCConnection = _SelectingConnection
+    _hypha_ws.RPC = _SelectingRPC
 
 
 async def connect_to_server(config: dict[str, Any] | None = None, *, batching: BatchPolicy | None = None,

@@ -176,3 +176,70 @@ async def test_router_stats_through_the_manager(router, clients):
     mine = [w["targets"][address(server)] for w in stats["workers"] if address(server) in w["targets"]]
     assert mine and mine[0]["wire"] == "v4" and mine[0]["messages"] > 0
     assert all("totals" in w and "reasons" in w["totals"] for w in stats["workers"])
+
+
+def streams_opened(deployment) -> int:
+    return sum(worker["streams_opened"] for worker in deployment.stats())
+
+
+async def test_v4_peers_stream_large_messages_and_v3_peers_use_message_cache(router, clients):
+    v4_provider = await clients(router.url, v4=True)
+    v3_provider = await clients(router.url, v4=False)
+    consumer = await clients(router.url, v4=True)
+    for provider in (v4_provider, v3_provider):
+        await provider.register_service({"id": "echo", "config": {"visibility": "public"}, "echo": lambda x: x})
+    payload = bytes(range(256)) * 8192  # 2 MiB
+    before = streams_opened(router)
+    echo_v4 = await consumer.get_service(f"{address(v4_provider)}:echo")
+    assert await echo_v4.echo(payload) == payload
+    after_v4 = streams_opened(router)
+    assert after_v4 - before == 2  # the request and the result, one stream each
+    echo_v3 = await consumer.get_service(f"{address(v3_provider)}:echo")
+    assert await echo_v3.echo(payload) == payload
+    assert streams_opened(router) == after_v4  # a v3 peer never receives a v4 frame
+
+
+@pytest.mark.parametrize("producer_v4,consumer_v4", [(True, True), (True, False), (False, True)])
+async def test_generators_between_v3_and_v4(router, clients, producer_v4, consumer_v4):
+    producer = await clients(router.url, v4=producer_v4)
+    consumer = await clients(router.url, v4=consumer_v4)
+
+    async def count(n):
+        for i in range(n):
+            yield {"i": i}
+
+    await producer.register_service({"id": "gen", "config": {"visibility": "public"}, "count": count})
+    gen = await consumer.get_service(f"{address(producer)}:gen")
+    before = target_metrics(router, address(producer))["messages"]
+    items = [item["i"] async for item in await gen.count(300)]
+    assert items == list(range(300))
+    calls_to_producer = target_metrics(router, address(producer))["messages"] - before
+    if producer_v4 and consumer_v4:
+        assert calls_to_producer < 60, "windowed streaming should not cost a round trip per item"
+    else:
+        assert calls_to_producer >= 300  # released clients pull item by item
+
+
+async def test_windowed_generator_closes_early(router, clients):
+    producer = await clients(router.url, v4=True)
+    consumer = await clients(router.url, v4=True)
+    closed = asyncio.Event()
+
+    async def endless():
+        try:
+            i = 0
+            while True:
+                yield i
+                i += 1
+        finally:
+            closed.set()
+
+    await producer.register_service({"id": "endless", "config": {"visibility": "public"}, "run": endless})
+    svc = await consumer.get_service(f"{address(producer)}:endless")
+    seen = []
+    async for item in await svc.run():
+        seen.append(item)
+        if len(seen) == 50:
+            break
+    assert seen == list(range(50))
+    await asyncio.wait_for(closed.wait(), 10)
