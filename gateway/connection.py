@@ -50,6 +50,8 @@ class ClientConnection:
         self.user = identity.user_info()
         self.generation = shortuuid.uuid()
         self.subscriptions: set[str] = set()
+        #: Open inbound chunk streams (v4): sender's stream id -> (target, router's id, header).
+        self.streams: dict[int, tuple[str, int, dict[str, Any]]] = {}
         self.queue = DeliveryQueue(self.address, websocket.send, policy, wire_v4=wire_v4)
 
     async def send_text(self, payload: dict[str, Any]) -> None:
