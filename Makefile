@@ -3,7 +3,9 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test test-fast clean
+EXAMPLES_JS := examples/node_modules/hypha-rpc/package.json
+
+.PHONY: install examples serve test test-fast clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,7 +15,15 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-serve: $(STAMP)
+# The example pages load the released hypha-rpc browser client from npm (served at /lib/).
+$(EXAMPLES_JS): examples/package.json
+	@if command -v npm >/dev/null; then cd examples && npm install --no-audit --no-fund --no-package-lock; \
+	else echo "npm not found: the example pages cannot load the hypha-rpc client (apt-get install npm)"; fi
+
+examples: $(EXAMPLES_JS)
+
+serve: $(STAMP) examples
+	@echo "router console on the router's port, by default http://127.0.0.1:9527/ (examples/README.md)"
 	$(BIN)/rhizomorph serve
 
 test: $(STAMP)
