@@ -72,7 +72,7 @@ async def serve(websocket: ServerConnection, router: "Router") -> None:
             breach = policy.on_frame()
             if breach is not None:
                 log.info("closing %s: %s", connection.address, breach.reason)
-                await close_with_error(websocket, breach.code, breach.reason)
+                await _close_draining(websocket, breach.code, breach.reason)
                 break
             if isinstance(message, bytes):
                 router.route(connection, message)
@@ -92,6 +92,18 @@ async def _watch_idle(websocket: ServerConnection, policy: limits.InboundPolicy)
         await asyncio.sleep(policy.idle_remaining())
     log.info("closing an idle connection: %s", breach.reason)
     await close_with_error(websocket, breach.code, breach.reason)
+
+
+async def _close_draining(websocket: ServerConnection, code: int, reason: str) -> None:
+    """Close a flooding client: its close frame is queued behind its flood, so keep reading
+    (and discarding) until the close handshake completes."""
+    closing = asyncio.ensure_future(close_with_error(websocket, code, reason))
+    try:
+        async for _ in websocket:
+            pass
+    except ConnectionClosed:
+        pass
+    await closing
 
 
 async def close_with_error(websocket: ServerConnection, code: int, reason: str, *, error_frame: bool = True) -> None:
