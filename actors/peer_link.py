@@ -1,33 +1,44 @@
 """The hop between two gateway workers: every Ray call carries a batch.
 
 Frames for a peer worker are collected while a call to it is in flight (and within one event
-loop pass when none is), then sent as one ``deliver`` call. One call in flight per peer keeps
-frames from one worker to another in order, and makes the batch grow exactly when the peer
-is slower than the traffic: adaptive batching with no timer and no latency tax when idle.
+loop pass when none is), then sent as one call. One call in flight per link keeps frames in
+order, and makes the batch grow exactly when the peer is slower than the traffic: adaptive
+batching with no timer and no latency tax when idle.
+
+Each peer has two links: the ordered link for messages (``deliver`` on the peer), and a bulk
+link through the node's chunking actor for the chunks of large messages, so a large transfer
+never queues small messages behind it. A stream's last chunk takes the ordered link once the
+bulk link has delivered the others (``hold``), which keeps the order of whole messages.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 log = logging.getLogger("rhizomorph.peer")
 
 #: One routed frame: (target address, event type for broadcasts or None, stamped frame).
 Item = tuple[str, "str | None", bytes]
-#: Bytes one call carries at most (beyond its first item): a large transfer between two workers
-#: then goes in slices, and small frames queued behind it wait for one slice, not the whole.
+#: Bytes one call carries at most (beyond its first item): a large transfer then goes in
+#: slices, and what is queued behind it waits for one slice, not the whole.
 MAX_CALL_BYTES = 1 << 20
+
+Call = Callable[[list[Item]], Awaitable[Any]]
 
 
 class PeerLink:
-    def __init__(self, worker_id: str, handle: Any, on_failure: Callable[[list[Item]], None]) -> None:
+    def __init__(self, worker_id: str, handle: Any, on_failure: Callable[[list[Item]], None],
+                 call: Call | None = None) -> None:
         self.worker_id = worker_id
         self.handle = handle
+        self._call_peer: Call = call or (lambda items: handle.deliver.remote(items))
         self._on_failure = on_failure
         self._items: list[Item] = []
         self._busy = False
+        self._gate: asyncio.Future | None = None
+        self._idle_waiters: list[asyncio.Future] = []
         self.calls = 0
         self.frames = 0
 
@@ -37,7 +48,24 @@ class PeerLink:
             self._busy = True
             asyncio.get_running_loop().call_soon(self._flush)
 
+    def hold(self, gate: asyncio.Future) -> None:
+        """Send nothing more until ``gate`` is done (frames queue up meanwhile, in order)."""
+        self._gate = gate
+
+    def idle(self) -> asyncio.Future:
+        """A future done once everything sent so far has been delivered."""
+        future = asyncio.get_running_loop().create_future()
+        if self._busy or self._items:
+            self._idle_waiters.append(future)
+        else:
+            future.set_result(None)
+        return future
+
     def _flush(self) -> None:
+        if self._gate is not None and not self._gate.done():
+            self._gate.add_done_callback(lambda _: self._flush())
+            return
+        self._gate = None
         items, size = self._items, 0
         for count, item in enumerate(items):
             size += len(item[2])
@@ -53,7 +81,7 @@ class PeerLink:
 
     async def _call(self, items: list[Item]) -> None:
         try:
-            await self.handle.deliver.remote(items)
+            await self._call_peer(items)
         except Exception as exc:  # the peer died: its targets are gone, tell the senders
             log.warning("peer %s unreachable (%s); failing %d frames", self.worker_id, exc, len(items))
             self._on_failure(items)
@@ -61,5 +89,9 @@ class PeerLink:
     def _after(self, _: asyncio.Future) -> None:
         if self._items:
             self._flush()
-        else:
-            self._busy = False
+            return
+        self._busy = False
+        waiters, self._idle_waiters = self._idle_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)

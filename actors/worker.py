@@ -23,6 +23,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request, Response
 
 from actors.batching import BatchPolicy
+from actors.chunking import ChunkRelay, relay_name
 from actors.peer_link import Item, PeerLink
 from gateway import connection as gateway_connection
 from gateway import http as gateway_http
@@ -50,6 +51,8 @@ class Router:
         self.by_workspace: dict[str, set[str]] = {}
         self.directory: dict[str, str] = {}
         self.links: dict[str, PeerLink] = {}
+        self.bulk: dict[str, PeerLink] = {}  # chunk frames, through the node's chunking actor
+        self.chunk_relay: Any = None
         # Stream ids this worker hands out: random high half, counter low half (unique per receiver).
         self._stream_base = random.getrandbits(31) << 32
         self._stream_seq = 0
@@ -79,9 +82,27 @@ class Router:
         for worker_id, handle in peers.items():
             if worker_id != self.worker_id and worker_id not in self.links:
                 self.links[worker_id] = PeerLink(worker_id, handle, self._peer_failed)
+                if self.chunk_relay is not None:
+                    self.bulk[worker_id] = PeerLink(
+                        worker_id, handle, self._peer_failed,
+                        call=lambda items, wid=worker_id: self.chunk_relay.relay.remote(wid, items))
         for worker_id in list(self.links):
             if worker_id not in peers:
                 del self.links[worker_id]
+                self.bulk.pop(worker_id, None)
+
+    def forget_clients(self, removed: dict[str, list[dict[str, Any]]]) -> None:
+        """Clients of a lost worker, released by the launcher's watchdog: tell this worker's
+        subscribers (each surviving worker is told, so nothing is forwarded)."""
+        for address, services in removed.items():
+            workspace, client_id = address.split("/", 1)
+            for info in services:
+                if info.get("type") != "built-in":
+                    self._broadcast(f"{workspace}/*", "service_removed",
+                                    envelope.event_frame("service_removed", info), forward=False)
+            self._broadcast(f"{workspace}/*", "client_disconnected",
+                            envelope.event_frame("client_disconnected", {"id": client_id, "workspace": workspace}),
+                            forward=False)
 
     def update_directory(self, updates: list[tuple[str, str | None]]) -> None:
         for address, worker_id in updates:
@@ -253,7 +274,24 @@ class Router:
                 self._unroutable(conn, f"chunk {index} of unknown stream {stream_id}")
                 return
         target, out_id, header = entry
-        self._to_client(target, frames.encode_chunk(out_id, index, last, data), header if last else None)
+        chunk = frames.encode_chunk(out_id, index, last, data)
+        owner = self._remote_owner(target)
+        if owner is None or owner not in self.bulk:
+            self._to_client(target, chunk, header if index == 0 or last else None)
+        elif not last:
+            self.bulk[owner].send((target, None, chunk))
+        else:
+            # The last chunk completes the message: it takes the ordered link, after the bulk link
+            # has delivered the rest, so messages sent after this one cannot overtake it.
+            link = self.links[owner]
+            link.hold(self.bulk[owner].idle())
+            link.send((target, None, chunk))
+
+    def _remote_owner(self, target: str) -> str | None:
+        if target in self.connections:
+            return None
+        owner = self.directory.get(target)
+        return owner if owner is not None and owner != self.worker_id and owner in self.links else None
 
     def _abort_streams(self, conn: ClientConnection) -> None:
         """The sender left mid-stream: tell each receiver to drop what it has."""
@@ -334,8 +372,13 @@ class Router:
     # -- telling senders -----------------------------------------------------------------------
     def _target_gone(self, target: str, frame: bytes, header: dict[str, Any] | None = None) -> None:
         try:
+            if header is None and frames.is_stream(frame):
+                _, index, _, data = frames.decode_chunk(frame)
+                if index != 0:
+                    return  # only the first chunk carries the header; it answers for the stream
+                frame = data
             header = header or envelope.parse(frame).header
-        except envelope.EnvelopeError:
+        except (envelope.EnvelopeError, frames.FrameError):
             return
         self._refuse(header, header.get("from"), target, f"Target peer {target} is not connected")
 
@@ -432,6 +475,9 @@ class GatewayWorker:
             compression="deflate" if config.compression else None,
             process_request=_http_response,
         )
+        node_id = ray.get_runtime_context().get_node_id()
+        self._router.chunk_relay = ChunkRelay.options(name=relay_name(config.server_id, node_id),
+                                                      get_if_exists=True).remote()
         snapshot = await self._router.registry.add_worker.remote(self._router.worker_id, self._self_handle())
         self._router.update_directory(list(snapshot.items()))
         return {"worker_id": self._router.worker_id, "pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id(),
@@ -442,6 +488,15 @@ class GatewayWorker:
 
     async def set_peers(self, peers: dict[str, Any]) -> None:
         self._router.set_peers(peers)
+        if self._router.chunk_relay is not None:
+            await self._router.chunk_relay.set_workers.remote(peers)
+
+    async def ping(self) -> str:
+        """Liveness check of the launcher's watchdog."""
+        return self._router.worker_id
+
+    async def forget_clients(self, removed: dict[str, list[dict[str, Any]]]) -> None:
+        self._router.forget_clients(removed)
 
     async def update_directory(self, updates: list[tuple[str, str | None]]) -> None:
         self._router.update_directory(updates)
@@ -466,3 +521,5 @@ class GatewayWorker:
             self._server.close()
             await self._server.wait_closed()
         self._router.manager.close()
+        if self._router.chunk_relay is not None:
+            ray.kill(self._router.chunk_relay, no_restart=True)  # shared by the node's workers: all stop together

@@ -137,17 +137,18 @@ async def test_order_holds_across_two_workers(router2, clients):
         by_worker.setdefault(server.config.rhizomorph_worker, server)
         if len(by_worker) == 2:
             break
-    assert set(by_worker) == {"w0", "w1"}
-    sender, target = by_worker["w0"], by_worker["w1"]
+    assert len(by_worker) == 2, "the kernel never spread 40 connections over both workers"
+    first, second = sorted(by_worker)
+    sender, target = by_worker[first], by_worker[second]
     received = []
     target.on("seq", lambda message: received.append(message["data"]))
     await emit_all(sender, address(target), 2000)
     await eventually(lambda: len(received) >= 2000, timeout=30)
     assert received == list(range(2000))
-    w0 = next(s for s in router2.stats() if s["worker_id"] == "w0")
+    stats = next(s for s in router2.stats() if s["worker_id"] == first)
     # Every Ray hop carries a batch: far fewer calls than frames.
-    assert w0["peer_frames"]["w1"] >= 2000
-    assert w0["peer_calls"]["w1"] < w0["peer_frames"]["w1"] / 4
+    assert stats["peer_frames"][second] >= 2000
+    assert stats["peer_calls"][second] < stats["peer_frames"][second] / 4
 
 
 async def test_batching_disabled_at_run_time_sends_one_frame_per_message(router, clients):
@@ -243,3 +244,42 @@ async def test_windowed_generator_closes_early(router, clients):
             break
     assert seen == list(range(50))
     await asyncio.wait_for(closed.wait(), 10)
+
+
+async def test_large_transfer_across_workers_goes_through_the_chunking_actor(router2, clients):
+    import ray
+
+    from actors.chunking import relay_name
+
+    by_worker = {}
+    for _ in range(40):
+        server = await clients(router2.url, v4=True)
+        by_worker.setdefault(server.config.rhizomorph_worker, server)
+        if len(by_worker) == 2:
+            break
+    assert len(by_worker) == 2
+    first, second = sorted(by_worker)
+    consumer, provider = by_worker[first], by_worker[second]
+    await provider.register_service({"id": "sink", "config": {"visibility": "public"},
+                                     "take": lambda data: len(data), "ping": lambda i: i})
+    sink = await consumer.get_service(f"{address(provider)}:sink")
+    node_id = router2.worker_info[first]["node_id"]
+    relay = ray.get_actor(relay_name(router2.config.server_id, node_id))
+    before = await relay.stats.remote()
+    finished: dict[str, float] = {}
+
+    async def big() -> None:
+        assert await sink.take(b"\x01" * 16_000_000) == 16_000_000
+        finished["big"] = time.monotonic()
+
+    async def small(i: int) -> None:
+        assert await sink.ping(i) == i
+        finished[f"small{i}"] = time.monotonic()
+
+    transfer = asyncio.create_task(big())
+    await asyncio.sleep(0.05)
+    await asyncio.gather(*(small(i) for i in range(100)))
+    await transfer
+    assert max(v for k, v in finished.items() if k != "big") < finished["big"]
+    after = await relay.stats.remote()
+    assert after["bytes"] - before["bytes"] >= 15_000_000  # the bulk went through the chunking actor

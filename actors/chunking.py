@@ -1,0 +1,40 @@
+"""The chunking actor: one per node, it carries the chunks of large messages between workers.
+
+Gateway workers hand it slices of chunk frames (at most ~1 MiB per call, large arguments
+travel through Ray's object store) for a destination worker, and it delivers them there.
+Keeping bulk bytes off the workers' ordered message links is what lets small RPCs to the same
+target interleave between the chunks of a 16 MB transfer. Chunks of a stream between two
+clients of the same worker never leave that worker.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ray
+
+from actors.peer_link import Item
+
+
+@ray.remote(num_cpus=0, max_restarts=-1)
+class ChunkRelay:
+    def __init__(self) -> None:
+        self._workers: dict[str, Any] = {}
+        self.chunks = 0
+        self.bytes = 0
+
+    def set_workers(self, workers: dict[str, Any]) -> None:
+        self._workers.update(workers)
+
+    async def relay(self, worker_id: str, items: list[Item]) -> None:
+        """Deliver chunk frames to a worker, in order; returns once that worker has queued them."""
+        self.chunks += len(items)
+        self.bytes += sum(len(frame) for _, _, frame in items)
+        await self._workers[worker_id].deliver.remote(items)
+
+    def stats(self) -> dict[str, int]:
+        return {"chunks": self.chunks, "bytes": self.bytes, "workers": len(self._workers)}
+
+
+def relay_name(server_id: str, node_id: str) -> str:
+    return f"rhizomorph-chunks-{server_id}-{node_id[:12]}"
