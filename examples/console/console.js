@@ -49,13 +49,17 @@ function rates(workers, now) {
 function renderStats(stats, now) {
   const workers = stats.workers || [];
   const r = rates(workers, now);
-  const totals = { connections: 0, messages: 0, flushes: 0, depth: 0, dropped: 0, reasons: {} };
+  const totals = { connections: 0, messages: 0, flushes: 0, depth: 0, dropped: 0, reasons: {}, sizes: {} };
   for (const w of workers) {
     totals.connections += w.connections || 0;
     totals.dropped += w.dropped || 0;
     for (const key of ["messages", "flushes", "depth"]) totals[key] += (w.totals || {})[key] || 0;
     for (const [reason, n] of Object.entries((w.totals || {}).reasons || {})) {
       totals.reasons[reason] = (totals.reasons[reason] || 0) + n;
+    }
+    // Not in every router's totals: shown only when present (bucket upper bound -> flushes).
+    for (const [bucket, n] of Object.entries((w.totals || {}).batch_sizes || {})) {
+      totals.sizes[bucket] = (totals.sizes[bucket] || 0) + n;
     }
   }
   Object.assign(routerConsole, { stats, totals, rates: r });
@@ -98,6 +102,10 @@ function renderStats(stats, now) {
   $("#reasons-table tbody").innerHTML = Object.entries(totals.reasons).map(([reason, n]) =>
     `<tr data-reason="${escapeHtml(reason)}"><td>${escapeHtml(reason)}</td><td class="num">${n}</td>` +
     `<td class="num">${flushes ? fmt((100 * n) / flushes, 1) + " %" : "–"}</td></tr>`).join("");
+  const sizes = Object.entries(totals.sizes);
+  $("#sizes").hidden = sizes.length === 0;
+  $("#sizes-table tbody").innerHTML = sizes.map(([bucket, n]) =>
+    `<tr><td>≤ ${escapeHtml(bucket)}</td><td class="num">${n}</td></tr>`).join("");
 }
 
 function renderServices(services) {
