@@ -35,6 +35,11 @@ class DeliveryQueue:
         self._arrived: asyncio.Event | None = None  # set while the writer waits for the timer
         self._progress = asyncio.Event()  # set after every flush (for senders that pace themselves)
         self._closed = False
+        #: Bound on buffered bytes (0: none) and what to do when a put would pass it, or a write
+        #: stalls: the router evicts the slow consumer (set by ``Router.admit``).
+        self.max_bytes = 0
+        self.on_overflow: Callable[[str], None] | None = None
+        self._write_started: float | None = None
 
     @property
     def depth(self) -> int:
@@ -47,6 +52,9 @@ class DeliveryQueue:
     def put(self, frame: bytes) -> bool:
         """Queue one frame; ``False`` if the target is gone (the caller tells the sender)."""
         if self._closed:
+            return False
+        if self.max_bytes and self.batcher.buffered_bytes + len(frame) > self.max_bytes:
+            self._overflow(f"delivery queue over {self.max_bytes} bytes")
             return False
         self.batcher.add(frame, self._clock())
         if self._writer is None:
@@ -70,6 +78,7 @@ class DeliveryQueue:
                         break  # idle: the next put starts a new writer
                     await self._wait_until(deadline)
                     continue
+                self._write_started = self._clock()
                 if self.wire_v4 and len(flush.frames) > 1:
                     await self._send(v4frames.encode_batch(flush.frames))
                     self.frames_written += 1
@@ -77,6 +86,7 @@ class DeliveryQueue:
                     for frame in flush.frames:
                         await self._send(frame)
                     self.frames_written += len(flush.frames)
+                self._write_started = None
                 batcher.written()
                 self._progress.set()
         except Exception as exc:  # the socket closed under us; the connection's cleanup follows
@@ -94,6 +104,15 @@ class DeliveryQueue:
             pass
         finally:
             self._arrived = None
+
+    def stalled(self, now: float, timeout: float) -> bool:
+        """Whether a write has been blocked (the client is not reading) for over ``timeout``."""
+        return self._write_started is not None and now - self._write_started > timeout
+
+    def _overflow(self, reason: str) -> None:
+        if self.on_overflow is not None and not self._closed:
+            self._closed = True
+            self.on_overflow(reason)
 
     async def wait_below(self, depth: int) -> None:
         """Wait until fewer than ``depth`` frames are queued (a paced sender's flow control)."""

@@ -14,6 +14,7 @@ import logging
 import os
 import random
 import socket
+import time
 from http import HTTPStatus
 from typing import Any
 
@@ -28,7 +29,7 @@ from actors.peer_link import Item, PeerLink
 from gateway import connection as gateway_connection
 from gateway import http as gateway_http
 from gateway import envelope, frames
-from gateway.connection import CLOSE_GOING_AWAY, CLOSE_SUPERSEDED, ClientConnection
+from gateway.connection import CLOSE_GOING_AWAY, CLOSE_SLOW_CONSUMER, CLOSE_SUPERSEDED, ClientConnection
 from gateway.handshake import HandshakeError, Identity, TokenIssuer
 from gateway.manager import SERVER_VERSION, WorkspaceManager
 from rhizomorph.config import Config
@@ -60,6 +61,7 @@ class Router:
                                         base_url=config.base_url, issuer=self.issuer,
                                         call_timeout=config.manager_call_timeout)
         self.dropped = 0
+        self.evicted = 0
 
     # -- ManagerHost ---------------------------------------------------------------------------
     def identity(self, address: str) -> Identity | None:
@@ -123,6 +125,8 @@ class Router:
                                                                conn.identity.user_id, True)
         if previous is not None:
             await self._drop_superseded(conn.address, previous)
+        conn.queue.max_bytes = self.config.max_queue_bytes
+        conn.queue.on_overflow = lambda reason: self._evict(conn, reason)
         self.connections[conn.address] = conn
         self.by_workspace.setdefault(conn.workspace, set()).add(conn.address)
         self.directory[conn.address] = self.worker_id
@@ -170,6 +174,27 @@ class Router:
                 self.broadcast_event(conn.workspace, "service_removed", info)
         client_id = conn.address.split("/", 1)[1]
         self.broadcast_event(conn.workspace, "client_disconnected", {"id": client_id, "workspace": conn.workspace})
+
+    def _evict(self, conn: ClientConnection, reason: str) -> None:
+        """A consumer that does not drain: close it; its undelivered frames are rejected to their
+        senders by the disconnect cleanup, and the bound keeps the router's memory flat."""
+        self.evicted += 1
+        log.warning("evicting slow consumer %s: %s", conn.address, reason)
+        asyncio.ensure_future(conn.websocket.close(CLOSE_SLOW_CONSUMER, reason[:120]))
+        # A blocked write would hold the close handshake: give up on the transport too.
+        transport = getattr(conn.websocket, "transport", None)
+        if transport is not None:
+            asyncio.get_running_loop().call_later(2.0, transport.abort)
+
+    async def watch_writes(self, period: float = 1.0) -> None:
+        """Evict clients whose socket write stalled past ``write_timeout`` (runs for the worker's life)."""
+        timeout = self.config.write_timeout
+        while timeout > 0:
+            await asyncio.sleep(period)
+            now = time.monotonic()
+            for conn in list(self.connections.values()):
+                if conn.queue.stalled(now, timeout):
+                    conn.queue._overflow(f"a write blocked for over {timeout:g} s")
 
     async def close_client(self, address: str, code: int = CLOSE_GOING_AWAY, generation: str | None = None) -> bool:
         conn = self.connections.get(address)
@@ -418,6 +443,7 @@ class Router:
             "connections": len(self.connections),
             "clients": sorted(self.connections),
             "dropped": self.dropped,
+            "evicted": self.evicted,
             "streams_opened": self._stream_seq,
             "peer_calls": {w: link.calls for w, link in self.links.items()},
             "peer_frames": {w: link.frames for w, link in self.links.items()},
@@ -480,6 +506,7 @@ class GatewayWorker:
                                                       get_if_exists=True).remote()
         snapshot = await self._router.registry.add_worker.remote(self._router.worker_id, self._self_handle())
         self._router.update_directory(list(snapshot.items()))
+        self._write_watch = asyncio.ensure_future(self._router.watch_writes())
         return {"worker_id": self._router.worker_id, "pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id(),
                 "port": sock.getsockname()[1]}
 

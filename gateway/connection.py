@@ -31,6 +31,7 @@ CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY = 1008  # handshake refused: bad auth frame, bad token, permission, duplicate client
 CLOSE_SUPERSEDED = 4000  # the same client reconnected on a newer socket
+CLOSE_SLOW_CONSUMER = 4001  # the client does not read: its queue passed max_queue_bytes or a write stalled
 MAX_CONTROL_TEXT = 1000  # Hypha ignores longer client text frames too
 ERROR_SEND_TIMEOUT = 5.0  # seconds to hand a closing client its error frame
 # Limits (gateway/limits.py): 1001 idle timeout, 1008 message rate, 1009 frame too big (sent by

@@ -60,6 +60,10 @@ class Config:
     batch_max_size: int = 32768
     #: Accept API v4 clients (several messages per frame); v3 clients are unaffected.
     enable_v4: bool = True
+    #: Bytes queued for one client before it is evicted as a slow consumer (close 4001); 0: no bound.
+    max_queue_bytes: int = 64 * 1024 * 1024
+    #: Seconds one write to a client may stay blocked before it is evicted (close 4001); 0: none.
+    write_timeout: float = 30.0
     #: Enable WebSocket per-message deflate (off: it makes 2 MB messages ~20x slower).
     compression: bool = False
     #: Python logging level of the router processes.
@@ -75,6 +79,20 @@ class Config:
     #: Seconds without any inbound data frame before the router closes the socket (1001), as
     #: Hypha; hypha-rpc clients send a text ping every 20-30 s. ``0`` disables it.
     idle_timeout: float = 600.0
+    #: With ``workers = 0``: gateway workers per CPU of each node (Ray's ``CPU`` resource of the
+    #: node), rounded down, at least one per node. See docs/deploy.md.
+    workers_per_cpu: float = 1.0
+    #: If set, gateway workers run only on nodes advertising this Ray custom resource
+    #: (``ray start --resources='{"gateway": 4}'``), one worker per unit (``workers`` caps it).
+    worker_resource: str = ""
+    #: Seconds between the launcher's health checks (``ray.nodes()`` and a ping per worker): a
+    #: dead worker's clients are released and announced, its peers told; missing workers are
+    #: started on alive nodes, including nodes that joined later. ``0`` disables the watchdog.
+    health_check_interval: float = 1.0
+    #: Each node gets its own port (node ``i`` listens on ``port + i``; with ``port = 0`` each
+    #: node picks a free one) instead of the same port everywhere. For several nodes simulated
+    #: on one machine (tests, benchmarks).
+    distinct_node_ports: bool = False
 
     @property
     def manager_id(self) -> str:

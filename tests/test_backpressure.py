@@ -1,0 +1,98 @@
+"""Back-pressure: a client that does not read is evicted; its senders are told; memory stays flat."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import psutil
+import pytest
+import websockets
+
+from gateway.envelope import encode
+from rhizomorph import Config, Deployment
+from tests.test_wire import RawClient
+
+QUEUE_BOUND = 4 * 1024 * 1024
+FRAME = 64 * 1024
+FLOOD = 100 * 1024 * 1024  # 25x the bound
+
+
+@pytest.fixture(scope="module")
+def tight_router(ray_runtime):
+    deployment = Deployment(Config(port=0, workers=1, max_queue_bytes=QUEUE_BOUND, write_timeout=3.0)).start()
+    yield deployment
+    deployment.stop()
+
+
+def rss(deployment: Deployment) -> int:
+    return sum(psutil.Process(info["pid"]).memory_info().rss for info in deployment.worker_info.values())
+
+
+async def test_slow_consumer_is_evicted_senders_are_told_and_memory_stays_flat(tight_router):
+    from hypha_rpc import connect_to_server
+
+    url = tight_router.url
+    # The consumer stops reading after the handshake; websockets then stops reading the socket.
+    sleeper_ws = await websockets.connect(url, max_queue=1, max_size=None)
+    await sleeper_ws.send(json.dumps({"client_id": None}))
+    sleeper = json.loads(await sleeper_ws.recv())
+    target = f"{sleeper['workspace']}/{sleeper['client_id']}"
+    sender = await RawClient.connect(url)
+    bystander = await connect_to_server({"server_url": url})
+    await bystander.register_service({"id": "echo", "config": {"visibility": "public"}, "echo": lambda x: x})
+    bystander_echo = await bystander.get_service(f"{bystander.config.workspace}/{bystander.config.client_id}:echo")
+
+    before = rss(tight_router)
+    payload = {"args": [b"\0" * FRAME], "promise": "*"}
+    sent = FLOOD // FRAME
+    for i in range(sent):
+        await sender.ws.send(encode({"type": "method", "to": target, "method": "services.x.y", "session": f"s{i}"},
+                                    payload))
+    rejected = set()
+
+    async def collect() -> None:
+        while True:
+            message = await sender.next_binary(timeout=10)
+            if message.get("method", "").endswith(".reject"):
+                rejected.add(message["method"].split(".")[0])
+
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(collect(), 15)
+    after = rss(tight_router)
+
+    stats = tight_router.stats()[0]
+    assert stats["evicted"] >= 1
+    assert target not in stats["clients"]
+    # Every frame that did not fit was answered; nothing was held beyond the bound.
+    assert len(rejected) >= sent - (QUEUE_BOUND + 16 * 1024 * 1024) // FRAME
+    assert after - before < 48 * 1024 * 1024, f"RSS grew by {(after - before) >> 20} MiB for a {FLOOD >> 20} MiB flood"
+    # Other clients are unaffected.
+    assert await bystander_echo.echo("still fine") == "still fine"
+    with pytest.raises(websockets.ConnectionClosed):
+        for _ in range(10_000):
+            await asyncio.wait_for(sleeper_ws.recv(), 10)
+    await sender.ws.close()
+    await bystander.disconnect()
+
+
+async def test_stalled_write_is_evicted_by_the_write_deadline(tight_router):
+    """A consumer that reads nothing, with frames small enough to stay under the queue bound:
+    the write deadline (3 s here) evicts it."""
+    url = tight_router.url
+    sleeper_ws = await websockets.connect(url, max_queue=1, max_size=None)
+    await sleeper_ws.send(json.dumps({"client_id": None}))
+    sleeper = json.loads(await sleeper_ws.recv())
+    target = f"{sleeper['workspace']}/{sleeper['client_id']}"
+    sender = await RawClient.connect(url)
+    evicted_before = tight_router.stats()[0]["evicted"]
+    # Enough to fill the socket buffers (so a write blocks) but stay under the queue bound.
+    for i in range(40):
+        await sender.ws.send(encode({"type": "method", "to": target, "method": "services.x.y"},
+                                    {"args": [b"\1" * (256 * 1024)]}))
+    for _ in range(100):
+        await asyncio.sleep(0.2)
+        if tight_router.stats()[0]["evicted"] > evicted_before:
+            break
+    assert tight_router.stats()[0]["evicted"] == evicted_before + 1
+    await sender.ws.close()
