@@ -68,6 +68,16 @@ class BatchMetrics:
         bucket = next((b for b in BATCH_SIZE_BUCKETS if count <= b), float("inf"))
         self.sizes[bucket] += 1
 
+    def merge(self, other: "BatchMetrics") -> None:
+        """Add another target's counts (a worker keeps the totals of targets that left)."""
+        self.messages += other.messages
+        self.batched_messages += other.batched_messages
+        self.flushes += other.flushes
+        self.bytes += other.bytes
+        self.reasons.update(other.reasons)
+        self.sizes.update(other.sizes)
+        self.max_depth = max(self.max_depth, other.max_depth)
+
     def as_dict(self) -> dict:
         return {
             "messages": self.messages,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+from collections import Counter
 import os
 import random
 import socket
@@ -23,12 +24,12 @@ import websockets
 from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request, Response
 
-from actors.batching import BatchPolicy
+from actors.batching import BatchMetrics, BatchPolicy
 from actors.chunking import ChunkRelay, relay_name
 from actors.peer_link import Item, PeerLink
 from gateway import connection as gateway_connection
 from gateway import http as gateway_http
-from gateway import envelope, frames
+from gateway import envelope, frames, prometheus
 from gateway.connection import CLOSE_GOING_AWAY, CLOSE_SLOW_CONSUMER, CLOSE_SUPERSEDED, ClientConnection
 from gateway.handshake import HandshakeError, Identity, TokenIssuer
 from gateway.manager import SERVER_VERSION, WorkspaceManager
@@ -62,6 +63,11 @@ class Router:
                                         call_timeout=config.manager_call_timeout)
         self.dropped = 0
         self.evicted = 0
+        self.frames_in = 0
+        self.bytes_in = 0
+        self.refused: Counter = Counter()  # undeliverable messages answered, by kind
+        self.disconnects: Counter = Counter()  # closed connections, by close code
+        self.departed = BatchMetrics()  # delivery counts of clients that left (totals stay monotonic)
 
     # -- ManagerHost ---------------------------------------------------------------------------
     def identity(self, address: str) -> Identity | None:
@@ -160,6 +166,8 @@ class Router:
         self._abort_streams(conn)
         for frame in conn.queue.close():
             self._target_gone(conn.address, frame)
+        self.departed.merge(conn.queue.batcher.metrics)
+        self.disconnects[str(conn.websocket.close_code or "none")] += 1
         try:
             removed = await self.registry.release_client.remote(conn.address, conn.generation)
         except Exception as exc:  # registry restarting; its state is rebuilt from reconnects
@@ -217,6 +225,8 @@ class Router:
     # -- routing -------------------------------------------------------------------------------
     def route(self, conn: ClientConnection, frame: bytes) -> None:
         """A binary frame from a local client: stamp it and send it on its way."""
+        self.frames_in += 1
+        self.bytes_in += len(frame)
         if frames.is_v4(frame):
             self._route_v4(conn, frame)
             return
@@ -416,9 +426,11 @@ class Router:
             return  # events and server notices are fire-and-forget by design
         session = header.get("session")
         if isinstance(session, str):
+            self.refused["reject"] += 1
             frame = envelope.reject_frame(caller=sender, target=target, session=session, message=message,
                                           workspace=sender.split("/", 1)[0], user=self.manager.user)
         else:
+            self.refused["peer_not_found"] += 1
             frame = envelope.peer_not_found_frame(caller=sender, target=target, message=message)
         if sender == self.manager.address:
             self._to_manager(frame, None)
@@ -448,8 +460,23 @@ class Router:
             "peer_calls": {w: link.calls for w, link in self.links.items()},
             "peer_frames": {w: link.frames for w, link in self.links.items()},
             "batch_policy": dataclasses.asdict(self.batch_policy),
+            "frames_in": self.frames_in,
+            "bytes_in": self.bytes_in,
+            "refused": dict(self.refused),
+            "disconnects": dict(self.disconnects),
+            "totals": self._delivery_totals(),
             "targets": {address: conn.queue.metrics() for address, conn in self.connections.items()},
         }
+
+    def _delivery_totals(self) -> dict[str, Any]:
+        """Delivery counts since the worker started: clients that left plus those connected."""
+        totals = BatchMetrics()
+        totals.merge(self.departed)
+        for conn in self.connections.values():
+            totals.merge(conn.queue.batcher.metrics)
+        result = totals.as_dict()
+        result.update(targets=len(self.connections), depth=sum(c.queue.depth for c in self.connections.values()))
+        return result
 
 
 async def _send_error(conn: ClientConnection, message: str) -> None:
@@ -470,14 +497,21 @@ def _reuseport_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _http_response(connection: ServerConnection, request: Request) -> Response | None:
-    """Plain HTTP on the gateway port: a health check and static pages; WebSocket upgrades go through on any path."""
-    if "upgrade" in request.headers.get("Connection", "").lower():
-        return None
-    path = request.path.split("?", 1)[0]
-    if path in ("/health", "/healthz"):
-        return connection.respond(HTTPStatus.OK, "ok\n")
-    return gateway_http.respond(request)  # the console, the examples and the JS client (gateway/http.py)
+def _http_handler(router: Router) -> Any:
+    """Plain HTTP on the gateway port: health, metrics, and static pages; WebSocket upgrades go
+    through on any path."""
+    async def handle(connection: ServerConnection, request: Request) -> Response | None:
+        if "upgrade" in request.headers.get("Connection", "").lower():
+            return None
+        path = request.path.split("?", 1)[0]
+        if path in ("/health", "/healthz"):
+            return connection.respond(HTTPStatus.OK, "ok\n")
+        if path == "/metrics":
+            body = prometheus.render(await router.cluster_stats())
+            return gateway_http.response(HTTPStatus.OK, body, prometheus.CONTENT_TYPE)
+        return gateway_http.respond(request)  # the console, the examples and the JS client (gateway/http.py)
+
+    return handle
 
 
 @ray.remote(num_cpus=0, max_restarts=0)
@@ -499,7 +533,7 @@ class GatewayWorker:
             sock=sock,
             max_size=config.max_message_size,
             compression="deflate" if config.compression else None,
-            process_request=_http_response,
+            process_request=_http_handler(self._router),
         )
         node_id = ray.get_runtime_context().get_node_id()
         self._router.chunk_relay = ChunkRelay.options(name=relay_name(config.server_id, node_id),

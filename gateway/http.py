@@ -88,7 +88,7 @@ def locate(url_path: str, root: Path | None = None) -> Path | None:
     return resolve(root, url_path)
 
 
-def _response(status: HTTPStatus, body: bytes, content_type: str,
+def response(status: HTTPStatus, body: bytes, content_type: str,
               extra: tuple[tuple[str, str], ...] = ()) -> Response:
     headers = Headers([
         ("Date", email.utils.formatdate(usegmt=True)),
@@ -112,13 +112,13 @@ def respond(request: Request, root: Path | None = None) -> Response:
         # A folder without its slash: redirect, so the page's relative links resolve inside it.
         # The location is rebuilt from the segments: "//host" must not become a redirect off-site.
         location = "/" + "/".join(p for p in path.split("/") if p) + "/"
-        return _response(HTTPStatus.MOVED_PERMANENTLY, b"", "text/plain; charset=utf-8", (("Location", location),))
+        return response(HTTPStatus.MOVED_PERMANENTLY, b"", "text/plain; charset=utf-8", (("Location", location),))
     if target is None:
         if path == "/":  # no examples folder (e.g. an installed wheel): say what this port is
-            return _response(HTTPStatus.OK, FALLBACK_TEXT.encode(), "text/plain; charset=utf-8")
-        return _response(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain; charset=utf-8")
+            return response(HTTPStatus.OK, FALLBACK_TEXT.encode(), "text/plain; charset=utf-8")
+        return response(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain; charset=utf-8")
     try:
         body = target.read_bytes()
     except OSError:
-        return _response(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain; charset=utf-8")
-    return _response(HTTPStatus.OK, body, CONTENT_TYPES[target.suffix.lower()])
+        return response(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain; charset=utf-8")
+    return response(HTTPStatus.OK, body, CONTENT_TYPES[target.suffix.lower()])

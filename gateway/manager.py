@@ -345,28 +345,16 @@ class WorkspaceManager:
 
 
     async def get_router_stats(self, caller: Identity, **_: Any) -> dict:
-        """The router's own metrics: per worker, connections and per-target batching
-        (messages, flushes by reason, batch sizes, queue depth). Targets outside the
-        caller's workspaces are summed, not named."""
+        """The router's own metrics: per worker, connections, frames in, refusals, disconnects,
+        delivery totals since start (messages, flushes by reason, batch sizes) and per-target
+        batching of the caller's workspaces (other targets are counted, not named)."""
         workers = await self._host.cluster_stats()
         visible = set(caller.workspaces)
         for worker in workers:
-            targets = worker.pop("targets", {})
             worker.pop("clients", None)
-            worker["targets"] = {a: m for a, m in targets.items() if a.split("/", 1)[0] in visible}
-            worker["totals"] = _sum_target_metrics(targets.values())
+            worker["targets"] = {a: m for a, m in worker.get("targets", {}).items()
+                                 if a.split("/", 1)[0] in visible}
         return {"server_id": self._server_id, "workers": workers}
-
-
-def _sum_target_metrics(targets: Any) -> dict[str, Any]:
-    totals: dict[str, Any] = {"targets": 0, "messages": 0, "flushes": 0, "bytes": 0, "depth": 0, "reasons": {}}
-    for metrics in targets:
-        totals["targets"] += 1
-        for key in ("messages", "flushes", "bytes", "depth"):
-            totals[key] += metrics[key]
-        for reason, count in metrics["reasons"].items():
-            totals["reasons"][reason] = totals["reasons"].get(reason, 0) + count
-    return totals
 
 
 def _event_types(event_type: Any) -> list[str]:
