@@ -128,3 +128,31 @@ def test_batcher_never_loses_or_reorders(arrivals):
         sent.extend(flush.frames)
         batcher.written()
     assert [int.from_bytes(f[:2], "big") for f in sent] == list(range(len(arrivals)))
+
+
+@given(st.lists(st.binary(max_size=2000), min_size=1, max_size=6), st.integers(1, 700), st.randoms())
+def test_chunk_streams_round_trip_interleaved(messages, chunk_size, rng):
+    """Any messages, cut into streams of any chunk size and interleaved, reassemble exactly."""
+    streams = [frames.split_stream(m, stream_id, chunk_size) for stream_id, m in enumerate(messages, start=1)]
+    assembler, done = frames.StreamAssembler(), {}
+    cursors = [0] * len(streams)
+    while any(c < len(s) for c, s in zip(cursors, streams)):
+        i = rng.choice([i for i, s in enumerate(streams) if cursors[i] < len(s)])
+        whole = assembler.add(streams[i][cursors[i]])
+        cursors[i] += 1
+        if whole is not None:
+            done[i] = whole
+    assert [done[i] for i in range(len(messages))] == messages
+    assert len(assembler) == 0
+
+
+def test_chunk_stream_errors_and_abort():
+    first, second = frames.split_stream(b"abcdef", 7, 3)
+    assembler = frames.StreamAssembler()
+    with pytest.raises(frames.FrameError):
+        assembler.add(second)  # a stream must start at chunk 0
+    assert assembler.add(first) is None
+    assembler.add(frames.encode_chunk(7, 0, True, b"", abort=True))
+    assert len(assembler) == 0  # dropped
+    with pytest.raises(frames.FrameError):
+        frames.decode_chunk(b"\xc1S\x00")
