@@ -12,6 +12,11 @@ import time
 from typing import Any, Awaitable, Callable
 
 import pytest
+from hypothesis import settings
+
+# Property tests check behaviour, not timing: no per-example deadline on a shared 2-core machine.
+settings.register_profile("rhizomorph", deadline=None)
+settings.load_profile("rhizomorph")
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # embedded Ray on 127.0.0.1 only
 
