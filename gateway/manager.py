@@ -332,12 +332,21 @@ class WorkspaceManager:
         config = dict(config or {}) if isinstance(config, dict) else {}
         config.update(kwargs)
         workspace = config.get("workspace") or caller.workspace
-        permission = PERMISSION_ALIASES.get(config.get("permission", "rw"), config.get("permission", "rw"))
+        permission = config.get("permission", "rw")
+        if not isinstance(workspace, str) or not isinstance(permission, str) or \
+                not isinstance(config.get("client_id"), (str, type(None))):
+            raise ManagerError("generate_token: workspace, permission and client_id must be strings")
+        permission = PERMISSION_ALIASES.get(permission, permission)
         if permission not in PERMISSION_LEVELS:
             raise ManagerError(f"invalid permission {permission!r}: use r, rw or a")
         if not caller.can(workspace, "a"):
             raise ManagerError(f"Permission denied: generating a token for {workspace} needs admin access")
-        lifetime = float(config.get("expires_in") or 3600)
+        try:
+            lifetime = float(config.get("expires_in") or 3600)
+        except (TypeError, ValueError):
+            lifetime = -1.0
+        if not 0 < lifetime < float("inf"):
+            raise ManagerError("generate_token: expires_in must be a positive number of seconds")
         token_identity = Identity(workspace=workspace, client_id=caller.client_id, user_id=caller.user_id,
                                   is_anonymous=caller.is_anonymous, roles=caller.roles,
                                   workspaces={workspace: permission}, email=caller.email)
