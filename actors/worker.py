@@ -420,10 +420,10 @@ class Router:
     def _refuse(self, header: dict[str, Any], sender: Any, target: str, message: str) -> None:
         """Tell the sender its message was not delivered: a reject for calls, else peer_not_found."""
         self.dropped += 1
-        if not isinstance(sender, str) or sender == self.manager.address and "session" not in header:
-            return
-        if header.get("type") != "method":
+        if not isinstance(sender, str) or header.get("type") != "method":
             return  # events and server notices are fire-and-forget by design
+        if sender == self.manager.address and "session" not in header:
+            return  # the manager's own replies to a caller that left: nobody to tell
         session = header.get("session")
         if isinstance(session, str):
             self.refused["reject"] += 1
