@@ -2,10 +2,11 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.installed-bench
 
 EXAMPLES_JS := examples/node_modules/hypha-rpc/package.json
 
-.PHONY: install examples serve test test-fast clean
+.PHONY: install examples serve test test-fast bench bench-full clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +32,17 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m 'not slow'
+
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+	touch $(BENCH_STAMP)
+
+# Side-by-side benchmarks (benchmarks/README.md); both rewrite PERFORMANCE.md and benchmarks/plots/.
+bench: $(BENCH_STAMP)
+	$(BIN)/python -m benchmarks.run --suite quick
+
+bench-full: $(BENCH_STAMP)
+	$(BIN)/python -m benchmarks.run --suite full
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,327 @@
+"""Load generators: the same rigs driven by raw v3 frames or by the released hypha-rpc client.
+
+A rig is a set of connected clients for one case: an *echo rig* (one provider, N callers) or an
+*event rig* (one publisher, N receivers in the publisher's workspace). ``measure.py`` times
+what the rigs do; the rigs only move messages and check them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from abc import ABC, abstractmethod
+from typing import Any, Awaitable, Callable, Sequence
+
+from benchmarks.scenarios import payload_size
+from benchmarks.wire import RawPeer, pack
+
+EVENT_TYPE = "bench_event"
+ECHO_SERVICE = "bench-echo"
+CONNECT_PARALLEL = 16
+CLOSE_TIMEOUT = 10.0
+
+
+class EventSink:
+    """Counts event deliveries (by message index) and their one-way latency, across all receivers."""
+
+    def __init__(self, sizes: Sequence[int]) -> None:
+        self.sizes = sizes
+        self.reset(0)
+
+    def reset(self, expected: int) -> None:
+        self.expected = expected
+        self.delivered = 0
+        self.bytes = 0
+        self.latencies: list[float] = []
+        self.last_arrival = 0.0
+        self.done = asyncio.Event()
+        if expected == 0:
+            self.done.set()
+
+    def record(self, index: int, sent_at: float) -> None:
+        now = time.perf_counter()
+        self.delivered += 1
+        self.bytes += self.sizes[index]
+        self.latencies.append(now - sent_at)
+        self.last_arrival = now
+        if self.delivered >= self.expected:
+            self.done.set()
+
+
+class EchoRig(ABC):
+    callers: int
+
+    @abstractmethod
+    async def call(self, caller: int, index: int) -> bool:
+        """One echo call of message ``index`` from caller ``caller``; ``True`` if the echo is intact."""
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+
+class EventRig(ABC):
+    receivers: int
+    sink: EventSink
+
+    @abstractmethod
+    async def publish(self, index: int) -> None:
+        """Send event ``index`` (to the receiver, or to ``*`` for fan-out); do not wait for delivery."""
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+
+class ClientKind(ABC):
+    name: str
+    #: Largest event payload the client can receive, bytes (None: no limit).
+    max_event_payload: int | None = None
+
+    @abstractmethod
+    async def echo_rig(self, url: str, payloads: list[Any], callers: int, apart: bool = False) -> EchoRig:
+        """A provider and ``callers`` callers; with ``apart``, a single caller sits on another worker."""
+
+    @abstractmethod
+    async def event_rig(self, url: str, payloads: list[Any], receivers: int, broadcast: bool,
+                        apart: bool = False) -> EventRig:
+        """A publisher and receivers; with ``apart``, a single receiver sits on another worker."""
+
+
+async def connect_many(factory: Callable[[], Awaitable[Any]], count: int,
+                       close: Callable[[Any], Awaitable[None]]) -> list[Any]:
+    """Open ``count`` connections, a few at a time; on any failure close those that opened, then raise."""
+    gate = asyncio.Semaphore(CONNECT_PARALLEL)
+
+    async def one() -> Any:
+        async with gate:
+            return await factory()
+
+    results = await asyncio.gather(*(one() for _ in range(count)), return_exceptions=True)
+    failures = [r for r in results if isinstance(r, BaseException)]
+    if failures:
+        await close_all([r for r in results if not isinstance(r, BaseException)], close)
+        raise failures[0]
+    return list(results)
+
+
+async def connect_apart(factory: Callable[[], Awaitable[Any]], worker_of: Callable[[Any], str | None],
+                        other: Any, close: Callable[[Any], Awaitable[None]], attempts: int = 20) -> Any:
+    """Connect a client held by another gateway worker than ``other`` (when the server has several).
+
+    A point-to-point pair on a multi-worker rhizomorph then always crosses the Ray hop, instead of
+    by the kernel's draw. Servers that do not say which worker holds a client are taken as is.
+    """
+    avoid = worker_of(other)
+    client = await factory()
+    if avoid is None:
+        return client
+    for _ in range(attempts):
+        if worker_of(client) != avoid:
+            return client
+        await close(client)
+        client = await factory()
+    return client  # the kernel kept choosing the same worker
+
+
+async def close_all(clients: Sequence[Any], close: Callable[[Any], Awaitable[None]]) -> None:
+    async def one(client: Any) -> None:
+        try:
+            await asyncio.wait_for(close(client), CLOSE_TIMEOUT)
+        except Exception:
+            pass
+
+    await asyncio.gather(*(one(c) for c in clients))
+
+
+# -- raw v3 frames ---------------------------------------------------------------------------------
+async def _close_raw(peer: RawPeer) -> None:
+    await peer.close()
+
+
+def _raw_worker(peer: RawPeer) -> str | None:
+    return peer.info.get("rhizomorph_worker")
+
+
+class RawEchoRig(EchoRig):
+    def __init__(self, provider: RawPeer, callers: list[RawPeer], extras: list[bytes]) -> None:
+        self.provider, self.peers, self.extras = provider, callers, extras
+        self.callers = len(callers)
+        provider.on_frame = self._echo_back
+
+    def _echo_back(self, header: dict[str, Any], frame: bytes, offset: int) -> None:
+        session = header.get("session")
+        if session:  # the echo: resolve with the request's extra segment, bytes untouched
+            reply = {"type": "method", "to": header["from"], "method": f"{session}.resolve"}
+            asyncio.ensure_future(self.provider.send(reply, frame[offset:]))
+
+    async def call(self, caller: int, index: int) -> bool:
+        kind, reply, offset = await self.peers[caller].request(self.provider.address, f"services.{ECHO_SERVICE}.echo",
+                                                               self.extras[index])
+        return kind == "resolve" and len(reply) - offset == len(self.extras[index])
+
+    async def close(self) -> None:
+        await close_all([self.provider, *self.peers], _close_raw)
+
+
+class RawEventRig(EventRig):
+    def __init__(self, publisher: RawPeer, receivers: list[RawPeer], extras: list[bytes], sink: EventSink,
+                 broadcast: bool) -> None:
+        self.publisher, self.peers, self.extras, self.sink = publisher, receivers, extras, sink
+        self.receivers = len(receivers)
+        self.target = "*" if broadcast else receivers[0].address
+        for peer in receivers:
+            peer.on_frame = self._on_frame
+
+    def _on_frame(self, header: dict[str, Any], frame: bytes, offset: int) -> None:
+        if header.get("type") == EVENT_TYPE:
+            self.sink.record(header["i"], header["t0"])
+
+    async def publish(self, index: int) -> None:
+        await self.publisher.send({"type": EVENT_TYPE, "to": self.target, "i": index, "t0": time.perf_counter()},
+                                  self.extras[index])
+
+    async def close(self) -> None:
+        await close_all([self.publisher, *self.peers], _close_raw)
+
+
+class RawClients(ClientKind):
+    """Bare WebSocket clients writing pre-encoded v3 frames: measures the server, not the client."""
+
+    name = "raw"
+
+    async def echo_rig(self, url: str, payloads: list[Any], callers: int, apart: bool = False) -> EchoRig:
+        extras = [pack({"args": [p]}) for p in payloads]
+        provider = await RawPeer.connect(url)
+        try:
+            if callers == 1 and apart:
+                peers = [await connect_apart(lambda: RawPeer.connect(url), _raw_worker, provider, _close_raw)]
+            else:
+                peers = await connect_many(lambda: RawPeer.connect(url), callers, _close_raw)
+        except BaseException:
+            await provider.close()
+            raise
+        return RawEchoRig(provider, peers, extras)
+
+    async def event_rig(self, url: str, payloads: list[Any], receivers: int, broadcast: bool,
+                        apart: bool = False) -> EventRig:
+        extras = [pack({"data": p}) for p in payloads]
+        publisher = await RawPeer.connect(url)
+        try:
+            token = await publisher.call_manager("generate_token")
+            connect = lambda: RawPeer.connect(url, workspace=publisher.workspace, token=token)  # noqa: E731
+            if broadcast or not apart:
+                peers = await connect_many(connect, receivers, _close_raw)
+            else:
+                peers = [await connect_apart(connect, _raw_worker, publisher, _close_raw)]
+            if broadcast:
+                await asyncio.gather(*(p.call_manager("subscribe", EVENT_TYPE) for p in peers))
+        except BaseException:
+            await publisher.close()
+            raise
+        return RawEventRig(publisher, peers, extras, EventSink([payload_size(p) for p in payloads]), broadcast)
+
+
+# -- the released hypha-rpc client ----------------------------------------------------------------
+async def _close_hypha(server: Any) -> None:
+    await server.disconnect()
+
+
+def _hypha_worker(server: Any) -> str | None:
+    return getattr(server.config, "rhizomorph_worker", None)
+
+
+def _same(a: Any, b: Any) -> bool:
+    return a == b if isinstance(a, (bytes, bytearray)) else payload_size(a) == payload_size(b)
+
+
+class HyphaEchoRig(EchoRig):
+    def __init__(self, provider: Any, clients: list[Any], services: list[Any], payloads: list[Any]) -> None:
+        self.provider, self.clients, self.services, self.payloads = provider, clients, services, payloads
+        self.callers = len(services)
+
+    async def call(self, caller: int, index: int) -> bool:
+        payload = self.payloads[index]
+        return _same(await self.services[caller].echo(payload), payload)
+
+    async def close(self) -> None:
+        await close_all([*self.clients, self.provider], _close_hypha)
+
+
+class HyphaEventRig(EventRig):
+    def __init__(self, publisher: Any, clients: list[Any], payloads: list[Any], sink: EventSink,
+                 broadcast: bool) -> None:
+        self.publisher, self.clients, self.payloads, self.sink = publisher, clients, payloads, sink
+        self.receivers = len(clients)
+        first = clients[0].config
+        self.target = "*" if broadcast else f"{first.workspace}/{first.client_id}"
+        for client in clients:
+            client.on(EVENT_TYPE, self._on_event)
+
+    def _on_event(self, message: dict[str, Any]) -> None:
+        data = message["data"]
+        self.sink.record(data["i"], data["t0"])
+
+    async def publish(self, index: int) -> None:
+        sent = self.publisher.emit({"type": EVENT_TYPE, "to": self.target,
+                                    "data": {"i": index, "t0": time.perf_counter(), "payload": self.payloads[index]}})
+        if inspect.isawaitable(sent):
+            await sent
+
+    async def close(self) -> None:
+        await close_all([*self.clients, self.publisher], _close_hypha)
+
+
+class HyphaRpcClients(ClientKind):
+    """The released hypha-rpc Python client: what users see, client-side cost included."""
+
+    name = "hypha-rpc"
+    #: ``emit`` never chunks: the event is one frame, and the Python client refuses frames over
+    #: ~500 KB (its msgpack buffer; websockets' 1 MiB limit), dropping the connection.
+    max_event_payload = 400_000
+
+    def __init__(self, method_timeout: float = 60.0) -> None:
+        self.method_timeout = method_timeout
+
+    async def _connect(self, url: str, **options: Any) -> Any:
+        from hypha_rpc import connect_to_server
+
+        return await connect_to_server({"server_url": url, "method_timeout": self.method_timeout, **options})
+
+    async def echo_rig(self, url: str, payloads: list[Any], callers: int, apart: bool = False) -> EchoRig:
+        provider = await self._connect(url)
+        clients: list[Any] = []
+        try:
+            await provider.register_service({"id": ECHO_SERVICE, "config": {"visibility": "public"},
+                                             "echo": lambda x: x})
+            service_id = f"{provider.config.workspace}/{provider.config.client_id}:{ECHO_SERVICE}"
+            if callers == 1 and apart:
+                clients = [await connect_apart(lambda: self._connect(url), _hypha_worker, provider, _close_hypha)]
+            else:
+                clients = await connect_many(lambda: self._connect(url), callers, _close_hypha)
+            services = await asyncio.gather(*(c.get_service(service_id) for c in clients))
+        except BaseException:
+            await close_all([*clients, provider], _close_hypha)
+            raise
+        return HyphaEchoRig(provider, clients, list(services), payloads)
+
+    async def event_rig(self, url: str, payloads: list[Any], receivers: int, broadcast: bool,
+                        apart: bool = False) -> EventRig:
+        publisher = await self._connect(url)
+        clients: list[Any] = []
+        try:
+            workspace = publisher.config.workspace
+            token = await publisher.generate_token()
+            connect = lambda: self._connect(url, workspace=workspace, token=token)  # noqa: E731
+            if broadcast or not apart:
+                clients = await connect_many(connect, receivers, _close_hypha)
+            else:
+                clients = [await connect_apart(connect, _hypha_worker, publisher, _close_hypha)]
+            if broadcast:
+                await asyncio.gather(*(c.subscribe(EVENT_TYPE) for c in clients))
+        except BaseException:
+            await close_all([*clients, publisher], _close_hypha)
+            raise
+        return HyphaEventRig(publisher, clients, payloads, EventSink([payload_size(p) for p in payloads]), broadcast)
+
+
+CLIENT_KINDS: dict[str, Callable[[], ClientKind]] = {"raw": RawClients, "hypha-rpc": HyphaRpcClients}

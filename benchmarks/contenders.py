@@ -1,0 +1,215 @@
+"""The servers under test, each started and stopped the same way and probed for CPU and memory.
+
+- ``Rhizomorph``: a ``Deployment`` on the already running Ray (one per worker count / config).
+- ``BareRelay``: ``benchmarks/bare_relay.py`` in a subprocess, the floor for raw clients.
+- ``RealHypha``: the real Hypha server (``python -m hypha.server``) in a subprocess, only if
+  the ``hypha`` package is importable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import os
+import socket
+import subprocess
+import sys
+import time
+from abc import ABC, abstractmethod
+from typing import Any
+
+import psutil
+
+RAW, HYPHA_RPC = "raw", "hypha-rpc"
+BATCHING_FIELD = "enable_message_batching"
+START_TIMEOUT = 60.0
+
+
+class Contender(ABC):
+    name: str
+    #: Client kinds that can talk to this server.
+    clients: tuple[str, ...] = (RAW, HYPHA_RPC)
+    url: str = ""
+    #: Gateway processes that hold client sockets (point-to-point rigs are placed across them).
+    workers: int = 1
+
+    @abstractmethod
+    def start(self) -> None: ...
+
+    @abstractmethod
+    def stop(self) -> None: ...
+
+    @abstractmethod
+    def server_pids(self) -> list[int]:
+        """The processes that make up the server (their CPU time and RSS are the server's cost)."""
+
+
+class Rhizomorph(Contender):
+    """A rhizomorph router on the current Ray runtime; wraps an existing ``Deployment`` if given."""
+
+    def __init__(self, workers: int, name: str | None = None, deployment: Any = None, **config: Any) -> None:
+        self.workers = workers
+        self.name = name or f"rhizomorph-{workers}w"
+        self.config = config
+        self.deployment = deployment
+        self._owned = deployment is None
+
+    def start(self) -> None:
+        if self.deployment is None:
+            from rhizomorph import Config, Deployment
+
+            settings = {"log_level": "WARNING", **self.config}
+            self.deployment = Deployment(Config(port=0, workers=self.workers, **settings)).start()
+        self.url = self.deployment.url
+
+    def stop(self) -> None:
+        if self._owned and self.deployment is not None:
+            self.deployment.stop()
+            self.deployment = None
+
+    def server_pids(self) -> list[int]:
+        pids = [info["pid"] for info in self.deployment.worker_info.values()]
+        registry = _actor_pid(self.deployment.registry)
+        return pids + ([registry] if registry else [])
+
+
+def _actor_pid(handle: Any) -> int | None:
+    """The pid of a Ray actor, from the GCS actor table (no dashboard needed)."""
+    try:
+        from ray._private.state import actors
+
+        return int(actors(handle._actor_id.hex())["Pid"]) or None
+    except Exception:
+        return None
+
+
+class _Subprocess(Contender):
+    """A server run as ``python -m <module>`` on 127.0.0.1."""
+
+    def __init__(self) -> None:
+        self.process: subprocess.Popen | None = None
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(5)
+        self.process = None
+
+    def server_pids(self) -> list[int]:
+        if self.process is None:
+            return []
+        children = psutil.Process(self.process.pid).children(recursive=True)
+        return [self.process.pid, *(c.pid for c in children)]
+
+
+class BareRelay(_Subprocess):
+    name = "bare-relay"
+    clients = (RAW,)
+
+    def start(self) -> None:
+        self.process = subprocess.Popen([sys.executable, "-m", "benchmarks.bare_relay", "--port", "0"],
+                                        stdout=subprocess.PIPE, text=True, cwd=_repo_root())
+        line = self.process.stdout.readline() if self.process.stdout else ""
+        if not line.startswith("PORT "):
+            self.stop()
+            raise RuntimeError(f"bare relay did not start: {line!r}")
+        self.url = f"ws://127.0.0.1:{int(line.split()[1])}"
+
+
+class RealHypha(_Subprocess):
+    name = "hypha"
+
+    @staticmethod
+    def available() -> bool:
+        return importlib.util.find_spec("hypha") is not None
+
+    def start(self) -> None:
+        port = _free_port()
+        self.process = subprocess.Popen([sys.executable, "-m", "hypha.server", "--host=127.0.0.1", f"--port={port}"],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=_repo_root())
+        deadline = time.monotonic() + START_TIMEOUT
+        while not _accepts(port):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("hypha server did not start")
+            time.sleep(0.5)
+        time.sleep(2.0)  # the port opens before the app finishes its startup
+        self.url = f"ws://127.0.0.1:{port}/ws"
+
+
+def _repo_root() -> str:
+    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _accepts(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def batching_supported() -> bool:
+    from rhizomorph import Config
+
+    return any(f.name == BATCHING_FIELD for f in dataclasses.fields(Config))
+
+
+def default_contenders(notes: list[str], with_hypha: bool = True) -> list[Contender]:
+    """rhizomorph with 1 and 2 workers, the bare relay, and what else is available (else a note)."""
+    contenders: list[Contender] = [Rhizomorph(1), Rhizomorph(2)]
+    if batching_supported():
+        from rhizomorph import Config
+
+        default = bool(getattr(Config(), BATCHING_FIELD))
+        flipped = "off" if default else "on"
+        contenders.append(Rhizomorph(2, name=f"rhizomorph-2w-batching-{flipped}", **{BATCHING_FIELD: not default}))
+        notes.append(f"`Config.{BATCHING_FIELD}` defaults to {default}; `rhizomorph-2w-batching-{flipped}` flips it.")
+    else:
+        notes.append(f"`Config.{BATCHING_FIELD}` does not exist yet: the batching on/off contender was skipped.")
+    contenders.append(BareRelay())
+    if with_hypha and RealHypha.available():
+        contenders.append(RealHypha())
+    elif with_hypha:
+        notes.append("The `hypha` server package is not installed: the real-Hypha contender was skipped.")
+    return contenders
+
+
+class ProcessProbe:
+    """CPU seconds and resident memory of a set of processes (gone processes count as zero)."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.processes = []
+        for pid in pids:
+            try:
+                self.processes.append(psutil.Process(pid))
+            except psutil.NoSuchProcess:
+                pass
+
+    def cpu_seconds(self) -> float:
+        total = 0.0
+        for process in self.processes:
+            try:
+                times = process.cpu_times()
+                total += times.user + times.system
+            except psutil.NoSuchProcess:
+                pass
+        return total
+
+    def rss_bytes(self) -> int:
+        total = 0
+        for process in self.processes:
+            try:
+                total += process.memory_info().rss
+            except psutil.NoSuchProcess:
+                pass
+        return total

@@ -1,0 +1,241 @@
+"""Run a benchmark suite on every contender in one process and one Ray runtime, then report.
+
+    python -m benchmarks.run --suite quick     # make bench
+    python -m benchmarks.run --suite full      # make bench-full
+
+Each case opens one rig per (contender, client) pair, warms it up, then runs the repeats
+interleaved across pairs (pair order rotated every repeat) so that background noise spreads
+evenly over the contenders. One JSON line per measured run goes to benchmarks/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from benchmarks.clients import CLIENT_KINDS, ClientKind, EchoRig, EventRig
+from benchmarks.contenders import Contender, ProcessProbe, default_contenders
+from benchmarks.machine import machine_info
+from benchmarks.measure import run_calls, run_events
+from benchmarks.scenarios import EVENTS, SUITES, Case, Suite, payload_size
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+WARMUP_MESSAGES = 5
+WARMUP_TIMEOUT = 15.0
+Record = dict[str, Any]
+
+
+@dataclass
+class Pair:
+    contender: Contender
+    client: ClientKind
+
+    @property
+    def label(self) -> str:
+        return f"{self.contender.name} [{self.client.name}]"
+
+
+def make_pairs(contenders: list[Contender], clients: list[str]) -> list[Pair]:
+    return [Pair(c, CLIENT_KINDS[k]()) for c in contenders for k in clients if k in c.clients]
+
+
+class Progress:
+    """tqdm when installed, else a one-line bar on stderr."""
+
+    def __init__(self, total: int, enabled: bool = True) -> None:
+        self.total, self.done, self.enabled = total, 0, enabled
+        self._bar: Any = None
+        if enabled:
+            try:
+                from tqdm import tqdm
+
+                self._bar = tqdm(total=total, file=sys.stderr, unit="run", dynamic_ncols=True)
+            except ImportError:
+                pass
+
+    def update(self, label: str) -> None:
+        self.done += 1
+        if self._bar is not None:
+            self._bar.set_description_str(label[:60])
+            self._bar.update(1)
+        elif self.enabled:
+            filled = int(30 * self.done / max(self.total, 1))
+            sys.stderr.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] {self.done}/{self.total} {label[:50]:<50}")
+            sys.stderr.flush()
+
+    def skip(self, runs: int) -> None:
+        """Runs that will not happen (a pair failed to set up)."""
+        self.total -= runs
+        if self._bar is not None:
+            self._bar.total = self.total
+            self._bar.refresh()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        elif self.enabled:
+            sys.stderr.write("\n")
+
+
+async def _open_rig(pair: Pair, case: Case, payloads: list[Any]) -> EchoRig | EventRig:
+    url, apart = pair.contender.url, pair.contender.workers > 1
+    if case.mode == EVENTS:
+        return await pair.client.event_rig(url, payloads, max(case.scenario.subscribers, 1), case.broadcast, apart)
+    return await pair.client.echo_rig(url, payloads, case.scenario.callers, apart)
+
+
+async def _measure(rig: EchoRig | EventRig, case: Case, payloads: list[Any], probe: ProcessProbe, timeout: float):
+    if isinstance(rig, EventRig):
+        return await run_events(rig, case, payloads, probe, timeout)
+    return await run_calls(rig, case, payloads, probe, timeout)
+
+
+def _unsupported(pair: Pair, case: Case, payloads: list[Any]) -> str | None:
+    limit = pair.client.max_event_payload
+    if case.mode == EVENTS and limit is not None and max(map(payload_size, payloads)) > limit:
+        return f"{pair.client.name} cannot receive events over {limit:,} B (emit does not chunk)"
+    return None
+
+
+async def _open(pair: Pair, case: Case, payloads: list[Any], probe: ProcessProbe, timeout: float):
+    """Open the pair's rig and warm it up; a rig that cannot deliver its warm-up is closed and refused."""
+    rig = await asyncio.wait_for(_open_rig(pair, case, payloads), timeout)
+    warmup = payloads[:WARMUP_MESSAGES]
+    result = await _measure(rig, case, warmup, probe, min(timeout, WARMUP_TIMEOUT))
+    if result.delivered < result.messages:
+        await rig.close()
+        raise RuntimeError(f"warm-up delivered {result.delivered}/{result.messages}")
+    return rig
+
+
+async def run_case(case: Case, pairs: list[Pair], repeats: int, timeout: float, emit: Callable[[Record], None],
+                   progress: Progress) -> None:
+    payloads = case.scenario.payloads()
+    rigs: dict[int, EchoRig | EventRig] = {}
+    probes = {i: ProcessProbe(p.contender.server_pids()) for i, p in enumerate(pairs)}
+    try:
+        for i, pair in enumerate(pairs):
+            who = {"contender": pair.contender.name, "client": pair.client.name, "case": case.id}
+            reason = _unsupported(pair, case, payloads)
+            if reason:
+                emit({"kind": "skip", **who, "reason": reason})
+                progress.skip(repeats)
+                continue
+            try:
+                rigs[i] = await _open(pair, case, payloads, probes[i], timeout)
+            except Exception as exc:
+                emit({"kind": "error", **who, "error": f"{type(exc).__name__}: {exc}"})
+                progress.skip(repeats)
+        for repeat in range(repeats):
+            order = [i for i in range(len(pairs)) if i in rigs]
+            shift = repeat % max(len(order), 1)
+            for i in order[shift:] + order[:shift]:
+                result = await _measure(rigs[i], case, payloads, probes[i], timeout)
+                emit({"kind": "result", "contender": pairs[i].contender.name, "client": pairs[i].client.name,
+                      "repeat": repeat, **result.as_dict()})
+                progress.update(f"{case.id} {pairs[i].label}")
+    finally:
+        await asyncio.gather(*(rig.close() for rig in rigs.values()), return_exceptions=True)
+
+
+async def run_suite(cases: list[Case], pairs: list[Pair], repeats: int, timeout: float,
+                    emit: Callable[[Record], None], show_progress: bool = True) -> None:
+    progress = Progress(len(cases) * len(pairs) * repeats, enabled=show_progress)
+    try:
+        for case in cases:
+            await run_case(case, pairs, repeats, timeout, emit, progress)
+    finally:
+        progress.close()
+
+
+def quiet_client_logs() -> None:
+    """hypha-rpc logs every closed connection at WARNING; a benchmark closes thousands."""
+    os.environ.setdefault("HYPHA_LOGLEVEL", "ERROR")  # read by hypha-rpc when it is imported
+    for name in ("RPC", "websocket-client", "websockets"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def start_contenders(contenders: list[Contender], notes: list[str]) -> list[Contender]:
+    started = []
+    for contender in contenders:
+        try:
+            contender.start()
+            started.append(contender)
+        except Exception as exc:
+            notes.append(f"{contender.name} did not start and was skipped: {exc}")
+    return started
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="rhizomorph side-by-side benchmarks")
+    parser.add_argument("--suite", choices=sorted(SUITES), default="quick")
+    parser.add_argument("--repeats", type=int, help="override the suite's repeat count (>= 3 for a report)")
+    parser.add_argument("--clients", nargs="+", default=list(CLIENT_KINDS), choices=list(CLIENT_KINDS))
+    parser.add_argument("--contenders", nargs="+", help="only contenders whose name contains one of these")
+    parser.add_argument("--cases", nargs="+", help="only cases whose id contains one of these (e.g. small fanout)")
+    parser.add_argument("--no-hypha", action="store_true", help="skip the real Hypha server even if installed")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--performance-md", type=Path, default=Path(__file__).resolve().parent.parent / "PERFORMANCE.md",
+                        help="where to write the report generated from this run ('-' for none)")
+    args = parser.parse_args(argv)
+
+    suite: Suite = SUITES[args.suite]
+    repeats = args.repeats or suite.repeats
+    cases = [c for c in suite.cases() if not args.cases or any(s in c.id for s in args.cases)]
+    run_id = time.strftime("%Y%m%d-%H%M%S") + f"-{args.suite}"
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"{run_id}.jsonl"
+
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # embedded Ray on 127.0.0.1 only
+    quiet_client_logs()
+    from rhizomorph import ensure_ray
+
+    # A private temp dir: Ray would otherwise join the cluster named in /tmp/ray/ray_current_cluster
+    # (anyone's `ray start` on this machine) instead of starting our own.
+    ray_dir = tempfile.mkdtemp(prefix="rb-", dir="/tmp")
+    ray_started = ensure_ray(num_cpus=os.cpu_count() or 1, _temp_dir=ray_dir)
+    notes = list(suite.notes)
+    contenders = default_contenders(notes, with_hypha=not args.no_hypha)
+    if args.contenders:
+        contenders = [c for c in contenders if any(s in c.name for s in args.contenders)]
+    started = start_contenders(contenders, notes)
+    try:
+        with path.open("w") as sink:
+            def emit(record: Record) -> None:
+                sink.write(json.dumps({"run_id": run_id, "suite": suite.name, **record}) + "\n")
+                sink.flush()
+
+            emit({"kind": "meta", "machine": machine_info(), "repeats": repeats, "notes": notes,
+                  "contenders": [c.name for c in started], "clients": args.clients,
+                  "run_timeout_s": suite.run_timeout, "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")})
+            asyncio.run(run_suite(cases, make_pairs(started, args.clients), repeats, suite.run_timeout, emit))
+    finally:
+        for contender in started:
+            contender.stop()
+        if ray_started:
+            import ray
+
+            ray.shutdown()
+            shutil.rmtree(ray_dir, ignore_errors=True)
+    print(f"results: {path}")
+
+    from benchmarks import report
+
+    outputs = report.write_reports(path, None if str(args.performance_md) == "-" else args.performance_md)
+    for output in outputs:
+        print(f"wrote {output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""The benchmark harness, end to end at tiny counts: the session's router against the bare relay."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from benchmarks import report
+from benchmarks.contenders import BareRelay, Rhizomorph
+from benchmarks.run import make_pairs, run_suite
+from benchmarks.scenarios import SUITES
+
+RESULT_KEYS = {
+    "contender", "client", "repeat", "case", "scenario", "mode", "messages", "delivered", "errors", "payload_bytes",
+    "elapsed_s", "msgs_per_s", "mb_per_s", "latency_p50_ms", "latency_p99_ms", "server_cpu_s", "server_rss_mb",
+    "client_cpu_s", "timed_out",
+}
+
+
+@pytest.fixture
+def bare_relay():
+    relay = BareRelay()
+    relay.start()
+    yield relay
+    relay.stop()
+
+
+async def test_smoke_suite_runs_every_case_on_every_pair(ray_runtime, router, bare_relay, tmp_path):
+    suite = SUITES["smoke"]
+    contenders = [Rhizomorph(1, deployment=router), bare_relay]
+    for contender in contenders:
+        contender.start()  # wraps the running router; the relay is already up
+    records: list[dict] = []
+    await run_suite(suite.cases(), make_pairs(contenders, ["raw", "hypha-rpc"]), 1, suite.run_timeout,
+                    records.append, show_progress=False)
+
+    assert [r for r in records if r["kind"] == "error"] == []
+    skipped = {(r["case"], r["contender"], r["client"]) for r in records if r["kind"] == "skip"}
+    assert skipped == {("large/events", "rhizomorph-1w", "hypha-rpc")}  # emit does not chunk 2 MB events
+    results = [r for r in records if r["kind"] == "result"]
+    expected = {(c.id, name, client) for c in suite.cases()
+                for name, client in (("rhizomorph-1w", "raw"), ("rhizomorph-1w", "hypha-rpc"), ("bare-relay", "raw"))}
+    assert {(r["case"], r["contender"], r["client"]) for r in results} == expected - skipped
+
+    for r in results:
+        where = f"{r['case']} {r['contender']} [{r['client']}]"
+        assert RESULT_KEYS <= r.keys(), where
+        assert r["delivered"] == r["messages"] > 0 and r["errors"] == 0 and not r["timed_out"], where
+        assert r["msgs_per_s"] > 0 and r["mb_per_s"] > 0 and r["payload_bytes"] > 0, where
+        assert 0 < r["latency_p50_ms"] <= r["latency_p99_ms"] < 20_000, where
+        assert r["server_cpu_s"] >= 0 and r["server_rss_mb"] > 10, where
+    fanout = next(r for r in results if r["scenario"].startswith("fanout") and r["client"] == "raw")
+    assert fanout["messages"] == 3 * 10  # every subscriber got every event
+
+    path = tmp_path / "smoke.jsonl"
+    path.write_text("".join(json.dumps({"run_id": "smoke", "suite": "smoke", **r}) + "\n"
+                            for r in [{"kind": "meta", "machine": {}, "repeats": 1}, *records]))
+    written = report.write_reports(path, plots=False)
+    markdown = written[0].read_text()
+    assert "1w / bare relay (raw)" in markdown and "fanin-4/sequential" in markdown
+    rows = report.aggregate(results)
+    ratio = report._ratio(*(next(r.msgs_per_s for r in rows if r.case == "small/sequential" and r.contender == name
+                                 and r.client == "raw") for name in ("rhizomorph-1w", "bare-relay")))
+    assert math.isfinite(ratio.median) and ratio.median > 0
