@@ -143,7 +143,8 @@ class ServiceTable:
             raise RegistryError(f"client {owner} is not connected")
         full_id = full_service_id(info, owner)
         owned = self.by_owner.setdefault(owner, set())
-        if full_id not in owned and len(owned) >= self.max_services_per_client:
+        counted = sum(1 for sid in owned if not sid.endswith(":built-in"))  # as Hypha: built-in is free
+        if full_id not in owned and not full_id.endswith(":built-in") and counted >= self.max_services_per_client:
             raise RegistryError(f"client {owner} has reached its limit of {self.max_services_per_client} services")
         stored = dict(info)
         config = dict(stored.get("config") or {})

@@ -195,21 +195,29 @@ def authenticate(request: AuthRequest, issuer: TokenIssuer) -> tuple[Identity, b
 
 
 def _identity_from_claims(claims: dict[str, Any], client_id: str) -> Identity:
+    """An identity from verified claims. Even a token we signed is checked for shape: a bad one
+    is a ``HandshakeError``, never a crash."""
     workspaces = claims.get("ws") or {}
-    if not isinstance(workspaces, dict) or any(v not in PERMISSION_LEVELS for v in workspaces.values()):
+    if not isinstance(workspaces, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) and v in PERMISSION_LEVELS for k, v in workspaces.items()):
         raise HandshakeError("invalid token: bad workspace permissions")
-    workspace = claims.get("cws")
+    workspace, user_id, roles = claims.get("cws"), claims.get("sub"), claims.get("roles") or []
     if not isinstance(workspace, str) or not workspace or not client_id:
         raise HandshakeError("invalid token: no workspace or client id")
+    if not isinstance(user_id, str) or not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
+        raise HandshakeError("invalid token: bad user or roles")
+    email, expires = claims.get("email"), claims.get("exp")
+    if (email is not None and not isinstance(email, str)) or not isinstance(expires, (int, float)):
+        raise HandshakeError("invalid token: bad email or expiry")
     return Identity(
         workspace=workspace,
         client_id=client_id,
-        user_id=claims["sub"],
+        user_id=user_id,
         is_anonymous=bool(claims.get("anon")),
-        roles=list(claims.get("roles") or []),
+        roles=list(roles),
         workspaces=dict(workspaces),
-        email=claims.get("email"),
-        expires_at=float(claims["exp"]),
+        email=email,
+        expires_at=float(expires),
     )
 
 
