@@ -21,6 +21,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, help="gateway workers per node (default: one per CPU)")
     serve.add_argument("--address", dest="ray_address",
                        help="join this Ray cluster (default: start an embedded local Ray on 127.0.0.1)")
+    serve.add_argument("--workers-per-cpu", type=float,
+                       help="with --workers 0: gateway workers per CPU of each node (default 1.0)")
+    serve.add_argument("--worker-resource",
+                       help="run workers only on nodes with this Ray custom resource, one per unit")
     serve.add_argument("--server-id", help="fixed server id (names the manager peer)")
     serve.add_argument("--log-level", help="DEBUG, INFO, WARNING (default INFO)")
     serve.add_argument("--config", dest="config_file", help="TOML file of Config fields")
@@ -56,8 +60,9 @@ def serve(config: Config) -> int:
         signal.signal(signum, lambda *_: stop.set())
     try:
         deployment.start()
-        print(f"rhizomorph: serving {deployment.url} with {len(deployment.workers)} gateway worker(s); "
-              f"Ctrl-C to stop", flush=True)
+        nodes = len(deployment.node_urls)
+        print(f"rhizomorph: serving {deployment.url} with {len(deployment.workers)} gateway worker(s)"
+              + (f" on {nodes} nodes" if nodes > 1 else "") + "; Ctrl-C to stop", flush=True)
         while not stop.wait(1.0):
             pass
     finally:

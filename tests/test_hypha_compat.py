@@ -144,8 +144,8 @@ async def test_two_workers_route_across_the_ray_hop(router2):
             by_worker.setdefault(server.config.rhizomorph_worker, server)
             if len(by_worker) == 2:
                 break
-        assert set(by_worker) == {"w0", "w1"}, "the kernel never spread 40 connections over both workers"
-        a, b = by_worker["w0"], by_worker["w1"]
+        assert set(by_worker) == {"n0w0", "n0w1"}, "the kernel never spread 40 connections over both workers"
+        a, b = by_worker["n0w0"], by_worker["n0w1"]
         await a.register_service(echo_service("on-w0"))
         await b.register_service(echo_service("on-w1"))
         from_b = await b.get_service(f"{a.config.workspace}/{a.config.client_id}:on-w0")
@@ -154,7 +154,7 @@ async def test_two_workers_route_across_the_ray_hop(router2):
         assert await asyncio.gather(*(from_a.echo(i) for i in range(50))) == list(range(50))
 
         stats = {s["worker_id"]: s for s in router2.stats()}
-        assert stats["w0"]["peer_calls"]["w1"] > 0 and stats["w1"]["peer_calls"]["w0"] > 0
+        assert stats["n0w0"]["peer_calls"]["n0w1"] > 0 and stats["n0w1"]["peer_calls"]["n0w0"] > 0
     finally:
         for server in clients:
             await server.disconnect()

@@ -1,0 +1,373 @@
+"""Fan-out across nodes: one publisher, 1000 subscribers spread over a 2-node Ray cluster, 1 KB events.
+
+    python benchmarks/bench_fanout_cluster.py [--subscribers 1000] [--nodes 2] [--workers-per-node 1]
+                                              [--size 1024] [--paced 50] [--burst 200] [--wire v3|v4]
+                                              [--client-procs 2]
+
+The cluster is simulated on this machine with ``ray.cluster_utils.Cluster`` (every node on
+127.0.0.1, token auth on), the router runs ``--workers-per-node`` gateway workers per node,
+each node on its own port. Subscribers are bare WebSocket clients (handshake, ``subscribe``,
+then count frames), split evenly over the nodes and run in ``--client-procs`` processes so the
+clients are not one single-threaded bottleneck; the publisher is on node 0.
+
+Two phases, both in the publisher's workspace:
+  * paced: one broadcast at a time, the next when every subscriber has the previous one
+    (fan-out latency: the time for one event to reach all subscribers);
+  * burst: ``--burst`` broadcasts written back to back (fan-out throughput).
+Printed per phase: deliveries/s (subscriber x events / elapsed), the median fan-out time
+(paced), and Ray calls between workers per broadcast (``stats()["peer_calls"]``), plus the
+gateway workers' CPU time and memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import os
+import secrets
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from typing import Any
+
+import msgpack
+
+EVENT = "fanout"
+
+
+def _pack(obj: Any) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+class Peer:
+    """A bare client: the v3 (or v4) handshake, manager calls, and a count of received events."""
+
+    def __init__(self, ws: Any, info: dict[str, Any]) -> None:
+        self.ws = ws
+        self.info = info
+        self.address = f"{info['workspace']}/{info['client_id']}"
+        self.manager = f"*/{info['manager_id']}"
+        self.v4 = info.get("wire_protocol") == 4
+        self.events = 0
+        self.on_event: Any = None
+        self._replies: dict[str, asyncio.Future] = {}
+        self._sessions = 0
+        self._reader = asyncio.get_running_loop().create_task(self._read())
+
+    @classmethod
+    async def connect(cls, url: str, *, workspace: str | None = None, token: str | None = None,
+                      v4: bool = False) -> "Peer":
+        import websockets
+
+        ws = await websockets.connect(url, max_size=None, compression=None, open_timeout=60)
+        auth = {"client_id": f"b{uuid.uuid4().hex[:14]}", "workspace": workspace, "token": token,
+                "reconnection_token": None}
+        if v4:
+            auth["wire_protocol"] = 4
+        await ws.send(json.dumps(auth))
+        while True:
+            reply = await asyncio.wait_for(ws.recv(), 60)
+            if isinstance(reply, str):
+                break
+        info = json.loads(reply)
+        if info.get("type") != "connection_info":
+            await ws.close()
+            raise ConnectionError(f"handshake refused: {info}")
+        return cls(ws, info)
+
+    async def call_manager(self, method: str, *args: Any) -> Any:
+        self._sessions += 1
+        session = f"s{self._sessions}"
+        reply = asyncio.get_running_loop().create_future()
+        self._replies[session] = reply
+        header = {"type": "method", "to": self.manager, "from": self.address,
+                  "method": f"services.default.{method}", "session": session}
+        await self.ws.send(_pack(header) + _pack({"args": list(args), "promise": "*"}))
+        kind, payload = await asyncio.wait_for(reply, 60)
+        value = (payload.get("args") or [None])[0]
+        if kind != "resolve":
+            raise RuntimeError(f"{method} failed: {value}")
+        return value
+
+    async def publish(self, data: bytes) -> None:
+        await self.ws.send(_pack({"type": EVENT, "to": "*", "from": self.address, "data": data}))
+
+    def _message(self, message: bytes) -> None:
+        if not self._replies and self.on_event is not None:
+            # Subscribed and no call pending: every message is one of the events (cheap count,
+            # so the clients are not the bottleneck of the measurement).
+            self.events += 1
+            self.on_event()
+            return
+        unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
+        unpacker.feed(message)
+        header = unpacker.unpack()
+        if header.get("type") == EVENT:
+            self.events += 1
+            if self.on_event is not None:
+                self.on_event()
+            return
+        method = header.get("method")
+        if isinstance(method, str):
+            session, _, kind = method.rpartition(".")
+            future = self._replies.pop(session, None)
+            if future is not None and not future.done():
+                try:
+                    payload = unpacker.unpack()
+                except msgpack.OutOfData:
+                    payload = {}
+                future.set_result((kind, payload))
+
+    async def _read(self) -> None:
+        from gateway import frames
+
+        try:
+            async for message in self.ws:
+                if isinstance(message, str):
+                    continue
+                if self.v4 and frames.is_v4(message):
+                    for inner in frames.decode_batch(message):
+                        self._message(inner)
+                else:
+                    self._message(message)
+        except Exception:
+            pass
+
+    async def close(self) -> None:
+        self._reader.cancel()
+        try:
+            await asyncio.wait_for(self.ws.close(), 5)
+        except Exception:
+            pass
+
+
+# -- subscriber processes ---------------------------------------------------------------------
+def subscriber_process(conn: Any, urls: list[str], workspace: str, token: str, v4: bool) -> None:
+    """Connect one subscriber per url, subscribe, then answer the parent's commands:
+    ``("wait", n)``: report the time when every subscriber has ``n`` events; ``"stop"``."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        gate = asyncio.Semaphore(50)
+
+        async def one(url: str) -> Peer:
+            async with gate:
+                peer = await Peer.connect(url, workspace=workspace, token=token, v4=v4)
+                await peer.call_manager("subscribe", EVENT)
+                return peer
+
+        peers = await asyncio.gather(*(one(url) for url in urls))
+        state = {"target": None, "reached": asyncio.Event()}
+
+        def check() -> None:
+            target = state["target"]
+            if target is not None and not state["reached"].is_set() and all(p.events >= target for p in peers):
+                state["reached"].set()
+
+        for peer in peers:
+            peer.on_event = lambda p=peer: p.events >= (state["target"] or 0) and check()
+        conn.send(("ready", [p.info["rhizomorph_worker"] for p in peers]))
+        while True:
+            command = await loop.run_in_executor(None, conn.recv)
+            if command == "stop":
+                break
+            _, target = command
+            state["target"], state["reached"] = target, asyncio.Event()
+            check()
+            try:
+                await asyncio.wait_for(state["reached"].wait(), 300)
+                conn.send(("reached", time.time(), [p.events for p in peers]))
+            except asyncio.TimeoutError:
+                conn.send(("timeout", time.time(), [p.events for p in peers]))
+        await asyncio.gather(*(p.close() for p in peers))
+
+    asyncio.run(main())
+    conn.close()
+
+
+# -- the run ----------------------------------------------------------------------------------
+def setup_environment() -> str:
+    """Loopback only, a private Ray temp dir (other ``ray.init()`` calls on this machine must not
+    find and join this cluster), Ray token auth with a token of our own. Returns the directory."""
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    os.environ.pop("RAY_ADDRESS", None)
+    directory = tempfile.mkdtemp(prefix="rzb-", dir="/tmp")
+    os.environ["RAY_TMPDIR"] = directory
+    path = os.path.join(directory, "auth_token")
+    with open(path, "w") as handle:
+        handle.write(secrets.token_hex(32))
+    os.environ["RAY_AUTH_MODE"] = "token"
+    os.environ["RAY_AUTH_TOKEN_PATH"] = path
+    return directory
+
+
+def worker_usage(deployment: Any) -> dict[str, dict[str, float]]:
+    import psutil
+
+    usage = {}
+    for worker_id, info in deployment.worker_info.items():
+        try:
+            proc = psutil.Process(info["pid"])
+            cpu = proc.cpu_times()
+            memory = proc.memory_full_info()
+            usage[worker_id] = {"cpu_s": cpu.user + cpu.system, "rss_mb": memory.rss / 2**20,
+                                "uss_mb": memory.uss / 2**20}
+        except psutil.Error:
+            pass
+    return usage
+
+
+def peer_calls(deployment: Any) -> tuple[int, int]:
+    stats = deployment.stats()
+    return (sum(sum(s["peer_calls"].values()) for s in stats), sum(sum(s["peer_frames"].values()) for s in stats))
+
+
+async def measure(args: argparse.Namespace, deployment: Any) -> dict[str, Any]:
+    urls = deployment.node_urls
+    publisher = await Peer.connect(urls[0], v4=args.wire == "v4")
+    workspace = publisher.info["workspace"]
+    token = await publisher.call_manager("generate_token")
+    subscriber_urls = [urls[i % len(urls)] for i in range(args.subscribers)]
+    shares = [subscriber_urls[i::args.client_procs] for i in range(args.client_procs)]
+    context = multiprocessing.get_context("spawn")
+    pipes, procs = [], []
+    started = time.perf_counter()
+    for share in shares:
+        parent, child = context.Pipe()
+        proc = context.Process(target=subscriber_process, args=(child, share, workspace, token, args.wire == "v4"))
+        proc.start()
+        pipes.append(parent)
+        procs.append(proc)
+    placement: dict[str, int] = {}
+    for pipe in pipes:
+        kind, workers = await asyncio.to_thread(pipe.recv)
+        for worker in workers:
+            placement[worker] = placement.get(worker, 0) + 1
+    connect_s = time.perf_counter() - started
+
+    async def wait_all(target: int) -> float:
+        for pipe in pipes:
+            pipe.send(("wait", target))
+        answers = [await asyncio.to_thread(pipe.recv) for pipe in pipes]
+        bad = [a for a in answers if a[0] != "reached"]
+        if bad:
+            raise RuntimeError(f"subscribers did not get {target} events: {[min(a[2]) for a in bad]}")
+        return max(a[1] for a in answers)
+
+    payload = os.urandom(args.size)
+    await asyncio.sleep(1.0)
+    results: dict[str, Any] = {"subscribers": args.subscribers, "placement": placement, "connect_s": round(connect_s, 1),
+                               "peer_workers_of_publisher": len(deployment.workers) - 1}
+    sent = 0
+    # paced: one event at a time
+    calls0, items0 = peer_calls(deployment)
+    usage0 = worker_usage(deployment)
+    latencies = []
+    phase_start = time.time()
+    for _ in range(args.paced):
+        t = time.time()
+        await publisher.publish(payload)
+        sent += 1
+        latencies.append(await wait_all(sent) - t)
+    elapsed = time.time() - phase_start
+    calls1, items1 = peer_calls(deployment)
+    results["paced"] = {
+        "broadcasts": args.paced, "deliveries_per_s": round(args.subscribers * args.paced / elapsed),
+        "fanout_ms_median": round(statistics.median(latencies) * 1000, 1),
+        "fanout_ms_max": round(max(latencies) * 1000, 1),
+        "ray_calls_per_broadcast": round((calls1 - calls0) / args.paced, 3),
+        "peer_items_per_broadcast": round((items1 - items0) / args.paced, 3)}
+    # burst: back to back
+    usage1 = worker_usage(deployment)
+    phase_start = time.time()
+    for _ in range(args.burst):
+        await publisher.publish(payload)
+    sent += args.burst
+    done = await wait_all(sent)
+    elapsed = done - phase_start
+    calls2, items2 = peer_calls(deployment)
+    usage2 = worker_usage(deployment)
+    results["burst"] = {
+        "broadcasts": args.burst, "deliveries_per_s": round(args.subscribers * args.burst / elapsed),
+        "elapsed_s": round(elapsed, 2),
+        "ray_calls_per_broadcast": round((calls2 - calls1) / args.burst, 3),
+        "peer_items_per_broadcast": round((items2 - items1) / args.burst, 3),
+        "worker_cpu_s": {w: round(usage2[w]["cpu_s"] - usage1[w]["cpu_s"], 2) for w in usage2 if w in usage1}}
+    results["burst"]["worker_cpu_us_per_delivery"] = round(
+        sum(results["burst"]["worker_cpu_s"].values()) * 1e6 / (args.subscribers * args.burst), 1)
+    results["paced"]["worker_cpu_s"] = {w: round(usage1[w]["cpu_s"] - usage0[w]["cpu_s"], 2)
+                                        for w in usage1 if w in usage0}
+    results["workers_memory_mb"] = {w: {"rss": round(u["rss_mb"]), "uss": round(u["uss_mb"])} for w, u in usage2.items()}
+    for pipe in pipes:
+        pipe.send("stop")
+    for proc in procs:
+        await asyncio.to_thread(proc.join, 30)
+        if proc.is_alive():
+            proc.kill()
+    await publisher.close()
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--subscribers", type=int, default=1000)
+    parser.add_argument("--nodes", type=int, default=2)
+    parser.add_argument("--workers-per-node", type=int, default=1)
+    parser.add_argument("--size", type=int, default=1024)
+    parser.add_argument("--paced", type=int, default=50)
+    parser.add_argument("--burst", type=int, default=200)
+    parser.add_argument("--wire", choices=("v3", "v4"), default="v3")
+    parser.add_argument("--client-procs", type=int, default=2)
+    parser.add_argument("--json", action="store_true", help="print the raw results as JSON too")
+    args = parser.parse_args()
+
+    token_dir = setup_environment()
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from rhizomorph import Config, Deployment
+
+    node_args = {"num_cpus": 1, "node_ip_address": "127.0.0.1", "include_dashboard": False,
+                 "object_store_memory": 80 * 1024 * 1024}
+    cluster = Cluster(initialize_head=True, head_node_args=dict(node_args))
+    deployment = None
+    try:
+        for _ in range(args.nodes - 1):
+            cluster.add_node(**node_args)
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address, include_dashboard=False, logging_level="WARNING")
+        config = Config(port=0, workers=args.workers_per_node, distinct_node_ports=True, log_level="WARNING",
+                        max_connections_per_worker=0)
+        deployment = Deployment(config).start()
+        results = asyncio.run(measure(args, deployment))
+    finally:
+        if deployment is not None:
+            deployment.stop()
+        ray.shutdown()
+        cluster.shutdown()
+        shutil.rmtree(token_dir, ignore_errors=True)
+
+    print(f"fan-out 1 -> {args.subscribers} subscribers over {args.nodes} nodes "
+          f"({args.workers_per_node} worker(s)/node, {args.wire}, {args.size} B events); "
+          f"placement {results['placement']}, connected in {results['connect_s']} s")
+    for phase in ("paced", "burst"):
+        r = results[phase]
+        extra = (f", fan-out median {r['fanout_ms_median']} ms (max {r['fanout_ms_max']} ms)"
+                 if phase == "paced" else f", {r['elapsed_s']} s")
+        print(f"  {phase:5} {r['broadcasts']:4} broadcasts: {r['deliveries_per_s']:>8} deliveries/s{extra}; "
+              f"Ray calls/broadcast {r['ray_calls_per_broadcast']} (items/broadcast {r['peer_items_per_broadcast']}); "
+              f"worker CPU s {r['worker_cpu_s']}"
+              + (f" = {r['worker_cpu_us_per_delivery']} us/delivery" if phase == "burst" else ""))
+    print(f"  gateway worker memory (MB): {results['workers_memory_mb']}")
+    if args.json:
+        print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    main()
