@@ -30,10 +30,11 @@ Call = Callable[[list[Item]], Awaitable[Any]]
 
 class PeerLink:
     def __init__(self, worker_id: str, handle: Any, on_failure: Callable[[list[Item]], None],
-                 call: Call | None = None) -> None:
+                 call: Call | None = None, kind: str = "ray") -> None:
         self.worker_id = worker_id
         self.handle = handle
         self._call_peer: Call = call or (lambda items: handle.deliver.remote(items))
+        self.kind = kind  # how the batches travel: "ray" calls, a "socket", the "chunk-actor"
         self._on_failure = on_failure
         self._items: list[Item] = []
         self._busy = False

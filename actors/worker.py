@@ -25,6 +25,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request, Response
 
 from actors.batching import BatchMetrics, BatchPolicy
+from actors.channel import Channel, ChannelServer
 from actors.chunking import ChunkRelay, relay_name
 from actors.peer_link import Item, PeerLink
 from gateway import connection as gateway_connection
@@ -86,14 +87,26 @@ class Router:
         self._broadcast(f"{workspace}/*", event_type, envelope.event_frame(event_type, data), forward=True)
 
     # -- peers and directory -------------------------------------------------------------------
-    def set_peers(self, peers: dict[str, Any]) -> None:
+    def set_peers(self, peers: dict[str, Any], channels: dict[str, str] | None = None) -> None:
+        """Links to every other worker: over ``channels`` (Unix socket paths of same-node peers)
+        where given, else Ray calls. A worker id that comes back as a new actor gets new links."""
+        channels = channels or {}
         for worker_id, handle in peers.items():
-            if worker_id != self.worker_id and worker_id not in self.links:
-                self.links[worker_id] = PeerLink(worker_id, handle, self._peer_failed)
-                if self.chunk_relay is not None:
-                    self.bulk[worker_id] = PeerLink(
-                        worker_id, handle, self._peer_failed,
-                        call=lambda items, wid=worker_id: self.chunk_relay.relay.remote(wid, items))
+            if worker_id == self.worker_id:
+                continue
+            link = self.links.get(worker_id)
+            if link is not None and link.handle._actor_id == handle._actor_id:
+                continue
+            if worker_id in channels:
+                link = PeerLink(worker_id, handle, self._peer_failed, call=Channel(channels[worker_id]).send,
+                                kind="socket")
+            else:
+                link = PeerLink(worker_id, handle, self._peer_failed)
+            self.links[worker_id] = link
+            if self.chunk_relay is not None:
+                self.bulk[worker_id] = PeerLink(
+                    worker_id, handle, self._peer_failed, kind="chunk-actor",
+                    call=lambda items, wid=worker_id: self.chunk_relay.relay.remote(wid, items))
         for worker_id in list(self.links):
             if worker_id not in peers:
                 del self.links[worker_id]
@@ -458,6 +471,7 @@ class Router:
             "evicted": self.evicted,
             "streams_opened": self._stream_seq,
             "peer_calls": {w: link.calls for w, link in self.links.items()},
+            "peer_channels": {w: link.kind for w, link in self.links.items()},
             "peer_frames": {w: link.frames for w, link in self.links.items()},
             "batch_policy": dataclasses.asdict(self.batch_policy),
             "frames_in": self.frames_in,
@@ -523,6 +537,8 @@ class GatewayWorker:
         logging.getLogger("websockets").setLevel(logging.WARNING)  # one INFO line per connection is noise
         self._config = config
         self._router = Router(config, worker_id, registry)
+        self._channel: ChannelServer | None = None
+        self._node_id = ""
         self._server: Any = None
 
     async def start(self) -> dict[str, Any]:
@@ -535,20 +551,35 @@ class GatewayWorker:
             compression="deflate" if config.compression else None,
             process_request=_http_handler(self._router),
         )
-        node_id = ray.get_runtime_context().get_node_id()
+        node_id = self._node_id = ray.get_runtime_context().get_node_id()
+        if config.peer_channel == "socket":
+            self._channel = ChannelServer(self._router.deliver)
+            await self._channel.start()
         self._router.chunk_relay = ChunkRelay.options(name=relay_name(config.server_id, node_id),
                                                       get_if_exists=True).remote()
         snapshot = await self._router.registry.add_worker.remote(self._router.worker_id, self._self_handle())
         self._router.update_directory(list(snapshot.items()))
         self._write_watch = asyncio.ensure_future(self._router.watch_writes())
-        return {"worker_id": self._router.worker_id, "pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id(),
+        return {"worker_id": self._router.worker_id, "pid": os.getpid(), "node_id": node_id,
                 "port": sock.getsockname()[1]}
 
     def _self_handle(self) -> Any:
         return ray.get_runtime_context().current_actor
 
+    async def channel_address(self) -> tuple[str, str | None]:
+        """(node id, Unix socket path or None): how a peer on the same node reaches this worker."""
+        return self._node_id, self._channel.path if self._channel is not None else None
+
     async def set_peers(self, peers: dict[str, Any]) -> None:
-        self._router.set_peers(peers)
+        channels: dict[str, str] = {}
+        if self._channel is not None:
+            others = {w: h for w, h in peers.items() if w != self._router.worker_id}
+            addresses = await asyncio.gather(*(h.channel_address.remote() for h in others.values()),
+                                             return_exceptions=True)
+            for worker_id, address in zip(others, addresses):
+                if isinstance(address, tuple) and address[0] == self._node_id and address[1]:
+                    channels[worker_id] = address[1]
+        self._router.set_peers(peers, channels)
         if self._router.chunk_relay is not None:
             await self._router.chunk_relay.set_workers.remote(peers)
 
@@ -582,5 +613,7 @@ class GatewayWorker:
             self._server.close()
             await self._server.wait_closed()
         self._router.manager.close()
+        if self._channel is not None:
+            await self._channel.close()
         if self._router.chunk_relay is not None:
             ray.kill(self._router.chunk_relay, no_restart=True)  # shared by the node's workers: all stop together

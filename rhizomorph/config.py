@@ -64,6 +64,9 @@ class Config:
     max_queue_bytes: int = 64 * 1024 * 1024
     #: Seconds one write to a client may stay blocked before it is evicted (close 4001); 0: none.
     write_timeout: float = 30.0
+    #: How messages travel between two gateway workers of the same node: ``socket`` (a direct
+    #: Unix socket, found through Ray) or ``ray`` (actor calls). Other nodes always use Ray calls.
+    peer_channel: str = "socket"
     #: Enable WebSocket per-message deflate (off: it makes 2 MB messages ~20x slower).
     compression: bool = False
     #: Python logging level of the router processes.

@@ -1,0 +1,67 @@
+"""Workers of one node talk over a Unix socket (found through Ray); Ray calls remain the fallback."""
+
+from __future__ import annotations
+
+import asyncio
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from actors import channel
+from rhizomorph import Config, Deployment
+
+
+@given(st.lists(st.tuples(st.text(max_size=30), st.one_of(st.none(), st.text(max_size=10)), st.binary(max_size=500)),
+                max_size=20))
+def test_channel_batches_round_trip(items):
+    data = channel.encode_batch(items)
+    assert int.from_bytes(data[:4], "big") == len(data) - 4
+    assert channel.decode_batch(data[4:]) == items
+
+
+async def test_channel_delivers_batches_in_order_over_a_unix_socket():
+    received = []
+    server = channel.ChannelServer(received.extend)
+    path = await server.start()
+    sender = channel.Channel(path)
+    try:
+        for i in range(50):
+            await sender.send([(f"ws/c{i}", None, bytes([i]) * 10), ("ws/*", "evt", b"")])
+        for _ in range(100):
+            if len(received) == 100:
+                break
+            await asyncio.sleep(0.01)
+        assert [item[0] for item in received[::2]] == [f"ws/c{i}" for i in range(50)]
+        assert received[1] == ("ws/*", "evt", b"")
+    finally:
+        sender.close()
+        await server.close()
+
+
+def test_same_node_workers_use_the_socket(router2):
+    kinds = [kind for stats in router2.stats() for kind in stats["peer_channels"].values()]
+    assert kinds == ["socket", "socket"]
+
+
+async def test_ray_channel_still_routes_across_workers(ray_runtime):
+    from hypha_rpc import connect_to_server
+
+    deployment = Deployment(Config(port=0, workers=2, peer_channel="ray")).start()
+    clients = []
+    try:
+        assert [k for s in deployment.stats() for k in s["peer_channels"].values()] == ["ray", "ray"]
+        by_worker = {}
+        for _ in range(40):
+            server = await connect_to_server({"server_url": deployment.url})
+            clients.append(server)
+            by_worker.setdefault(server.config.rhizomorph_worker, server)
+            if len(by_worker) == 2:
+                break
+        a, b = by_worker.values()
+        await a.register_service({"id": "echo", "config": {"visibility": "public"}, "echo": lambda x: x})
+        echo = await b.get_service(f"{a.config.workspace}/{a.config.client_id}:echo")
+        assert await asyncio.gather(*(echo.echo(i) for i in range(20))) == list(range(20))
+    finally:
+        for server in clients:
+            await server.disconnect()
+        deployment.stop()
