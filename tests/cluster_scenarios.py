@@ -18,6 +18,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -203,6 +204,48 @@ class Run:
             seen["connected_to"].append(server.config.rhizomorph_worker)
             await server.disconnect()
         seen["registry"] = await deployment.registry.summary.remote()
+
+    async def cli_join(self, seen: dict[str, Any]) -> None:
+        """``rhizomorph serve --address <cluster>``: a second router joins the running cluster
+        (inheriting RAY_AUTH_MODE and the token path), serves, and leaves on Ctrl-C."""
+        assert self.cluster is not None
+        env = dict(os.environ, RHIZOMORPH_DISTINCT_NODE_PORTS="1", RHIZOMORPH_WORKERS="1")
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "rhizomorph.cli", "serve", "--address", self.cluster.address, "--port", "0",
+            "--log-level", "WARNING", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env)
+        try:
+            lines: list[str] = []
+            while True:
+                line = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode()
+                if not line:
+                    raise AssertionError("the CLI exited: " + "".join(lines[-20:]))
+                lines.append(line)
+                if "rhizomorph: serving" in line:
+                    break
+            seen["banner"] = line.strip()
+            url = line.split("serving ", 1)[1].split(" ", 1)[0]
+            server = await connect_v3({"server_url": url, "method_timeout": 30})
+            seen["worker"] = server.config.rhizomorph_worker
+            seen["echo"] = await server.echo("joined")
+            await server.disconnect()
+            proc.send_signal(signal.SIGINT)
+            seen["exit_code"] = await asyncio.wait_for(proc.wait(), 60)
+            port = int(url.rsplit(":", 1)[1])
+
+            async def port_closed() -> bool:
+                try:
+                    _, writer = await asyncio.open_connection("127.0.0.1", port)
+                    writer.close()
+                    return False
+                except OSError:
+                    return True
+
+            await eventually(port_closed, timeout=15)
+            seen["port_closed"] = True
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
 
     async def cross_node_calls(self, seen: dict[str, Any]) -> None:
         pairs = [("v3", 1, "v4", 2), ("v4", 2, "v3", 0), ("v3", 0, "v3", 2), ("v4", 1, "v4", 0)]
@@ -437,6 +480,7 @@ async def main() -> dict[str, Any]:
     try:
         run.start()
         await run.scenario("placement", run.placement)
+        await run.scenario("cli_join", run.cli_join)
         await run.scenario("cross_node_calls", run.cross_node_calls)
         await run.scenario("broadcast", run.broadcast)
         await run.scenario("worker_restart", run.worker_restart)

@@ -114,6 +114,15 @@ def test_one_gateway_worker_per_node_each_serving_its_node_port(cluster):
 
 @pytest.mark.slow
 @pytest.mark.timeout(SCENARIO_TIMEOUT + 60)
+def test_rhizomorph_serve_address_joins_the_cluster_and_ctrl_c_stops_it(cluster):
+    seen = scenario(cluster, "cli_join")
+    assert "with 3 gateway worker(s) on 3 nodes" in seen["banner"]
+    assert seen["worker"] == "n0w0" and seen["echo"] == "joined"
+    assert seen["exit_code"] == 0 and seen["port_closed"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(SCENARIO_TIMEOUT + 60)
 def test_v3_and_v4_clients_on_different_nodes_call_each_other(cluster):
     pairs = scenario(cluster, "cross_node_calls")["pairs"]
     assert len(pairs) == 4 and all(p["ok"] for p in pairs), pairs
