@@ -21,6 +21,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 
 FLUSH_REASONS = ("idle", "count", "size", "timer", "large", "unbatched")
+_ALONE = 1 << 62  # the batching size of a frame that must be flushed alone
 #: Upper bounds of the batch-size histogram buckets (messages per flush).
 BATCH_SIZE_BUCKETS = (1, 2, 5, 10, 20, 50, 100)
 
@@ -101,7 +102,7 @@ class Batcher:
         self.policy = policy
         self.metrics = BatchMetrics()
         self._frames: deque[bytes] = deque()
-        self._sizes: deque[int] = deque()
+        self._sizes: deque[int] = deque()  # batching size of each frame (``_ALONE`` for a lone one)
         self._arrivals: deque[float] = deque()
         self._bytes = 0
         self._idle = True  # the last flush emptied the buffer
@@ -113,10 +114,11 @@ class Batcher:
     def buffered_bytes(self) -> int:
         return self._bytes
 
-    def add(self, frame: bytes, now: float) -> None:
+    def add(self, frame: bytes, now: float, alone: bool = False) -> None:
+        """Buffer a frame; ``alone`` frames (chunks of a stream) never share a flush."""
         self._arrivals.append(now)
         self._frames.append(frame)
-        self._sizes.append(len(frame))
+        self._sizes.append(_ALONE if alone else len(frame))
         self._bytes += len(frame)
         if len(self._frames) > self.metrics.max_depth:
             self.metrics.max_depth = len(self._frames)
@@ -157,10 +159,10 @@ class Batcher:
 
     def _pop(self, count: int, reason: str) -> Flush:
         frames = [self._frames.popleft() for _ in range(count)]
-        size = 0
         for _ in range(count):
-            size += self._sizes.popleft()
+            self._sizes.popleft()
             self._arrivals.popleft()
+        size = sum(len(frame) for frame in frames)
         self._bytes -= size
         self.metrics.record(count, size, reason)
         # Until a write leaves the buffer empty, later messages wait for company (count, size or timer).

@@ -18,22 +18,21 @@ from actors.peer_link import Item
 
 @ray.remote(num_cpus=0, max_restarts=-1)
 class ChunkRelay:
+    """Stateless but for counters, so a restart after a crash loses nothing but the slices in
+    flight: their streams fail on both ends (``Router._bulk_failed``) and the next ones work."""
+
     def __init__(self) -> None:
-        self._workers: dict[str, Any] = {}
         self.chunks = 0
         self.bytes = 0
 
-    def set_workers(self, workers: dict[str, Any]) -> None:
-        self._workers.update(workers)
-
-    async def relay(self, worker_id: str, items: list[Item]) -> None:
+    async def relay(self, worker: Any, items: list[Item]) -> None:
         """Deliver chunk frames to a worker, in order; returns once that worker has queued them."""
         self.chunks += len(items)
         self.bytes += sum(len(frame) for _, _, frame in items)
-        await self._workers[worker_id].deliver.remote(items)
+        await worker.deliver.remote(items)
 
     def stats(self) -> dict[str, int]:
-        return {"chunks": self.chunks, "bytes": self.bytes, "workers": len(self._workers)}
+        return {"chunks": self.chunks, "bytes": self.bytes}
 
 
 def relay_name(server_id: str, node_id: str) -> str:

@@ -56,7 +56,8 @@ class DeliveryQueue:
         if self.max_bytes and self.batcher.buffered_bytes + len(frame) > self.max_bytes:
             self._overflow(f"delivery queue over {self.max_bytes} bytes")
             return False
-        self.batcher.add(frame, self._clock())
+        # A chunk of a stream is not a message: it never shares a batch frame (docs/protocol-v4.md).
+        self.batcher.add(frame, self._clock(), alone=frame[:1] == b"\xc1")
         if self._writer is None:
             self._writer = asyncio.get_running_loop().create_task(self._drain())
         else:

@@ -33,21 +33,21 @@ class PeerLink:
                  call: Call | None = None, kind: str = "ray") -> None:
         self.worker_id = worker_id
         self.handle = handle
-        self._call_peer: Call = call or (lambda items: handle.deliver.remote(items))
         self.kind = kind  # how the batches travel: "ray" calls, a "socket", the "chunk-actor"
+        self._call_peer: Call = call or (lambda items: handle.deliver.remote(items))
         self._on_failure = on_failure
         self._items: list[Item] = []
-        self._busy = False
+        self._scheduled = False  # a flush is due on the next loop pass
+        self._in_flight = False  # a call is under way: at most one, which keeps the order
         self._gate: asyncio.Future | None = None
+        self._waiting_on: asyncio.Future | None = None
         self._idle_waiters: list[asyncio.Future] = []
         self.calls = 0
         self.frames = 0
 
     def send(self, item: Item) -> None:
         self._items.append(item)
-        if not self._busy:
-            self._busy = True
-            asyncio.get_running_loop().call_soon(self._flush)
+        self._kick()
 
     def hold(self, gate: asyncio.Future) -> None:
         """Send nothing more until ``gate`` is done (frames queue up meanwhile, in order)."""
@@ -56,17 +56,33 @@ class PeerLink:
     def idle(self) -> asyncio.Future:
         """A future done once everything sent so far has been delivered."""
         future = asyncio.get_running_loop().create_future()
-        if self._busy or self._items:
+        if self._items or self._in_flight or self._scheduled:
             self._idle_waiters.append(future)
         else:
             future.set_result(None)
         return future
 
-    def _flush(self) -> None:
-        if self._gate is not None and not self._gate.done():
-            self._gate.add_done_callback(lambda _: self._flush())
+    def _kick(self) -> None:
+        """Schedule the next call if one may start now; idempotent."""
+        if self._in_flight or self._scheduled or not self._items:
+            return
+        gate = self._gate
+        if gate is not None and not gate.done():
+            if self._waiting_on is not gate:
+                self._waiting_on = gate
+                gate.add_done_callback(lambda _: self._kick())
             return
         self._gate = None
+        self._scheduled = True
+        asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        if self._in_flight or not self._items:
+            return
+        if self._gate is not None and not self._gate.done():
+            self._kick()  # held since this flush was scheduled
+            return
         items, size = self._items, 0
         for count, item in enumerate(items):
             size += len(item[2])
@@ -77,6 +93,7 @@ class PeerLink:
             self._items = []
         self.calls += 1
         self.frames += len(items)
+        self._in_flight = True
         task = asyncio.ensure_future(self._call(items))
         task.add_done_callback(self._after)
 
@@ -88,11 +105,10 @@ class PeerLink:
             self._on_failure(items)
 
     def _after(self, _: asyncio.Future) -> None:
-        if self._items:
-            self._flush()
-            return
-        self._busy = False
-        waiters, self._idle_waiters = self._idle_waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
+        self._in_flight = False
+        if not self._items:
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+        self._kick()

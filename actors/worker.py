@@ -38,6 +38,8 @@ from rhizomorph.config import Config
 
 log = logging.getLogger("rhizomorph.worker")
 
+STREAM_CUT = "the chunk stream was cut: chunks were lost between gateway workers"
+
 
 class Router:
     """The routing core of one gateway worker (runs on the worker's event loop)."""
@@ -59,6 +61,8 @@ class Router:
         # Stream ids this worker hands out: random high half, counter low half (unique per receiver).
         self._stream_base = random.getrandbits(31) << 32
         self._stream_seq = 0
+        self._failed_streams: set[int] = set()  # outbound streams whose chunks were lost between workers
+        self._inbound_streams: dict[int, tuple[dict[str, Any], int]] = {}  # id -> (header, next index)
         self.manager = WorkspaceManager(self, manager_id=config.manager_id, server_id=config.server_id,
                                         base_url=config.base_url, issuer=self.issuer,
                                         call_timeout=config.manager_call_timeout)
@@ -105,8 +109,8 @@ class Router:
             self.links[worker_id] = link
             if self.chunk_relay is not None:
                 self.bulk[worker_id] = PeerLink(
-                    worker_id, handle, self._peer_failed, kind="chunk-actor",
-                    call=lambda items, wid=worker_id: self.chunk_relay.relay.remote(wid, items))
+                    worker_id, handle, self._bulk_failed, kind="chunk-actor",
+                    call=lambda items, peer=handle: self.chunk_relay.relay.remote(peer, items))
         for worker_id in list(self.links):
             if worker_id not in peers:
                 del self.links[worker_id]
@@ -177,6 +181,8 @@ class Router:
                 if not members:
                     del self.by_workspace[conn.workspace]
         self._abort_streams(conn)
+        for stream_id in [i for i, (header, _) in self._inbound_streams.items() if header.get("to") == conn.address]:
+            del self._inbound_streams[stream_id]
         for frame in conn.queue.close():
             self._target_gone(conn.address, frame)
         self.departed.merge(conn.queue.batcher.metrics)
@@ -322,6 +328,10 @@ class Router:
                 self._unroutable(conn, f"chunk {index} of unknown stream {stream_id}")
                 return
         target, out_id, header = entry
+        if out_id in self._failed_streams:
+            if last:  # the caller was told when the loss was noticed (here or at the receiving worker)
+                self._failed_streams.discard(out_id)
+            return
         chunk = frames.encode_chunk(out_id, index, last, data)
         owner = self._remote_owner(target)
         if owner is None or owner not in self.bulk:
@@ -373,6 +383,8 @@ class Router:
     def _to_client(self, target: str, frame: bytes, header: dict[str, Any] | None, hops: int = 0) -> None:
         conn = self.connections.get(target)
         if conn is not None:
+            if frames.is_stream(frame) and conn.wire_v4 and not self._accept_chunk(conn, frame):
+                return
             if not (conn.wire_v4 or not frames.is_v4(frame)) or not conn.queue.put(frame):
                 self._target_gone(target, frame, header)
             return
@@ -418,7 +430,8 @@ class Router:
                 self._to_client(target, frame, None, hops=1)
 
     # -- telling senders -----------------------------------------------------------------------
-    def _target_gone(self, target: str, frame: bytes, header: dict[str, Any] | None = None) -> None:
+    def _target_gone(self, target: str, frame: bytes, header: dict[str, Any] | None = None,
+                     reason: str | None = None) -> None:
         try:
             if header is None and frames.is_stream(frame):
                 _, index, _, data = frames.decode_chunk(frame)
@@ -428,7 +441,7 @@ class Router:
             header = header or envelope.parse(frame).header
         except (envelope.EnvelopeError, frames.FrameError):
             return
-        self._refuse(header, header.get("from"), target, f"Target peer {target} is not connected")
+        self._refuse(header, header.get("from"), target, reason or f"Target peer {target} is not connected")
 
     def _refuse(self, header: dict[str, Any], sender: Any, target: str, message: str) -> None:
         """Tell the sender its message was not delivered: a reject for calls, else peer_not_found."""
@@ -449,6 +462,45 @@ class Router:
             self._to_manager(frame, None)
         elif sender in self.connections or sender in self.directory:
             self._to_client(sender, frame, None)
+
+    def _bulk_failed(self, items: list[Item]) -> None:
+        """Chunks lost with the chunking actor (or their target's worker): each stream they
+        belong to fails on both ends. Its later chunks are dropped here; the receiving worker is
+        told to abort it, and rejects the caller (it holds the header) — unless the header was
+        in the lost chunk 0, then the caller is rejected from here."""
+        for target, _, frame in items:
+            stream_id, index, _, data = frames.decode_chunk(frame)
+            if index == 0:
+                self._target_gone(target, frame, None, reason=STREAM_CUT)
+            if stream_id not in self._failed_streams:
+                self._failed_streams.add(stream_id)
+                self._to_client(target, frames.encode_chunk(stream_id, 0, True, b"", abort=True), None)
+
+    def _accept_chunk(self, conn: ClientConnection, frame: bytes) -> bool:
+        """Keep a delivered stream whole: a chunk out of sequence, or an abort, ends the stream
+        for the receiving client (it gets the abort) and for the caller (a reject)."""
+        stream_id, index, flags, data = frames.decode_chunk(frame)
+        known = self._inbound_streams.get(stream_id)
+        if index == 0 and not flags & frames.ABORT:
+            try:
+                header = envelope.parse(data).header
+            except envelope.EnvelopeError:
+                return False
+            if not flags & frames.LAST:
+                self._inbound_streams[stream_id] = (header, 1)
+            return True
+        if known is not None and index == known[1] and not flags & frames.ABORT:
+            if flags & frames.LAST:
+                del self._inbound_streams[stream_id]
+            else:
+                self._inbound_streams[stream_id] = (known[0], index + 1)
+            return True
+        if known is not None:  # a gap, or the sender's worker lost chunks on the way
+            del self._inbound_streams[stream_id]
+            conn.queue.put(frames.encode_chunk(stream_id, 0, True, b"", abort=True))
+            header = known[0]
+            self._refuse(header, header.get("from"), conn.address, STREAM_CUT)
+        return False  # a finished or unknown stream: nothing to deliver
 
     def _peer_failed(self, items: list[Item]) -> None:
         for target, event_type, frame in items:
@@ -580,8 +632,6 @@ class GatewayWorker:
                 if isinstance(address, tuple) and address[0] == self._node_id and address[1]:
                     channels[worker_id] = address[1]
         self._router.set_peers(peers, channels)
-        if self._router.chunk_relay is not None:
-            await self._router.chunk_relay.set_workers.remote(peers)
 
     async def ping(self) -> str:
         """Liveness check of the launcher's watchdog."""

@@ -23,6 +23,7 @@ import asyncio
 import contextvars
 import itertools
 import json
+import logging
 from collections import deque
 from typing import Any, AsyncIterator
 
@@ -33,6 +34,8 @@ from hypha_rpc import websocket_client as _hypha_ws
 from actors.batching import BatchPolicy
 from actors.delivery import DeliveryQueue
 from gateway import frames
+
+log = logging.getLogger("rhizomorph.client")
 
 WIRE_PROTOCOL = 4
 CHUNK_SIZE = 256 * 1024  # bytes per chunk frame of a streamed message
@@ -47,7 +50,7 @@ class BatchingWebSocket:
     def __init__(self, websocket: Any, policy: BatchPolicy) -> None:
         self._websocket = websocket
         self._policy = policy
-        self._inbox: deque[bytes] = deque()
+        self._inbox: deque[bytes | dict] = deque()
         self._outbox: DeliveryQueue | None = None  # set once the router confirms v4
         self._streams = frames.StreamAssembler()
         self._stream_ids = itertools.count(1)
@@ -92,12 +95,16 @@ class BatchingWebSocket:
                 return data
             if not frames.is_v4(data):
                 return data
-            if frames.is_stream(data):
-                whole = self._streams.add(data)
-                if whole is not None:
-                    return _decode_large(whole)
-                continue
-            self._inbox.extend(frames.decode_batch(data))
+            try:
+                for message in frames.decode_batch(data) if not frames.is_stream(data) else [data]:
+                    if frames.is_stream(message):
+                        whole = self._streams.add(message)
+                        if whole is not None:
+                            self._inbox.append(_decode_large(whole))
+                    else:
+                        self._inbox.append(message)
+            except frames.FrameError as exc:  # a broken frame or stream is dropped, not the connection
+                log.warning("dropped a v4 frame: %s", exc)
         return self._inbox.popleft()
 
     def _on_text(self, text: str) -> None:

@@ -123,8 +123,9 @@ async def test_large_transfer_does_not_hold_up_small_calls(router, clients):
         assert await sink.ping(i) == i
         finished[f"small{i}"] = time.monotonic()
 
+    opened = streams_opened(router)
     transfer = asyncio.create_task(big())
-    await asyncio.sleep(0.05)  # the transfer is under way
+    await eventually(lambda: streams_opened(router) > opened, timeout=10, interval=0.005)  # under way
     await asyncio.gather(*(small(i) for i in range(100)))
     await transfer
     assert max(v for k, v in finished.items() if k != "big") < finished["big"]
@@ -276,8 +277,9 @@ async def test_large_transfer_across_workers_goes_through_the_chunking_actor(rou
         assert await sink.ping(i) == i
         finished[f"small{i}"] = time.monotonic()
 
+    opened = streams_opened(router2)
     transfer = asyncio.create_task(big())
-    await asyncio.sleep(0.05)
+    await eventually(lambda: streams_opened(router2) > opened, timeout=10, interval=0.005)  # under way
     await asyncio.gather(*(small(i) for i in range(100)))
     await transfer
     assert max(v for k, v in finished.items() if k != "big") < finished["big"]

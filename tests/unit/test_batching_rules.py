@@ -156,3 +156,19 @@ def test_chunk_stream_errors_and_abort():
     assert len(assembler) == 0  # dropped
     with pytest.raises(frames.FrameError):
         frames.decode_chunk(b"\xc1S\x00")
+
+
+def test_lone_frames_never_share_a_flush():
+    """Chunks of a stream are not messages: even small ones go out alone, in order."""
+    batcher = Batcher(POLICY)
+    fill(batcher, 10)
+    batcher.take(0.0)
+    batcher.add(b"a" * 5, 0.001)
+    batcher.add(b"\xc1S-chunk", 0.001, alone=True)
+    batcher.add(b"b" * 5, 0.001)
+    batcher.written()
+    flushes = []
+    while (flush := batcher.take(1.0)) is not None:
+        flushes.append(flush.frames)
+    assert flushes == [[b"a" * 5], [b"\xc1S-chunk"], [b"b" * 5]]
+    assert batcher.buffered_bytes == 0
