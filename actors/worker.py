@@ -34,6 +34,7 @@ from gateway import envelope, frames, prometheus
 from gateway.connection import CLOSE_GOING_AWAY, CLOSE_SLOW_CONSUMER, CLOSE_SUPERSEDED, ClientConnection
 from gateway.handshake import HandshakeError, Identity, TokenIssuer
 from gateway.manager import SERVER_VERSION, WorkspaceManager
+from rhizomorph import logs
 from rhizomorph.config import Config
 
 log = logging.getLogger("rhizomorph.worker")
@@ -585,8 +586,7 @@ class GatewayWorker:
     """A Ray actor hosting one ``Router`` and its share of the gateway's sockets."""
 
     def __init__(self, config: Config, worker_id: str, registry: Any) -> None:
-        logging.basicConfig(level=config.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-        logging.getLogger("websockets").setLevel(logging.WARNING)  # one INFO line per connection is noise
+        logs.configure(config.log_level, config.log_format)
         self._config = config
         self._router = Router(config, worker_id, registry)
         self._channel: ChannelServer | None = None

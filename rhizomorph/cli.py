@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import signal
 import sys
 import threading
 from typing import Sequence
 
+from rhizomorph import logs
 from rhizomorph.config import Config
 
 
@@ -27,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="run workers only on nodes with this Ray custom resource, one per unit")
     serve.add_argument("--server-id", help="fixed server id (names the manager peer)")
     serve.add_argument("--log-level", help="DEBUG, INFO, WARNING (default INFO)")
+    serve.add_argument("--log-format", choices=("text", "json"), help="log lines as text (default) or JSON")
     serve.add_argument("--config", dest="config_file", help="TOML file of Config fields")
     serve.add_argument("--preset", choices=("latency", "balanced", "throughput"), help="batching preset")
     batching = serve.add_mutually_exclusive_group()
@@ -44,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     overrides = {k: v for k, v in vars(args).items() if k not in ("command", "config_file", "preset") and v is not None}
     config = Config.load(path=args.config_file, preset=args.preset, **overrides)
-    logging.basicConfig(level=config.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logs.configure(config.log_level, config.log_format)
     return serve(config)
 
 

@@ -71,6 +71,8 @@ class Config:
     compression: bool = False
     #: Python logging level of the router processes.
     log_level: str = "INFO"
+    #: ``text`` or ``json`` (one JSON object per line: time, level, logger, message, extra fields).
+    log_format: str = "text"
     #: Clients one gateway worker holds; more are refused with close 1013 (try again later).
     #: ``0`` = unlimited. See docs/security.md.
     max_connections_per_worker: int = 10000
