@@ -85,3 +85,17 @@ async def eventually(check: Callable[[], Awaitable[bool] | bool], timeout: float
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout} s")
         await asyncio.sleep(interval)
+
+
+async def on_two_workers(connect_one: Callable[[], Awaitable[Any]], attempts: int = 40) -> tuple[Any, Any]:
+    """Connect clients (``connect_one()``) until two sit on different gateway workers; returns
+    them ordered by worker id. The kernel spreads connections over the shared port, so 40 tries
+    fail to reach both workers with probability 2**-39."""
+    by_worker: dict[str, Any] = {}
+    for _ in range(attempts):
+        server = await connect_one()
+        by_worker.setdefault(server.config.rhizomorph_worker, server)
+        if len(by_worker) == 2:
+            first, second = sorted(by_worker)
+            return by_worker[first], by_worker[second]
+    raise AssertionError(f"{attempts} connections never reached two workers")

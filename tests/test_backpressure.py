@@ -25,6 +25,14 @@ def tight_router(ray_runtime):
     deployment.stop()
 
 
+async def sleeping_client(url: str) -> tuple[websockets.ClientConnection, str]:
+    """A client that stops reading after the handshake (websockets then stops reading the socket)."""
+    ws = await websockets.connect(url, max_queue=1, max_size=None)
+    await ws.send(json.dumps({"client_id": None}))
+    info = json.loads(await ws.recv())
+    return ws, f"{info['workspace']}/{info['client_id']}"
+
+
 def rss(deployment: Deployment) -> int:
     return sum(psutil.Process(info["pid"]).memory_info().rss for info in deployment.worker_info.values())
 
@@ -33,11 +41,7 @@ async def test_slow_consumer_is_evicted_senders_are_told_and_memory_stays_flat(t
     from hypha_rpc import connect_to_server
 
     url = tight_router.url
-    # The consumer stops reading after the handshake; websockets then stops reading the socket.
-    sleeper_ws = await websockets.connect(url, max_queue=1, max_size=None)
-    await sleeper_ws.send(json.dumps({"client_id": None}))
-    sleeper = json.loads(await sleeper_ws.recv())
-    target = f"{sleeper['workspace']}/{sleeper['client_id']}"
+    sleeper_ws, target = await sleeping_client(url)
     sender = await RawClient.connect(url)
     bystander = await connect_to_server({"server_url": url})
     await bystander.register_service({"id": "echo", "config": {"visibility": "public"}, "echo": lambda x: x})
@@ -80,10 +84,7 @@ async def test_stalled_write_is_evicted_by_the_write_deadline(tight_router):
     """A consumer that reads nothing, with frames small enough to stay under the queue bound:
     the write deadline (3 s here) evicts it."""
     url = tight_router.url
-    sleeper_ws = await websockets.connect(url, max_queue=1, max_size=None)
-    await sleeper_ws.send(json.dumps({"client_id": None}))
-    sleeper = json.loads(await sleeper_ws.recv())
-    target = f"{sleeper['workspace']}/{sleeper['client_id']}"
+    sleeper_ws, target = await sleeping_client(url)
     sender = await RawClient.connect(url)
     evicted_before = tight_router.stats()[0]["evicted"]
     # Enough to fill the socket buffers (so a write blocks) but stay under the queue bound.

@@ -10,7 +10,7 @@ from hypha_rpc import connect_to_server as connect_v3
 
 from rhizomorph.client import connect_to_server as connect_v4
 from rhizomorph.client import wire_protocol
-from tests.conftest import eventually
+from tests.conftest import eventually, on_two_workers
 
 
 def address(server) -> str:
@@ -107,9 +107,9 @@ async def test_v3_and_v4_call_each_other_including_2mb(router, clients, provider
         assert await echo.echo(payload) == payload
 
 
-async def test_large_transfer_does_not_hold_up_small_calls(router, clients):
-    provider = await clients(router.url, v4=True)
-    consumer = await clients(router.url, v4=True)
+async def race_transfer_and_small_calls(deployment, consumer, provider) -> None:
+    """Start a 16 MB transfer, then 100 small calls to the same target: all small ones must
+    finish before the transfer does."""
     await provider.register_service({"id": "sink", "config": {"visibility": "public"},
                                      "take": lambda data: len(data), "ping": lambda i: i})
     sink = await consumer.get_service(f"{address(provider)}:sink")
@@ -123,24 +123,23 @@ async def test_large_transfer_does_not_hold_up_small_calls(router, clients):
         assert await sink.ping(i) == i
         finished[f"small{i}"] = time.monotonic()
 
-    opened = streams_opened(router)
+    opened = streams_opened(deployment)
     transfer = asyncio.create_task(big())
-    await eventually(lambda: streams_opened(router) > opened, timeout=10, interval=0.005)  # under way
+    await eventually(lambda: streams_opened(deployment) > opened, timeout=10, interval=0.005)  # under way
     await asyncio.gather(*(small(i) for i in range(100)))
     await transfer
     assert max(v for k, v in finished.items() if k != "big") < finished["big"]
 
 
+async def test_large_transfer_does_not_hold_up_small_calls(router, clients):
+    provider = await clients(router.url, v4=True)
+    consumer = await clients(router.url, v4=True)
+    await race_transfer_and_small_calls(router, consumer, provider)
+
+
 async def test_order_holds_across_two_workers(router2, clients):
-    by_worker = {}
-    for _ in range(40):
-        server = await clients(router2.url, v4=True)
-        by_worker.setdefault(server.config.rhizomorph_worker, server)
-        if len(by_worker) == 2:
-            break
-    assert len(by_worker) == 2, "the kernel never spread 40 connections over both workers"
-    first, second = sorted(by_worker)
-    sender, target = by_worker[first], by_worker[second]
+    sender, target = await on_two_workers(lambda: clients(router2.url, v4=True))
+    first, second = sender.config.rhizomorph_worker, target.config.rhizomorph_worker
     received = []
     target.on("seq", lambda message: received.append(message["data"]))
     await emit_all(sender, address(target), 2000)
@@ -252,36 +251,10 @@ async def test_large_transfer_across_workers_goes_through_the_chunking_actor(rou
 
     from actors.chunking import relay_name
 
-    by_worker = {}
-    for _ in range(40):
-        server = await clients(router2.url, v4=True)
-        by_worker.setdefault(server.config.rhizomorph_worker, server)
-        if len(by_worker) == 2:
-            break
-    assert len(by_worker) == 2
-    first, second = sorted(by_worker)
-    consumer, provider = by_worker[first], by_worker[second]
-    await provider.register_service({"id": "sink", "config": {"visibility": "public"},
-                                     "take": lambda data: len(data), "ping": lambda i: i})
-    sink = await consumer.get_service(f"{address(provider)}:sink")
-    node_id = router2.worker_info[first]["node_id"]
+    consumer, provider = await on_two_workers(lambda: clients(router2.url, v4=True))
+    node_id = router2.worker_info[consumer.config.rhizomorph_worker]["node_id"]
     relay = ray.get_actor(relay_name(router2.config.server_id, node_id))
     before = await relay.stats.remote()
-    finished: dict[str, float] = {}
-
-    async def big() -> None:
-        assert await sink.take(b"\x01" * 16_000_000) == 16_000_000
-        finished["big"] = time.monotonic()
-
-    async def small(i: int) -> None:
-        assert await sink.ping(i) == i
-        finished[f"small{i}"] = time.monotonic()
-
-    opened = streams_opened(router2)
-    transfer = asyncio.create_task(big())
-    await eventually(lambda: streams_opened(router2) > opened, timeout=10, interval=0.005)  # under way
-    await asyncio.gather(*(small(i) for i in range(100)))
-    await transfer
-    assert max(v for k, v in finished.items() if k != "big") < finished["big"]
+    await race_transfer_and_small_calls(router2, consumer, provider)
     after = await relay.stats.remote()
     assert after["bytes"] - before["bytes"] >= 15_000_000  # the bulk went through the chunking actor

@@ -6,7 +6,7 @@ import asyncio
 
 from actors.chunking import relay_name
 from rhizomorph.client import connect_to_server as connect_v4
-from tests.conftest import eventually
+from tests.conftest import eventually, on_two_workers
 
 
 async def test_chunking_actor_crash_fails_the_stream_and_the_next_one_works(router2):
@@ -14,16 +14,13 @@ async def test_chunking_actor_crash_fails_the_stream_and_the_next_one_works(rout
 
     clients = []
     try:
-        by_worker = {}
-        for _ in range(40):
+        async def connect_one():
             server = await connect_v4({"server_url": router2.url, "method_timeout": 60})
             clients.append(server)
-            by_worker.setdefault(server.config.rhizomorph_worker, server)
-            if len(by_worker) == 2:
-                break
-        assert len(by_worker) == 2
-        first, second = sorted(by_worker)
-        consumer, provider = by_worker[first], by_worker[second]
+            return server
+
+        consumer, provider = await on_two_workers(connect_one)
+        first = consumer.config.rhizomorph_worker
         await provider.register_service({"id": "sink", "config": {"visibility": "public"},
                                          "take": lambda data: len(data)})
         sink = await consumer.get_service(f"{provider.config.workspace}/{provider.config.client_id}:sink")
