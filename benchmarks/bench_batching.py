@@ -4,7 +4,12 @@
 
 "On" is the router's default policy and the v4 client's default send-side batching; "off"
 disables both (the router at run time, the client at connect). Prints msgs/s for each (median
-of the repeats, with min-max) and the ratio.
+of the repeats, with min-max) and the ratio, for two kinds of client:
+
+- ``hypha-rpc``: rhizomorph's v4 client (hypha-rpc's RPC layer), what a user sees;
+- ``raw``: bare WebSocket clients with pre-encoded messages (a batch frame of
+  ``batch_max_messages`` when on, one frame per message when off), so the router's own rate
+  shows, not the client library's.
 """
 
 from __future__ import annotations
@@ -14,10 +19,16 @@ import asyncio
 import os
 import statistics
 import time
+from typing import Any
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
+import json  # noqa: E402
+
+import websockets  # noqa: E402
+
 from actors.batching import BatchPolicy  # noqa: E402
+from gateway import envelope, frames  # noqa: E402
 from rhizomorph import Config, Deployment, ensure_ray  # noqa: E402
 from rhizomorph.client import connect_to_server  # noqa: E402
 
@@ -49,12 +60,49 @@ async def one_run(url: str, batching: bool, messages: int, size: int) -> float:
     return messages / elapsed
 
 
+async def _raw_v4(url: str) -> tuple[Any, str]:
+    ws = await websockets.connect(url, max_size=None, compression=None)
+    await ws.send(json.dumps({"client_id": None, "wire_protocol": 4}))
+    info = json.loads(await ws.recv())
+    assert info.get("wire_protocol") == 4, info
+    return ws, f"{info['workspace']}/{info['client_id']}"
+
+
+async def raw_run(url: str, batching: bool, messages: int, size: int, per_frame: int) -> float:
+    """Pre-encoded messages from a bare v4 socket to another; returns msgs/s until the last arrived."""
+    target, address = await _raw_v4(url)
+    sender, _ = await _raw_v4(url)
+    message = envelope.encode({"type": "bench", "to": address}, {"data": b"x" * size})
+    group = per_frame if batching else 1
+    outgoing = [frames.encode_batch([message] * group) if group > 1 else message
+                for _ in range(messages // group)]
+
+    async def receive() -> None:
+        count = 0
+        while count < len(outgoing) * group:
+            frame = await target.recv()
+            if isinstance(frame, bytes):
+                count += len(frames.decode_batch(frame)) if frames.is_v4(frame) else 1
+
+    started = time.perf_counter()
+    receiving = asyncio.ensure_future(receive())
+    for frame in outgoing:
+        await sender.send(frame)
+    await asyncio.wait_for(receiving, 120)
+    rate = len(outgoing) * group / (time.perf_counter() - started)
+    await sender.close()
+    await target.close()
+    return rate
+
+
 async def compare(deployment: Deployment, messages: int, size: int, repeats: int) -> dict[str, list[float]]:
-    rates: dict[str, list[float]] = {"on": [], "off": []}
+    rates: dict[str, list[float]] = {f"{c} {m}": [] for c in ("hypha-rpc", "raw") for m in ("on", "off")}
+    per_frame = deployment.config.batch_max_messages
     for _ in range(repeats):
         for mode in ("on", "off"):  # interleaved, so drift in the machine hits both alike
             deployment.set_batching(enable_message_batching=mode == "on")
-            rates[mode].append(await one_run(deployment.url, mode == "on", messages, size))
+            rates[f"hypha-rpc {mode}"].append(await one_run(deployment.url, mode == "on", messages, size))
+            rates[f"raw {mode}"].append(await raw_run(deployment.url, mode == "on", messages, size, per_frame))
     deployment.set_batching(enable_message_batching=True)
     return rates
 
@@ -71,11 +119,13 @@ def main() -> None:
         rates = asyncio.run(compare(deployment, args.messages, args.size, args.repeats))
     print(f"{args.messages} x {args.size} B events to one v4 target, {args.repeats} repeats, "
           f"{args.workers} worker(s)")
-    for mode in ("on", "off"):
-        values = rates[mode]
-        print(f"  batching {mode:3}: {statistics.median(values):>10,.0f} msgs/s "
-              f"(min {min(values):,.0f}, max {max(values):,.0f})")
-    print(f"  ratio on/off: {statistics.median(rates['on']) / statistics.median(rates['off']):.2f}x")
+    for client in ("hypha-rpc", "raw"):
+        for mode in ("on", "off"):
+            values = rates[f"{client} {mode}"]
+            print(f"  {client:9} batching {mode:3}: {statistics.median(values):>10,.0f} msgs/s "
+                  f"(min {min(values):,.0f}, max {max(values):,.0f})")
+        ratio = statistics.median(rates[f"{client} on"]) / statistics.median(rates[f"{client} off"])
+        print(f"  {client:9} ratio on/off: {ratio:.2f}x")
 
 
 if __name__ == "__main__":
