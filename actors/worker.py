@@ -56,6 +56,7 @@ class Router:
         self.connections: dict[str, ClientConnection] = {}
         self.by_workspace: dict[str, set[str]] = {}
         self.directory: dict[str, str] = {}
+        self.callers_of: dict[str, set[str]] = {}  # target -> local clients that sent it calls
         self.links: dict[str, PeerLink] = {}
         self.bulk: dict[str, PeerLink] = {}  # chunk frames, through the node's chunking actor
         self.chunk_relay: Any = None
@@ -134,8 +135,19 @@ class Router:
         for address, worker_id in updates:
             if worker_id is None:
                 self.directory.pop(address, None)
+                self._notify_callers(address)
             else:
                 self.directory[address] = worker_id
+
+    def _notify_callers(self, address: str) -> None:
+        """A client left for good: local clients that called it are told at once (peer_not_found),
+        so calls it will never answer fail now, not at their timeout — in any workspace."""
+        for caller in self.callers_of.pop(address, ()):
+            conn = self.connections.get(caller)
+            if conn is not None:
+                self.refused["peer_not_found"] += 1
+                conn.queue.put(envelope.peer_not_found_frame(caller=caller, target=address,
+                                                             message=f"Target peer {address} is not connected"))
 
     # -- connections ---------------------------------------------------------------------------
     async def admit(self, conn: ClientConnection, is_reconnect: bool) -> None:
@@ -273,6 +285,8 @@ class Router:
             asyncio.ensure_future(_send_error(conn, f"permission denied: read-only clients cannot broadcast "
                                                     f"in {conn.workspace}"))
             return None
+        if "session" in env.header and not envelope.is_broadcast(target):
+            self.callers_of.setdefault(target, set()).add(conn.address)  # answered if the target leaves
         stamped = envelope.stamp(env, sender=conn.address, workspace=conn.workspace, user=conn.user, target=target)
         return target, stamped, env.header
 

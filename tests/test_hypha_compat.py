@@ -191,3 +191,24 @@ async def test_manager_echo_ping_and_bad_workspace_request(connect, router):
     assert await server.ping(server.config.client_id) == "pong"
     with pytest.raises(Exception, match="Permission denied"):
         await connect_to_server({"server_url": router.url, "workspace": server.config.workspace})
+
+
+async def test_call_in_flight_to_a_client_that_leaves_fails_at_once_in_any_workspace(connect):
+    provider = await connect()
+    caller = await connect()  # another workspace: it gets no client_disconnected event
+    started = asyncio.Event()
+
+    async def slow():
+        started.set()
+        await asyncio.sleep(30)
+        return "too late"
+
+    await provider.register_service({"id": "slow", "config": {"visibility": "public"}, "run": slow})
+    svc = await caller.get_service(f"{provider.config.workspace}/{provider.config.client_id}:slow")
+    call = asyncio.ensure_future(svc.run())
+    await asyncio.wait_for(started.wait(), 10)
+    await provider.disconnect()
+    began = time.monotonic()
+    with pytest.raises(Exception, match="(?i)disconnected|not connected"):
+        await asyncio.wait_for(call, 10)
+    assert time.monotonic() - began < 3.0  # not the 20 s method timeout
