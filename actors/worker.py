@@ -287,7 +287,8 @@ class Router:
             return None
         if "session" in env.header and not envelope.is_broadcast(target):
             self.callers_of.setdefault(target, set()).add(conn.address)  # answered if the target leaves
-        stamped = envelope.stamp(env, sender=conn.address, workspace=conn.workspace, user=conn.user, target=target)
+        stamped = envelope.stamp(env, target=target, sender=conn.address, workspace=conn.workspace, user=conn.user,
+                                 suffix=conn.stamp_suffix)
         return target, stamped, env.header
 
     def _unroutable(self, conn: ClientConnection, reason: str) -> None:

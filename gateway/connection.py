@@ -18,7 +18,7 @@ from websockets.exceptions import ConnectionClosed
 
 from actors.batching import BatchPolicy
 from actors.delivery import DeliveryQueue
-from gateway import handshake, limits
+from gateway import envelope, handshake, limits
 from gateway.handshake import HandshakeError, Identity
 
 if TYPE_CHECKING:
@@ -49,6 +49,7 @@ class ClientConnection:
         self.address = identity.address
         self.workspace = identity.workspace
         self.user = identity.user_info()
+        self.stamp_suffix = envelope.identity_suffix(self.address, self.workspace, self.user)
         self.generation = shortuuid.uuid()
         self.subscriptions: set[str] = set()
         #: Open inbound chunk streams (v4): sender's stream id -> (target, router's id, header).

@@ -65,17 +65,38 @@ def is_broadcast(target: str) -> bool:
     return target.endswith("/*")
 
 
-def stamp(envelope: Envelope, *, sender: str, workspace: str, user: dict[str, Any], target: str) -> bytes:
+_IDENTITY_KEYS = frozenset(("to", "from", "ws", "user"))
+_TO = msgpack.packb("to")
+
+
+def identity_suffix(sender: str, workspace: str, user: dict[str, Any]) -> bytes:
+    """The packed ``from``/``ws``/``user`` entries of a connection, computed once per client."""
+    return b"".join(msgpack.packb(x, use_bin_type=True) for x in ("from", sender, "ws", workspace, "user", user))
+
+
+def stamp(envelope: Envelope, *, target: str, sender: str = "", workspace: str = "",
+          user: dict[str, Any] | None = None, suffix: bytes | None = None) -> bytes:
     """Re-pack the header with server-trusted ``from``/``ws``/``user`` and the normalised ``to``.
 
-    Client-supplied values of these fields are overwritten, never trusted.
+    Client-supplied values of these fields are overwritten, never trusted. ``suffix`` is the
+    connection's ``identity_suffix`` (packed once instead of per message); the header dict is
+    updated to the stamped values too, for callers that read it afterwards.
     """
     header = envelope.header
-    header["to"] = target
-    header["from"] = sender
-    header["ws"] = workspace
-    header["user"] = user
-    return msgpack.packb(header, use_bin_type=True) + envelope.payload
+    if suffix is None:
+        suffix = identity_suffix(sender, workspace, user or {})
+    rest = msgpack.packb({k: v for k, v in header.items() if k not in _IDENTITY_KEYS}, use_bin_type=True)
+    count = len(header) - sum(1 for k in _IDENTITY_KEYS if k in header) + 4
+    # Splice: a map header for ``count`` entries, the packed entries of ``rest``, then ours.
+    body = rest[1:] if rest[0] & 0xF0 == 0x80 else rest[3:] if rest[0] == 0xDE else rest[5:]
+    head = bytes((0x80 | count,)) if count < 16 else (b"\xde" + count.to_bytes(2, "big") if count < 65536
+                                                     else b"\xdf" + count.to_bytes(4, "big"))
+    if sender:
+        header.update({"to": target, "from": sender, "ws": workspace, "user": user})
+    else:
+        header["to"] = target
+    return b"".join((head, body, _TO, msgpack.packb(target, use_bin_type=True), suffix,
+                     envelope.frame[envelope.payload_offset:]))
 
 
 def encode(header: dict[str, Any], extra: dict[str, Any] | None = None) -> bytes:
