@@ -67,6 +67,7 @@ def is_broadcast(target: str) -> bool:
 
 _IDENTITY_KEYS = frozenset(("to", "from", "ws", "user"))
 _TO = msgpack.packb("to")
+_PACKER = msgpack.Packer(use_bin_type=True)  # reused: the router's event loop is single-threaded
 
 
 def identity_suffix(sender: str, workspace: str, user: dict[str, Any]) -> bytes:
@@ -85,8 +86,9 @@ def stamp(envelope: Envelope, *, target: str, sender: str = "", workspace: str =
     header = envelope.header
     if suffix is None:
         suffix = identity_suffix(sender, workspace, user or {})
-    rest = msgpack.packb({k: v for k, v in header.items() if k not in _IDENTITY_KEYS}, use_bin_type=True)
-    count = len(header) - sum(1 for k in _IDENTITY_KEYS if k in header) + 4
+    entries = {k: v for k, v in header.items() if k not in _IDENTITY_KEYS}
+    count = len(entries) + 4
+    rest = _PACKER.pack(entries)
     # Splice: a map header for ``count`` entries, the packed entries of ``rest``, then ours.
     body = rest[1:] if rest[0] & 0xF0 == 0x80 else rest[3:] if rest[0] == 0xDE else rest[5:]
     head = bytes((0x80 | count,)) if count < 16 else (b"\xde" + count.to_bytes(2, "big") if count < 65536
@@ -95,7 +97,7 @@ def stamp(envelope: Envelope, *, target: str, sender: str = "", workspace: str =
         header.update({"to": target, "from": sender, "ws": workspace, "user": user})
     else:
         header["to"] = target
-    return b"".join((head, body, _TO, msgpack.packb(target, use_bin_type=True), suffix,
+    return b"".join((head, body, _TO, _PACKER.pack(target), suffix,
                      envelope.frame[envelope.payload_offset:]))
 
 
