@@ -1,6 +1,6 @@
 """Batching on vs off, side by side in one run: 2000 x 256 B events to one v4 target.
 
-    python benchmarks/bench_batching.py [--messages 2000] [--size 256] [--repeats 3]
+    python -m benchmarks.bench_batching [--messages 2000] [--size 256] [--repeats 3]
 
 "On" is the router's default policy and the v4 client's default send-side batching; "off"
 disables both (the router at run time, the client at connect). Prints msgs/s for each (median
@@ -28,36 +28,21 @@ import json  # noqa: E402
 import websockets  # noqa: E402
 
 from actors.batching import BatchPolicy  # noqa: E402
+from benchmarks.clients import event_burst  # noqa: E402
 from gateway import envelope, frames  # noqa: E402
 from rhizomorph import Config, Deployment, ensure_ray  # noqa: E402
 from rhizomorph.client import connect_to_server  # noqa: E402
 
 
 async def one_run(url: str, batching: bool, messages: int, size: int) -> float:
-    """Send ``messages`` events at once; returns msgs/s until the last one arrived."""
+    """Send ``messages`` events at once between two v4 clients; returns msgs/s until the last arrived."""
     policy = BatchPolicy(enabled=batching)
     target = await connect_to_server({"server_url": url}, batching=policy)
     sender = await connect_to_server({"server_url": url}, batching=policy)
-    address = f"{target.config.workspace}/{target.config.client_id}"
-    payload = b"x" * size
-    done = asyncio.Event()
-    count = 0
-
-    def on_event(message: dict) -> None:
-        nonlocal count
-        count += 1
-        if count == messages:
-            done.set()
-
-    target.on("bench", on_event)
-    started = time.perf_counter()
-    results = [sender.emit({"type": "bench", "to": address, "data": payload}) for _ in range(messages)]
-    await asyncio.gather(*(r for r in results if asyncio.iscoroutine(r) or isinstance(r, asyncio.Future)))
-    await asyncio.wait_for(done.wait(), 120)
-    elapsed = time.perf_counter() - started
+    rate = await event_burst(sender, target, messages, b"x" * size)
     await sender.disconnect()
     await target.disconnect()
-    return messages / elapsed
+    return rate
 
 
 async def _raw_v4(url: str) -> tuple[Any, str]:

@@ -1,6 +1,6 @@
 """Large messages, v3 vs v4, side by side in one run: sequential 2 MB echoes.
 
-    python benchmarks/bench_large.py [--size 2000000] [--calls 20] [--repeats 3]
+    python -m benchmarks.bench_large [--size 2000000] [--calls 20] [--repeats 3]
 
 v3: the released hypha-rpc client (its ``message_cache`` chunking: 256 KiB calls, one round
 trip each). v4: rhizomorph's client (one chunk stream per message). Prints MiB/s moved (request

@@ -1,6 +1,6 @@
 """How messages cross between two gateway workers of one node: Unix socket vs Ray calls.
 
-    python benchmarks/bench_peer_channel.py [--calls 300] [--events 5000] [--repeats 3]
+    python -m benchmarks.bench_peer_channel [--calls 300] [--events 5000] [--repeats 3]
 
 Two routers with 2 workers each, ``peer_channel="socket"`` and ``peer_channel="ray"``, measured
 alternately in one run. A hypha-rpc caller and provider are placed on different workers, so
@@ -15,35 +15,25 @@ import asyncio
 import os
 import statistics
 import time
+from typing import Any
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 from hypha_rpc import connect_to_server  # noqa: E402
 
+from benchmarks.clients import connect_apart, event_burst  # noqa: E402
 from rhizomorph import Config, Deployment, ensure_ray  # noqa: E402
-
-
-async def clients_on_two_workers(url: str) -> tuple:
-    seen: dict[str, object] = {}
-    spare = []
-    for _ in range(40):
-        server = await connect_to_server({"server_url": url})
-        if server.config.rhizomorph_worker in seen:
-            spare.append(server)
-        else:
-            seen[server.config.rhizomorph_worker] = server
-        if len(seen) == 2:
-            break
-    for server in spare:
-        await server.disconnect()
-    if len(seen) != 2:
-        raise RuntimeError("could not place two clients on different workers")
-    return tuple(seen.values())
 
 
 async def measure(url: str, calls: int, events: int) -> tuple[float, float]:
     """(p50 round trip in ms of sequential calls, events/s of a burst) across the worker hop."""
-    caller, provider = await clients_on_two_workers(url)
+    def connect() -> Any:
+        return connect_to_server({"server_url": url})
+
+    caller = await connect()
+    provider = await connect_apart(connect, lambda s: s.config.rhizomorph_worker, caller, lambda s: s.disconnect())
+    if provider.config.rhizomorph_worker == caller.config.rhizomorph_worker:
+        raise RuntimeError("could not place two clients on different workers")
     address = f"{provider.config.workspace}/{provider.config.client_id}"
     await provider.register_service({"id": "echo", "config": {"visibility": "public"}, "echo": lambda x: x})
     echo = await caller.get_service(f"{address}:echo")
@@ -52,20 +42,7 @@ async def measure(url: str, calls: int, events: int) -> tuple[float, float]:
         started = time.perf_counter()
         await echo.echo(i)
         latencies.append((time.perf_counter() - started) * 1000)
-    received, done = 0, asyncio.Event()
-
-    def on_event(_: dict) -> None:
-        nonlocal received
-        received += 1
-        if received == events:
-            done.set()
-
-    provider.on("hop", on_event)
-    started = time.perf_counter()
-    results = [caller.emit({"type": "hop", "to": address, "data": b"x" * 256}) for _ in range(events)]
-    await asyncio.gather(*(r for r in results if asyncio.iscoroutine(r) or isinstance(r, asyncio.Future)))
-    await asyncio.wait_for(done.wait(), 120)
-    rate = events / (time.perf_counter() - started)
+    rate = await event_burst(caller, provider, events, b"x" * 256)
     await caller.disconnect()
     await provider.disconnect()
     return statistics.median(latencies), rate

@@ -87,6 +87,26 @@ class ClientKind(ABC):
         """A publisher and receivers; with ``apart``, a single receiver sits on another worker."""
 
 
+async def event_burst(sender: Any, target: Any, count: int, payload: bytes, event_type: str = "burst") -> float:
+    """hypha-rpc clients: ``sender`` fires ``count`` point-to-point events at ``target`` at once
+    (as a busy producer does); returns events/s until the last one arrived."""
+    address = f"{target.config.workspace}/{target.config.client_id}"
+    received, done = 0, asyncio.Event()
+
+    def on_event(_: dict) -> None:
+        nonlocal received
+        received += 1
+        if received == count:
+            done.set()
+
+    target.on(event_type, on_event)
+    started = time.perf_counter()
+    results = [sender.emit({"type": event_type, "to": address, "data": payload}) for _ in range(count)]
+    await asyncio.gather(*(r for r in results if asyncio.iscoroutine(r) or isinstance(r, asyncio.Future)))
+    await asyncio.wait_for(done.wait(), 120)
+    return count / (time.perf_counter() - started)
+
+
 async def connect_many(factory: Callable[[], Awaitable[Any]], count: int,
                        close: Callable[[Any], Awaitable[None]]) -> list[Any]:
     """Open ``count`` connections, a few at a time; on any failure close those that opened, then raise."""
