@@ -102,7 +102,9 @@ async def test_call_after_provider_disconnects_is_rejected_fast(connect):
     await provider.disconnect()
 
     started = time.monotonic()
-    with pytest.raises(Exception, match="not connected"):
+    # Either the router's synthetic reject ("Target peer … is not connected"), or, when the
+    # peer_not_found for the departed provider arrived first, the client's own refusal.
+    with pytest.raises(Exception, match="(?i)not connected|client disconnected"):
         await echo.echo(2)
     assert time.monotonic() - started < 1.0
 
