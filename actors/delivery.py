@@ -54,7 +54,7 @@ class DeliveryQueue:
         if self._closed:
             return False
         if self.max_bytes and self.batcher.buffered_bytes + len(frame) > self.max_bytes:
-            self._overflow(f"delivery queue over {self.max_bytes} bytes")
+            self.overflow(f"delivery queue over {self.max_bytes} bytes")
             return False
         # A chunk of a stream is not a message: it never shares a batch frame (docs/protocol-v4.md).
         self.batcher.add(frame, self._clock(), alone=frame[:1] == b"\xc1")
@@ -110,7 +110,8 @@ class DeliveryQueue:
         """Whether a write has been blocked (the client is not reading) for over ``timeout``."""
         return self._write_started is not None and now - self._write_started > timeout
 
-    def _overflow(self, reason: str) -> None:
+    def overflow(self, reason: str) -> None:
+        """Give up on this target (it does not drain): stop queueing and call ``on_overflow`` once."""
         if self.on_overflow is not None and not self._closed:
             self._closed = True
             self.on_overflow(reason)

@@ -11,11 +11,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections import Counter
 import os
 import random
 import socket
 import time
+from collections import Counter
 from http import HTTPStatus
 from typing import Any
 
@@ -30,7 +30,7 @@ from actors.chunking import ChunkRelay, relay_name
 from actors.peer_link import Item, PeerLink
 from gateway import connection as gateway_connection
 from gateway import http as gateway_http
-from gateway import envelope, frames, prometheus
+from gateway import envelope, frames, limits, prometheus
 from gateway.connection import CLOSE_GOING_AWAY, CLOSE_SLOW_CONSUMER, CLOSE_SUPERSEDED, ClientConnection
 from gateway.handshake import HandshakeError, Identity, TokenIssuer
 from gateway.manager import SERVER_VERSION, WorkspaceManager
@@ -89,8 +89,8 @@ class Router:
         """Route a frame the router made itself (manager replies, calls, rejects)."""
         self._dispatch(target, frame, None)
 
-    def broadcast_event(self, workspace: str, event_type: str, data: Any) -> None:
-        self._broadcast(f"{workspace}/*", event_type, envelope.event_frame(event_type, data), forward=True)
+    def broadcast_event(self, workspace: str, event_type: str, data: Any, forward: bool = True) -> None:
+        self._broadcast(f"{workspace}/*", event_type, envelope.event_frame(event_type, data), forward=forward)
 
     # -- peers and directory -------------------------------------------------------------------
     def set_peers(self, peers: dict[str, Any], channels: dict[str, str] | None = None) -> None:
@@ -122,14 +122,17 @@ class Router:
         """Clients of a lost worker, released by the launcher's watchdog: tell this worker's
         subscribers (each surviving worker is told, so nothing is forwarded)."""
         for address, services in removed.items():
-            workspace, client_id = address.split("/", 1)
-            for info in services:
-                if info.get("type") != "built-in":
-                    self._broadcast(f"{workspace}/*", "service_removed",
-                                    envelope.event_frame("service_removed", info), forward=False)
-            self._broadcast(f"{workspace}/*", "client_disconnected",
-                            envelope.event_frame("client_disconnected", {"id": client_id, "workspace": workspace}),
-                            forward=False)
+            self._announce_departure(address, services, forward=False)
+
+    def _announce_departure(self, address: str, services: list[dict[str, Any]], *, forward: bool) -> None:
+        """``service_removed`` for each of a departed client's services, then ``client_disconnected``
+        (with the bare client id, as hypha-rpc expects), to the subscribers of its workspace."""
+        workspace, client_id = address.split("/", 1)
+        for info in services:
+            if info.get("type") != "built-in":
+                self.broadcast_event(workspace, "service_removed", info, forward=forward)
+        self.broadcast_event(workspace, "client_disconnected", {"id": client_id, "workspace": workspace},
+                             forward=forward)
 
     def update_directory(self, updates: list[tuple[str, str | None]]) -> None:
         for address, worker_id in updates:
@@ -209,18 +212,14 @@ class Router:
             return  # a newer socket of this client took over: it is not gone
         if self.directory.get(conn.address) == self.worker_id:
             del self.directory[conn.address]
-        for info in removed:
-            if info.get("type") != "built-in":
-                self.broadcast_event(conn.workspace, "service_removed", info)
-        client_id = conn.address.split("/", 1)[1]
-        self.broadcast_event(conn.workspace, "client_disconnected", {"id": client_id, "workspace": conn.workspace})
+        self._announce_departure(conn.address, removed, forward=True)
 
     def _evict(self, conn: ClientConnection, reason: str) -> None:
         """A consumer that does not drain: close it; its undelivered frames are rejected to their
         senders by the disconnect cleanup, and the bound keeps the router's memory flat."""
         self.evicted += 1
         log.warning("evicting slow consumer %s: %s", conn.address, reason)
-        asyncio.ensure_future(conn.websocket.close(CLOSE_SLOW_CONSUMER, reason[:120]))
+        asyncio.ensure_future(conn.websocket.close(CLOSE_SLOW_CONSUMER, limits.close_reason(reason)))
         # A blocked write would hold the close handshake: give up on the transport too.
         transport = getattr(conn.websocket, "transport", None)
         if transport is not None:
@@ -234,7 +233,7 @@ class Router:
             now = time.monotonic()
             for conn in list(self.connections.values()):
                 if conn.queue.stalled(now, timeout):
-                    conn.queue._overflow(f"a write blocked for over {timeout:g} s")
+                    conn.queue.overflow(f"a write blocked for over {timeout:g} s")
 
     async def close_client(self, address: str, code: int = CLOSE_GOING_AWAY, generation: str | None = None) -> bool:
         conn = self.connections.get(address)
@@ -401,11 +400,11 @@ class Router:
         if conn is not None:
             if frames.is_stream(frame) and conn.wire_v4 and not self._accept_chunk(conn, frame):
                 return
-            if not (conn.wire_v4 or not frames.is_v4(frame)) or not conn.queue.put(frame):
-                self._target_gone(target, frame, header)
+            if (frames.is_v4(frame) and not conn.wire_v4) or not conn.queue.put(frame):
+                self._target_gone(target, frame, header)  # a v3 client never receives a v4 frame
             return
-        owner = self.directory.get(target)
-        if owner is not None and owner != self.worker_id and owner in self.links and hops == 0:
+        owner = self._remote_owner(target) if hops == 0 else None  # a forwarded frame is not forwarded again
+        if owner is not None:
             self.links[owner].send((target, None, frame))
             return
         # Not in our replica (or a stale entry): ask the registry once before giving up.
