@@ -75,8 +75,8 @@ def identity_suffix(sender: str, workspace: str, user: dict[str, Any]) -> bytes:
     return b"".join(msgpack.packb(x, use_bin_type=True) for x in ("from", sender, "ws", workspace, "user", user))
 
 
-def stamp(envelope: Envelope, *, target: str, sender: str = "", workspace: str = "",
-          user: dict[str, Any] | None = None, suffix: bytes | None = None) -> bytes:
+def stamp(envelope: Envelope, *, target: str, sender: str, workspace: str, user: dict[str, Any],
+          suffix: bytes | None = None) -> bytes:
     """Re-pack the header with server-trusted ``from``/``ws``/``user`` and the normalised ``to``.
 
     Client-supplied values of these fields are overwritten, never trusted. ``suffix`` is the
@@ -85,7 +85,7 @@ def stamp(envelope: Envelope, *, target: str, sender: str = "", workspace: str =
     """
     header = envelope.header
     if suffix is None:
-        suffix = identity_suffix(sender, workspace, user or {})
+        suffix = identity_suffix(sender, workspace, user)
     entries = {k: v for k, v in header.items() if k not in _IDENTITY_KEYS}
     count = len(entries) + 4
     rest = _PACKER.pack(entries)
@@ -93,10 +93,7 @@ def stamp(envelope: Envelope, *, target: str, sender: str = "", workspace: str =
     body = rest[1:] if rest[0] & 0xF0 == 0x80 else rest[3:] if rest[0] == 0xDE else rest[5:]
     head = bytes((0x80 | count,)) if count < 16 else (b"\xde" + count.to_bytes(2, "big") if count < 65536
                                                      else b"\xdf" + count.to_bytes(4, "big"))
-    if sender:
-        header.update({"to": target, "from": sender, "ws": workspace, "user": user})
-    else:
-        header["to"] = target
+    header.update({"to": target, "from": sender, "ws": workspace, "user": user})
     return b"".join((head, body, _TO, _PACKER.pack(target), suffix,
                      envelope.frame[envelope.payload_offset:]))
 
