@@ -250,8 +250,7 @@ class WorkspaceManager:
         config.update(kwargs)
         if service_id in ("~", "default") or (isinstance(service_id, str) and service_id.endswith("/~")):
             return self.service_dict()
-        found = await _call_registry(self._host.registry.find_service.remote(
-            service_id, caller.workspace, list(caller.workspaces), config.get("mode")))
+        found = await self._find(caller, service_id, config.get("mode"))
         owner: str = found["owner"]
         full_id: str = found["info"]["id"]
         provider_ws, provider_client = owner.split("/", 1)
@@ -272,10 +271,12 @@ class WorkspaceManager:
         """The registered info of a service (no call to its provider)."""
         if isinstance(service_id, dict):
             service_id = service_id.get("id")
-        mode = config.get("mode") if isinstance(config, dict) else None
-        found = await _call_registry(self._host.registry.find_service.remote(
+        return (await self._find(caller, service_id, config.get("mode") if isinstance(config, dict) else None))["info"]
+
+    async def _find(self, caller: Identity, service_id: Any, mode: str | None) -> dict[str, Any]:
+        """Resolve a service id for the caller through the registry (visibility applied there)."""
+        return await _call_registry(self._host.registry.find_service.remote(
             service_id, caller.workspace, list(caller.workspaces), mode))
-        return found["info"]
 
     async def list_services(self, caller: Identity, query: Any = None, **kwargs: Any) -> list:
         """List services: of the caller's workspace, another workspace by name, a pattern, or a query dict."""
