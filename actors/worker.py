@@ -261,9 +261,22 @@ class Router:
         if frames.is_v4(frame):
             self._route_v4(conn, frame)
             return
+        self._route_message(conn, frame)
+
+    def _route_message(self, conn: ClientConnection, frame: bytes) -> None:
+        """One (non-v4) message: stamp it; a direct message to a local client goes straight to
+        its queue (the hot path), anything else through ``_dispatch``."""
         stamped = self._stamp(conn, frame)
-        if stamped is not None:
-            self._dispatch(*stamped)
+        if stamped is None:
+            return
+        target, frame, header = stamped
+        local = self.connections.get(target)
+        if local is not None:
+            # A stamped frame is a msgpack map, never a v4 frame: it fits v3 and v4 clients alike.
+            if not local.queue.put(frame):
+                self._target_gone(target, frame, header)
+        else:
+            self._dispatch(target, frame, header)
 
     def _stamp(self, conn: ClientConnection, frame: bytes) -> tuple[str, bytes, dict[str, Any]] | None:
         """Parse, check and stamp one message: ``(target, stamped frame, header)``, or ``None``
@@ -273,19 +286,25 @@ class Router:
         except envelope.EnvelopeError as exc:
             self._unroutable(conn, str(exc))
             return None
-        target = envelope.normalize_target(env.header["to"], conn.workspace)
-        if envelope.is_broadcast(target) and target != f"{conn.workspace}/*":
-            # Broadcasts never leave the sender's workspace.
-            self._refuse(env.header, conn.address, target, f"cannot broadcast to {target} from {conn.workspace}")
-            return None
-        if envelope.is_broadcast(target) and not conn.identity.can(conn.workspace, "rw"):
-            # Read-only (``r``) clients may call services but not broadcast (docs/security.md).
-            self.dropped += 1
-            asyncio.ensure_future(_send_error(conn, f"permission denied: read-only clients cannot broadcast "
-                                                    f"in {conn.workspace}"))
-            return None
-        if "session" in env.header and not envelope.is_broadcast(target):
-            self.callers_of.setdefault(target, set()).add(conn.address)  # answered if the target leaves
+        header = env.header
+        target = envelope.normalize_target(header["to"], conn.workspace)
+        if envelope.is_broadcast(target):
+            if target != f"{conn.workspace}/*":
+                # Broadcasts never leave the sender's workspace.
+                self._refuse(header, conn.address, target, f"cannot broadcast to {target} from {conn.workspace}")
+                return None
+            if not conn.identity.can(conn.workspace, "rw"):
+                # Read-only (``r``) clients may call services but not broadcast (docs/security.md).
+                self.dropped += 1
+                asyncio.ensure_future(_send_error(conn, f"permission denied: read-only clients cannot broadcast "
+                                                        f"in {conn.workspace}"))
+                return None
+        elif "session" in header:
+            callers = self.callers_of.get(target)  # answered if the target leaves
+            if callers is None:
+                self.callers_of[target] = {conn.address}
+            else:
+                callers.add(conn.address)
         stamped = envelope.stamp(env, target=target, sender=conn.address, workspace=conn.workspace, user=conn.user,
                                  suffix=conn.stamp_suffix)
         return target, stamped, env.header
@@ -308,8 +327,8 @@ class Router:
             self._unroutable(conn, str(exc))
             return
         for message in messages:
-            if message and not frames.is_v4(message):
-                self.route(conn, message)
+            if message and message[0] != frames.MAGIC:
+                self._route_message(conn, message)
             else:
                 self._unroutable(conn, "nested or empty message in a batch")
 

@@ -8,6 +8,7 @@ and re-packs it in front of the untouched remaining bytes. The payload is never 
 from __future__ import annotations
 
 from dataclasses import dataclass
+import threading
 from typing import Any
 
 import msgpack
@@ -32,16 +33,37 @@ class Envelope:
         return memoryview(self.frame)[self.payload_offset :]
 
 
+#: Frames up to this size are parsed with a reused unpacker (no per-frame allocation); its
+#: buffer copies what follows the header, so larger frames get a fresh unpacker instead.
+_REUSE_LIMIT = 16384
+_local = threading.local()  # one reused unpacker per thread (each event loop is single-threaded)
+
+
+def _fresh_unpacker(limit: int) -> msgpack.Unpacker:
+    return msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=max(limit, 1))
+
+
 def parse(frame: bytes) -> Envelope:
     """Read the header of a binary frame, leaving the payload undecoded."""
-    unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=max(len(frame), 1))
+    reuse = len(frame) <= _REUSE_LIMIT
+    unpacker = getattr(_local, "unpacker", None) if reuse else None
+    if unpacker is None:
+        unpacker = _fresh_unpacker(_REUSE_LIMIT if reuse else len(frame))
+        if reuse:
+            _local.unpacker = unpacker
+    base = unpacker.tell()
     unpacker.feed(frame)
     try:
         header = unpacker.unpack()
     except msgpack.OutOfData:
+        _local.unpacker = None  # it holds the partial frame: start the next one clean
         raise EnvelopeError("truncated msgpack header") from None
     except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        _local.unpacker = None
         raise EnvelopeError(f"malformed msgpack header: {exc}") from None
+    offset = unpacker.tell() - base
+    if reuse and offset < len(frame):
+        unpacker.read_bytes(len(frame) - offset)  # discard the payload: the buffer is empty again
     if not isinstance(header, dict):
         raise EnvelopeError("header must be a msgpack map")
     to = header.get("to")
@@ -49,7 +71,7 @@ def parse(frame: bytes) -> Envelope:
         raise EnvelopeError("header has no string 'to'")
     if not isinstance(header.get("type", ""), str):
         raise EnvelopeError("header 'type' must be a string")
-    return Envelope(header, unpacker.tell(), frame)
+    return Envelope(header, offset, frame)
 
 
 def normalize_target(to: str, workspace: str) -> str:
@@ -65,7 +87,6 @@ def is_broadcast(target: str) -> bool:
     return target.endswith("/*")
 
 
-_IDENTITY_KEYS = frozenset(("to", "from", "ws", "user"))
 _TO = msgpack.packb("to")
 _PACKER = msgpack.Packer(use_bin_type=True)  # reused: the router's event loop is single-threaded
 
@@ -86,9 +107,10 @@ def stamp(envelope: Envelope, *, target: str, sender: str, workspace: str, user:
     header = envelope.header
     if suffix is None:
         suffix = identity_suffix(sender, workspace, user)
-    entries = {k: v for k, v in header.items() if k not in _IDENTITY_KEYS}
-    count = len(entries) + 4
-    rest = _PACKER.pack(entries)
+    pop = header.pop  # the client's values go (the dict gets ours back below)
+    pop("to", None), pop("from", None), pop("ws", None), pop("user", None)
+    count = len(header) + 4
+    rest = _PACKER.pack(header)
     # Splice: a map header for ``count`` entries, the packed entries of ``rest``, then ours.
     body = rest[1:] if rest[0] & 0xF0 == 0x80 else rest[3:] if rest[0] == 0xDE else rest[5:]
     head = bytes((0x80 | count,)) if count < 16 else (b"\xde" + count.to_bytes(2, "big") if count < 65536

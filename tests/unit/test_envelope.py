@@ -302,3 +302,41 @@ def test_property_truncated_header_is_an_envelope_error(header, extra, cut):
     # message is "truncated ..." or, for very short prefixes, msgpack's own length-limit error.
     with pytest.raises(EnvelopeError):
         envelope.parse(frame[: cut % header_len])
+
+
+def _reference_parse(frame: bytes) -> tuple[dict, int] | None:
+    """What parse must return for one frame on its own (a fresh unpacker, no shared state)."""
+    unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=max(len(frame), 1))
+    unpacker.feed(frame)
+    try:
+        header = unpacker.unpack()
+    except Exception:
+        return None
+    if not isinstance(header, dict) or not isinstance(header.get("to"), str) or not header["to"] \
+            or not isinstance(header.get("type", ""), str):
+        return None
+    return header, unpacker.tell()
+
+
+FRAMES = st.one_of(
+    st.builds(lambda h, e: envelope.encode(h, e), headers(), EXTRAS),  # whole messages
+    st.builds(lambda h, n: envelope.encode(h)[:n], headers(), st.integers(0, 8)),  # truncated headers
+    st.binary(max_size=40),  # garbage
+    st.builds(lambda h, n: envelope.encode(h, {"data": b"x" * n}), headers(),
+              st.sampled_from([16_000, 16_384, 40_000])),  # either side of the reused-unpacker limit
+)
+
+
+@PROPERTY_SETTINGS
+@given(sequence=st.lists(FRAMES, min_size=1, max_size=12))
+def test_property_parse_of_a_sequence_is_independent_per_frame(sequence):
+    # parse reuses one unpacker between small frames: a bad or large frame must not leak into the next.
+    for frame in sequence:
+        expected = _reference_parse(frame)
+        if expected is None:
+            with pytest.raises(EnvelopeError):
+                envelope.parse(frame)
+        else:
+            env = envelope.parse(frame)
+            assert (env.header, env.payload_offset) == expected
+            assert env.frame is frame
