@@ -627,6 +627,7 @@ class GatewayWorker:
         self._channel: ChannelServer | None = None
         self._node_id = ""
         self._server: Any = None
+        self._write_watch: asyncio.Future | None = None
 
     async def start(self) -> dict[str, Any]:
         config = self._config
@@ -694,6 +695,8 @@ class GatewayWorker:
         self._router.set_batch_policy(policy)
 
     async def stop(self) -> None:
+        if self._write_watch is not None:
+            self._write_watch.cancel()  # else asyncio logs "Task was destroyed but it is pending"
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()

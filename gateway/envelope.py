@@ -33,37 +33,21 @@ class Envelope:
         return memoryview(self.frame)[self.payload_offset :]
 
 
-#: Frames up to this size are parsed with a reused unpacker (no per-frame allocation); its
-#: buffer copies what follows the header, so larger frames get a fresh unpacker instead.
-_REUSE_LIMIT = 16384
+#: The header is read from at most this many leading bytes through a reused unpacker (no
+#: per-frame allocation, no copy of the payload); a longer header falls back to a fresh one.
+_HEAD_LIMIT = 16384
 _local = threading.local()  # one reused unpacker per thread (each event loop is single-threaded)
 
 
-def _fresh_unpacker(limit: int) -> msgpack.Unpacker:
-    return msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=max(limit, 1))
-
-
 def parse(frame: bytes) -> Envelope:
-    """Read the header of a binary frame, leaving the payload undecoded."""
-    reuse = len(frame) <= _REUSE_LIMIT
-    unpacker = getattr(_local, "unpacker", None) if reuse else None
-    if unpacker is None:
-        unpacker = _fresh_unpacker(_REUSE_LIMIT if reuse else len(frame))
-        if reuse:
-            _local.unpacker = unpacker
-    base = unpacker.tell()
-    unpacker.feed(frame)
+    """Read the header of a binary frame, leaving the payload undecoded (and uncopied)."""
+    head = frame if len(frame) <= _HEAD_LIMIT else memoryview(frame)[:_HEAD_LIMIT]
     try:
-        header = unpacker.unpack()
+        header, offset = _unpack_head(head)
     except msgpack.OutOfData:
-        _local.unpacker = None  # it holds the partial frame: start the next one clean
-        raise EnvelopeError("truncated msgpack header") from None
-    except (ValueError, TypeError, msgpack.UnpackException) as exc:
-        _local.unpacker = None
-        raise EnvelopeError(f"malformed msgpack header: {exc}") from None
-    offset = unpacker.tell() - base
-    if reuse and offset < len(frame):
-        unpacker.read_bytes(len(frame) - offset)  # discard the payload: the buffer is empty again
+        if head is frame:
+            raise EnvelopeError("truncated msgpack header") from None
+        header, offset = _unpack_whole(frame)  # a header over _HEAD_LIMIT bytes: rare, allowed
     if not isinstance(header, dict):
         raise EnvelopeError("header must be a msgpack map")
     to = header.get("to")
@@ -72,6 +56,37 @@ def parse(frame: bytes) -> Envelope:
     if not isinstance(header.get("type", ""), str):
         raise EnvelopeError("header 'type' must be a string")
     return Envelope(header, offset, frame)
+
+
+def _unpack_head(head: bytes | memoryview) -> tuple[Any, int]:
+    unpacker = getattr(_local, "unpacker", None)
+    if unpacker is None:
+        unpacker = _local.unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=_HEAD_LIMIT)
+    base = unpacker.tell()
+    unpacker.feed(head)
+    try:
+        header = unpacker.unpack()
+    except msgpack.OutOfData:
+        _local.unpacker = None  # it holds a partial header: the next frame starts clean
+        raise
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        _local.unpacker = None
+        raise EnvelopeError(f"malformed msgpack header: {exc}") from None
+    offset = unpacker.tell() - base
+    if offset < len(head):
+        unpacker.read_bytes(len(head) - offset)  # discard the rest: the buffer is empty again
+    return header, offset
+
+
+def _unpack_whole(frame: bytes) -> tuple[Any, int]:
+    unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=len(frame))
+    unpacker.feed(frame)
+    try:
+        return unpacker.unpack(), unpacker.tell()
+    except msgpack.OutOfData:
+        raise EnvelopeError("truncated msgpack header") from None
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        raise EnvelopeError(f"malformed msgpack header: {exc}") from None
 
 
 def normalize_target(to: str, workspace: str) -> str:
@@ -117,7 +132,7 @@ def stamp(envelope: Envelope, *, target: str, sender: str, workspace: str, user:
                                                      else b"\xdf" + count.to_bytes(4, "big"))
     header.update({"to": target, "from": sender, "ws": workspace, "user": user})
     return b"".join((head, body, _TO, _PACKER.pack(target), suffix,
-                     envelope.frame[envelope.payload_offset:]))
+                     memoryview(envelope.frame)[envelope.payload_offset:]))  # the payload is copied once
 
 
 def encode(header: dict[str, Any], extra: dict[str, Any] | None = None) -> bytes:

@@ -82,17 +82,18 @@ def is_stream(frame: bytes) -> bool:
     return frame[:2] == STREAM_PREFIX
 
 
-def encode_chunk(stream_id: int, index: int, last: bool, data: bytes, *, abort: bool = False) -> bytes:
+def encode_chunk(stream_id: int, index: int, last: bool, data: bytes | memoryview, *, abort: bool = False) -> bytes:
     flags = (LAST if last else 0) | (ABORT if abort else 0)
-    return STREAM_PREFIX + _CHUNK.pack(stream_id, index, flags) + data
+    return b"".join((STREAM_PREFIX, _CHUNK.pack(stream_id, index, flags), data))  # data copied once
 
 
-def decode_chunk(frame: bytes) -> tuple[int, int, int, bytes]:
-    """``(stream_id, index, flags, data)`` of a chunk frame."""
+def decode_chunk(frame: bytes) -> tuple[int, int, int, memoryview]:
+    """``(stream_id, index, flags, data)`` of a chunk frame; ``data`` is a view into ``frame``
+    (chunks are up to a MiB: the router re-frames them without copying the data twice)."""
     if len(frame) < CHUNK_HEADER or not is_stream(frame):
         raise FrameError("not a v4 chunk frame")
     stream_id, index, flags = _CHUNK.unpack_from(frame, 2)
-    return stream_id, index, flags, frame[CHUNK_HEADER:]
+    return stream_id, index, flags, memoryview(frame)[CHUNK_HEADER:]
 
 
 def split_stream(message: bytes, stream_id: int, chunk_size: int) -> list[bytes]:
@@ -100,7 +101,8 @@ def split_stream(message: bytes, stream_id: int, chunk_size: int) -> list[bytes]
     if chunk_size < 1:
         raise ValueError("chunk_size must be positive")
     count = max(1, -(-len(message) // chunk_size))
-    return [encode_chunk(stream_id, i, i == count - 1, message[i * chunk_size:(i + 1) * chunk_size])
+    view = memoryview(message)
+    return [encode_chunk(stream_id, i, i == count - 1, view[i * chunk_size:(i + 1) * chunk_size])
             for i in range(count)]
 
 

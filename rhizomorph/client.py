@@ -33,7 +33,7 @@ from hypha_rpc import websocket_client as _hypha_ws
 
 from actors.batching import BatchPolicy
 from actors.delivery import DeliveryQueue
-from gateway import frames
+from gateway import envelope, frames
 
 log = logging.getLogger("rhizomorph.client")
 
@@ -122,14 +122,17 @@ class BatchingWebSocket:
 def _decode_large(message: bytes) -> dict[str, Any]:
     """Decode a reassembled message as hypha-rpc decodes a frame (its per-frame buffer limit
     of ~512 KB does not apply: the message arrived in chunks)."""
-    unpacker = msgpack.Unpacker(max_buffer_size=len(message))
-    unpacker.feed(message)
-    main = unpacker.unpack()
+    # The header through envelope.parse (a small prefix), the payload straight from a view of
+    # the message: an Unpacker would first copy all of it into its own buffer.
+    parsed = envelope.parse(message)
+    main = parsed.header
     main["ctx"] = dict(main, **_DEFAULT_CONTEXT)
-    try:
-        main.update(unpacker.unpack())
-    except msgpack.OutOfData:
-        pass
+    if parsed.payload_offset < len(message):
+        try:
+            extra = msgpack.unpackb(parsed.payload)
+        except msgpack.ExtraData as more:  # hypha-rpc reads two segments and ignores the rest
+            extra = more.unpacked
+        main.update(extra)
     return main
 
 

@@ -323,7 +323,9 @@ FRAMES = st.one_of(
     st.builds(lambda h, n: envelope.encode(h)[:n], headers(), st.integers(0, 8)),  # truncated headers
     st.binary(max_size=40),  # garbage
     st.builds(lambda h, n: envelope.encode(h, {"data": b"x" * n}), headers(),
-              st.sampled_from([16_000, 16_384, 40_000])),  # either side of the reused-unpacker limit
+              st.sampled_from([16_000, 16_384, 40_000])),  # either side of the header-prefix limit
+    st.builds(lambda h, n: envelope.encode({**h, "pad": "p" * 20_000}, {"data": b"x"})[:n], headers(),
+              st.sampled_from([12_000, 17_000, 10**6])),  # a header longer than the prefix, whole or cut
 )
 
 
