@@ -130,9 +130,11 @@ def stamp(envelope: Envelope, *, target: str, sender: str, workspace: str, user:
     body = rest[1:] if rest[0] & 0xF0 == 0x80 else rest[3:] if rest[0] == 0xDE else rest[5:]
     head = bytes((0x80 | count,)) if count < 16 else (b"\xde" + count.to_bytes(2, "big") if count < 65536
                                                      else b"\xdf" + count.to_bytes(4, "big"))
-    header.update({"to": target, "from": sender, "ws": workspace, "user": user})
-    return b"".join((head, body, _TO, _PACKER.pack(target), suffix,
-                     memoryview(envelope.frame)[envelope.payload_offset:]))  # the payload is copied once
+    header["to"], header["from"], header["ws"], header["user"] = target, sender, workspace, user
+    frame, offset = envelope.frame, envelope.payload_offset
+    # A large payload is copied once (by the join), a small one is cheaper to slice.
+    payload = frame[offset:] if len(frame) - offset < 4096 else memoryview(frame)[offset:]
+    return b"".join((head, body, _TO, _PACKER.pack(target), suffix, payload))
 
 
 def encode(header: dict[str, Any], extra: dict[str, Any] | None = None) -> bytes:
