@@ -10,6 +10,9 @@ of the repeats, with min-max) and the ratio, for two kinds of client:
 - ``raw``: bare WebSocket clients with pre-encoded messages (a batch frame of
   ``batch_max_messages`` when on, one frame per message when off), so the router's own rate
   shows, not the client library's.
+
+The same raw messages also cross the bare websockets relay (``benchmarks/bare_relay.py``), one
+frame per message: the floor any router is compared with ("raw on / bare relay").
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import websockets  # noqa: E402
 
 from actors.batching import BatchPolicy  # noqa: E402
 from benchmarks.clients import event_burst  # noqa: E402
+from benchmarks.contenders import BareRelay  # noqa: E402
 from gateway import envelope, frames  # noqa: E402
 from rhizomorph import Config, Deployment, ensure_ray  # noqa: E402
 from rhizomorph.client import connect_to_server  # noqa: E402
@@ -45,18 +49,19 @@ async def one_run(url: str, batching: bool, messages: int, size: int) -> float:
     return rate
 
 
-async def _raw_v4(url: str) -> tuple[Any, str]:
+async def _raw_peer(url: str, v4: bool) -> tuple[Any, str]:
     ws = await websockets.connect(url, max_size=None, compression=None)
-    await ws.send(json.dumps({"client_id": None, "wire_protocol": 4}))
+    await ws.send(json.dumps({"client_id": None, **({"wire_protocol": 4} if v4 else {})}))
     info = json.loads(await ws.recv())
-    assert info.get("wire_protocol") == 4, info
+    assert info.get("wire_protocol") == 4 or not v4, info
     return ws, f"{info['workspace']}/{info['client_id']}"
 
 
-async def raw_run(url: str, batching: bool, messages: int, size: int, per_frame: int) -> float:
-    """Pre-encoded messages from a bare v4 socket to another; returns msgs/s until the last arrived."""
-    target, address = await _raw_v4(url)
-    sender, _ = await _raw_v4(url)
+async def raw_run(url: str, batching: bool, messages: int, size: int, per_frame: int, v4: bool = True) -> float:
+    """Pre-encoded messages from a bare socket to another (v4 handshake unless ``v4`` is false,
+    e.g. for the bare relay); returns msgs/s until the last arrived."""
+    target, address = await _raw_peer(url, v4)
+    sender, _ = await _raw_peer(url, v4)
     message = envelope.encode({"type": "bench", "to": address}, {"data": b"x" * size})
     group = per_frame if batching else 1
     outgoing = [frames.encode_batch([message] * group) if group > 1 else message
@@ -80,14 +85,17 @@ async def raw_run(url: str, batching: bool, messages: int, size: int, per_frame:
     return rate
 
 
-async def compare(deployment: Deployment, messages: int, size: int, repeats: int) -> dict[str, list[float]]:
+async def compare(deployment: Deployment, relay_url: str, messages: int, size: int,
+                  repeats: int) -> dict[str, list[float]]:
     rates: dict[str, list[float]] = {f"{c} {m}": [] for c in ("hypha-rpc", "raw") for m in ("on", "off")}
+    rates["bare relay"] = []
     per_frame = deployment.config.batch_max_messages
     for _ in range(repeats):
         for mode in ("on", "off"):  # interleaved, so drift in the machine hits both alike
             deployment.set_batching(enable_message_batching=mode == "on")
             rates[f"hypha-rpc {mode}"].append(await one_run(deployment.url, mode == "on", messages, size))
             rates[f"raw {mode}"].append(await raw_run(deployment.url, mode == "on", messages, size, per_frame))
+        rates["bare relay"].append(await raw_run(relay_url, False, messages, size, 1, v4=False))
     deployment.set_batching(enable_message_batching=True)
     return rates
 
@@ -100,8 +108,13 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args()
     ensure_ray()
-    with Deployment(Config(port=0, workers=args.workers)) as deployment:
-        rates = asyncio.run(compare(deployment, args.messages, args.size, args.repeats))
+    relay = BareRelay()
+    relay.start()
+    try:
+        with Deployment(Config(port=0, workers=args.workers)) as deployment:
+            rates = asyncio.run(compare(deployment, relay.url, args.messages, args.size, args.repeats))
+    finally:
+        relay.stop()
     print(f"{args.messages} x {args.size} B events to one v4 target, {args.repeats} repeats, "
           f"{args.workers} worker(s)")
     for client in ("hypha-rpc", "raw"):
@@ -111,6 +124,10 @@ def main() -> None:
                   f"(min {min(values):,.0f}, max {max(values):,.0f})")
         ratio = statistics.median(rates[f"{client} on"]) / statistics.median(rates[f"{client} off"])
         print(f"  {client:9} ratio on/off: {ratio:.2f}x")
+    relay_rates = rates["bare relay"]
+    print(f"  bare relay, one frame per message: {statistics.median(relay_rates):>10,.0f} msgs/s "
+          f"(min {min(relay_rates):,.0f}, max {max(relay_rates):,.0f})")
+    print(f"  raw on / bare relay: {statistics.median(rates['raw on']) / statistics.median(relay_rates):.2f}x")
 
 
 if __name__ == "__main__":
