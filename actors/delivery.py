@@ -3,8 +3,8 @@
 The queue is owned by the worker that holds the client's socket, so local delivery needs no
 Ray hop. It owns the target's batch buffer (``actors/batching.py`` decides when to flush) and
 one writer task, which keeps frames in the order they were queued and means a slow socket
-never blocks the sender. A flush goes out as consecutive frames to a v3 client, and as one
-batch frame to a v4 client.
+never blocks the sender. A flush goes out as consecutive frames to a v3 client (in one socket
+write when the connection offers ``send_frames``), and as one batch frame to a v4 client.
 """
 
 from __future__ import annotations
@@ -20,16 +20,18 @@ from gateway import frames as v4frames
 log = logging.getLogger("rhizomorph.delivery")
 
 Send = Callable[[bytes], Awaitable[None]]
+SendFrames = Callable[[list[bytes]], Awaitable[None]]
 
 
 class DeliveryQueue:
     def __init__(self, address: str, send: Send, policy: BatchPolicy, *, wire_v4: bool = False,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 send_frames: SendFrames | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.address = address
         self.wire_v4 = wire_v4
         self.batcher = Batcher(policy)
         self.frames_written = 0
         self._send = send
+        self._send_frames = send_frames  # several v3 frames in one socket write, if the socket can
         self._clock = clock
         self._writer: asyncio.Task | None = None
         self._arrived: asyncio.Event | None = None  # set while the writer waits for the timer
@@ -83,6 +85,9 @@ class DeliveryQueue:
                 if self.wire_v4 and len(flush.frames) > 1:
                     await self._send(v4frames.encode_batch(flush.frames))
                     self.frames_written += 1
+                elif self._send_frames is not None and len(flush.frames) > 1:
+                    await self._send_frames(flush.frames)
+                    self.frames_written += len(flush.frames)
                 else:
                     for frame in flush.frames:
                         await self._send(frame)

@@ -638,6 +638,7 @@ class GatewayWorker:
             max_size=config.max_message_size,
             compression="deflate" if config.compression else None,
             process_request=_http_handler(self._router),
+            create_connection=gateway_connection.RouterServerConnection,
         )
         node_id = self._node_id = ray.get_runtime_context().get_node_id()
         if config.peer_channel == "socket":
