@@ -57,6 +57,10 @@ class Router:
         self.by_workspace: dict[str, set[str]] = {}
         self.directory: dict[str, str] = {}
         self.callers_of: dict[str, set[str]] = {}  # target -> local clients that sent it calls
+        #: Targets missing from the replica that the registry is being asked about: frames for
+        #: them wait here, in order, behind that one lookup (a burst makes one Ray call, not one each).
+        self._locating: dict[str, list[tuple[bytes, dict[str, Any] | None, int]]] = {}
+        self.registry_lookups = 0
         self.links: dict[str, PeerLink] = {}
         self.bulk: dict[str, PeerLink] = {}  # chunk frames, through the node's chunking actor
         self.chunk_relay: Any = None
@@ -271,7 +275,7 @@ class Router:
             return
         target, frame, header = stamped
         local = self.connections.get(target)
-        if local is not None:
+        if local is not None and not self._locating:
             # A stamped frame is a msgpack map, never a v4 frame: it fits v3 and v4 clients alike.
             if not local.queue.put(frame):
                 self._target_gone(target, frame, header)
@@ -415,6 +419,10 @@ class Router:
             self.manager.handle(frame)
 
     def _to_client(self, target: str, frame: bytes, header: dict[str, Any] | None, hops: int = 0) -> None:
+        pending = self._locating.get(target) if self._locating else None
+        if pending is not None:  # frames sent before this one wait for the registry: keep the order
+            pending.append((frame, header, hops))
+            return
         conn = self.connections.get(target)
         if conn is not None:
             if frames.is_stream(frame) and conn.wire_v4 and not self._accept_chunk(conn, frame):
@@ -427,20 +435,25 @@ class Router:
             self.links[owner].send((target, None, frame))
             return
         # Not in our replica (or a stale entry): ask the registry once before giving up.
-        asyncio.ensure_future(self._locate_then_send(target, frame, header, hops))
+        self._locating[target] = [(frame, header, hops)]
+        asyncio.ensure_future(self._locate_then_send(target))
 
-    async def _locate_then_send(self, target: str, frame: bytes, header: dict[str, Any] | None, hops: int) -> None:
+    async def _locate_then_send(self, target: str) -> None:
+        self.registry_lookups += 1
         try:
             owner = await self.registry.locate.remote(target)
         except Exception:
             owner = None
-        if target in self.connections:
-            self._to_client(target, frame, header, hops)
-        elif owner is not None and owner != self.worker_id and owner in self.links and hops == 0:
+        if owner is not None and owner != self.worker_id and owner in self.links:
             self.directory[target] = owner
-            self.links[owner].send((target, None, frame))
-        else:
-            self._target_gone(target, frame, header)
+        for frame, header, hops in self._locating.pop(target, ()):
+            conn = self.connections.get(target)
+            if conn is not None:
+                self._to_client(target, frame, header, hops)
+            elif owner is not None and owner != self.worker_id and owner in self.links and hops == 0:
+                self.links[owner].send((target, None, frame))
+            else:
+                self._target_gone(target, frame, header)
 
     def _broadcast(self, target: str, event_type: str, frame: bytes, *, forward: bool) -> None:
         """Deliver to the subscribed clients of this worker, then once to every peer worker."""
@@ -561,6 +574,7 @@ class Router:
             "peer_frames": {w: link.frames for w, link in self.links.items()},
             "batch_policy": dataclasses.asdict(self.batch_policy),
             "frames_in": self.frames_in,
+            "registry_lookups": self.registry_lookups,
             "bytes_in": self.bytes_in,
             "refused": dict(self.refused),
             "disconnects": dict(self.disconnects),

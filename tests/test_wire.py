@@ -128,6 +128,21 @@ async def test_session_call_to_absent_target_gets_synthetic_reject(raw):
     assert "not connected" in reply["args"][0]["_rvalue"]
 
 
+async def test_burst_to_absent_target_asks_the_registry_once_and_answers_in_order(raw, router):
+    # Frames for a target missing from the worker's replica wait behind one registry lookup,
+    # in order; they do not each make a Ray call.
+    alice = await raw()
+    ghost = f"{alice.info['workspace']}/not-yet"
+    before = sum(s["registry_lookups"] for s in router.stats())
+    for i in range(50):
+        await alice.ws.send(encode({"type": "method", "to": ghost, "method": "services.a.b", "session": f"S{i}"},
+                                   {"args": [i], "promise": "*"}))
+    replies = [await alice.next_binary() for _ in range(50)]
+    assert [r["method"] for r in replies] == [f"S{i}.reject" for i in range(50)]
+    lookups = sum(s["registry_lookups"] for s in router.stats()) - before
+    assert 1 <= lookups <= 5, lookups  # one per burst that found no lookup under way
+
+
 async def test_sessionless_message_to_absent_target_tells_the_sender(raw):
     alice = await raw()
     ghost = "some-ws/gone"
