@@ -1,0 +1,112 @@
+"""1 gateway worker vs 2 on a multi-client load, side by side in one run.
+
+    python -m benchmarks.bench_workers [--pairs 16] [--messages 4000] [--repeats 3]
+
+``--pairs`` independent sender -> receiver pairs of bare v4 sockets (pre-encoded batch frames of
+``batch_max_messages`` 256 B events, as ``bench_batching``'s raw client) burst at the same time;
+the rate is every message delivered over the time until the last one arrived. Both routers run
+at once on the same Ray runtime and are measured alternately, so machine drift hits both alike.
+Clients land on workers where the kernel's ``SO_REUSEPORT`` draw puts them; the run reports how
+many pairs crossed workers (``--placement local`` pairs partners of the same worker instead). The load generator is one Python process sharing the 2 cores with
+the routers, so the ratio also says how much CPU the router needs per message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import time
+from typing import Any
+
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+import websockets  # noqa: E402
+
+from benchmarks.contenders import ProcessProbe  # noqa: E402
+from gateway import envelope, frames  # noqa: E402
+from rhizomorph import Config, Deployment, ensure_ray  # noqa: E402
+
+
+async def _v4_socket(url: str) -> tuple[Any, dict[str, Any]]:
+    ws = await websockets.connect(url, max_size=None, compression=None)
+    await ws.send(json.dumps({"client_id": None, "wire_protocol": 4}))
+    info = json.loads(await ws.recv())
+    assert info.get("wire_protocol") == 4, info
+    return ws, info
+
+
+async def run_pairs(url: str, pairs: int, messages: int, size: int, per_frame: int,
+                    local: bool = False) -> tuple[float, int]:
+    """Burst ``messages`` events over each pair at once; returns (msgs/s, pairs across workers)."""
+    sockets = [await _v4_socket(url) for _ in range(2 * pairs)]
+    if local:  # pair sockets of the same worker first: no pair crosses workers if it can be helped
+        sockets.sort(key=lambda s: str(s[1].get("rhizomorph_worker")))
+    senders, receivers = sockets[0::2], sockets[1::2]
+    crossed = sum(s[1].get("rhizomorph_worker") != r[1].get("rhizomorph_worker") for s, r in zip(senders, receivers))
+    bursts = []
+    for _, info in receivers:
+        message = envelope.encode({"type": "bench", "to": f"{info['workspace']}/{info['client_id']}"},
+                                  {"data": b"x" * size})
+        bursts.append([frames.encode_batch([message] * per_frame)] * (messages // per_frame))
+
+    async def receive(ws: Any, expected: int) -> None:
+        count = 0
+        while count < expected:
+            data = await ws.recv()
+            if isinstance(data, bytes):
+                count += len(frames.decode_batch(data)) if frames.is_v4(data) else 1
+
+    async def send(ws: Any, burst: list[bytes]) -> None:
+        for frame in burst:
+            await ws.send(frame)
+
+    expected = (messages // per_frame) * per_frame
+    started = time.perf_counter()
+    receiving = [asyncio.ensure_future(receive(ws, expected)) for ws, _ in receivers]
+    await asyncio.gather(*(send(ws, burst) for (ws, _), burst in zip(senders, bursts)))
+    await asyncio.wait_for(asyncio.gather(*receiving), 180)
+    rate = pairs * expected / (time.perf_counter() - started)
+    await asyncio.gather(*(ws.close() for ws, _ in sockets))
+    return rate, crossed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pairs", type=int, default=16)
+    parser.add_argument("--messages", type=int, default=4000, help="per pair")
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--placement", choices=("kernel", "local"), default="kernel",
+                        help="kernel: pairs as connected (SO_REUSEPORT draw); local: partners on one worker")
+    args = parser.parse_args()
+    ensure_ray()
+    rates: dict[int, list[float]] = {1: [], 2: []}
+    cpu: dict[int, list[float]] = {1: [], 2: []}  # router CPU microseconds per message
+    crossed: list[int] = []
+    with Deployment(Config(port=0, workers=1)) as one, Deployment(Config(port=0, workers=2)) as two:
+        per_frame = one.config.batch_max_messages
+        for _ in range(args.repeats):
+            for workers, deployment in ((1, one), (2, two)):
+                probe = ProcessProbe([info["pid"] for info in deployment.worker_info.values()])
+                before = probe.cpu_seconds()
+                rate, across = asyncio.run(run_pairs(deployment.url, args.pairs, args.messages, args.size, per_frame,
+                                                       args.placement == "local"))
+                cpu[workers].append((probe.cpu_seconds() - before) / (args.pairs * args.messages) * 1e6)
+                rates[workers].append(rate)
+                if workers == 2:
+                    crossed.append(across)
+    print(f"{args.pairs} pairs x {args.messages} x {args.size} B events (v4 batch frames of {per_frame}), "
+          f"{args.repeats} repeats, placement {args.placement}")
+    for workers, values in rates.items():
+        print(f"  {workers} worker(s): {statistics.median(values):>10,.0f} msgs/s "
+              f"(min {min(values):,.0f}, max {max(values):,.0f}); "
+              f"router CPU {statistics.median(cpu[workers]):.1f} us/msg")
+    print(f"  pairs across the 2 workers per run: {crossed}")
+    print(f"  2w / 1w: {statistics.median(rates[2]) / statistics.median(rates[1]):.2f}x")
+
+
+if __name__ == "__main__":
+    main()
