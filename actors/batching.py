@@ -123,6 +123,16 @@ class Batcher:
         if len(self._frames) > self.metrics.max_depth:
             self.metrics.max_depth = len(self._frames)
 
+    def complete(self) -> bool:
+        """Whether what is buffered already makes a flush without the timer (count, size, a
+        large or lone frame, or batching off): a waiting writer is worth waking only then."""
+        policy = self.policy
+        if not self._frames:
+            return False
+        if not policy.enabled or len(self._frames) >= policy.max_messages or self._bytes >= policy.max_size:
+            return True
+        return any(size >= policy.max_size for size in self._sizes)  # fewer than max_messages
+
     def deadline(self) -> float | None:
         """When the timer forces a flush of what is buffered (``None``: nothing to wait for)."""
         if not self._frames or self._idle or not self.policy.enabled:

@@ -34,7 +34,7 @@ class DeliveryQueue:
         self._send_frames = send_frames  # several v3 frames in one socket write, if the socket can
         self._clock = clock
         self._writer: asyncio.Task | None = None
-        self._arrived: asyncio.Event | None = None  # set while the writer waits for the timer
+        self._arrived: asyncio.Future | None = None  # pending while the writer waits for the timer
         self._progress = asyncio.Event()  # set after every flush (for senders that pace themselves)
         self._closed = False
         #: Bound on buffered bytes (0: none) and what to do when a put would pass it, or a write
@@ -62,13 +62,13 @@ class DeliveryQueue:
         self.batcher.add(frame, self._clock(), alone=frame[:1] == b"\xc1")
         if self._writer is None:
             self._writer = asyncio.get_running_loop().create_task(self._drain())
-        else:
-            self._nudge()
+        elif self.batcher.complete():
+            self._nudge()  # else the writer sleeps on: the timer, or a later message, wakes it
         return True
 
     def _nudge(self) -> None:
-        if self._arrived is not None:
-            self._arrived.set()
+        if self._arrived is not None and not self._arrived.done():
+            self._arrived.set_result(None)
 
     async def _drain(self) -> None:
         batcher = self.batcher
@@ -103,12 +103,14 @@ class DeliveryQueue:
 
     async def _wait_until(self, deadline: float) -> None:
         """Sleep until the batch timer expires, or a new message may complete the batch."""
-        self._arrived = arrived = asyncio.Event()
+        # A bare future and a timer handle: asyncio.wait_for would wrap a task around each wait.
+        loop = asyncio.get_running_loop()
+        self._arrived = arrived = loop.create_future()
+        timer = loop.call_later(max(0.0, deadline - self._clock()), _wake, arrived)
         try:
-            await asyncio.wait_for(arrived.wait(), max(0.0, deadline - self._clock()))
-        except asyncio.TimeoutError:
-            pass
+            await arrived
         finally:
+            timer.cancel()
             self._arrived = None
 
     def stalled(self, now: float, timeout: float) -> bool:
@@ -138,3 +140,8 @@ class DeliveryQueue:
         stats = self.batcher.metrics.as_dict()
         stats.update(depth=self.depth, frames_written=self.frames_written, wire="v4" if self.wire_v4 else "v3")
         return stats
+
+
+def _wake(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -172,3 +174,17 @@ def test_lone_frames_never_share_a_flush():
         flushes.append(flush.frames)
     assert flushes == [[b"a" * 5], [b"\xc1S-chunk"], [b"b" * 5]]
     assert batcher.buffered_bytes == 0
+
+
+@given(sizes=st.lists(st.integers(min_value=1, max_value=250), min_size=1, max_size=8),
+       alone=st.lists(st.booleans(), min_size=8, max_size=8), enabled=st.booleans())
+def test_complete_says_whether_a_busy_target_flushes_before_its_timer(sizes, alone, enabled):
+    # The delivery queue wakes its waiting writer only when complete() is true: it must be
+    # exactly "take() returns a flush now", for a target that is not idle and before the timer.
+    batcher = Batcher(BatchPolicy(enabled=enabled, timeout_ms=10.0, max_messages=3, max_size=100))
+    fill(batcher, 10)
+    batcher.take(0.0)  # a write is under way: the target is not idle
+    for i, size in enumerate(sizes):
+        batcher.add(b"x" * size, 0.001, alone=alone[i])
+        before_timer = copy.deepcopy(batcher).take(0.0105)  # take() pops: ask a copy
+        assert batcher.complete() == (before_timer is not None)
