@@ -62,7 +62,7 @@ class DeliveryQueue:
         self.batcher.add(frame, self._clock(), alone=frame[:1] == b"\xc1")
         if self._writer is None:
             self._writer = asyncio.get_running_loop().create_task(self._drain())
-        elif self.batcher.complete():
+        elif self._arrived is not None and self.batcher.complete():
             self._nudge()  # else the writer sleeps on: the timer, or a later message, wakes it
         return True
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import shortuuid
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import CloseCode, Frame, Opcode
 
 from actors.batching import BatchPolicy
 from actors.delivery import DeliveryQueue
@@ -41,6 +42,7 @@ ERROR_SEND_TIMEOUT = 5.0  # seconds to hand a closing client its error frame
 #: Frames waiting in websockets' protocol buffer are joined into one socket write up to this
 #: many bytes; bigger writes gain nothing from joining (the copy costs more than the syscall).
 COALESCE_LIMIT = 65536
+MAX_FRAGMENTS = 4096  # fragments of one binary message (websockets assembles at most as many)
 
 
 class RouterServerConnection(ServerConnection):
@@ -51,6 +53,44 @@ class RouterServerConnection(ServerConnection):
     client would cost N of them. ``send_frames`` queues the frames in the protocol and
     ``send_data`` hands them to the transport as one write.
     """
+
+    #: Set once the handshake is done: called with every complete binary message, straight from
+    #: ``data_received``. websockets would otherwise queue each frame in its Assembler and wake
+    #: the reading coroutine once per message; text frames still take that path.
+    on_binary: Callable[[bytes], None] | None = None
+    _binary_parts: list[bytes] | None = None  # a fragmented binary message, until its last frame
+    _text_fragmented = False  # continuation frames of a text message go to the Assembler
+
+    def process_event(self, event: Any) -> None:
+        on_binary = self.on_binary
+        if on_binary is None or not isinstance(event, Frame):
+            return super().process_event(event)
+        opcode = event.opcode
+        if opcode is Opcode.BINARY or (opcode is Opcode.CONT and not self._text_fragmented):
+            data = event.data if type(event.data) is bytes else bytes(event.data)
+            if opcode is Opcode.BINARY and event.fin:
+                message = data
+            else:  # fragments: the protocol parser already bounds their total by max_size
+                parts = self._binary_parts
+                if parts is None:
+                    parts = self._binary_parts = []
+                parts.append(data)
+                if len(parts) > MAX_FRAGMENTS:  # empty fragments would grow the list forever
+                    self._binary_parts = None
+                    self.protocol.fail(CloseCode.MESSAGE_TOO_BIG, f"more than {MAX_FRAGMENTS} fragments")
+                    self.send_data()
+                    return
+                if not event.fin:
+                    return
+                message, self._binary_parts = b"".join(parts), None
+            try:
+                on_binary(message)
+            except Exception:  # a router bug must not kill the socket's protocol callbacks
+                log.exception("routing a frame failed")
+            return
+        if opcode is Opcode.TEXT or opcode is Opcode.CONT:
+            self._text_fragmented = not event.fin
+        super().process_event(event)
 
     async def send_frames(self, frames: list[bytes]) -> None:
         """Send each of ``frames`` as its own binary message (one socket write for them all)."""
@@ -97,22 +137,42 @@ async def serve(websocket: ServerConnection, router: "Router") -> None:
     policy = limits.InboundPolicy(rate=config.message_rate, burst=config.message_burst,
                                   idle_timeout=config.idle_timeout)
     watchdog = asyncio.ensure_future(_watch_idle(websocket, policy)) if config.idle_timeout > 0 else None
+    closing: list[asyncio.Future] = []  # the close of a flooding client, once under way
+
+    def on_binary(message: bytes) -> None:
+        if closing:
+            return  # the flood is read and dropped until the close handshake completes
+        breach = policy.on_frame()
+        if breach is not None:
+            log.info("closing %s: %s", connection.address, breach.reason)
+            closing.append(asyncio.ensure_future(close_with_error(websocket, breach.code, breach.reason)))
+            return
+        router.route(connection, message)
+
+    if isinstance(websocket, RouterServerConnection):
+        websocket.on_binary = on_binary  # binary messages skip the loop below (see process_event)
     try:
         async for message in websocket:
+            if closing:
+                continue
+            if isinstance(message, bytes):
+                on_binary(message)
+                continue
             breach = policy.on_frame()
             if breach is not None:
                 log.info("closing %s: %s", connection.address, breach.reason)
                 await _close_draining(websocket, breach.code, breach.reason)
                 break
-            if isinstance(message, bytes):
-                router.route(connection, message)
-            else:
-                await _control(connection, message, router)
+            await _control(connection, message, router)
     except ConnectionClosed:
         pass
     finally:
+        if isinstance(websocket, RouterServerConnection):
+            websocket.on_binary = None
         if watchdog is not None:
             watchdog.cancel()
+        for close in closing:
+            await close
         await router.disconnect(connection)
 
 

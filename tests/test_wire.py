@@ -99,6 +99,26 @@ async def test_stamping_overwrites_forged_from_ws_user_and_keeps_payload(raw):
     assert got["args"] == payload["args"]
 
 
+async def test_fragmented_binary_message_is_routed_whole_and_in_order(raw):
+    # Binary messages are routed straight from the socket's data callback (gateway/connection.py);
+    # a message sent in fragments must still arrive whole, before the message sent after it.
+    alice = await raw()
+    bob = await raw()
+    frame = encode({"type": "method", "to": bob.address, "method": "one"}, {"args": [b"f" * 30000]})
+    await alice.ws.send([frame[:10], frame[10:20000], frame[20000:]])  # an iterable: one fragment each
+    await alice.ws.send(encode({"type": "method", "to": bob.address, "method": "two"}))
+    first, second = await bob.next_binary(), await bob.next_binary()
+    assert (first["method"], first["args"], second["method"]) == ("one", [b"f" * 30000], "two")
+
+
+async def test_too_many_fragments_close_the_connection_with_1009(raw):
+    alice = await raw()
+    with pytest.raises(websockets.ConnectionClosed):
+        await alice.ws.send([b""] * 5000)
+        await asyncio.wait_for(alice.ws.recv(), 10)
+    assert alice.ws.close_code == 1009
+
+
 async def test_bare_target_is_resolved_in_the_senders_workspace(raw, router):
     alice = await raw()
     token_reply = None
