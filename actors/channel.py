@@ -28,15 +28,18 @@ log = logging.getLogger("rhizomorph.channel")
 
 _LENGTH = struct.Struct(">I")
 MAX_BATCH_BYTES = 256 * 1024 * 1024
+#: A batch is written without waiting (no task, no drain) while the socket's unsent bytes stay
+#: under this; beyond it the link waits for the drain, which is the back-pressure.
+SYNC_WRITE_LIMIT = 1 << 20
 
 
 def encode_batch(items: list[Item]) -> bytes:
-    body = msgpack.packb([list(item) for item in items], use_bin_type=True)
+    body = msgpack.packb(items, use_bin_type=True)  # tuples pack as arrays
     return _LENGTH.pack(len(body)) + body
 
 
-def decode_batch(body: bytes) -> list[Item]:
-    return [(target, event_type, frame) for target, event_type, frame in msgpack.unpackb(body, raw=False)]
+def decode_batch(body: bytes | memoryview) -> list[Item]:
+    return list(msgpack.unpackb(body, raw=False, use_list=False))  # items come back as tuples
 
 
 class ChannelServer:
@@ -49,22 +52,9 @@ class ChannelServer:
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> str:
-        self._server = await asyncio.start_unix_server(self._serve, path=self.path)
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_unix_server(lambda: _BatchReader(self._deliver), path=self.path)
         return self.path
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                (length,) = _LENGTH.unpack(await reader.readexactly(_LENGTH.size))
-                if length > MAX_BATCH_BYTES:
-                    raise ValueError(f"batch of {length} bytes")
-                self._deliver(decode_batch(await reader.readexactly(length)))
-        except asyncio.IncompleteReadError:
-            pass  # the peer closed its end
-        except Exception:
-            log.exception("peer channel failed")
-        finally:
-            writer.close()
 
     async def close(self) -> None:
         if self._server is not None:
@@ -73,13 +63,56 @@ class ChannelServer:
         shutil.rmtree(self._dir, ignore_errors=True)
 
 
+class _BatchReader(asyncio.Protocol):
+    """One peer's end: batches are cut out of the byte stream and delivered as they complete,
+    from ``data_received`` (no reading coroutine to wake per batch)."""
+
+    def __init__(self, deliver: Callable[[list[Item]], None]) -> None:
+        self._deliver = deliver
+        self._buffer = bytearray()
+        self._transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self._buffer
+        buffer += data
+        offset, end = 0, len(buffer)
+        try:
+            while end - offset >= _LENGTH.size:
+                (length,) = _LENGTH.unpack_from(buffer, offset)
+                if length > MAX_BATCH_BYTES:
+                    raise ValueError(f"batch of {length} bytes")
+                if end - offset - _LENGTH.size < length:
+                    break
+                start = offset + _LENGTH.size
+                self._deliver(decode_batch(memoryview(buffer)[start:start + length]))
+                offset = start + length
+        except Exception:
+            log.exception("peer channel failed")
+            self._buffer = bytearray()  # not resized in place: the traceback may still view it
+            if self._transport is not None:
+                self._transport.close()
+            return
+        del buffer[:offset]  # the decoded batches hold copies, no view of the buffer
+
+
 class Channel:
-    """The sending end: ``send(items)`` writes one batch and waits for the socket to drain."""
+    """The sending end: ``send(items)`` writes one batch and waits for the socket to drain;
+    ``try_send(items)`` writes it at once if the socket is connected and not backed up."""
 
     def __init__(self, path: str) -> None:
         self.path = path
         self._writer: asyncio.StreamWriter | None = None
         self._connecting: asyncio.Lock = asyncio.Lock()
+
+    def try_send(self, items: list[Item]) -> bool:
+        writer = self._writer
+        if writer is None or writer.is_closing() or writer.transport.get_write_buffer_size() > SYNC_WRITE_LIMIT:
+            return False
+        writer.write(encode_batch(items))
+        return True
 
     async def send(self, items: list[Item]) -> None:
         writer = self._writer

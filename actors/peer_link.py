@@ -30,11 +30,14 @@ Call = Callable[[list[Item]], Awaitable[Any]]
 
 class PeerLink:
     def __init__(self, worker_id: str, handle: Any, on_failure: Callable[[list[Item]], None],
-                 call: Call | None = None, kind: str = "ray") -> None:
+                 call: Call | None = None, kind: str = "ray",
+                 try_call: Callable[[list[Item]], bool] | None = None) -> None:
         self.worker_id = worker_id
         self.handle = handle
         self.kind = kind  # how the batches travel: "ray" calls, a "socket", the "chunk-actor"
         self._call_peer: Call = call or (lambda items: handle.deliver.remote(items))
+        #: Sends a batch at once if it can (True), else the link falls back to ``call``.
+        self._try_call = try_call
         self._on_failure = on_failure
         self._items: list[Item] = []
         self._scheduled = False  # a flush is due on the next loop pass
@@ -83,19 +86,28 @@ class PeerLink:
         if self._gate is not None and not self._gate.done():
             self._kick()  # held since this flush was scheduled
             return
+        while self._items:
+            items = self._next_call()
+            self.calls += 1
+            self.frames += len(items)
+            if self._try_call is not None and self._try_call(items):
+                continue  # written already: no call to wait for
+            self._in_flight = True
+            task = asyncio.ensure_future(self._call(items))
+            task.add_done_callback(self._after)
+            return
+        self._wake_idle_waiters()
+
+    def _next_call(self) -> list[Item]:
+        """What the next call carries: everything queued, or up to ``MAX_CALL_BYTES``."""
         items, size = self._items, 0
         for count, item in enumerate(items):
             size += len(item[2])
             if size > MAX_CALL_BYTES and count > 0:
                 items, self._items = items[:count], items[count:]
-                break
-        else:
-            self._items = []
-        self.calls += 1
-        self.frames += len(items)
-        self._in_flight = True
-        task = asyncio.ensure_future(self._call(items))
-        task.add_done_callback(self._after)
+                return items
+        self._items = []
+        return items
 
     async def _call(self, items: list[Item]) -> None:
         try:
@@ -107,8 +119,11 @@ class PeerLink:
     def _after(self, _: asyncio.Future) -> None:
         self._in_flight = False
         if not self._items:
-            waiters, self._idle_waiters = self._idle_waiters, []
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_result(None)
+            self._wake_idle_waiters()
         self._kick()
+
+    def _wake_idle_waiters(self) -> None:
+        waiters, self._idle_waiters = self._idle_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)

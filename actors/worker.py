@@ -108,7 +108,8 @@ class Router:
             if link is not None and link.handle._actor_id == handle._actor_id:
                 continue
             if worker_id in channels:
-                link = PeerLink(worker_id, handle, self._peer_failed, call=Channel(channels[worker_id]).send,
+                channel = Channel(channels[worker_id])
+                link = PeerLink(worker_id, handle, self._peer_failed, call=channel.send, try_call=channel.try_send,
                                 kind="socket")
             else:
                 link = PeerLink(worker_id, handle, self._peer_failed)

@@ -7,7 +7,8 @@
 the rate is every message delivered over the time until the last one arrived. Both routers run
 at once on the same Ray runtime and are measured alternately, so machine drift hits both alike.
 Clients land on workers where the kernel's ``SO_REUSEPORT`` draw puts them; the run reports how
-many pairs crossed workers (``--placement local`` pairs partners of the same worker instead). The load generator is one Python process sharing the 2 cores with
+many pairs crossed workers (``--placement local`` / ``cross`` pair partners of the same / of
+different workers instead). The load generator is one Python process sharing the 2 cores with
 the routers, so the ratio also says how much CPU the router needs per message.
 """
 
@@ -39,12 +40,17 @@ async def _v4_socket(url: str) -> tuple[Any, dict[str, Any]]:
 
 
 async def run_pairs(url: str, pairs: int, messages: int, size: int, per_frame: int,
-                    local: bool = False) -> tuple[float, int]:
+                    placement: str = "kernel") -> tuple[float, int]:
     """Burst ``messages`` events over each pair at once; returns (msgs/s, pairs across workers)."""
     sockets = [await _v4_socket(url) for _ in range(2 * pairs)]
-    if local:  # pair sockets of the same worker first: no pair crosses workers if it can be helped
+    if placement == "local":  # partners on the same worker wherever the draw allows
         sockets.sort(key=lambda s: str(s[1].get("rhizomorph_worker")))
-    senders, receivers = sockets[0::2], sockets[1::2]
+        senders, receivers = sockets[0::2], sockets[1::2]
+    elif placement == "cross":  # partners on different workers wherever the draw allows
+        sockets.sort(key=lambda s: str(s[1].get("rhizomorph_worker")))
+        senders, receivers = sockets[:pairs], sockets[pairs:]
+    else:
+        senders, receivers = sockets[0::2], sockets[1::2]
     crossed = sum(s[1].get("rhizomorph_worker") != r[1].get("rhizomorph_worker") for s, r in zip(senders, receivers))
     bursts = []
     for _, info in receivers:
@@ -79,8 +85,9 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=4000, help="per pair")
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--placement", choices=("kernel", "local"), default="kernel",
-                        help="kernel: pairs as connected (SO_REUSEPORT draw); local: partners on one worker")
+    parser.add_argument("--placement", choices=("kernel", "local", "cross"), default="kernel",
+                        help="kernel: pairs as connected (SO_REUSEPORT draw); local / cross: partners on "
+                             "the same / different workers where the draw allows")
     args = parser.parse_args()
     ensure_ray()
     rates: dict[int, list[float]] = {1: [], 2: []}
@@ -93,7 +100,7 @@ def main() -> None:
                 probe = ProcessProbe([info["pid"] for info in deployment.worker_info.values()])
                 before = probe.cpu_seconds()
                 rate, across = asyncio.run(run_pairs(deployment.url, args.pairs, args.messages, args.size, per_frame,
-                                                       args.placement == "local"))
+                                                       args.placement))
                 cpu[workers].append((probe.cpu_seconds() - before) / (args.pairs * args.messages) * 1e6)
                 rates[workers].append(rate)
                 if workers == 2:

@@ -1,0 +1,39 @@
+"""The peer channel's framing (actors/channel.py): length-prefixed msgpack batches, cut out of a
+byte stream however it is split."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from actors.channel import MAX_BATCH_BYTES, _BatchReader, encode_batch
+
+ITEMS = st.tuples(st.text(max_size=20), st.none() | st.text(max_size=8), st.binary(max_size=300))
+BATCHES = st.lists(st.lists(ITEMS, min_size=1, max_size=5), min_size=1, max_size=6)
+
+
+class _Transport:
+    closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@given(batches=BATCHES, cuts=st.lists(st.integers(min_value=0), max_size=10))
+def test_batches_arrive_whole_and_in_order_however_the_stream_is_split(batches, cuts):
+    delivered: list[list[tuple]] = []
+    reader = _BatchReader(delivered.append)
+    stream = b"".join(encode_batch(batch) for batch in batches)
+    points = sorted({cut % (len(stream) + 1) for cut in cuts} | {0, len(stream)})
+    for start, end in zip(points, points[1:]):
+        reader.data_received(stream[start:end])
+    assert delivered == batches
+
+
+def test_an_oversized_batch_length_closes_the_channel():
+    delivered: list = []
+    reader = _BatchReader(delivered.append)
+    transport = _Transport()
+    reader.connection_made(transport)
+    reader.data_received((MAX_BATCH_BYTES + 1).to_bytes(4, "big") + b"xx")
+    assert transport.closed and delivered == []
