@@ -12,7 +12,8 @@ of the repeats, with min-max) and the ratio, for two kinds of client:
   shows, not the client library's.
 
 The same raw messages also cross the bare websockets relay (``benchmarks/bare_relay.py``), one
-frame per message: the floor any router is compared with ("raw on / bare relay").
+frame per message: the floor any router is compared with ("raw on / bare relay"). The clients
+run in a process of their own, not in the Ray driver (``benchmarks/loadgen.py``).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import websockets  # noqa: E402
 from actors.batching import BatchPolicy  # noqa: E402
 from benchmarks.clients import event_burst  # noqa: E402
 from benchmarks.contenders import BareRelay  # noqa: E402
+from benchmarks.loadgen import LoadProcess  # noqa: E402
 from gateway import envelope, frames  # noqa: E402
 from rhizomorph import Config, Deployment, ensure_ray  # noqa: E402
 from rhizomorph.client import connect_to_server  # noqa: E402
@@ -85,17 +87,19 @@ async def raw_run(url: str, batching: bool, messages: int, size: int, per_frame:
     return rate
 
 
-async def compare(deployment: Deployment, relay_url: str, messages: int, size: int,
-                  repeats: int) -> dict[str, list[float]]:
+def compare(deployment: Deployment, relay_url: str, messages: int, size: int,
+            repeats: int) -> dict[str, list[float]]:
     rates: dict[str, list[float]] = {f"{c} {m}": [] for c in ("hypha-rpc", "raw") for m in ("on", "off")}
     rates["bare relay"] = []
     per_frame = deployment.config.batch_max_messages
-    for _ in range(repeats):
-        for mode in ("on", "off"):  # interleaved, so drift in the machine hits both alike
-            deployment.set_batching(enable_message_batching=mode == "on")
-            rates[f"hypha-rpc {mode}"].append(await one_run(deployment.url, mode == "on", messages, size))
-            rates[f"raw {mode}"].append(await raw_run(deployment.url, mode == "on", messages, size, per_frame))
-        rates["bare relay"].append(await raw_run(relay_url, False, messages, size, 1, v4=False))
+    with LoadProcess() as load:  # the clients run outside the Ray driver process
+        for _ in range(repeats):
+            for mode in ("on", "off"):  # interleaved, so drift in the machine hits both alike
+                deployment.set_batching(enable_message_batching=mode == "on")
+                rates[f"hypha-rpc {mode}"].append(load.run(one_run, deployment.url, mode == "on", messages, size))
+                rates[f"raw {mode}"].append(load.run(raw_run, deployment.url, mode == "on", messages, size,
+                                                     per_frame))
+            rates["bare relay"].append(load.run(raw_run, relay_url, False, messages, size, 1, False))
     deployment.set_batching(enable_message_batching=True)
     return rates
 
@@ -112,7 +116,7 @@ def main() -> None:
     relay.start()
     try:
         with Deployment(Config(port=0, workers=args.workers)) as deployment:
-            rates = asyncio.run(compare(deployment, relay.url, args.messages, args.size, args.repeats))
+            rates = compare(deployment, relay.url, args.messages, args.size, args.repeats)
     finally:
         relay.stop()
     print(f"{args.messages} x {args.size} B events to one v4 target, {args.repeats} repeats, "

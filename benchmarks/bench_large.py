@@ -4,7 +4,8 @@
 
 v3: the released hypha-rpc client (its ``message_cache`` chunking: 256 KiB calls, one round
 trip each). v4: rhizomorph's client (one chunk stream per message). Prints MiB/s moved (request
-and reply both count), medians of the repeats, and the ratio.
+and reply both count), medians of the repeats, and the ratio. The clients run in a process of
+their own, not in the Ray driver (``benchmarks/loadgen.py``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 from hypha_rpc import connect_to_server as connect_v3  # noqa: E402
 
+from benchmarks.loadgen import LoadProcess  # noqa: E402
 from rhizomorph import Config, Deployment, ensure_ray  # noqa: E402
 from rhizomorph.client import connect_to_server as connect_v4  # noqa: E402
 
@@ -34,6 +36,9 @@ async def echo_rate(url: str, connect, size: int, calls: int) -> float:
     for _ in range(calls):
         assert await echo.echo(payload) == payload
     elapsed = time.perf_counter() - started
+    # hypha-rpc's message_cache acknowledges the last chunks after the result is back: let those
+    # finish, or disconnecting cancels them and the client logs a CancelledError.
+    await asyncio.sleep(0.5)
     await provider.disconnect()
     await consumer.disconnect()
     return 2 * size * calls / elapsed / 2**20
@@ -48,10 +53,10 @@ def main() -> None:
     args = parser.parse_args()
     ensure_ray()
     rates: dict[str, list[float]] = {"v3": [], "v4": []}
-    with Deployment(Config(port=0, workers=args.workers)) as deployment:
+    with Deployment(Config(port=0, workers=args.workers)) as deployment, LoadProcess() as load:
         for _ in range(args.repeats):
             for wire, connect in (("v3", connect_v3), ("v4", connect_v4)):
-                rates[wire].append(asyncio.run(echo_rate(deployment.url, connect, args.size, args.calls)))
+                rates[wire].append(load.run(echo_rate, deployment.url, connect, args.size, args.calls))
     print(f"{args.calls} sequential echoes of {args.size:,} B, {args.workers} worker(s), {args.repeats} repeats")
     for wire, values in rates.items():
         print(f"  {wire}: {statistics.median(values):7.1f} MiB/s (min {min(values):.1f}, max {max(values):.1f})")

@@ -8,8 +8,8 @@ the rate is every message delivered over the time until the last one arrived. Bo
 at once on the same Ray runtime and are measured alternately, so machine drift hits both alike.
 Clients land on workers where the kernel's ``SO_REUSEPORT`` draw puts them; the run reports how
 many pairs crossed workers (``--placement local`` / ``cross`` pair partners of the same / of
-different workers instead). The load generator is one Python process sharing the 2 cores with
-the routers, so the ratio also says how much CPU the router needs per message.
+different workers instead). The load generator is one Python process (not the Ray driver) sharing
+the 2 cores with the routers, so the ratio also says how much CPU the router needs per message.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 import websockets  # noqa: E402
 
 from benchmarks.contenders import ProcessProbe  # noqa: E402
+from benchmarks.loadgen import LoadProcess  # noqa: E402
 from gateway import envelope, frames  # noqa: E402
 from rhizomorph import Config, Deployment, ensure_ray  # noqa: E402
 
@@ -93,14 +94,15 @@ def main() -> None:
     rates: dict[int, list[float]] = {1: [], 2: []}
     cpu: dict[int, list[float]] = {1: [], 2: []}  # router CPU microseconds per message
     crossed: list[int] = []
-    with Deployment(Config(port=0, workers=1)) as one, Deployment(Config(port=0, workers=2)) as two:
+    with Deployment(Config(port=0, workers=1)) as one, Deployment(Config(port=0, workers=2)) as two, \
+            LoadProcess() as load:  # the clients run outside the Ray driver process
         per_frame = one.config.batch_max_messages
         for _ in range(args.repeats):
             for workers, deployment in ((1, one), (2, two)):
                 probe = ProcessProbe([info["pid"] for info in deployment.worker_info.values()])
                 before = probe.cpu_seconds()
-                rate, across = asyncio.run(run_pairs(deployment.url, args.pairs, args.messages, args.size, per_frame,
-                                                       args.placement))
+                rate, across = load.run(run_pairs, deployment.url, args.pairs, args.messages, args.size, per_frame,
+                                        args.placement)
                 cpu[workers].append((probe.cpu_seconds() - before) / (args.pairs * args.messages) * 1e6)
                 rates[workers].append(rate)
                 if workers == 2:
