@@ -44,6 +44,25 @@ class Contender(ABC):
         """The processes that make up the server (their CPU time and RSS are the server's cost)."""
 
 
+class Started(Contender):
+    """A started contender as the load process sees it: where it listens and which processes are
+    the server. Picklable, unlike the contender that started it (Ray handles, subprocesses)."""
+
+    def __init__(self, contender: Contender) -> None:
+        self.name, self.clients, self.url = contender.name, contender.clients, contender.url
+        self.workers = contender.workers
+        self._pids = contender.server_pids()
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+    def server_pids(self) -> list[int]:
+        return self._pids
+
+
 class Rhizomorph(Contender):
     """A rhizomorph router on the current Ray runtime; wraps an existing ``Deployment`` if given."""
 

@@ -5,7 +5,9 @@
 
 Each case opens one rig per (contender, client) pair, warms it up, then runs the repeats
 interleaved across pairs (pair order rotated every repeat) so that background noise spreads
-evenly over the contenders. One JSON line per measured run goes to benchmarks/results/.
+evenly over the contenders. One JSON line per measured run goes to benchmarks/results/. The
+clients run in a spawned process of their own (``benchmarks/loadgen.py``), not in this one,
+which is the Ray driver.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from benchmarks.clients import CLIENT_KINDS, ClientKind, EchoRig, EventRig
-from benchmarks.contenders import Contender, ProcessProbe, default_contenders
+from benchmarks.contenders import Contender, ProcessProbe, Started, default_contenders
+from benchmarks.loadgen import LoadProcess
 from benchmarks.machine import machine_info
 from benchmarks.measure import run_calls, run_events
 from benchmarks.scenarios import EVENTS, SUITES, Case, Suite, payload_size
@@ -158,6 +161,18 @@ async def run_suite(cases: list[Case], pairs: list[Pair], repeats: int, timeout:
         progress.close()
 
 
+async def run_suite_to_file(cases: list[Case], contenders: list[Started], clients: list[str], repeats: int,
+                            timeout: float, path: Path, stamp: dict[str, Any]) -> None:
+    """``run_suite`` in the load process: records are appended to ``path`` as JSON lines."""
+    quiet_client_logs()
+    with path.open("a") as sink:
+        def emit(record: Record) -> None:
+            sink.write(json.dumps({**stamp, **record}) + "\n")
+            sink.flush()
+
+        await run_suite(cases, make_pairs(list(contenders), clients), repeats, timeout, emit)
+
+
 def quiet_client_logs() -> None:
     """hypha-rpc logs every closed connection at WARNING; a benchmark closes thousands."""
     os.environ.setdefault("HYPHA_LOGLEVEL", "ERROR")  # read by hypha-rpc when it is imported
@@ -210,15 +225,14 @@ def main(argv: list[str] | None = None) -> int:
         contenders = [c for c in contenders if any(s in c.name for s in args.contenders)]
     started = start_contenders(contenders, notes)
     try:
-        with path.open("w") as sink:
-            def emit(record: Record) -> None:
-                sink.write(json.dumps({"run_id": run_id, "suite": suite.name, **record}) + "\n")
-                sink.flush()
-
-            emit({"kind": "meta", "machine": machine_info(), "repeats": repeats, "notes": notes,
-                  "contenders": [c.name for c in started], "clients": args.clients,
-                  "run_timeout_s": suite.run_timeout, "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")})
-            asyncio.run(run_suite(cases, make_pairs(started, args.clients), repeats, suite.run_timeout, emit))
+        stamp = {"run_id": run_id, "suite": suite.name}
+        meta = {"kind": "meta", "machine": machine_info(), "repeats": repeats, "notes": notes,
+                "contenders": [c.name for c in started], "clients": args.clients,
+                "run_timeout_s": suite.run_timeout, "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+        path.write_text(json.dumps({**stamp, **meta}) + "\n")
+        with LoadProcess() as load:  # the clients run outside this process, the Ray driver
+            load.run(run_suite_to_file, cases, [Started(c) for c in started], args.clients, repeats,
+                     suite.run_timeout, path, stamp)
     finally:
         for contender in started:
             contender.stop()

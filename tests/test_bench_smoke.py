@@ -8,8 +8,9 @@ import math
 import pytest
 
 from benchmarks import report
-from benchmarks.contenders import BareRelay, Rhizomorph
-from benchmarks.run import make_pairs, run_suite
+from benchmarks.contenders import BareRelay, Rhizomorph, Started
+from benchmarks.loadgen import LoadProcess
+from benchmarks.run import run_suite_to_file
 from benchmarks.scenarios import SUITES
 
 RESULT_KEYS = {
@@ -27,14 +28,17 @@ def bare_relay():
     relay.stop()
 
 
-async def test_smoke_suite_runs_every_case_on_every_pair(ray_runtime, router, bare_relay, tmp_path):
+def test_smoke_suite_runs_every_case_on_every_pair(ray_runtime, router, bare_relay, tmp_path):
     suite = SUITES["smoke"]
     contenders = [Rhizomorph(1, deployment=router), bare_relay]
     for contender in contenders:
         contender.start()  # wraps the running router; the relay is already up
-    records: list[dict] = []
-    await run_suite(suite.cases(), make_pairs(contenders, ["raw", "hypha-rpc"]), 1, suite.run_timeout,
-                    records.append, show_progress=False)
+    # As `python -m benchmarks.run` does: the clients run in a load process of their own.
+    sink = tmp_path / "records.jsonl"
+    with LoadProcess() as load:
+        load.run(run_suite_to_file, suite.cases(), [Started(c) for c in contenders], ["raw", "hypha-rpc"], 1,
+                 suite.run_timeout, sink, {"run_id": "smoke"})
+    records = [json.loads(line) for line in sink.read_text().splitlines()]
 
     assert [r for r in records if r["kind"] == "error"] == []
     skipped = {(r["case"], r["contender"], r["client"]) for r in records if r["kind"] == "skip"}
