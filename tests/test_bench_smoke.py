@@ -68,3 +68,19 @@ def test_smoke_suite_runs_every_case_on_every_pair(ray_runtime, router, bare_rel
     ratio = report._ratio(*(next(r.msgs_per_s for r in rows if r.case == "small/sequential" and r.contender == name
                                  and r.client == "raw") for name in ("rhizomorph-1w", "bare-relay")))
     assert math.isfinite(ratio.median) and ratio.median > 0
+
+
+def test_dedicated_benchmarks_run_at_tiny_counts(ray_runtime, router, router2, bare_relay):
+    # bench_large, bench_batching and bench_workers, through the functions their main() uses.
+    from benchmarks import bench_batching, bench_large, bench_workers
+
+    with LoadProcess() as load:
+        for connect in (bench_large.connect_v3, bench_large.connect_v4):
+            assert load.run(bench_large.echo_rate, router.url, connect, 300_000, 2) > 0
+        for deployment, placement in ((router, "kernel"), (router2, "cross")):
+            rate, crossed = load.run(bench_workers.run_pairs, deployment.url, 2, 40, 64, 10, placement)
+            assert rate > 0 and 0 <= crossed <= 2
+    rates = bench_batching.compare(router, bare_relay.url, 40, 64, 1)
+    assert set(rates) == {"hypha-rpc on", "hypha-rpc off", "raw on", "raw off", "bare relay"}
+    assert all(len(values) == 1 and values[0] > 0 for values in rates.values())
+    assert all(s["batch_policy"]["enabled"] for s in router.stats())  # compare() turned batching back on
