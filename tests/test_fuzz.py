@@ -33,6 +33,7 @@ from gateway.envelope import EnvelopeError, encode
 from gateway.handshake import HandshakeError, TokenIssuer
 from rhizomorph import Config, Deployment
 from tests.conftest import eventually
+from tests.wire_oracle import routable_header
 from tests.test_wire import RawClient
 
 PROPERTY = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -156,18 +157,7 @@ def expects_error(frame: bytes) -> bool:
     """docs/protocol.md: a binary frame on a v3 connection whose header cannot be routed — not
     msgpack, not a map, no non-empty string ``to``, a non-string ``type``, or a v4 frame — gets
     exactly one error text frame. Written from the spec, not from gateway.envelope."""
-    if frame[:1] == b"\xc1":
-        return True
-    unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=max(len(frame), 1))
-    unpacker.feed(frame)
-    try:
-        header = unpacker.unpack()
-    except Exception:
-        return True
-    if not isinstance(header, dict):
-        return True
-    to = header.get("to")
-    return not (isinstance(to, str) and to) or not isinstance(header.get("type", ""), str)
+    return frame[:1] == b"\xc1" or routable_header(frame) is None
 
 
 def batch_messages(frame: bytes) -> list[bytes] | None:

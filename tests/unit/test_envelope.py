@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from gateway import envelope
 from gateway.envelope import Envelope, EnvelopeError
+from tests.wire_oracle import routable_header
 
 USER = {"id": "u1", "roles": ["anonymous"], "is_anonymous": True}
 
@@ -304,20 +305,6 @@ def test_property_truncated_header_is_an_envelope_error(header, extra, cut):
         envelope.parse(frame[: cut % header_len])
 
 
-def _reference_parse(frame: bytes) -> tuple[dict, int] | None:
-    """What parse must return for one frame on its own (a fresh unpacker, no shared state)."""
-    unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=max(len(frame), 1))
-    unpacker.feed(frame)
-    try:
-        header = unpacker.unpack()
-    except Exception:
-        return None
-    if not isinstance(header, dict) or not isinstance(header.get("to"), str) or not header["to"] \
-            or not isinstance(header.get("type", ""), str):
-        return None
-    return header, unpacker.tell()
-
-
 FRAMES = st.one_of(
     st.builds(lambda h, e: envelope.encode(h, e), headers(), EXTRAS),  # whole messages
     st.builds(lambda h, n: envelope.encode(h)[:n], headers(), st.integers(0, 8)),  # truncated headers
@@ -334,7 +321,7 @@ FRAMES = st.one_of(
 def test_property_parse_of_a_sequence_is_independent_per_frame(sequence):
     # parse reuses one unpacker between small frames: a bad or large frame must not leak into the next.
     for frame in sequence:
-        expected = _reference_parse(frame)
+        expected = routable_header(frame)
         if expected is None:
             with pytest.raises(EnvelopeError):
                 envelope.parse(frame)
