@@ -91,11 +91,11 @@ def _unpack_whole(frame: bytes) -> tuple[Any, int]:
 
 def normalize_target(to: str, workspace: str) -> str:
     """Make a target absolute: ``*`` -> ``<ws>/*``, ``client`` -> ``<ws>/client``."""
+    if "/" in to:  # the common case first: already absolute
+        return to
     if to == BROADCAST:
         return f"{workspace}/*"
-    if "/" not in to:
-        return f"{workspace}/{to}"
-    return to
+    return f"{workspace}/{to}"
 
 
 def is_broadcast(target: str) -> bool:
@@ -103,6 +103,7 @@ def is_broadcast(target: str) -> bool:
 
 
 _TO = msgpack.packb("to")
+_FIXMAP_HEADS = [bytes((0x80 | count,)) for count in range(16)]  # msgpack map headers, 0-15 entries
 _PACKER = msgpack.Packer(use_bin_type=True)  # reused: the router's event loop is single-threaded
 
 
@@ -128,8 +129,8 @@ def stamp(envelope: Envelope, *, target: str, sender: str, workspace: str, user:
     rest = _PACKER.pack(header)
     # Splice: a map header for ``count`` entries, the packed entries of ``rest``, then ours.
     body = rest[1:] if rest[0] & 0xF0 == 0x80 else rest[3:] if rest[0] == 0xDE else rest[5:]
-    head = bytes((0x80 | count,)) if count < 16 else (b"\xde" + count.to_bytes(2, "big") if count < 65536
-                                                     else b"\xdf" + count.to_bytes(4, "big"))
+    head = _FIXMAP_HEADS[count] if count < 16 else (b"\xde" + count.to_bytes(2, "big") if count < 65536
+                                                   else b"\xdf" + count.to_bytes(4, "big"))
     header["to"], header["from"], header["ws"], header["user"] = target, sender, workspace, user
     frame, offset = envelope.frame, envelope.payload_offset
     # A large payload is copied once (by the join), a small one is cheaper to slice.
