@@ -1,4 +1,5 @@
-"""The chunking actor: one per node, it carries the chunks of large messages between workers.
+"""The chunking actor: one per node, it carries the chunks of large messages between workers
+that talk over Ray calls (on different nodes, or with ``peer_channel = "ray"``).
 
 Gateway workers hand it slices of chunk frames (at most ~1 MiB per call, large arguments
 travel through Ray's object store) for a destination worker, and it delivers them there.

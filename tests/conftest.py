@@ -53,6 +53,15 @@ def router2(ray_runtime):
     deployment.stop()
 
 
+@pytest.fixture(scope="session")
+def router2_ray(ray_runtime):
+    """Two gateway workers linked by Ray calls, as workers on two nodes are: chunks of large
+    v4 messages between them go through the node's chunking actor."""
+    deployment = _deploy(workers=2, peer_channel="ray")
+    yield deployment
+    deployment.stop()
+
+
 @pytest.fixture
 async def connect(router):
     """Connect real hypha-rpc clients to ``router`` (or another URL); all are closed after the test."""

@@ -246,15 +246,28 @@ async def test_windowed_generator_closes_early(router, clients):
     await asyncio.wait_for(closed.wait(), 10)
 
 
-async def test_large_transfer_across_workers_goes_through_the_chunking_actor(router2, clients):
+async def _relayed_bytes(deployment, consumer) -> tuple[object, int]:
     import ray
 
     from actors.chunking import relay_name
 
+    node_id = deployment.worker_info[consumer.config.rhizomorph_worker]["node_id"]
+    relay = ray.get_actor(relay_name(deployment.config.server_id, node_id))
+    return relay, (await relay.stats.remote())["bytes"]
+
+
+async def test_large_transfer_between_ray_linked_workers_goes_through_the_chunking_actor(router2_ray, clients):
+    consumer, provider = await on_two_workers(lambda: clients(router2_ray.url, v4=True))
+    relay, before = await _relayed_bytes(router2_ray, consumer)
+    await race_transfer_and_small_calls(router2_ray, consumer, provider)
+    after = (await relay.stats.remote())["bytes"]
+    assert after - before >= 15_000_000  # the bulk went through the chunking actor
+
+
+async def test_large_transfer_between_socket_linked_workers_keeps_small_calls_first(router2, clients):
+    # Same-node workers on the Unix socket carry chunks on their ordered link, in turn with
+    # small messages: the chunking actor is not used, and small calls still finish first.
     consumer, provider = await on_two_workers(lambda: clients(router2.url, v4=True))
-    node_id = router2.worker_info[consumer.config.rhizomorph_worker]["node_id"]
-    relay = ray.get_actor(relay_name(router2.config.server_id, node_id))
-    before = await relay.stats.remote()
+    relay, before = await _relayed_bytes(router2, consumer)
     await race_transfer_and_small_calls(router2, consumer, provider)
-    after = await relay.stats.remote()
-    assert after["bytes"] - before["bytes"] >= 15_000_000  # the bulk went through the chunking actor
+    assert (await relay.stats.remote())["bytes"] == before

@@ -36,16 +36,18 @@ def test_smoke_suite_runs_every_case_on_every_pair(ray_runtime, router, bare_rel
     # As `python -m benchmarks.run` does: the clients run in a load process of their own.
     sink = tmp_path / "records.jsonl"
     with LoadProcess() as load:
-        load.run(run_suite_to_file, suite.cases(), [Started(c) for c in contenders], ["raw", "hypha-rpc"], 1,
+        load.run(run_suite_to_file, suite.cases(), [Started(c) for c in contenders], ["raw", "hypha-rpc", "v4"], 1,
                  suite.run_timeout, sink, {"run_id": "smoke"})
     records = [json.loads(line) for line in sink.read_text().splitlines()]
 
     assert [r for r in records if r["kind"] == "error"] == []
     skipped = {(r["case"], r["contender"], r["client"]) for r in records if r["kind"] == "skip"}
-    assert skipped == {("large/events", "rhizomorph-1w", "hypha-rpc")}  # emit does not chunk 2 MB events
+    # emit does not chunk 2 MB events, with either client; the relay speaks only the raw wire.
+    assert skipped == {("large/events", "rhizomorph-1w", "hypha-rpc"), ("large/events", "rhizomorph-1w", "v4")}
     results = [r for r in records if r["kind"] == "result"]
     expected = {(c.id, name, client) for c in suite.cases()
-                for name, client in (("rhizomorph-1w", "raw"), ("rhizomorph-1w", "hypha-rpc"), ("bare-relay", "raw"))}
+                for name, client in (("rhizomorph-1w", "raw"), ("rhizomorph-1w", "hypha-rpc"), ("rhizomorph-1w", "v4"),
+                                     ("bare-relay", "raw"))}
     assert {(r["case"], r["contender"], r["client"]) for r in results} == expected - skipped
 
     for r in results:
@@ -63,7 +65,8 @@ def test_smoke_suite_runs_every_case_on_every_pair(ray_runtime, router, bare_rel
                             for r in [{"kind": "meta", "machine": {}, "repeats": 1}, *records]))
     written = report.write_reports(path, plots=False)
     markdown = written[0].read_text()
-    assert "1w / bare relay (raw)" in markdown and "fanin-4/sequential" in markdown
+    assert "1w / bare relay (raw)" in markdown and "v4 / v3 (hypha-rpc, 1w)" in markdown
+    assert "fanin-4/sequential" in markdown
     rows = report.aggregate(results)
     ratio = report._ratio(*(next(r.msgs_per_s for r in rows if r.case == "small/sequential" and r.contender == name
                                  and r.client == "raw") for name in ("rhizomorph-1w", "bare-relay")))

@@ -9,7 +9,9 @@ from rhizomorph.client import connect_to_server as connect_v4
 from tests.conftest import eventually, on_two_workers
 
 
-async def test_chunking_actor_crash_fails_the_stream_and_the_next_one_works(router2):
+async def test_chunking_actor_crash_fails_the_stream_and_the_next_one_works(router2_ray):
+    # Workers linked by Ray calls (as on two nodes) send chunks through the chunking actor.
+    router2 = router2_ray
     import ray
 
     clients = []
