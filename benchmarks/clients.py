@@ -344,4 +344,18 @@ class HyphaRpcClients(ClientKind):
         return HyphaEventRig(publisher, clients, payloads, EventSink([payload_size(p) for p in payloads]), broadcast)
 
 
-CLIENT_KINDS: dict[str, Callable[[], ClientKind]] = {"raw": RawClients, "hypha-rpc": HyphaRpcClients}
+class V4Clients(HyphaRpcClients):
+    """rhizomorph's v4 client (``rhizomorph.client``): hypha-rpc's RPC layer on a batching socket,
+    large messages to v4 peers as chunk streams. Only rhizomorph speaks v4. Events keep
+    hypha-rpc's one-frame ``emit``, hence the same payload limit."""
+
+    name = "v4"
+
+    async def _connect(self, url: str, **options: Any) -> Any:
+        from rhizomorph.client import connect_to_server
+
+        return await connect_to_server({"server_url": url, "method_timeout": self.method_timeout, **options})
+
+
+CLIENT_KINDS: dict[str, Callable[[], ClientKind]] = {"raw": RawClients, "hypha-rpc": HyphaRpcClients,
+                                                     "v4": V4Clients}

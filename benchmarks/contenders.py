@@ -20,7 +20,7 @@ from typing import Any
 
 import psutil
 
-RAW, HYPHA_RPC = "raw", "hypha-rpc"
+RAW, HYPHA_RPC, V4 = "raw", "hypha-rpc", "v4"
 BATCHING_FIELD = "enable_message_batching"
 START_TIMEOUT = 60.0
 
@@ -65,6 +65,8 @@ class Started(Contender):
 
 class Rhizomorph(Contender):
     """A rhizomorph router on the current Ray runtime; wraps an existing ``Deployment`` if given."""
+
+    clients = (RAW, HYPHA_RPC, V4)
 
     def __init__(self, workers: int, name: str | None = None, deployment: Any = None, **config: Any) -> None:
         self.workers = workers

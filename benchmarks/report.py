@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 PLOTS_DIR = Path(__file__).resolve().parent / "plots"
-RAW, HYPHA_RPC = "raw", "hypha-rpc"
+RAW, HYPHA_RPC, V4 = "raw", "hypha-rpc", "v4"
 
 
 @dataclass
@@ -113,6 +113,7 @@ def ratio_specs(rows: list[Row]) -> list[RatioSpec]:
         RatioSpec("2w / 1w (raw)", ("rhizomorph-2w", RAW), ("rhizomorph-1w", RAW)),
         RatioSpec("2w / 1w (hypha-rpc)", ("rhizomorph-2w", HYPHA_RPC), ("rhizomorph-1w", HYPHA_RPC)),
         RatioSpec("hypha-rpc / raw (1w)", ("rhizomorph-1w", HYPHA_RPC), ("rhizomorph-1w", RAW)),
+        RatioSpec("v4 / v3 (hypha-rpc, 1w)", ("rhizomorph-1w", V4), ("rhizomorph-1w", HYPHA_RPC)),
         RatioSpec("1w / Hypha (hypha-rpc)", ("rhizomorph-1w", HYPHA_RPC), ("hypha", HYPHA_RPC)),
         RatioSpec("1w / Hypha (raw)", ("rhizomorph-1w", RAW), ("hypha", RAW)),
     ]
