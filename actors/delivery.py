@@ -67,8 +67,8 @@ class DeliveryQueue:
         return True
 
     def _nudge(self) -> None:
-        if self._arrived is not None and not self._arrived.done():
-            self._arrived.set_result(None)
+        if self._arrived is not None:
+            _wake(self._arrived)
 
     async def _drain(self) -> None:
         batcher = self.batcher

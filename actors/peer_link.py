@@ -8,8 +8,9 @@ batching with no timer and no latency tax when idle.
 Each peer reached over Ray calls has two links: the ordered link for messages (``deliver`` on
 the peer), and a bulk link through the node's chunking actor for the chunks of large messages,
 so a large transfer never queues small messages behind it (a same-node peer on the Unix socket
-has only the ordered link: chunks take their turn there). A stream's last chunk takes the ordered link once the
-bulk link has delivered the others (``hold``), which keeps the order of whole messages.
+has only the ordered link: chunks take their turn there). A stream's last chunk takes the
+ordered link once the bulk link has delivered the others (``hold``), which keeps the order of
+whole messages.
 """
 
 from __future__ import annotations
