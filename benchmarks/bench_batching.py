@@ -31,11 +31,11 @@ import json  # noqa: E402
 
 import websockets  # noqa: E402
 
-from actors.batching import BatchPolicy  # noqa: E402
+from rhizomorph.protocol.batching import BatchPolicy  # noqa: E402
 from benchmarks.clients import event_burst  # noqa: E402
 from benchmarks.contenders import BareRelay  # noqa: E402
 from benchmarks.loadgen import LoadProcess  # noqa: E402
-from gateway import envelope, frames  # noqa: E402
+from rhizomorph.protocol import envelope, frames  # noqa: E402
 from rhizomorph import Config, Deployment, ensure_ray  # noqa: E402
 from rhizomorph.client import connect_to_server  # noqa: E402
 

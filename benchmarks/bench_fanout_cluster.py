@@ -124,7 +124,7 @@ class Peer:
                 future.set_result((kind, payload))
 
     async def _read(self) -> None:
-        from gateway import frames
+        from rhizomorph.protocol import frames
 
         try:
             async for message in self.ws:

@@ -28,7 +28,7 @@ import websockets  # noqa: E402
 
 from benchmarks.contenders import ProcessProbe  # noqa: E402
 from benchmarks.loadgen import LoadProcess  # noqa: E402
-from gateway import envelope, frames  # noqa: E402
+from rhizomorph.protocol import envelope, frames  # noqa: E402
 from rhizomorph import Config, Deployment, ensure_ray  # noqa: E402
 
 

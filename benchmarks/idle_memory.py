@@ -169,9 +169,9 @@ async def _replica(count: int, procs: int, concurrency: int, timeout: float) -> 
     import tracemalloc
     import websockets
 
-    from actors import worker as worker_module
-    from actors.registry import Registry
-    from gateway import connection as gateway_connection
+    from rhizomorph.actors import worker as worker_module
+    from rhizomorph.actors.registry import Registry
+    from rhizomorph.gateway import connection as gateway_connection
     from rhizomorph import Config
 
     config = Config(port=0, workers=1, log_level="WARNING")

@@ -1,4 +1,4 @@
-"""``rhizomorph serve``: run the router (also ``python -m gateway``)."""
+"""``rhizomorph serve``: run the router (also ``python -m rhizomorph``)."""
 
 from __future__ import annotations
 

@@ -31,9 +31,9 @@ import hypha_rpc
 import msgpack
 from hypha_rpc import websocket_client as _hypha_ws
 
-from actors.batching import BatchPolicy
-from actors.delivery import DeliveryQueue
-from gateway import envelope, frames
+from rhizomorph.protocol.batching import BatchPolicy
+from rhizomorph.gateway.delivery import DeliveryQueue
+from rhizomorph.protocol import envelope, frames
 
 log = logging.getLogger("rhizomorph.client")
 

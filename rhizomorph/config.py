@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 import shortuuid
 
-from actors.batching import PRESETS, BatchPolicy
+from rhizomorph.protocol.batching import PRESETS, BatchPolicy
 
 ENV_PREFIX = "RHIZOMORPH_"
 
@@ -50,7 +50,7 @@ class Config:
     handshake_timeout: float = 10.0
     #: Services one client may register (Hypha's HYPHA_MAX_SERVICES_PER_CLIENT).
     max_services_per_client: int = 1000
-    #: Per-target batching of small messages (see actors/batching.py for the flush rules).
+    #: Per-target batching of small messages (see rhizomorph/protocol/batching.py for the flush rules).
     enable_message_batching: bool = True
     #: Upper bound on how long a message waits in a busy target's batch, milliseconds.
     batch_timeout_ms: float = 10.0

@@ -116,7 +116,7 @@ class Deployment:
     def start(self) -> "Deployment":
         import ray
 
-        from actors.registry import Registry
+        from rhizomorph.actors.registry import Registry
 
         # The registry lives on the launcher's node: if that node goes, the driver owning every
         # actor goes with it, so nothing is lost by pinning it there.
@@ -194,7 +194,7 @@ class Deployment:
         """Create one worker per (node, port) slot, pinned to its node; wait until they serve."""
         import ray
 
-        from actors.worker import GatewayWorker
+        from rhizomorph.actors.worker import GatewayWorker
 
         if not slots:
             return []

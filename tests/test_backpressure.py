@@ -9,7 +9,7 @@ import psutil
 import pytest
 import websockets
 
-from gateway.envelope import encode
+from rhizomorph.protocol.envelope import encode
 from rhizomorph import Config, Deployment
 from tests.test_wire import RawClient
 

@@ -249,7 +249,7 @@ async def test_windowed_generator_closes_early(router, clients):
 async def _relayed_bytes(deployment, consumer) -> tuple[object, int]:
     import ray
 
-    from actors.chunking import relay_name
+    from rhizomorph.actors.chunking import relay_name
 
     node_id = deployment.worker_info[consumer.config.rhizomorph_worker]["node_id"]
     relay = ray.get_actor(relay_name(deployment.config.server_id, node_id))

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from gateway import http as gateway_http
+from rhizomorph.gateway import http as gateway_http
 from tests.conftest import eventually
 
 REPO = Path(__file__).resolve().parent.parent
@@ -33,7 +33,7 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
                   "--window-size=1400,1000"]
 
 
-# -- static files: gateway/http.py without a router ---------------------------------------------
+# -- static files: rhizomorph/gateway/http.py without a router ---------------------------------------------
 
 @pytest.fixture
 def site(tmp_path: Path) -> Path:

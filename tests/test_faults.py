@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from actors.chunking import relay_name
+from rhizomorph.actors.chunking import relay_name
 from rhizomorph.client import connect_to_server as connect_v4
 from tests.conftest import eventually, on_two_workers
 

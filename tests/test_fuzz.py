@@ -27,10 +27,10 @@ import websockets
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway import envelope, handshake
-from gateway import frames as v4frames
-from gateway.envelope import EnvelopeError, encode
-from gateway.handshake import HandshakeError, TokenIssuer
+from rhizomorph.protocol import envelope, handshake
+from rhizomorph.protocol import frames as v4frames
+from rhizomorph.protocol.envelope import EnvelopeError, encode
+from rhizomorph.protocol.handshake import HandshakeError, TokenIssuer
 from rhizomorph import Config, Deployment
 from tests.conftest import eventually
 from tests.wire_oracle import routable_header
@@ -156,7 +156,7 @@ def test_property_decode_of_any_bytes_raises_only_envelope_error(data):
 def expects_error(frame: bytes) -> bool:
     """docs/protocol.md: a binary frame on a v3 connection whose header cannot be routed — not
     msgpack, not a map, no non-empty string ``to``, a non-string ``type``, or a v4 frame — gets
-    exactly one error text frame. Written from the spec, not from gateway.envelope."""
+    exactly one error text frame. Written from the spec, not from rhizomorph.protocol.envelope."""
     return frame[:1] == b"\xc1" or routable_header(frame) is None
 
 

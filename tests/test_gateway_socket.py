@@ -1,5 +1,5 @@
-"""The gateway's sockets: the shared listening socket (actors/worker.py) and the server
-connection class (gateway/connection.py).
+"""The gateway's sockets: the shared listening socket (rhizomorph/actors/worker.py) and the server
+connection class (rhizomorph/gateway/connection.py).
 
 - Accepted sockets must have TCP_NODELAY. asyncio sets it only on sockets created with proto
   IPPROTO_TCP; without it, Nagle's algorithm and delayed ACKs hold the last small frames of a
@@ -15,8 +15,8 @@ import socket
 
 import websockets
 
-from actors.worker import _reuseport_socket
-from gateway.connection import COALESCE_LIMIT, RouterServerConnection
+from rhizomorph.actors.worker import _reuseport_socket
+from rhizomorph.gateway.connection import COALESCE_LIMIT, RouterServerConnection
 
 
 async def test_accepted_gateway_sockets_have_nodelay() -> None:

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import websockets
 
-from gateway.envelope import encode
+from rhizomorph.protocol.envelope import encode
 from rhizomorph import Config, Deployment
 from tests.conftest import eventually
 from tests.test_wire import RawClient

@@ -7,7 +7,7 @@ import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway import prometheus
+from rhizomorph.gateway import prometheus
 
 
 def scrape(deployment) -> dict[str, list]:

@@ -7,7 +7,7 @@ import asyncio
 from hypothesis import given
 from hypothesis import strategies as st
 
-from actors import channel
+from rhizomorph.actors import channel
 from rhizomorph import Config, Deployment
 
 

@@ -9,7 +9,7 @@ import msgpack
 import pytest
 import websockets
 
-from gateway.envelope import decode, encode
+from rhizomorph.protocol.envelope import decode, encode
 
 
 class RawClient:
@@ -100,7 +100,7 @@ async def test_stamping_overwrites_forged_from_ws_user_and_keeps_payload(raw):
 
 
 async def test_fragmented_binary_message_is_routed_whole_and_in_order(raw):
-    # Binary messages are routed straight from the socket's data callback (gateway/connection.py);
+    # Binary messages are routed straight from the socket's data callback (rhizomorph/gateway/connection.py);
     # a message sent in fragments must still arrive whole, before the message sent after it.
     alice = await raw()
     bob = await raw()

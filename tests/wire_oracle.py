@@ -1,5 +1,5 @@
 """What the router must make of a binary frame's header, written from docs/protocol.md rather
-than from gateway.envelope: the tests' independent oracle."""
+than from rhizomorph.protocol.envelope: the tests' independent oracle."""
 
 from __future__ import annotations
 

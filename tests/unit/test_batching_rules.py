@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from actors.batching import PRESETS, Batcher, BatchPolicy
-from gateway import frames
+from rhizomorph.protocol.batching import PRESETS, Batcher, BatchPolicy
+from rhizomorph.protocol import frames
 
 POLICY = BatchPolicy(timeout_ms=10.0, max_messages=3, max_size=100)
 

@@ -1,4 +1,4 @@
-"""The peer channel's framing (actors/channel.py): length-prefixed msgpack batches, cut out of a
+"""The peer channel's framing (rhizomorph/actors/channel.py): length-prefixed msgpack batches, cut out of a
 byte stream however it is split."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from actors.channel import MAX_BATCH_BYTES, _BatchReader, encode_batch
+from rhizomorph.actors.channel import MAX_BATCH_BYTES, _BatchReader, encode_batch
 
 ITEMS = st.tuples(st.text(max_size=20), st.none() | st.text(max_size=8), st.binary(max_size=300))
 BATCHES = st.lists(st.lists(ITEMS, min_size=1, max_size=5), min_size=1, max_size=6)

@@ -1,4 +1,4 @@
-"""Unit tests for gateway/envelope.py: header parsing, target normalisation, stamping, frames."""
+"""Unit tests for rhizomorph/protocol/envelope.py: header parsing, target normalisation, stamping, frames."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway import envelope
-from gateway.envelope import Envelope, EnvelopeError
+from rhizomorph.protocol import envelope
+from rhizomorph.protocol.envelope import Envelope, EnvelopeError
 from tests.wire_oracle import routable_header
 
 USER = {"id": "u1", "roles": ["anonymous"], "is_anonymous": True}

@@ -1,4 +1,4 @@
-"""Unit tests for gateway/handshake.py: auth frame, tokens, authentication, connection_info."""
+"""Unit tests for rhizomorph/protocol/handshake.py: auth frame, tokens, authentication, connection_info."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import time
 import jwt
 import pytest
 
-from gateway import handshake
-from gateway.handshake import (
+from rhizomorph.protocol import handshake
+from rhizomorph.protocol.handshake import (
     ACCESS,
     RECONNECTION,
     AuthRequest,

@@ -1,4 +1,4 @@
-"""gateway/limits.py without sockets: a fake clock drives every limit."""
+"""rhizomorph/protocol/limits.py without sockets: a fake clock drives every limit."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway import limits
-from gateway.handshake import HandshakeError
-from gateway.limits import Breach, IdleTimer, InboundPolicy, TokenBucket, TooManyConnections, check_capacity
+from rhizomorph.protocol import limits
+from rhizomorph.protocol.handshake import HandshakeError
+from rhizomorph.protocol.limits import Breach, IdleTimer, InboundPolicy, TokenBucket, TooManyConnections, check_capacity
 from rhizomorph.config import Config
 
 

@@ -1,4 +1,4 @@
-"""Unit tests for gateway/rpc.py: call arguments, reply methods, _rtarget rewriting, frames."""
+"""Unit tests for rhizomorph/protocol/rpc.py: call arguments, reply methods, _rtarget rewriting, frames."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import copy
 
 import pytest
 
-from gateway import envelope, rpc
+from rhizomorph.protocol import envelope, rpc
 
 USER = {"id": "root", "roles": ["admin"], "is_anonymous": False}
 

@@ -1,10 +1,10 @@
-"""Unit tests for actors/service_table.py: service ids, client ownership, services, visibility."""
+"""Unit tests for rhizomorph/protocol/service_table.py: service ids, client ownership, services, visibility."""
 
 from __future__ import annotations
 
 import pytest
 
-from actors.service_table import (
+from rhizomorph.protocol.service_table import (
     ClientRecord,
     RegistryError,
     ServiceQuery,

@@ -14,8 +14,8 @@ from typing import Any, Awaitable, Callable, Protocol
 
 import shortuuid
 
-from gateway import envelope, rpc
-from gateway.handshake import ACCESS, PERMISSION_LEVELS, Identity, TokenIssuer
+from rhizomorph.protocol import envelope, rpc
+from rhizomorph.protocol.handshake import ACCESS, PERMISSION_LEVELS, Identity, TokenIssuer
 
 log = logging.getLogger("rhizomorph.manager")
 

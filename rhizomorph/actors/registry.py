@@ -14,7 +14,7 @@ from typing import Any
 
 import ray
 
-from actors.service_table import ClientRecord, RegistryError, ServiceTable
+from rhizomorph.protocol.service_table import ClientRecord, RegistryError, ServiceTable
 
 log = logging.getLogger("rhizomorph.registry")
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import ray
 
-from actors.peer_link import Item
+from rhizomorph.actors.peer_link import Item
 
 
 @ray.remote(num_cpus=0, max_restarts=-1)

@@ -1,8 +1,8 @@
 """One client's WebSocket: handshake, then read frames and hand them to the router.
 
 This is the socket end of the path socket -> gateway -> per-target queue -> socket:
-frames read here go to ``Router.route`` (``actors/worker.py``), which stamps them and
-queues them on the target's ``DeliveryQueue`` (``actors/delivery.py``).
+frames read here go to ``Router.route`` (``rhizomorph/actors/worker.py``), which stamps them and
+queues them on the target's ``DeliveryQueue`` (``rhizomorph/gateway/delivery.py``).
 """
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode, Frame, Opcode
 
-from actors.batching import BatchPolicy
-from actors.delivery import DeliveryQueue
-from gateway import envelope, handshake, limits
-from gateway.handshake import HandshakeError, Identity
+from rhizomorph.protocol.batching import BatchPolicy
+from rhizomorph.gateway.delivery import DeliveryQueue
+from rhizomorph.protocol import envelope, handshake, limits
+from rhizomorph.protocol.handshake import HandshakeError, Identity
 
 if TYPE_CHECKING:
-    from actors.worker import Router
+    from rhizomorph.actors.worker import Router
 
 log = logging.getLogger("rhizomorph.connection")
 
@@ -35,7 +35,7 @@ CLOSE_SUPERSEDED = 4000  # the same client reconnected on a newer socket
 CLOSE_SLOW_CONSUMER = 4001  # the client does not read: its queue passed max_queue_bytes or a write stalled
 MAX_CONTROL_TEXT = 1000  # Hypha ignores longer client text frames too
 ERROR_SEND_TIMEOUT = 5.0  # seconds to hand a closing client its error frame
-# Limits (gateway/limits.py): 1001 idle timeout, 1008 message rate, 1009 frame too big (sent by
+# Limits (rhizomorph/protocol/limits.py): 1001 idle timeout, 1008 message rate, 1009 frame too big (sent by
 # websockets itself), 1013 worker full.
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.envelope import encode
+from rhizomorph.protocol.envelope import encode
 
 
 def call_arguments(message: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:

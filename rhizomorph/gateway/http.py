@@ -25,7 +25,7 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 EXAMPLES_ENV = "RHIZOMORPH_EXAMPLES_DIR"
-DEFAULT_EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
+DEFAULT_EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "examples"
 CLIENT_PREFIX = "/lib/"
 CLIENT_SUBDIR = Path("node_modules") / "hypha-rpc" / "dist"
 INDEX_PAGE = Path("console") / "index.html"

@@ -22,7 +22,7 @@ from typing import Callable
 
 import msgpack
 
-from actors.peer_link import Item
+from rhizomorph.actors.peer_link import Item
 
 log = logging.getLogger("rhizomorph.channel")
 

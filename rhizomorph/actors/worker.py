@@ -24,16 +24,17 @@ import websockets
 from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request, Response
 
-from actors.batching import BatchMetrics, BatchPolicy
-from actors.channel import Channel, ChannelServer
-from actors.chunking import ChunkRelay, relay_name
-from actors.peer_link import Item, PeerLink
-from gateway import connection as gateway_connection
-from gateway import http as gateway_http
-from gateway import envelope, frames, limits, prometheus
-from gateway.connection import CLOSE_GOING_AWAY, CLOSE_SLOW_CONSUMER, CLOSE_SUPERSEDED, ClientConnection
-from gateway.handshake import HandshakeError, Identity, TokenIssuer
-from gateway.manager import SERVER_VERSION, WorkspaceManager
+from rhizomorph.protocol.batching import BatchMetrics, BatchPolicy
+from rhizomorph.actors.channel import Channel, ChannelServer
+from rhizomorph.actors.chunking import ChunkRelay, relay_name
+from rhizomorph.actors.peer_link import Item, PeerLink
+from rhizomorph.gateway import connection as gateway_connection
+from rhizomorph.gateway import http as gateway_http
+from rhizomorph.gateway import prometheus
+from rhizomorph.protocol import envelope, frames, limits
+from rhizomorph.gateway.connection import CLOSE_GOING_AWAY, CLOSE_SLOW_CONSUMER, CLOSE_SUPERSEDED, ClientConnection
+from rhizomorph.protocol.handshake import HandshakeError, Identity, TokenIssuer
+from rhizomorph.gateway.manager import SERVER_VERSION, WorkspaceManager
 from rhizomorph import logs
 from rhizomorph.config import Config
 
@@ -633,7 +634,7 @@ def _http_handler(router: Router) -> Any:
         if path == "/metrics":
             body = prometheus.render(await router.cluster_stats())
             return gateway_http.response(HTTPStatus.OK, body, prometheus.CONTENT_TYPE)
-        return gateway_http.respond(request)  # the console, the examples and the JS client (gateway/http.py)
+        return gateway_http.respond(request)  # the console, the examples and the JS client (rhizomorph/gateway/http.py)
 
     return handle
 

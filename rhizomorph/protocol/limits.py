@@ -10,7 +10,7 @@ Pure policy with an injectable clock, so it is unit-tested without sockets or sl
 - ``check_capacity``: the per-worker connection cap, raised at admission as
   ``TooManyConnections`` (a ``HandshakeError``, so the handshake refusal path sends it).
 
-The socket side (``gateway/connection.py``) only reads the verdicts and closes sockets.
+The socket side (``rhizomorph/gateway/connection.py``) only reads the verdicts and closes sockets.
 Close codes are documented in ``docs/protocol.md``; limits and defaults in ``docs/security.md``.
 """
 
@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from gateway.handshake import HandshakeError
+from rhizomorph.protocol.handshake import HandshakeError
 
 Clock = Callable[[], float]
 _EPSILON = 1e-9  # tokens

@@ -12,7 +12,7 @@ The rules, for one target:
 - With batching disabled every message is flushed alone (``unbatched``).
 
 ``Batcher`` holds no I/O and takes the time as an argument, so the rules are unit-tested
-with a fake clock; ``actors/delivery.py`` drives it from the event loop.
+with a fake clock; ``rhizomorph/gateway/delivery.py`` drives it from the event loop.
 """
 
 from __future__ import annotations

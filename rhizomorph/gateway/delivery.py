@@ -1,7 +1,7 @@
 """The per-target delivery queue: every frame to a connected client goes through its queue.
 
 The queue is owned by the worker that holds the client's socket, so local delivery needs no
-Ray hop. It owns the target's batch buffer (``actors/batching.py`` decides when to flush) and
+Ray hop. It owns the target's batch buffer (``rhizomorph/protocol/batching.py`` decides when to flush) and
 one writer task, which keeps frames in the order they were queued and means a slow socket
 never blocks the sender. A flush goes out as consecutive frames to a v3 client (in one socket
 write when the connection offers ``send_frames``), and as one batch frame to a v4 client.
@@ -14,8 +14,8 @@ import logging
 import time
 from typing import Awaitable, Callable
 
-from actors.batching import Batcher, BatchPolicy
-from gateway import frames as v4frames
+from rhizomorph.protocol.batching import Batcher, BatchPolicy
+from rhizomorph.protocol import frames as v4frames
 
 log = logging.getLogger("rhizomorph.delivery")
 

@@ -1,6 +1,6 @@
 """The shared state of the router (sans-I/O): which worker owns which client, and the services.
 
-Hosted by the registry actor (``actors/registry.py``); kept pure so it is tested without Ray.
+Hosted by the registry actor (``rhizomorph/actors/registry.py``); kept pure so it is tested without Ray.
 """
 
 from __future__ import annotations

@@ -1,1 +1,0 @@
-"""Ray actors: gateway workers (sockets, routing, per-target delivery) and the shared registry."""

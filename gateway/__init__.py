@@ -1,1 +1,0 @@
-"""The WebSocket gateway: the hypha-rpc v3 wire protocol (sans-I/O modules) and the socket shell."""

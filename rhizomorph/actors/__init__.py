@@ -1,0 +1,2 @@
+"""The Ray actors of a router and the links between them: gateway worker shell, registry,
+chunking actor, peer links and channels."""
