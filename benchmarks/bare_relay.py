@@ -45,8 +45,17 @@ class Relay:
         address = f"{WORKSPACE}/{client_id}"
         self.clients[address] = ws
         try:
-            await ws.send(json.dumps({"type": "connection_info", "workspace": WORKSPACE, "client_id": client_id,
-                                      "manager_id": MANAGER_ID, "user": {"id": client_id}}))
+            await ws.send(
+                json.dumps(
+                    {
+                        "type": "connection_info",
+                        "workspace": WORKSPACE,
+                        "client_id": client_id,
+                        "manager_id": MANAGER_ID,
+                        "user": {"id": client_id},
+                    }
+                )
+            )
             async for message in ws:
                 if isinstance(message, bytes):
                     await self.route(address, message)

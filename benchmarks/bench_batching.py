@@ -27,17 +27,17 @@ from typing import Any
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
-import json  # noqa: E402
+import json
 
-import websockets  # noqa: E402
+import websockets
 
-from rhizomorph.protocol.batching import BatchPolicy  # noqa: E402
-from benchmarks.clients import event_burst  # noqa: E402
-from benchmarks.contenders import BareRelay  # noqa: E402
-from benchmarks.loadgen import LoadProcess  # noqa: E402
-from rhizomorph.protocol import envelope, frames  # noqa: E402
-from rhizomorph import Config, Deployment, ensure_ray  # noqa: E402
-from rhizomorph.client import connect_to_server  # noqa: E402
+from benchmarks.clients import event_burst
+from benchmarks.contenders import BareRelay
+from benchmarks.loadgen import LoadProcess
+from rhizomorph import Config, Deployment, ensure_ray
+from rhizomorph.client import connect_to_server
+from rhizomorph.protocol import envelope, frames
+from rhizomorph.protocol.batching import BatchPolicy
 
 
 async def one_run(url: str, batching: bool, messages: int, size: int) -> float:
@@ -66,8 +66,7 @@ async def raw_run(url: str, batching: bool, messages: int, size: int, per_frame:
     sender, _ = await _raw_peer(url, v4)
     message = envelope.encode({"type": "bench", "to": address}, {"data": b"x" * size})
     group = per_frame if batching else 1
-    outgoing = [frames.encode_batch([message] * group) if group > 1 else message
-                for _ in range(messages // group)]
+    outgoing = [frames.encode_batch([message] * group) if group > 1 else message for _ in range(messages // group)]
 
     async def receive() -> None:
         count = 0
@@ -87,8 +86,7 @@ async def raw_run(url: str, batching: bool, messages: int, size: int, per_frame:
     return rate
 
 
-def compare(deployment: Deployment, relay_url: str, messages: int, size: int,
-            repeats: int) -> dict[str, list[float]]:
+def compare(deployment: Deployment, relay_url: str, messages: int, size: int, repeats: int) -> dict[str, list[float]]:
     rates: dict[str, list[float]] = {f"{c} {m}": [] for c in ("hypha-rpc", "raw") for m in ("on", "off")}
     rates["bare relay"] = []
     per_frame = deployment.config.batch_max_messages
@@ -97,8 +95,7 @@ def compare(deployment: Deployment, relay_url: str, messages: int, size: int,
             for mode in ("on", "off"):  # interleaved, so drift in the machine hits both alike
                 deployment.set_batching(enable_message_batching=mode == "on")
                 rates[f"hypha-rpc {mode}"].append(load.run(one_run, deployment.url, mode == "on", messages, size))
-                rates[f"raw {mode}"].append(load.run(raw_run, deployment.url, mode == "on", messages, size,
-                                                     per_frame))
+                rates[f"raw {mode}"].append(load.run(raw_run, deployment.url, mode == "on", messages, size, per_frame))
             rates["bare relay"].append(load.run(raw_run, relay_url, False, messages, size, 1, False))
     deployment.set_batching(enable_message_batching=True)
     return rates
@@ -119,18 +116,21 @@ def main() -> None:
             rates = compare(deployment, relay.url, args.messages, args.size, args.repeats)
     finally:
         relay.stop()
-    print(f"{args.messages} x {args.size} B events to one v4 target, {args.repeats} repeats, "
-          f"{args.workers} worker(s)")
+    print(f"{args.messages} x {args.size} B events to one v4 target, {args.repeats} repeats, {args.workers} worker(s)")
     for client in ("hypha-rpc", "raw"):
         for mode in ("on", "off"):
             values = rates[f"{client} {mode}"]
-            print(f"  {client:9} batching {mode:3}: {statistics.median(values):>10,.0f} msgs/s "
-                  f"(min {min(values):,.0f}, max {max(values):,.0f})")
+            print(
+                f"  {client:9} batching {mode:3}: {statistics.median(values):>10,.0f} msgs/s "
+                f"(min {min(values):,.0f}, max {max(values):,.0f})"
+            )
         ratio = statistics.median(rates[f"{client} on"]) / statistics.median(rates[f"{client} off"])
         print(f"  {client:9} ratio on/off: {ratio:.2f}x")
     relay_rates = rates["bare relay"]
-    print(f"  bare relay, one frame per message: {statistics.median(relay_rates):>10,.0f} msgs/s "
-          f"(min {min(relay_rates):,.0f}, max {max(relay_rates):,.0f})")
+    print(
+        f"  bare relay, one frame per message: {statistics.median(relay_rates):>10,.0f} msgs/s "
+        f"(min {min(relay_rates):,.0f}, max {max(relay_rates):,.0f})"
+    )
     print(f"  raw on / bare relay: {statistics.median(rates['raw on']) / statistics.median(relay_rates):.2f}x")
 
 

@@ -60,13 +60,18 @@ class Peer:
         self._reader = asyncio.get_running_loop().create_task(self._read())
 
     @classmethod
-    async def connect(cls, url: str, *, workspace: str | None = None, token: str | None = None,
-                      v4: bool = False) -> "Peer":
+    async def connect(
+        cls, url: str, *, workspace: str | None = None, token: str | None = None, v4: bool = False
+    ) -> Peer:
         import websockets
 
         ws = await websockets.connect(url, max_size=None, compression=None, open_timeout=60)
-        auth = {"client_id": f"b{uuid.uuid4().hex[:14]}", "workspace": workspace, "token": token,
-                "reconnection_token": None}
+        auth = {
+            "client_id": f"b{uuid.uuid4().hex[:14]}",
+            "workspace": workspace,
+            "token": token,
+            "reconnection_token": None,
+        }
         if v4:
             auth["wire_protocol"] = 4
         await ws.send(json.dumps(auth))
@@ -85,8 +90,13 @@ class Peer:
         session = f"s{self._sessions}"
         reply = asyncio.get_running_loop().create_future()
         self._replies[session] = reply
-        header = {"type": "method", "to": self.manager, "from": self.address,
-                  "method": f"services.default.{method}", "session": session}
+        header = {
+            "type": "method",
+            "to": self.manager,
+            "from": self.address,
+            "method": f"services.default.{method}",
+            "session": session,
+        }
         await self.ws.send(_pack(header) + _pack({"args": list(args), "promise": "*"}))
         kind, payload = await asyncio.wait_for(reply, 60)
         value = (payload.get("args") or [None])[0]
@@ -182,7 +192,7 @@ def subscriber_process(conn: Any, urls: list[str], workspace: str, token: str, v
             try:
                 await asyncio.wait_for(state["reached"].wait(), 300)
                 conn.send(("reached", time.time(), [p.events for p in peers]))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 conn.send(("timeout", time.time(), [p.events for p in peers]))
         await asyncio.gather(*(p.close() for p in peers))
 
@@ -215,8 +225,11 @@ def worker_usage(deployment: Any) -> dict[str, dict[str, float]]:
             proc = psutil.Process(info["pid"])
             cpu = proc.cpu_times()
             memory = proc.memory_full_info()
-            usage[worker_id] = {"cpu_s": cpu.user + cpu.system, "rss_mb": memory.rss / 2**20,
-                                "uss_mb": memory.uss / 2**20}
+            usage[worker_id] = {
+                "cpu_s": cpu.user + cpu.system,
+                "rss_mb": memory.rss / 2**20,
+                "uss_mb": memory.uss / 2**20,
+            }
         except psutil.Error:
             pass
     return usage
@@ -233,7 +246,7 @@ async def measure(args: argparse.Namespace, deployment: Any) -> dict[str, Any]:
     workspace = publisher.info["workspace"]
     token = await publisher.call_manager("generate_token")
     subscriber_urls = [urls[i % len(urls)] for i in range(args.subscribers)]
-    shares = [subscriber_urls[i::args.client_procs] for i in range(args.client_procs)]
+    shares = [subscriber_urls[i :: args.client_procs] for i in range(args.client_procs)]
     context = multiprocessing.get_context("spawn")
     pipes, procs = [], []
     started = time.perf_counter()
@@ -261,8 +274,12 @@ async def measure(args: argparse.Namespace, deployment: Any) -> dict[str, Any]:
 
     payload = os.urandom(args.size)
     await asyncio.sleep(1.0)
-    results: dict[str, Any] = {"subscribers": args.subscribers, "placement": placement, "connect_s": round(connect_s, 1),
-                               "peer_workers_of_publisher": len(deployment.workers) - 1}
+    results: dict[str, Any] = {
+        "subscribers": args.subscribers,
+        "placement": placement,
+        "connect_s": round(connect_s, 1),
+        "peer_workers_of_publisher": len(deployment.workers) - 1,
+    }
     sent = 0
     # paced: one event at a time
     calls0, items0 = peer_calls(deployment)
@@ -277,11 +294,13 @@ async def measure(args: argparse.Namespace, deployment: Any) -> dict[str, Any]:
     elapsed = time.time() - phase_start
     calls1, items1 = peer_calls(deployment)
     results["paced"] = {
-        "broadcasts": args.paced, "deliveries_per_s": round(args.subscribers * args.paced / elapsed),
+        "broadcasts": args.paced,
+        "deliveries_per_s": round(args.subscribers * args.paced / elapsed),
         "fanout_ms_median": round(statistics.median(latencies) * 1000, 1),
         "fanout_ms_max": round(max(latencies) * 1000, 1),
         "ray_calls_per_broadcast": round((calls1 - calls0) / args.paced, 3),
-        "peer_items_per_broadcast": round((items1 - items0) / args.paced, 3)}
+        "peer_items_per_broadcast": round((items1 - items0) / args.paced, 3),
+    }
     # burst: back to back
     usage1 = worker_usage(deployment)
     phase_start = time.time()
@@ -293,16 +312,22 @@ async def measure(args: argparse.Namespace, deployment: Any) -> dict[str, Any]:
     calls2, items2 = peer_calls(deployment)
     usage2 = worker_usage(deployment)
     results["burst"] = {
-        "broadcasts": args.burst, "deliveries_per_s": round(args.subscribers * args.burst / elapsed),
+        "broadcasts": args.burst,
+        "deliveries_per_s": round(args.subscribers * args.burst / elapsed),
         "elapsed_s": round(elapsed, 2),
         "ray_calls_per_broadcast": round((calls2 - calls1) / args.burst, 3),
         "peer_items_per_broadcast": round((items2 - items1) / args.burst, 3),
-        "worker_cpu_s": {w: round(usage2[w]["cpu_s"] - usage1[w]["cpu_s"], 2) for w in usage2 if w in usage1}}
+        "worker_cpu_s": {w: round(usage2[w]["cpu_s"] - usage1[w]["cpu_s"], 2) for w in usage2 if w in usage1},
+    }
     results["burst"]["worker_cpu_us_per_delivery"] = round(
-        sum(results["burst"]["worker_cpu_s"].values()) * 1e6 / (args.subscribers * args.burst), 1)
-    results["paced"]["worker_cpu_s"] = {w: round(usage1[w]["cpu_s"] - usage0[w]["cpu_s"], 2)
-                                        for w in usage1 if w in usage0}
-    results["workers_memory_mb"] = {w: {"rss": round(u["rss_mb"]), "uss": round(u["uss_mb"])} for w, u in usage2.items()}
+        sum(results["burst"]["worker_cpu_s"].values()) * 1e6 / (args.subscribers * args.burst), 1
+    )
+    results["paced"]["worker_cpu_s"] = {
+        w: round(usage1[w]["cpu_s"] - usage0[w]["cpu_s"], 2) for w in usage1 if w in usage0
+    }
+    results["workers_memory_mb"] = {
+        w: {"rss": round(u["rss_mb"]), "uss": round(u["uss_mb"])} for w, u in usage2.items()
+    }
     for pipe in pipes:
         pipe.send("stop")
     for proc in procs:
@@ -332,8 +357,12 @@ def main() -> None:
 
     from rhizomorph import Config, Deployment
 
-    node_args = {"num_cpus": 1, "node_ip_address": "127.0.0.1", "include_dashboard": False,
-                 "object_store_memory": 80 * 1024 * 1024}
+    node_args = {
+        "num_cpus": 1,
+        "node_ip_address": "127.0.0.1",
+        "include_dashboard": False,
+        "object_store_memory": 80 * 1024 * 1024,
+    }
     cluster = Cluster(initialize_head=True, head_node_args=dict(node_args))
     deployment = None
     try:
@@ -341,8 +370,13 @@ def main() -> None:
             cluster.add_node(**node_args)
         cluster.wait_for_nodes()
         ray.init(address=cluster.address, include_dashboard=False, logging_level="WARNING")
-        config = Config(port=0, workers=args.workers_per_node, distinct_node_ports=True, log_level="WARNING",
-                        max_connections_per_worker=0)
+        config = Config(
+            port=0,
+            workers=args.workers_per_node,
+            distinct_node_ports=True,
+            log_level="WARNING",
+            max_connections_per_worker=0,
+        )
         deployment = Deployment(config).start()
         results = asyncio.run(measure(args, deployment))
     finally:
@@ -352,17 +386,24 @@ def main() -> None:
         cluster.shutdown()
         shutil.rmtree(token_dir, ignore_errors=True)
 
-    print(f"fan-out 1 -> {args.subscribers} subscribers over {args.nodes} nodes "
-          f"({args.workers_per_node} worker(s)/node, {args.wire}, {args.size} B events); "
-          f"placement {results['placement']}, connected in {results['connect_s']} s")
+    print(
+        f"fan-out 1 -> {args.subscribers} subscribers over {args.nodes} nodes "
+        f"({args.workers_per_node} worker(s)/node, {args.wire}, {args.size} B events); "
+        f"placement {results['placement']}, connected in {results['connect_s']} s"
+    )
     for phase in ("paced", "burst"):
         r = results[phase]
-        extra = (f", fan-out median {r['fanout_ms_median']} ms (max {r['fanout_ms_max']} ms)"
-                 if phase == "paced" else f", {r['elapsed_s']} s")
-        print(f"  {phase:5} {r['broadcasts']:4} broadcasts: {r['deliveries_per_s']:>8} deliveries/s{extra}; "
-              f"Ray calls/broadcast {r['ray_calls_per_broadcast']} (items/broadcast {r['peer_items_per_broadcast']}); "
-              f"worker CPU s {r['worker_cpu_s']}"
-              + (f" = {r['worker_cpu_us_per_delivery']} us/delivery" if phase == "burst" else ""))
+        extra = (
+            f", fan-out median {r['fanout_ms_median']} ms (max {r['fanout_ms_max']} ms)"
+            if phase == "paced"
+            else f", {r['elapsed_s']} s"
+        )
+        print(
+            f"  {phase:5} {r['broadcasts']:4} broadcasts: {r['deliveries_per_s']:>8} deliveries/s{extra}; "
+            f"Ray calls/broadcast {r['ray_calls_per_broadcast']} (items/broadcast {r['peer_items_per_broadcast']}); "
+            f"worker CPU s {r['worker_cpu_s']}"
+            + (f" = {r['worker_cpu_us_per_delivery']} us/delivery" if phase == "burst" else "")
+        )
     print(f"  gateway worker memory (MB): {results['workers_memory_mb']}")
     if args.json:
         print(json.dumps(results))

@@ -18,11 +18,11 @@ import time
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
-from hypha_rpc import connect_to_server as connect_v3  # noqa: E402
+from hypha_rpc import connect_to_server as connect_v3
 
-from benchmarks.loadgen import LoadProcess  # noqa: E402
-from rhizomorph import Config, Deployment, ensure_ray  # noqa: E402
-from rhizomorph.client import connect_to_server as connect_v4  # noqa: E402
+from benchmarks.loadgen import LoadProcess
+from rhizomorph import Config, Deployment, ensure_ray
+from rhizomorph.client import connect_to_server as connect_v4
 
 
 async def echo_rate(url: str, connect, size: int, calls: int) -> float:

@@ -19,14 +19,15 @@ from typing import Any
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
-from hypha_rpc import connect_to_server  # noqa: E402
+from hypha_rpc import connect_to_server
 
-from benchmarks.clients import connect_apart, event_burst  # noqa: E402
-from rhizomorph import Config, Deployment, ensure_ray  # noqa: E402
+from benchmarks.clients import connect_apart, event_burst
+from rhizomorph import Config, Deployment, ensure_ray
 
 
 async def measure(url: str, calls: int, events: int) -> tuple[float, float]:
     """(p50 round trip in ms of sequential calls, events/s of a burst) across the worker hop."""
+
     def connect() -> Any:
         return connect_to_server({"server_url": url})
 
@@ -65,13 +66,16 @@ def main() -> None:
     finally:
         for deployment in deployments.values():
             deployment.stop()
-    medians = {c: (statistics.median(r[0] for r in results[c]), statistics.median(r[1] for r in results[c]))
-               for c in channels}
+    medians = {
+        c: (statistics.median(r[0] for r in results[c]), statistics.median(r[1] for r in results[c])) for c in channels
+    }
     print(f"cross-worker hop, 2 workers on one node, hypha-rpc clients, {args.repeats} repeats")
     for channel, (p50, rate) in medians.items():
         print(f"  {channel:6}: sequential call p50 {p50:6.2f} ms, events {rate:>9,.0f} msgs/s")
-    print(f"  socket/ray: p50 {medians['socket'][0] / medians['ray'][0]:.2f}x, "
-          f"events {medians['socket'][1] / medians['ray'][1]:.2f}x")
+    print(
+        f"  socket/ray: p50 {medians['socket'][0] / medians['ray'][0]:.2f}x, "
+        f"events {medians['socket'][1] / medians['ray'][1]:.2f}x"
+    )
 
 
 if __name__ == "__main__":

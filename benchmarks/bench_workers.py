@@ -24,12 +24,12 @@ from typing import Any
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
-import websockets  # noqa: E402
+import websockets
 
-from benchmarks.contenders import ProcessProbe  # noqa: E402
-from benchmarks.loadgen import LoadProcess  # noqa: E402
-from rhizomorph.protocol import envelope, frames  # noqa: E402
-from rhizomorph import Config, Deployment, ensure_ray  # noqa: E402
+from benchmarks.contenders import ProcessProbe
+from benchmarks.loadgen import LoadProcess
+from rhizomorph import Config, Deployment, ensure_ray
+from rhizomorph.protocol import envelope, frames
 
 
 async def _v4_socket(url: str) -> tuple[Any, dict[str, Any]]:
@@ -40,8 +40,9 @@ async def _v4_socket(url: str) -> tuple[Any, dict[str, Any]]:
     return ws, info
 
 
-async def run_pairs(url: str, pairs: int, messages: int, size: int, per_frame: int,
-                    placement: str = "kernel") -> tuple[float, int]:
+async def run_pairs(
+    url: str, pairs: int, messages: int, size: int, per_frame: int, placement: str = "kernel"
+) -> tuple[float, int]:
     """Burst ``messages`` events over each pair at once; returns (msgs/s, pairs across workers)."""
     sockets = [await _v4_socket(url) for _ in range(2 * pairs)]
     if placement == "local":  # partners on the same worker wherever the draw allows
@@ -55,8 +56,9 @@ async def run_pairs(url: str, pairs: int, messages: int, size: int, per_frame: i
     crossed = sum(s[1].get("rhizomorph_worker") != r[1].get("rhizomorph_worker") for s, r in zip(senders, receivers))
     bursts = []
     for _, info in receivers:
-        message = envelope.encode({"type": "bench", "to": f"{info['workspace']}/{info['client_id']}"},
-                                  {"data": b"x" * size})
+        message = envelope.encode(
+            {"type": "bench", "to": f"{info['workspace']}/{info['client_id']}"}, {"data": b"x" * size}
+        )
         bursts.append([frames.encode_batch([message] * per_frame)] * (messages // per_frame))
 
     async def receive(ws: Any, expected: int) -> None:
@@ -86,33 +88,45 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=4000, help="per pair")
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--placement", choices=("kernel", "local", "cross"), default="kernel",
-                        help="kernel: pairs as connected (SO_REUSEPORT draw); local / cross: partners on "
-                             "the same / different workers where the draw allows")
+    parser.add_argument(
+        "--placement",
+        choices=("kernel", "local", "cross"),
+        default="kernel",
+        help="kernel: pairs as connected (SO_REUSEPORT draw); local / cross: partners on "
+        "the same / different workers where the draw allows",
+    )
     args = parser.parse_args()
     ensure_ray()
     rates: dict[int, list[float]] = {1: [], 2: []}
     cpu: dict[int, list[float]] = {1: [], 2: []}  # router CPU microseconds per message
     crossed: list[int] = []
-    with Deployment(Config(port=0, workers=1)) as one, Deployment(Config(port=0, workers=2)) as two, \
-            LoadProcess() as load:  # the clients run outside the Ray driver process
+    with (
+        Deployment(Config(port=0, workers=1)) as one,
+        Deployment(Config(port=0, workers=2)) as two,
+        LoadProcess() as load,
+    ):  # the clients run outside the Ray driver process
         per_frame = one.config.batch_max_messages
         for _ in range(args.repeats):
             for workers, deployment in ((1, one), (2, two)):
                 probe = ProcessProbe([info["pid"] for info in deployment.worker_info.values()])
                 before = probe.cpu_seconds()
-                rate, across = load.run(run_pairs, deployment.url, args.pairs, args.messages, args.size, per_frame,
-                                        args.placement)
+                rate, across = load.run(
+                    run_pairs, deployment.url, args.pairs, args.messages, args.size, per_frame, args.placement
+                )
                 cpu[workers].append((probe.cpu_seconds() - before) / (args.pairs * args.messages) * 1e6)
                 rates[workers].append(rate)
                 if workers == 2:
                     crossed.append(across)
-    print(f"{args.pairs} pairs x {args.messages} x {args.size} B events (v4 batch frames of {per_frame}), "
-          f"{args.repeats} repeats, placement {args.placement}")
+    print(
+        f"{args.pairs} pairs x {args.messages} x {args.size} B events (v4 batch frames of {per_frame}), "
+        f"{args.repeats} repeats, placement {args.placement}"
+    )
     for workers, values in rates.items():
-        print(f"  {workers} worker(s): {statistics.median(values):>10,.0f} msgs/s "
-              f"(min {min(values):,.0f}, max {max(values):,.0f}); "
-              f"router CPU {statistics.median(cpu[workers]):.1f} us/msg")
+        print(
+            f"  {workers} worker(s): {statistics.median(values):>10,.0f} msgs/s "
+            f"(min {min(values):,.0f}, max {max(values):,.0f}); "
+            f"router CPU {statistics.median(cpu[workers]):.1f} us/msg"
+        )
     print(f"  pairs across the 2 workers per run: {crossed}")
     print(f"  2w / 1w: {statistics.median(rates[2]) / statistics.median(rates[1]):.2f}x")
 

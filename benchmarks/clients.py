@@ -11,7 +11,8 @@ import asyncio
 import inspect
 import time
 from abc import ABC, abstractmethod
-from typing import Any, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 from benchmarks.scenarios import payload_size
 from benchmarks.wire import RawPeer, pack
@@ -82,8 +83,9 @@ class ClientKind(ABC):
         """A provider and ``callers`` callers; with ``apart``, a single caller sits on another worker."""
 
     @abstractmethod
-    async def event_rig(self, url: str, payloads: list[Any], receivers: int, broadcast: bool,
-                        apart: bool = False) -> EventRig:
+    async def event_rig(
+        self, url: str, payloads: list[Any], receivers: int, broadcast: bool, apart: bool = False
+    ) -> EventRig:
         """A publisher and receivers; with ``apart``, a single receiver sits on another worker."""
 
 
@@ -107,8 +109,9 @@ async def event_burst(sender: Any, target: Any, count: int, payload: bytes, even
     return count / (time.perf_counter() - started)
 
 
-async def connect_many(factory: Callable[[], Awaitable[Any]], count: int,
-                       close: Callable[[Any], Awaitable[None]]) -> list[Any]:
+async def connect_many(
+    factory: Callable[[], Awaitable[Any]], count: int, close: Callable[[Any], Awaitable[None]]
+) -> list[Any]:
     """Open ``count`` connections, a few at a time; on any failure close those that opened, then raise."""
     gate = asyncio.Semaphore(CONNECT_PARALLEL)
 
@@ -124,8 +127,13 @@ async def connect_many(factory: Callable[[], Awaitable[Any]], count: int,
     return list(results)
 
 
-async def connect_apart(factory: Callable[[], Awaitable[Any]], worker_of: Callable[[Any], str | None],
-                        other: Any, close: Callable[[Any], Awaitable[None]], attempts: int = 20) -> Any:
+async def connect_apart(
+    factory: Callable[[], Awaitable[Any]],
+    worker_of: Callable[[Any], str | None],
+    other: Any,
+    close: Callable[[Any], Awaitable[None]],
+    attempts: int = 20,
+) -> Any:
     """Connect a client held by another gateway worker than ``other`` (when the server has several).
 
     A point-to-point pair on a multi-worker rhizomorph then always crosses the Ray hop, instead of
@@ -175,8 +183,9 @@ class RawEchoRig(EchoRig):
             asyncio.ensure_future(self.provider.send(reply, frame[offset:]))
 
     async def call(self, caller: int, index: int) -> bool:
-        kind, reply, offset = await self.peers[caller].request(self.provider.address, f"services.{ECHO_SERVICE}.echo",
-                                                               self.extras[index])
+        kind, reply, offset = await self.peers[caller].request(
+            self.provider.address, f"services.{ECHO_SERVICE}.echo", self.extras[index]
+        )
         return kind == "resolve" and len(reply) - offset == len(self.extras[index])
 
     async def close(self) -> None:
@@ -184,8 +193,9 @@ class RawEchoRig(EchoRig):
 
 
 class RawEventRig(EventRig):
-    def __init__(self, publisher: RawPeer, receivers: list[RawPeer], extras: list[bytes], sink: EventSink,
-                 broadcast: bool) -> None:
+    def __init__(
+        self, publisher: RawPeer, receivers: list[RawPeer], extras: list[bytes], sink: EventSink, broadcast: bool
+    ) -> None:
         self.publisher, self.peers, self.extras, self.sink = publisher, receivers, extras, sink
         self.receivers = len(receivers)
         self.target = "*" if broadcast else receivers[0].address
@@ -197,8 +207,9 @@ class RawEventRig(EventRig):
             self.sink.record(header["i"], header["t0"])
 
     async def publish(self, index: int) -> None:
-        await self.publisher.send({"type": EVENT_TYPE, "to": self.target, "i": index, "t0": time.perf_counter()},
-                                  self.extras[index])
+        await self.publisher.send(
+            {"type": EVENT_TYPE, "to": self.target, "i": index, "t0": time.perf_counter()}, self.extras[index]
+        )
 
     async def close(self) -> None:
         await close_all([self.publisher, *self.peers], _close_raw)
@@ -222,8 +233,9 @@ class RawClients(ClientKind):
             raise
         return RawEchoRig(provider, peers, extras)
 
-    async def event_rig(self, url: str, payloads: list[Any], receivers: int, broadcast: bool,
-                        apart: bool = False) -> EventRig:
+    async def event_rig(
+        self, url: str, payloads: list[Any], receivers: int, broadcast: bool, apart: bool = False
+    ) -> EventRig:
         extras = [pack({"data": p}) for p in payloads]
         publisher = await RawPeer.connect(url)
         try:
@@ -268,8 +280,9 @@ class HyphaEchoRig(EchoRig):
 
 
 class HyphaEventRig(EventRig):
-    def __init__(self, publisher: Any, clients: list[Any], payloads: list[Any], sink: EventSink,
-                 broadcast: bool) -> None:
+    def __init__(
+        self, publisher: Any, clients: list[Any], payloads: list[Any], sink: EventSink, broadcast: bool
+    ) -> None:
         self.publisher, self.clients, self.payloads, self.sink = publisher, clients, payloads, sink
         self.receivers = len(clients)
         first = clients[0].config
@@ -282,8 +295,13 @@ class HyphaEventRig(EventRig):
         self.sink.record(data["i"], data["t0"])
 
     async def publish(self, index: int) -> None:
-        sent = self.publisher.emit({"type": EVENT_TYPE, "to": self.target,
-                                    "data": {"i": index, "t0": time.perf_counter(), "payload": self.payloads[index]}})
+        sent = self.publisher.emit(
+            {
+                "type": EVENT_TYPE,
+                "to": self.target,
+                "data": {"i": index, "t0": time.perf_counter(), "payload": self.payloads[index]},
+            }
+        )
         if inspect.isawaitable(sent):
             await sent
 
@@ -311,8 +329,9 @@ class HyphaRpcClients(ClientKind):
         provider = await self._connect(url)
         clients: list[Any] = []
         try:
-            await provider.register_service({"id": ECHO_SERVICE, "config": {"visibility": "public"},
-                                             "echo": lambda x: x})
+            await provider.register_service(
+                {"id": ECHO_SERVICE, "config": {"visibility": "public"}, "echo": lambda x: x}
+            )
             service_id = f"{provider.config.workspace}/{provider.config.client_id}:{ECHO_SERVICE}"
             if callers == 1 and apart:
                 clients = [await connect_apart(lambda: self._connect(url), _hypha_worker, provider, _close_hypha)]
@@ -324,8 +343,9 @@ class HyphaRpcClients(ClientKind):
             raise
         return HyphaEchoRig(provider, clients, list(services), payloads)
 
-    async def event_rig(self, url: str, payloads: list[Any], receivers: int, broadcast: bool,
-                        apart: bool = False) -> EventRig:
+    async def event_rig(
+        self, url: str, payloads: list[Any], receivers: int, broadcast: bool, apart: bool = False
+    ) -> EventRig:
         publisher = await self._connect(url)
         clients: list[Any] = []
         try:
@@ -357,5 +377,4 @@ class V4Clients(HyphaRpcClients):
         return await connect_to_server({"server_url": url, "method_timeout": self.method_timeout, **options})
 
 
-CLIENT_KINDS: dict[str, Callable[[], ClientKind]] = {"raw": RawClients, "hypha-rpc": HyphaRpcClients,
-                                                     "v4": V4Clients}
+CLIENT_KINDS: dict[str, Callable[[], ClientKind]] = {"raw": RawClients, "hypha-rpc": HyphaRpcClients, "v4": V4Clients}

@@ -133,8 +133,12 @@ class BareRelay(_Subprocess):
     clients = (RAW,)
 
     def start(self) -> None:
-        self.process = subprocess.Popen([sys.executable, "-m", "benchmarks.bare_relay", "--port", "0"],
-                                        stdout=subprocess.PIPE, text=True, cwd=_repo_root())
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.bare_relay", "--port", "0"],
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=_repo_root(),
+        )
         line = self.process.stdout.readline() if self.process.stdout else ""
         if not line.startswith("PORT "):
             self.stop()
@@ -151,8 +155,12 @@ class RealHypha(_Subprocess):
 
     def start(self) -> None:
         port = _free_port()
-        self.process = subprocess.Popen([sys.executable, "-m", "hypha.server", "--host=127.0.0.1", f"--port={port}"],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=_repo_root())
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "hypha.server", "--host=127.0.0.1", f"--port={port}"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd=_repo_root(),
+        )
         deadline = time.monotonic() + START_TIMEOUT
         while not _accepts(port):
             if self.process.poll() is not None or time.monotonic() > deadline:

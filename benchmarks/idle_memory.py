@@ -101,7 +101,7 @@ class Holders:
     def wait_connected(self, timeout: float) -> int:
         deadline = time.monotonic() + timeout
         total = 0
-        for process, pipe in self.children:
+        for _process, pipe in self.children:
             if not pipe.poll(max(0.0, deadline - time.monotonic())):
                 raise TimeoutError(f"connections not open within {timeout:g} s")
             message = pipe.recv()
@@ -158,21 +158,30 @@ def measure_deployment(args: argparse.Namespace) -> dict[str, Any]:
             holders.kill()
         time.sleep(3.0)
         released = {name: memory(pid) for name, pid in pids.items()}
-        return {"pids": pids, "before": before, "after": after, "held_memory": held_memory, "released": released,
-                "opened": opened,
-                "connect_s": connect_s, "router_connections": stats.get("connections"), "held": held}
+        return {
+            "pids": pids,
+            "before": before,
+            "after": after,
+            "held_memory": held_memory,
+            "released": released,
+            "opened": opened,
+            "connect_s": connect_s,
+            "router_connections": stats.get("connections"),
+            "held": held,
+        }
 
 
 # -- 2. the breakdown ------------------------------------------------------------------------------
 async def _replica(count: int, procs: int, concurrency: int, timeout: float) -> dict[str, Any]:
-    import ray
     import tracemalloc
+
+    import ray
     import websockets
 
+    from rhizomorph import Config
     from rhizomorph.actors import worker as worker_module
     from rhizomorph.actors.registry import Registry
     from rhizomorph.gateway import connection as gateway_connection
-    from rhizomorph import Config
 
     config = Config(port=0, workers=1, log_level="WARNING")
     registry = Registry.remote(config.max_services_per_client)
@@ -187,8 +196,9 @@ async def _replica(count: int, procs: int, concurrency: int, timeout: float) -> 
 
     def snapshot() -> tuple[Any, Counter]:
         gc.collect()
-        snap = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(False, __file__),
-                                                          tracemalloc.Filter(False, tracemalloc.__file__)])
+        snap = tracemalloc.take_snapshot().filter_traces(
+            [tracemalloc.Filter(False, __file__), tracemalloc.Filter(False, tracemalloc.__file__)]
+        )
         types = Counter(type(o).__qualname__ for o in gc.get_objects())
         return snap, types
 
@@ -218,12 +228,19 @@ async def _replica(count: int, procs: int, concurrency: int, timeout: float) -> 
     by_trace = snap1.compare_to(snap0, "traceback")
     traced = sum(s.size_diff for s in by_file)
     types = {t: (types1[t] - types0.get(t, 0)) / n for t in types1 if types1[t] - types0.get(t, 0) >= n // 2}
-    return {"opened": opened, "connections": connections, "traced_per_conn": traced / n,
-            "by_file": [(s.traceback[0].filename, s.size_diff / n, s.count_diff / n) for s in by_file[:14]],
-            "by_line": [(f"{s.traceback[0].filename}:{s.traceback[0].lineno}", s.size_diff / n, s.count_diff / n)
-                        for s in by_line[:14]],
-            "by_owner": _by_owner(by_trace, n),
-            "types": sorted(types.items(), key=lambda kv: -kv[1])[:25], "sizes": sizes}
+    return {
+        "opened": opened,
+        "connections": connections,
+        "traced_per_conn": traced / n,
+        "by_file": [(s.traceback[0].filename, s.size_diff / n, s.count_diff / n) for s in by_file[:14]],
+        "by_line": [
+            (f"{s.traceback[0].filename}:{s.traceback[0].lineno}", s.size_diff / n, s.count_diff / n)
+            for s in by_line[:14]
+        ],
+        "by_owner": _by_owner(by_trace, n),
+        "types": sorted(types.items(), key=lambda kv: -kv[1])[:25],
+        "sizes": sizes,
+    }
 
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
@@ -231,7 +248,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 
 def _short(path: str) -> str:
     if path.startswith(REPO):
-        return path[len(REPO):]
+        return path[len(REPO) :]
     for marker in ("site-packages/", f"python{sys.version_info[0]}.{sys.version_info[1]}/"):
         if marker in path:
             return path.split(marker, 1)[1]
@@ -286,8 +303,10 @@ def _part_sizes(conn: Any, router: Any, server: Any) -> dict[str, tuple[int, int
         "ClientConnection (without its socket)": (conn, stop_all | {id(ws)}),
         "  DeliveryQueue": (conn.queue, stop_all | {id(ws)}),
         "  Identity": (conn.identity, stop_all),
-        "websockets ServerConnection (with its protocol, buffers, tasks; not the ClientConnection)":
-            (ws, stop_all | {id(conn)}),
+        "websockets ServerConnection (with its protocol, buffers, tasks; not the ClientConnection)": (
+            ws,
+            stop_all | {id(conn)},
+        ),
         "  its sans-I/O protocol": (getattr(ws, "protocol", None), stop_all | {id(conn), id(ws)}),
         "  its transport": (getattr(ws, "transport", None), stop_all | {id(conn), id(ws)}),
     }
@@ -309,11 +328,16 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=5000)
     parser.add_argument("--procs", type=int, default=4, help="client processes")
     parser.add_argument("--concurrency", type=int, default=50, help="handshakes in flight per client process")
-    parser.add_argument("--breakdown", type=int, default=1000,
-                        help="connections for the in-process tracemalloc breakdown (0: skip)")
+    parser.add_argument(
+        "--breakdown", type=int, default=1000, help="connections for the in-process tracemalloc breakdown (0: skip)"
+    )
     parser.add_argument("--target-kb", type=float, default=50.0)
-    parser.add_argument("--hold", type=float, default=45.0,
-                        help="seconds to keep the connections idle (the verdict uses the larger reading)")
+    parser.add_argument(
+        "--hold",
+        type=float,
+        default=45.0,
+        help="seconds to keep the connections idle (the verdict uses the larger reading)",
+    )
     parser.add_argument("--timeout", type=float, default=600.0, help="max seconds to open the connections")
     args = parser.parse_args()
     nofile = raise_nofile()
@@ -327,34 +351,44 @@ def main() -> int:
     started = ensure_ray()
     try:
         result = measure_deployment(args)
-        breakdown = asyncio.run(_replica(args.breakdown, args.procs, args.concurrency, args.timeout)) \
-            if args.breakdown > 0 else None
+        breakdown = (
+            asyncio.run(_replica(args.breakdown, args.procs, args.concurrency, args.timeout))
+            if args.breakdown > 0
+            else None
+        )
     finally:
         if started:
             ray.shutdown()
 
     n = max(result["opened"], 1)
-    print(f"idle connections: {result['opened']} opened in {result['connect_s']:.1f} s "
-          f"({args.procs} client processes); the worker counted {result['router_connections']}; "
-          f"still open at the end: {result['held'].get('alive')}; load average {os.getloadavg()[0]:.2f}")
+    print(
+        f"idle connections: {result['opened']} opened in {result['connect_s']:.1f} s "
+        f"({args.procs} client processes); the worker counted {result['router_connections']}; "
+        f"still open at the end: {result['held'].get('alive')}; load average {os.getloadavg()[0]:.2f}"
+    )
     for name in result["pids"]:
         b, a, h, r = (result[k][name] for k in ("before", "after", "held_memory", "released"))
-        print(f"  {name:8s} RSS {b['rss'] / 2**20:7.1f} -> {a['rss'] / 2**20:7.1f} MB "
-              f"(USS {b['uss'] / 2**20:6.1f} -> {a['uss'] / 2**20:6.1f} MB): "
-              f"{kb((a['rss'] - b['rss']) / n)} RSS, {kb((a['uss'] - b['uss']) / n)} USS per connection; "
-              f"after {args.hold:g} s idle: RSS {h['rss'] / 2**20:.1f} MB ({kb((h['rss'] - b['rss']) / n)} per "
-              f"connection); after they closed: RSS {r['rss'] / 2**20:.1f} MB")
+        print(
+            f"  {name:8s} RSS {b['rss'] / 2**20:7.1f} -> {a['rss'] / 2**20:7.1f} MB "
+            f"(USS {b['uss'] / 2**20:6.1f} -> {a['uss'] / 2**20:6.1f} MB): "
+            f"{kb((a['rss'] - b['rss']) / n)} RSS, {kb((a['uss'] - b['uss']) / n)} USS per connection; "
+            f"after {args.hold:g} s idle: RSS {h['rss'] / 2**20:.1f} MB ({kb((h['rss'] - b['rss']) / n)} per "
+            f"connection); after they closed: RSS {r['rss'] / 2**20:.1f} MB"
+        )
     worker = result["before"]["worker"]["rss"]
     per_conn = (max(result["after"]["worker"]["rss"], result["held_memory"]["worker"]["rss"]) - worker) / n
     verdict = "met" if per_conn <= args.target_kb * 1024 else "NOT met"
-    print(f"  target <= {args.target_kb:g} KB per idle connection (gateway worker RSS): {verdict} "
-          f"({kb(per_conn)})")
+    print(f"  target <= {args.target_kb:g} KB per idle connection (gateway worker RSS): {verdict} ({kb(per_conn)})")
     if breakdown:
-        print(f"\nbreakdown: the worker's code in this process, {breakdown['connections']} idle connections, "
-              f"tracemalloc on")
-        print(f"  traced Python allocations {kb(breakdown['traced_per_conn'])} per connection (the deployed "
-              f"worker's RSS grew {kb(per_conn)}: the rest is allocator overhead and memory outside Python's "
-              f"allocators)")
+        print(
+            f"\nbreakdown: the worker's code in this process, {breakdown['connections']} idle connections, "
+            f"tracemalloc on"
+        )
+        print(
+            f"  traced Python allocations {kb(breakdown['traced_per_conn'])} per connection (the deployed "
+            f"worker's RSS grew {kb(per_conn)}: the rest is allocator overhead and memory outside Python's "
+            f"allocators)"
+        )
         print("  by file (per connection: bytes, blocks):")
         for path, size, count in breakdown["by_file"]:
             print(f"    {kb(size):>9} {count:6.1f}  {_short(path)}")

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ProcessPoolExecutor
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 
 def _run(function: Callable[..., Awaitable[Any]], args: tuple) -> Any:
@@ -35,7 +36,7 @@ class LoadProcess:
     def close(self) -> None:
         self._pool.shutdown()
 
-    def __enter__(self) -> "LoadProcess":
+    def __enter__(self) -> LoadProcess:
         return self
 
     def __exit__(self, *exc: Any) -> None:

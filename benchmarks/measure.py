@@ -16,8 +16,9 @@ import asyncio
 import contextlib
 import math
 import time
+from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
-from typing import Any, AsyncIterator
+from typing import Any
 
 import psutil
 
@@ -120,8 +121,17 @@ async def run_calls(rig: EchoRig, case: Case, payloads: list[Any], probe: Proces
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
-    return _result(case, len(payloads), stats["ok"], stats["errors"], stats["bytes"], max(last - first, 1e-9),
-                   latencies, usage, timed_out=bool(pending))
+    return _result(
+        case,
+        len(payloads),
+        stats["ok"],
+        stats["errors"],
+        stats["bytes"],
+        max(last - first, 1e-9),
+        latencies,
+        usage,
+        timed_out=bool(pending),
+    )
 
 
 async def run_events(rig: EventRig, case: Case, payloads: list[Any], probe: ProcessProbe, timeout: float) -> Result:
@@ -143,19 +153,41 @@ async def run_events(rig: EventRig, case: Case, payloads: list[Any], probe: Proc
         try:
             await asyncio.wait_for(sink.done.wait(), max(deadline - time.perf_counter(), 0.001))
             timed_out = False
-        except asyncio.TimeoutError:
+        except TimeoutError:
             timed_out = True
     elapsed = max((sink.last_arrival or time.perf_counter()) - first, 1e-9)
-    return _result(case, expected, sink.delivered, errors, sink.bytes, elapsed, list(sink.latencies), usage,
-                   timed_out=timed_out)
+    return _result(
+        case, expected, sink.delivered, errors, sink.bytes, elapsed, list(sink.latencies), usage, timed_out=timed_out
+    )
 
 
-def _result(case: Case, messages: int, delivered: int, errors: int, nbytes: int, elapsed: float,
-            latencies: list[float], usage: _Usage, *, timed_out: bool) -> Result:
+def _result(
+    case: Case,
+    messages: int,
+    delivered: int,
+    errors: int,
+    nbytes: int,
+    elapsed: float,
+    latencies: list[float],
+    usage: _Usage,
+    *,
+    timed_out: bool,
+) -> Result:
     return Result(
-        case=case.id, scenario=case.scenario.name, mode=case.mode, messages=messages, delivered=delivered,
-        errors=errors, payload_bytes=nbytes, elapsed_s=elapsed, msgs_per_s=delivered / elapsed,
-        mb_per_s=nbytes / elapsed / 1e6, latency_p50_ms=percentile(latencies, 0.50) * 1e3,
-        latency_p99_ms=percentile(latencies, 0.99) * 1e3, server_cpu_s=usage.server_cpu_s,
-        server_rss_mb=usage.server_rss_mb, client_cpu_s=usage.client_cpu_s, timed_out=timed_out,
+        case=case.id,
+        scenario=case.scenario.name,
+        mode=case.mode,
+        messages=messages,
+        delivered=delivered,
+        errors=errors,
+        payload_bytes=nbytes,
+        elapsed_s=elapsed,
+        msgs_per_s=delivered / elapsed,
+        mb_per_s=nbytes / elapsed / 1e6,
+        latency_p50_ms=percentile(latencies, 0.50) * 1e3,
+        latency_p99_ms=percentile(latencies, 0.99) * 1e3,
+        server_cpu_s=usage.server_cpu_s,
+        server_rss_mb=usage.server_rss_mb,
+        client_cpu_s=usage.client_cpu_s,
+        timed_out=timed_out,
     )

@@ -14,9 +14,10 @@ import math
 import shutil
 import statistics
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 PLOTS_DIR = Path(__file__).resolve().parent / "plots"
 RAW, HYPHA_RPC, V4 = "raw", "hypha-rpc", "v4"
@@ -29,7 +30,7 @@ class Stat:
     high: float
 
     @classmethod
-    def of(cls, values: Iterable[float]) -> "Stat":
+    def of(cls, values: Iterable[float]) -> Stat:
         finite = [v for v in values if not math.isnan(v)]
         if not finite:
             return cls(math.nan, math.nan, math.nan)
@@ -80,18 +81,27 @@ def aggregate(results: list[dict[str, Any]]) -> list[Row]:
         groups.setdefault((r["case"], r["contender"], r["client"]), []).append(r)
     rows = []
     for (case, contender, client), runs in groups.items():
-        def stat(key: str) -> Stat:
+
+        def stat(key: str, runs: list[dict] = runs) -> Stat:
             return Stat.of(float(r[key]) for r in runs)
 
-        rows.append(Row(
-            case=case, contender=contender, client=client, repeats=len(runs),
-            complete=all(r["delivered"] == r["messages"] and not r["timed_out"] for r in runs),
-            delivered=f"{min(r['delivered'] for r in runs)}/{runs[0]['messages']}",
-            msgs_per_s=stat("msgs_per_s"), mb_per_s=stat("mb_per_s"), latency_p50_ms=stat("latency_p50_ms"),
-            latency_p99_ms=stat("latency_p99_ms"),
-            cpu_us_per_msg=Stat.of(r["server_cpu_s"] / max(r["delivered"], 1) * 1e6 for r in runs),
-            server_rss_mb=stat("server_rss_mb"), client_cpu_s=stat("client_cpu_s"),
-        ))
+        rows.append(
+            Row(
+                case=case,
+                contender=contender,
+                client=client,
+                repeats=len(runs),
+                complete=all(r["delivered"] == r["messages"] and not r["timed_out"] for r in runs),
+                delivered=f"{min(r['delivered'] for r in runs)}/{runs[0]['messages']}",
+                msgs_per_s=stat("msgs_per_s"),
+                mb_per_s=stat("mb_per_s"),
+                latency_p50_ms=stat("latency_p50_ms"),
+                latency_p99_ms=stat("latency_p99_ms"),
+                cpu_us_per_msg=Stat.of(r["server_cpu_s"] / max(r["delivered"], 1) * 1e6 for r in runs),
+                server_rss_mb=stat("server_rss_mb"),
+                client_cpu_s=stat("client_cpu_s"),
+            )
+        )
     return rows
 
 
@@ -118,8 +128,9 @@ def ratio_specs(rows: list[Row]) -> list[RatioSpec]:
         RatioSpec("1w / Hypha (raw)", ("rhizomorph-1w", RAW), ("hypha", RAW)),
     ]
     for name in sorted(c for c in contenders if "batching" in c):
-        specs.append(RatioSpec(f"{name.removeprefix('rhizomorph-2w-')} / default (raw)", (name, RAW),
-                               ("rhizomorph-2w", RAW)))
+        specs.append(
+            RatioSpec(f"{name.removeprefix('rhizomorph-2w-')} / default (raw)", (name, RAW), ("rhizomorph-2w", RAW))
+        )
     return [s for s in specs if s.numerator in present and s.denominator in present]
 
 
@@ -164,14 +175,18 @@ def _fmt_ratio(s: Stat) -> str:
 
 
 def detail_table(rows: list[Row]) -> str:
-    header = ("| case | contender [client] | msgs/s | MB/s | p50 ms | p99 ms | server CPU µs/msg | server RSS MB "
-              "| client CPU s | delivered |")
+    header = (
+        "| case | contender [client] | msgs/s | MB/s | p50 ms | p99 ms | server CPU µs/msg | server RSS MB "
+        "| client CPU s | delivered |"
+    )
     lines = [header, "|---" * 10 + "|"]
     for r in rows:
         delivered = r.delivered if r.complete else f"⚠ {r.delivered}"
-        lines.append(f"| {r.case} | {r.label} | {_fmt(r.msgs_per_s)} | {_fmt(r.mb_per_s)} | {_fmt(r.latency_p50_ms)} "
-                     f"| {_fmt(r.latency_p99_ms)} | {_fmt(r.cpu_us_per_msg, False)} | {_fmt(r.server_rss_mb, False)} "
-                     f"| {_fmt(r.client_cpu_s, False)} | {delivered} |")
+        lines.append(
+            f"| {r.case} | {r.label} | {_fmt(r.msgs_per_s)} | {_fmt(r.mb_per_s)} | {_fmt(r.latency_p50_ms)} "
+            f"| {_fmt(r.latency_p99_ms)} | {_fmt(r.cpu_us_per_msg, False)} | {_fmt(r.server_rss_mb, False)} "
+            f"| {_fmt(r.client_cpu_s, False)} | {delivered} |"
+        )
     return "\n".join(lines)
 
 
@@ -179,12 +194,14 @@ def ratios_markdown(rows: list[Row]) -> str:
     specs = ratio_specs(rows)
     if not specs:
         return "_No pair of contenders to compare in this run._"
-    return "\n\n".join([
-        "**Throughput ratio** (msgs/s; > 1: the first is faster)\n\n" + ratio_table(rows, "msgs_per_s", specs),
-        "**Latency ratio** (p50; < 1: the first is quicker)\n\n" + ratio_table(rows, "latency_p50_ms", specs),
-        "**Server CPU per message ratio** (< 1: the first spends less CPU)\n\n"
-        + ratio_table(rows, "cpu_us_per_msg", specs),
-    ])
+    return "\n\n".join(
+        [
+            "**Throughput ratio** (msgs/s; > 1: the first is faster)\n\n" + ratio_table(rows, "msgs_per_s", specs),
+            "**Latency ratio** (p50; < 1: the first is quicker)\n\n" + ratio_table(rows, "latency_p50_ms", specs),
+            "**Server CPU per message ratio** (< 1: the first spends less CPU)\n\n"
+            + ratio_table(rows, "cpu_us_per_msg", specs),
+        ]
+    )
 
 
 # -- plots ----------------------------------------------------------------------------------------
@@ -202,15 +219,18 @@ def plot(rows: list[Row], metric: str, title: str, unit: str, path: Path, log: b
     colors = {label: plt.cm.tab10(i % 10) for i, label in enumerate(labels)}
     columns = 3
     lines = math.ceil(len(cases) / columns)
-    fig, axes = plt.subplots(lines, columns, figsize=(5.2 * columns, 0.45 * len(labels) * lines + 1.2 * lines),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        lines, columns, figsize=(5.2 * columns, 0.45 * len(labels) * lines + 1.2 * lines), squeeze=False
+    )
     for ax, case in zip(axes.flat, cases):
         case_rows = [r for r in rows if r.case == case]
         values = [getattr(r, metric) for r in case_rows]
         y = range(len(case_rows))
         medians = [0 if math.isnan(v.median) else v.median for v in values]
-        errors = [[max(m - (v.low if not math.isnan(v.low) else m), 0) for m, v in zip(medians, values)],
-                  [max((v.high if not math.isnan(v.high) else m) - m, 0) for m, v in zip(medians, values)]]
+        errors = [
+            [max(m - (v.low if not math.isnan(v.low) else m), 0) for m, v in zip(medians, values)],
+            [max((v.high if not math.isnan(v.high) else m) - m, 0) for m, v in zip(medians, values)],
+        ]
         ax.barh(list(y), medians, xerr=errors, color=[colors[r.label] for r in case_rows], capsize=3)
         ax.set_yticks(list(y), [r.label for r in case_rows], fontsize=7)
         ax.invert_yaxis()
@@ -219,7 +239,7 @@ def plot(rows: list[Row], metric: str, title: str, unit: str, path: Path, log: b
         ax.tick_params(axis="x", labelsize=7)
         if log:
             ax.set_xscale("log")
-    for ax in list(axes.flat)[len(cases):]:
+    for ax in list(axes.flat)[len(cases) :]:
         ax.axis("off")
     fig.suptitle(title)
     fig.tight_layout(rect=(0, 0, 1, 0.97))
@@ -232,15 +252,17 @@ def plot(rows: list[Row], metric: str, title: str, unit: str, path: Path, log: b
 def _machine_markdown(meta: dict[str, Any]) -> str:
     m = meta.get("machine", {})
     versions = ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items())
-    return "\n".join([
-        f"- CPU: {m.get('cpu_model')}, {m.get('logical_cores')} logical cores "
-        f"({m.get('physical_cores')} physical); RAM {m.get('ram_gb')} GB; {m.get('os')}",
-        f"- Python {m.get('python')}; {versions}",
-        f"- commit `{m.get('commit')}`{' (with uncommitted changes)' if m.get('dirty') else ''}; "
-        f"load average at start {m.get('load_average_at_start')}",
-        f"- suite `{meta.get('suite')}`, {meta.get('repeats')} repeats per cell, run `{meta.get('run_id')}` "
-        f"started {meta.get('started')}",
-    ])
+    return "\n".join(
+        [
+            f"- CPU: {m.get('cpu_model')}, {m.get('logical_cores')} logical cores "
+            f"({m.get('physical_cores')} physical); RAM {m.get('ram_gb')} GB; {m.get('os')}",
+            f"- Python {m.get('python')}; {versions}",
+            f"- commit `{m.get('commit')}`{' (with uncommitted changes)' if m.get('dirty') else ''}; "
+            f"load average at start {m.get('load_average_at_start')}",
+            f"- suite `{meta.get('suite')}`, {meta.get('repeats')} repeats per cell, run `{meta.get('run_id')}` "
+            f"started {meta.get('started')}",
+        ]
+    )
 
 
 def run_markdown(meta: dict[str, Any], rows: list[Row], errors: list[dict[str, Any]]) -> str:
@@ -248,13 +270,16 @@ def run_markdown(meta: dict[str, Any], rows: list[Row], errors: list[dict[str, A
     if meta.get("notes"):
         parts.append("## Notes\n\n" + "\n".join(f"- {n}" for n in meta["notes"]))
     parts.append("## Ratios\n\nMedian of the repeats, with the extreme range in brackets.\n\n" + ratios_markdown(rows))
-    parts.append("## All results\n\nMedian (min–max) over the repeats. msgs/s counts completed calls (round trips)"
-                 " or delivered events; MB/s counts payload bytes moved (both ways for calls, per delivery for"
-                 " events). ⚠ marks a cell where some run lost messages or hit the time limit.\n\n"
-                 + detail_table(rows))
+    parts.append(
+        "## All results\n\nMedian (min–max) over the repeats. msgs/s counts completed calls (round trips)"
+        " or delivered events; MB/s counts payload bytes moved (both ways for calls, per delivery for"
+        " events). ⚠ marks a cell where some run lost messages or hit the time limit.\n\n" + detail_table(rows)
+    )
     if errors:
-        parts.append("## Failures\n\n" + "\n".join(f"- {e['case']} {e['contender']} [{e['client']}]: {e['error']}"
-                                                   for e in errors))
+        parts.append(
+            "## Failures\n\n"
+            + "\n".join(f"- {e['case']} {e['contender']} [{e['client']}]: {e['error']}" for e in errors)
+        )
     return "\n\n".join(parts) + "\n"
 
 
@@ -266,14 +291,14 @@ regenerate with `python -m benchmarks.report <results.jsonl>`. What the scenario
 benchmarks' numbers and the limits: [benchmarks/targets.md](benchmarks/targets.md).
 
 Read the **ratios**, not the absolute numbers: the load generator (all clients, one Python process of
-their own, not the Ray driver) shares the cores with the servers, and other work ran on the machine at the same time, so absolute rates say as
-much about the machine as about the router. The raw-client rows measure the server (pre-encoded v3 frames,
-bare WebSocket clients); the hypha-rpc rows are what a user of the released client sees, client cost included.
+their own, not the Ray driver) shares the cores with the servers, and other work ran on the machine at the
+same time, so absolute rates say as much about the machine as about the router. The raw-client rows measure
+the server (pre-encoded v3 frames, bare WebSocket clients); the hypha-rpc rows are what a user of the released
+client sees, client cost included.
 """
 
 
-def performance_markdown(meta: dict[str, Any], rows: list[Row], errors: list[dict[str, Any]],
-                         plots: list[Path]) -> str:
+def performance_markdown(meta: dict[str, Any], rows: list[Row], errors: list[dict[str, Any]], plots: list[Path]) -> str:
     body = run_markdown(meta, rows, errors)
     figures = "\n\n".join(f"![{p.stem}](benchmarks/plots/{p.name})" for p in plots)
     head, sep, rest = body.partition("## All results")
@@ -293,10 +318,14 @@ def write_reports(path: Path, performance_md: Path | None = None, plots: bool = 
     md.write_text(f"# Benchmark run {meta.get('run_id')}\n\n" + run_markdown(meta, rows, errors))
     written.append(md)
     made: list[Path] = []
-    for metric, title, unit, log, name in () if not plots else (
-        ("msgs_per_s", "Throughput (median, min–max)", "msgs/s", False, "throughput"),
-        ("latency_p50_ms", "Latency p50 (median, min–max)", "ms", False, "latency-p50"),
-        ("latency_p99_ms", "Latency p99 (median, min–max)", "ms", False, "latency-p99"),
+    for metric, title, unit, log, name in (
+        ()
+        if not plots
+        else (
+            ("msgs_per_s", "Throughput (median, min–max)", "msgs/s", False, "throughput"),
+            ("latency_p50_ms", "Latency p50 (median, min–max)", "ms", False, "latency-p50"),
+            ("latency_p99_ms", "Latency p99 (median, min–max)", "ms", False, "latency-p99"),
+        )
     ):
         target = Path(f"{base}-{name}.png")
         if rows and plot(rows, metric, title, unit, target, log=log):

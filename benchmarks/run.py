@@ -21,9 +21,10 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from benchmarks.clients import CLIENT_KINDS, ClientKind, EchoRig, EventRig
 from benchmarks.contenders import Contender, ProcessProbe, Started, default_contenders
@@ -121,8 +122,9 @@ async def _open(pair: Pair, case: Case, payloads: list[Any], probe: ProcessProbe
     return rig
 
 
-async def run_case(case: Case, pairs: list[Pair], repeats: int, timeout: float, emit: Callable[[Record], None],
-                   progress: Progress) -> None:
+async def run_case(
+    case: Case, pairs: list[Pair], repeats: int, timeout: float, emit: Callable[[Record], None], progress: Progress
+) -> None:
     payloads = case.scenario.payloads()
     rigs: dict[int, EchoRig | EventRig] = {}
     probes = {i: ProcessProbe(p.contender.server_pids()) for i, p in enumerate(pairs)}
@@ -144,15 +146,28 @@ async def run_case(case: Case, pairs: list[Pair], repeats: int, timeout: float, 
             shift = repeat % max(len(order), 1)
             for i in order[shift:] + order[:shift]:
                 result = await _measure(rigs[i], case, payloads, probes[i], timeout)
-                emit({"kind": "result", "contender": pairs[i].contender.name, "client": pairs[i].client.name,
-                      "repeat": repeat, **result.as_dict()})
+                emit(
+                    {
+                        "kind": "result",
+                        "contender": pairs[i].contender.name,
+                        "client": pairs[i].client.name,
+                        "repeat": repeat,
+                        **result.as_dict(),
+                    }
+                )
                 progress.update(f"{case.id} {pairs[i].label}")
     finally:
         await asyncio.gather(*(rig.close() for rig in rigs.values()), return_exceptions=True)
 
 
-async def run_suite(cases: list[Case], pairs: list[Pair], repeats: int, timeout: float,
-                    emit: Callable[[Record], None], show_progress: bool = True) -> None:
+async def run_suite(
+    cases: list[Case],
+    pairs: list[Pair],
+    repeats: int,
+    timeout: float,
+    emit: Callable[[Record], None],
+    show_progress: bool = True,
+) -> None:
     progress = Progress(len(cases) * len(pairs) * repeats, enabled=show_progress)
     try:
         for case in cases:
@@ -161,11 +176,19 @@ async def run_suite(cases: list[Case], pairs: list[Pair], repeats: int, timeout:
         progress.close()
 
 
-async def run_suite_to_file(cases: list[Case], contenders: list[Started], clients: list[str], repeats: int,
-                            timeout: float, path: Path, stamp: dict[str, Any]) -> None:
+async def run_suite_to_file(
+    cases: list[Case],
+    contenders: list[Started],
+    clients: list[str],
+    repeats: int,
+    timeout: float,
+    path: Path,
+    stamp: dict[str, Any],
+) -> None:
     """``run_suite`` in the load process: records are appended to ``path`` as JSON lines."""
     quiet_client_logs()
     with path.open("a") as sink:
+
         def emit(record: Record) -> None:
             sink.write(json.dumps({**stamp, **record}) + "\n")
             sink.flush()
@@ -200,8 +223,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cases", nargs="+", help="only cases whose id contains one of these (e.g. small fanout)")
     parser.add_argument("--no-hypha", action="store_true", help="skip the real Hypha server even if installed")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
-    parser.add_argument("--performance-md", type=Path, default=Path(__file__).resolve().parent.parent / "PERFORMANCE.md",
-                        help="where to write the report generated from this run ('-' for none)")
+    parser.add_argument(
+        "--performance-md",
+        type=Path,
+        default=Path(__file__).resolve().parent.parent / "PERFORMANCE.md",
+        help="where to write the report generated from this run ('-' for none)",
+    )
     args = parser.parse_args(argv)
 
     suite: Suite = SUITES[args.suite]
@@ -226,13 +253,28 @@ def main(argv: list[str] | None = None) -> int:
     started = start_contenders(contenders, notes)
     try:
         stamp = {"run_id": run_id, "suite": suite.name}
-        meta = {"kind": "meta", "machine": machine_info(), "repeats": repeats, "notes": notes,
-                "contenders": [c.name for c in started], "clients": args.clients,
-                "run_timeout_s": suite.run_timeout, "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+        meta = {
+            "kind": "meta",
+            "machine": machine_info(),
+            "repeats": repeats,
+            "notes": notes,
+            "contenders": [c.name for c in started],
+            "clients": args.clients,
+            "run_timeout_s": suite.run_timeout,
+            "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        }
         path.write_text(json.dumps({**stamp, **meta}) + "\n")
         with LoadProcess() as load:  # the clients run outside this process, the Ray driver
-            load.run(run_suite_to_file, cases, [Started(c) for c in started], args.clients, repeats,
-                     suite.run_timeout, path, stamp)
+            load.run(
+                run_suite_to_file,
+                cases,
+                [Started(c) for c in started],
+                args.clients,
+                repeats,
+                suite.run_timeout,
+                path,
+                stamp,
+            )
     finally:
         for contender in started:
             contender.stop()

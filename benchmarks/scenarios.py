@@ -89,18 +89,47 @@ def _fan_in(callers: int, calls: int) -> Scenario:
 
 
 SUITES: dict[str, Suite] = {
-    "smoke": Suite("smoke", (
-        Scenario("small", 20, size=256), Scenario("medium", 5, size=20_000), Scenario("large", 2, size=2_000_000),
-        Scenario("mixed", 25), _fan_out(3, 10), _fan_in(4, 20),
-    ), repeats=1, run_timeout=20.0),
-    "quick": Suite("quick", (
-        Scenario("small", 500, size=256), Scenario("medium", 150, size=20_000), Scenario("large", 8, size=2_000_000),
-        Scenario("mixed", MIXED_COUNT), _fan_out(20, 100), _fan_in(16, 400),
-    ), repeats=3, run_timeout=60.0, notes=("counts scaled down from the full suite to fit a few minutes on 2 cores",)),
-    "full": Suite("full", (
-        Scenario("small", 2000, size=256), Scenario("medium", 500, size=20_000), Scenario("large", 20, size=2_000_000),
-        Scenario("mixed", MIXED_COUNT), _fan_out(50, 200), _fan_out(1000, 20), _fan_in(100, 2000),
-    ), repeats=5, run_timeout=180.0),
+    "smoke": Suite(
+        "smoke",
+        (
+            Scenario("small", 20, size=256),
+            Scenario("medium", 5, size=20_000),
+            Scenario("large", 2, size=2_000_000),
+            Scenario("mixed", 25),
+            _fan_out(3, 10),
+            _fan_in(4, 20),
+        ),
+        repeats=1,
+        run_timeout=20.0,
+    ),
+    "quick": Suite(
+        "quick",
+        (
+            Scenario("small", 500, size=256),
+            Scenario("medium", 150, size=20_000),
+            Scenario("large", 8, size=2_000_000),
+            Scenario("mixed", MIXED_COUNT),
+            _fan_out(20, 100),
+            _fan_in(16, 400),
+        ),
+        repeats=3,
+        run_timeout=60.0,
+        notes=("counts scaled down from the full suite to fit a few minutes on 2 cores",),
+    ),
+    "full": Suite(
+        "full",
+        (
+            Scenario("small", 2000, size=256),
+            Scenario("medium", 500, size=20_000),
+            Scenario("large", 20, size=2_000_000),
+            Scenario("mixed", MIXED_COUNT),
+            _fan_out(50, 200),
+            _fan_out(1000, 20),
+            _fan_in(100, 2000),
+        ),
+        repeats=5,
+        run_timeout=180.0,
+    ),
 }
 
 
@@ -123,20 +152,48 @@ def mixed_messages(count: int = MIXED_COUNT, seed: int = MIXED_SEED) -> list[dic
 def _mixed_one(rng: random.Random, i: int) -> dict[str, Any]:
     draw = rng.random()
     if draw < 0.6:
-        return {"kind": "status", "seq": i, "service": rng.choice(_SERVICES), "state": rng.choice(_STATES),
-                "cpu": round(rng.random(), 3), "mem_mb": rng.randint(50, 32000), "ts": 1.7e9 + i * 0.5,
-                "tags": rng.sample(("prod", "eu", "us", "canary", "batch", "gpu"), rng.randint(0, 3))}
+        return {
+            "kind": "status",
+            "seq": i,
+            "service": rng.choice(_SERVICES),
+            "state": rng.choice(_STATES),
+            "cpu": round(rng.random(), 3),
+            "mem_mb": rng.randint(50, 32000),
+            "ts": 1.7e9 + i * 0.5,
+            "tags": rng.sample(("prod", "eu", "us", "canary", "batch", "gpu"), rng.randint(0, 3)),
+        }
     if draw < 0.8:
         n = int(256 * 192 ** rng.random())  # log-uniform 256 .. 49152 float32 samples
-        return {"kind": "series", "seq": i, "name": f"{rng.choice(_SERVICES)}.latency", "dtype": "float32",
-                "shape": [n], "data": rng.randbytes(4 * n)}
+        return {
+            "kind": "series",
+            "seq": i,
+            "name": f"{rng.choice(_SERVICES)}.latency",
+            "dtype": "float32",
+            "shape": [n],
+            "data": rng.randbytes(4 * n),
+        }
     if draw < 0.9:
         n = rng.randint(50, 2000)
-        return {"kind": "points", "seq": i, "x": [round(k * 0.1, 1) for k in range(n)],
-                "y": [rng.gauss(0.0, 1.0) for _ in range(n)]}
-    params = {f"param_{k}": rng.choice((rng.random(), rng.randint(0, 10**6), f"value-{rng.randint(0, 999)}"))
-              for k in range(rng.randint(20, 60))}
-    return {"kind": "meta", "seq": i, "experiment": {"id": f"exp-{rng.randint(0, 9999)}", "owner": "bench",
-                                                     "labels": {"team": "imaging", "stage": "review"}},
-            "params": params, "notes": " ".join(rng.choice(("cell", "stain", "tile", "zarr", "model", "run"))
-                                                for _ in range(rng.randint(300, 1000)))}
+        return {
+            "kind": "points",
+            "seq": i,
+            "x": [round(k * 0.1, 1) for k in range(n)],
+            "y": [rng.gauss(0.0, 1.0) for _ in range(n)],
+        }
+    params = {
+        f"param_{k}": rng.choice((rng.random(), rng.randint(0, 10**6), f"value-{rng.randint(0, 999)}"))
+        for k in range(rng.randint(20, 60))
+    }
+    return {
+        "kind": "meta",
+        "seq": i,
+        "experiment": {
+            "id": f"exp-{rng.randint(0, 9999)}",
+            "owner": "bench",
+            "labels": {"team": "imaging", "stage": "review"},
+        },
+        "params": params,
+        "notes": " ".join(
+            rng.choice(("cell", "stain", "tile", "zarr", "model", "run")) for _ in range(rng.randint(300, 1000))
+        ),
+    }

@@ -45,7 +45,8 @@ import resource
 import struct
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 import msgpack
@@ -94,8 +95,9 @@ class LeanClient(asyncio.Protocol):
         self.last_text = ""
 
     @classmethod
-    async def connect(cls, url: str, on_binary: Callable[[bytes], None] | None = None,
-                      timeout: float = 30.0) -> "LeanClient":
+    async def connect(
+        cls, url: str, on_binary: Callable[[bytes], None] | None = None, timeout: float = 30.0
+    ) -> LeanClient:
         parts = urlsplit(url)
         client = cls(url, on_binary)
         loop = asyncio.get_running_loop()
@@ -127,8 +129,11 @@ class LeanClient(asyncio.Protocol):
             elif protocol.handshake_exc is not None:  # the HTTP response refused the upgrade
                 self._fail(ConnectionError(f"WebSocket handshake failed: {protocol.handshake_exc}"))
             else:  # upgraded: the auth frame (anonymous, new client)
-                protocol.send_text(json.dumps({"client_id": None, "workspace": None, "token": None,
-                                               "reconnection_token": None}).encode())
+                protocol.send_text(
+                    json.dumps(
+                        {"client_id": None, "workspace": None, "token": None, "reconnection_token": None}
+                    ).encode()
+                )
         self._flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -187,9 +192,13 @@ class LeanClient(asyncio.Protocol):
             self.transport.abort()
 
 
-async def connect_many(url: str, count: int, concurrency: int,
-                       on_binary: Callable[[int], Callable[[bytes], None] | None] | None = None,
-                       attempts: int = 3) -> list[LeanClient]:
+async def connect_many(
+    url: str,
+    count: int,
+    concurrency: int,
+    on_binary: Callable[[int], Callable[[bytes], None] | None] | None = None,
+    attempts: int = 3,
+) -> list[LeanClient]:
     """Open ``count`` clients, ``concurrency`` handshakes at a time (each retried a few times)."""
     gate = asyncio.Semaphore(concurrency)
 
@@ -198,7 +207,7 @@ async def connect_many(url: str, count: int, concurrency: int,
             for attempt in range(attempts):
                 try:
                     return await LeanClient.connect(url, on_binary(i) if on_binary else None)
-                except (OSError, ConnectionError, asyncio.TimeoutError):
+                except (TimeoutError, OSError, ConnectionError):
                     if attempt == attempts - 1:
                         raise
                     await asyncio.sleep(0.5 * (attempt + 1))
@@ -240,14 +249,25 @@ class Receiver:
 
 
 # -- a client process ------------------------------------------------------------------------------
-def client_process(pipe: Any, counters: Any, slot: int, indices: list[int], total: int, url: str,
-                   rate: float, seconds: float, payload: int, grace: float, concurrency: int, nice: int) -> None:
+def client_process(
+    pipe: Any,
+    counters: Any,
+    slot: int,
+    indices: list[int],
+    total: int,
+    url: str,
+    rate: float,
+    seconds: float,
+    payload: int,
+    grace: float,
+    concurrency: int,
+    nice: int,
+) -> None:
     raise_nofile()
     if nice > os.nice(0):
         os.nice(nice - os.nice(0))
     try:
-        asyncio.run(_client_main(pipe, counters, slot, indices, total, url, rate, seconds, payload, grace,
-                                 concurrency))
+        asyncio.run(_client_main(pipe, counters, slot, indices, total, url, rate, seconds, payload, grace, concurrency))
     except BaseException as exc:  # the parent reports it
         try:
             pipe.send({"error": f"{type(exc).__name__}: {exc}"})
@@ -256,8 +276,19 @@ def client_process(pipe: Any, counters: Any, slot: int, indices: list[int], tota
         raise
 
 
-async def _client_main(pipe: Any, counters: Any, slot: int, indices: list[int], total: int, url: str,
-                       rate: float, seconds: float, payload: int, grace: float, concurrency: int) -> None:
+async def _client_main(
+    pipe: Any,
+    counters: Any,
+    slot: int,
+    indices: list[int],
+    total: int,
+    url: str,
+    rate: float,
+    seconds: float,
+    payload: int,
+    grace: float,
+    concurrency: int,
+) -> None:
     loop = asyncio.get_running_loop()
     count = int(round(rate * seconds))
     sender_of = {i: (i - (total // 2 + 1)) % total for i in indices}  # inverse of the peer map
@@ -276,7 +307,7 @@ async def _client_main(pipe: Any, counters: Any, slot: int, indices: list[int], 
         def on_binary(data: bytes) -> None:
             arrived = now_ns()
             end = len(data) - tail_size
-            if end < len(mark) or data[end - len(mark):end] != mark:
+            if end < len(mark) or data[end - len(mark) : end] != mark:
                 if len(other_frames) < 20:
                     other_frames.append(bytes(data[:300]))
                 return
@@ -358,17 +389,24 @@ async def _client_main(pipe: Any, counters: Any, slot: int, indices: list[int], 
     sample_text = next((c.last_text for c in clients if c.last_text), "")
     await close_all(clients)
     lag_sorted = sorted(lag)
-    pipe.send({
-        "sent": sent,
-        "receivers": {i: (r.sender, r.unique, r.duplicates, r.out_of_order, r.misrouted)
-                      for i, r in receivers.items()},
-        "latencies": latencies.tobytes(),
-        "lag_p99_ms": percentile(lag_sorted, 0.99), "lag_max_ms": lag_sorted[-1] if lag_sorted else 0.0,
-        "send_end": send_end, "drained": drained,
-        "cpu_s": (cpu_after.user - cpu_before.user) + (cpu_after.system - cpu_before.system),
-        "closed_early": closed_early, "texts": texts, "sample_text": sample_text,
-        "other_frames": [repr(f[:120]) for f in other_frames[:3]],
-    })
+    pipe.send(
+        {
+            "sent": sent,
+            "receivers": {
+                i: (r.sender, r.unique, r.duplicates, r.out_of_order, r.misrouted) for i, r in receivers.items()
+            },
+            "latencies": latencies.tobytes(),
+            "lag_p99_ms": percentile(lag_sorted, 0.99),
+            "lag_max_ms": lag_sorted[-1] if lag_sorted else 0.0,
+            "send_end": send_end,
+            "drained": drained,
+            "cpu_s": (cpu_after.user - cpu_before.user) + (cpu_after.system - cpu_before.system),
+            "closed_early": closed_early,
+            "texts": texts,
+            "sample_text": sample_text,
+            "other_frames": [repr(f[:120]) for f in other_frames[:3]],
+        }
+    )
 
 
 # -- the router side -------------------------------------------------------------------------------
@@ -421,8 +459,13 @@ def process_cpu() -> dict[int, tuple[str, float]]:
     return out
 
 
-def busiest_others(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]],
-                   mine: set[int], elapsed: float, top: int = 6) -> str:
+def busiest_others(
+    before: dict[int, tuple[str, float]],
+    after: dict[int, tuple[str, float]],
+    mine: set[int],
+    elapsed: float,
+    top: int = 6,
+) -> str:
     """The processes outside this run that used the most CPU meanwhile (by name)."""
     by_name: dict[str, float] = {}
     for pid, (name, cpu) in after.items():
@@ -456,9 +499,13 @@ def main() -> int:
     parser.add_argument("--grace", type=float, default=20.0, help="max seconds to drain after the send phase")
     parser.add_argument("--concurrency", type=int, default=50, help="handshakes in flight per client process")
     parser.add_argument("--timeout", type=float, default=300.0, help="max seconds to connect all clients")
-    parser.add_argument("--nice", type=int, default=None,
-                        help="niceness of the client processes and, when given, of the gateway workers and "
-                             "registry too (default: leave the workers at Ray's niceness, 15, and match it)")
+    parser.add_argument(
+        "--nice",
+        type=int,
+        default=None,
+        help="niceness of the client processes and, when given, of the gateway workers and "
+        "registry too (default: leave the workers at Ray's niceness, 15, and match it)",
+    )
     args = parser.parse_args()
     if args.clients < 2 or args.rate <= 0 or args.seconds <= 0:
         parser.error("need --clients >= 2, --rate > 0, --seconds > 0")
@@ -491,23 +538,41 @@ def main() -> int:
         time.sleep(1.0)
         rss_idle = probe.rss_mb()
         count = int(round(args.rate * args.seconds))
-        print(f"router {deployment.url}, {args.workers} worker(s) {pids}; {args.clients} clients in {procs} "
-              f"processes, {args.rate:g} msg/s each for {args.seconds:g} s ({args.clients * count} messages, "
-              f"{args.clients * args.rate:g} msg/s), payload {args.payload} B; niceness: workers {worker_nice}, "
-              f"clients {client_nice}", flush=True)
+        print(
+            f"router {deployment.url}, {args.workers} worker(s) {pids}; {args.clients} clients in {procs} "
+            f"processes, {args.rate:g} msg/s each for {args.seconds:g} s ({args.clients * count} messages, "
+            f"{args.clients * args.rate:g} msg/s), payload {args.payload} B; niceness: workers {worker_nice}, "
+            f"clients {client_nice}",
+            flush=True,
+        )
 
         # Client processes, then their connections.
         shares = [list(range(args.clients))[p::procs] for p in range(procs)]
         for slot, indices in enumerate(shares):
             parent_end, child_end = ctx.Pipe()
-            process = ctx.Process(target=client_process, daemon=True,
-                                  args=(child_end, counters, slot, indices, args.clients, deployment.url, args.rate,
-                                        args.seconds, args.payload, args.grace, args.concurrency, client_nice))
+            process = ctx.Process(
+                target=client_process,
+                daemon=True,
+                args=(
+                    child_end,
+                    counters,
+                    slot,
+                    indices,
+                    args.clients,
+                    deployment.url,
+                    args.rate,
+                    args.seconds,
+                    args.payload,
+                    args.grace,
+                    args.concurrency,
+                    client_nice,
+                ),
+            )
             process.start()
             children.append((process, parent_end))
         t0 = time.monotonic()
         addresses: dict[int, str] = {}
-        for process, pipe in children:
+        for _process, pipe in children:
             remaining = args.timeout - (time.monotonic() - t0)
             if remaining <= 0 or not pipe.poll(remaining):
                 raise TimeoutError(f"clients not connected within {args.timeout:g} s")
@@ -518,8 +583,11 @@ def main() -> int:
         connect_s = time.monotonic() - t0
         time.sleep(1.0)
         rss_connected = probe.rss_mb()
-        print(f"connected {len(addresses)} clients in {connect_s:.1f} s; RSS MB idle: {fmt_mb(rss_idle)}; "
-              f"connected: {fmt_mb(rss_connected)}", flush=True)
+        print(
+            f"connected {len(addresses)} clients in {connect_s:.1f} s; RSS MB idle: {fmt_mb(rss_idle)}; "
+            f"connected: {fmt_mb(rss_connected)}",
+            flush=True,
+        )
 
         idle_cpu0, idle_t0 = probe.cpu_s(), time.monotonic()
         time.sleep(3.0)
@@ -559,15 +627,22 @@ def main() -> int:
                 queued = router_queued(deployment)
                 dt = now - prev[0]
                 cores = {k: (cpu[k] - prev[2][k]) / dt * 100 for k in cpu}
-                print(f"  t={now - start_at:5.0f}s sent {s:>8} received {r:>8} in flight {s - r:>6} "
-                      f"recv/s {(r - prev[1]) / dt:8.0f} router queues {queued:>6} closed {closed}; CPU % {', '.join(f'{k} {v:.0f}' for k, v in cores.items())}; "
-                      f"RSS MB {fmt_mb(rss)}", flush=True)
+                cpu_text = ", ".join(f"{k} {v:.0f}" for k, v in cores.items())
+                print(
+                    f"  t={now - start_at:5.0f}s sent {s:>8} received {r:>8} in flight {s - r:>6} "
+                    f"recv/s {(r - prev[1]) / dt:8.0f} router queues {queued:>6} closed {closed}; CPU % {cpu_text}; "
+                    f"RSS MB {fmt_mb(rss)}",
+                    flush=True,
+                )
                 prev = (now, r, cpu)
                 next_line += 10
         cpu1, sys1, wall1 = probe.cpu_s(), psutil.cpu_times(), time.monotonic()
         everyone1 = process_cpu()
-        children_cpu = {pid: sum(psutil.Process(pid).cpu_times()[:2]) - c0 for pid, c0 in children_cpu0.items()
-                        if psutil.pid_exists(pid)}
+        children_cpu = {
+            pid: sum(psutil.Process(pid).cpu_times()[:2]) - c0
+            for pid, c0 in children_cpu0.items()
+            if psutil.pid_exists(pid)
+        }
         rss_after = probe.rss_mb()
         mine = set(pids.values()) | {os.getpid()} | {p.pid for p, _ in children}
         for process, _ in children:
@@ -608,34 +683,53 @@ def main() -> int:
     server_cpu = {k: cpu1[k] - cpu0[k] for k in cpu0}
     sys_total = max(sum(sys1) - sum(sys0), 1e-9)
     sys_busy = (sum(sys1) - sys1.idle - (sum(sys0) - sys0.idle)) / sys_total * 100
-    sys_split = ", ".join(f"{field} {(getattr(sys1, field) - getattr(sys0, field)) / sys_total * 100:.0f}%"
-                          for field in ("user", "nice", "system", "softirq", "steal", "idle") if hasattr(sys1, field))
+    sys_split = ", ".join(
+        f"{field} {(getattr(sys1, field) - getattr(sys0, field)) / sys_total * 100:.0f}%"
+        for field in ("user", "nice", "system", "softirq", "steal", "idle")
+        if hasattr(sys1, field)
+    )
     ok = lost == 0 and dups == 0 and ooo == 0 and mis == 0 and sent == args.clients * count
 
     print()
-    print(f"soak: {args.clients} clients x {args.rate:g} msg/s x {args.seconds:g} s, {args.workers} worker(s), "
-          f"{procs} client processes, payload {args.payload} B; load average at start "
-          f"{' '.join(f'{x:.2f}' for x in load_at_start)}, at the end {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    print(f"  messages   sent {sent} (planned {args.clients * count}), received {received}, lost {lost}, "
-          f"duplicates {dups}, out of order {ooo}, misrouted {mis}  -> {'OK' if ok else 'FAILED'}")
-    print(f"  throughput {sent / send_phase:.0f} msg/s offered over the {send_phase:.1f} s send phase "
-          f"(scheduled {args.seconds:g} s); all delivered {drain_end:.1f} s after the start")
-    print(f"  latency    one way p50 {percentile(lat_sorted, 0.5):.2f} ms, p99 {percentile(lat_sorted, 0.99):.2f} ms, "
-          f"max {lat_sorted[-1] if lat_sorted else math.nan:.2f} ms ({len(lat_sorted)} samples)")
-    print(f"  load gen   send lag behind schedule p99 {max(r['lag_p99_ms'] for r in results):.1f} ms, "
-          f"max {max(r['lag_max_ms'] for r in results):.1f} ms; client process CPU "
-          f"{', '.join(f'{v / elapsed * 100:.0f}%' for v in children_cpu.values())} of a core; "
-          f"connect {connect_s:.1f} s; closed early {sum(r['closed_early'] for r in results)}; "
-          f"text frames {sum(r['texts'] for r in results)}")
-    print(f"  router CPU over {elapsed:.1f} s: " + ", ".join(
-        f"{k} {v:.1f} s ({v / elapsed * 100:.0f}% of a core)" for k, v in server_cpu.items())
+    print(
+        f"soak: {args.clients} clients x {args.rate:g} msg/s x {args.seconds:g} s, {args.workers} worker(s), "
+        f"{procs} client processes, payload {args.payload} B; load average at start "
+        f"{' '.join(f'{x:.2f}' for x in load_at_start)}, at the end {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
+    )
+    print(
+        f"  messages   sent {sent} (planned {args.clients * count}), received {received}, lost {lost}, "
+        f"duplicates {dups}, out of order {ooo}, misrouted {mis}  -> {'OK' if ok else 'FAILED'}"
+    )
+    print(
+        f"  throughput {sent / send_phase:.0f} msg/s offered over the {send_phase:.1f} s send phase "
+        f"(scheduled {args.seconds:g} s); all delivered {drain_end:.1f} s after the start"
+    )
+    print(
+        f"  latency    one way p50 {percentile(lat_sorted, 0.5):.2f} ms, p99 {percentile(lat_sorted, 0.99):.2f} ms, "
+        f"max {lat_sorted[-1] if lat_sorted else math.nan:.2f} ms ({len(lat_sorted)} samples)"
+    )
+    print(
+        f"  load gen   send lag behind schedule p99 {max(r['lag_p99_ms'] for r in results):.1f} ms, "
+        f"max {max(r['lag_max_ms'] for r in results):.1f} ms; client process CPU "
+        f"{', '.join(f'{v / elapsed * 100:.0f}%' for v in children_cpu.values())} of a core; "
+        f"connect {connect_s:.1f} s; closed early {sum(r['closed_early'] for r in results)}; "
+        f"text frames {sum(r['texts'] for r in results)}"
+    )
+    print(
+        f"  router CPU over {elapsed:.1f} s: "
+        + ", ".join(f"{k} {v:.1f} s ({v / elapsed * 100:.0f}% of a core)" for k, v in server_cpu.items())
         + f"; {sum(v for k, v in server_cpu.items() if k != 'registry') / max(received, 1) * 1e6:.0f} µs worker CPU "
-          f"per message; machine busy {sys_busy:.0f}% of {psutil.cpu_count()} cores ({sys_split})")
-    print(f"  other CPU  processes outside this run alive at its end (incl. this Ray's raylet, gcs and "
-          f"chunking actor; the Ray workers run at nice 15), % of a core: "
-          f"{busiest_others(everyone0, everyone1, mine, elapsed)}")
-    print(f"  idle CPU   with the clients connected, before sending: "
-          f"{', '.join(f'{k} {v:.0f}%' for k, v in idle_cpu.items())} of a core")
+        f"per message; machine busy {sys_busy:.0f}% of {psutil.cpu_count()} cores ({sys_split})"
+    )
+    print(
+        f"  other CPU  processes outside this run alive at its end (incl. this Ray's raylet, gcs and "
+        f"chunking actor; the Ray workers run at nice 15), % of a core: "
+        f"{busiest_others(everyone0, everyone1, mine, elapsed)}"
+    )
+    print(
+        f"  idle CPU   with the clients connected, before sending: "
+        f"{', '.join(f'{k} {v:.0f}%' for k, v in idle_cpu.items())} of a core"
+    )
     print(f"  RSS MB     idle: {fmt_mb(rss_idle)}")
     print(f"             {args.clients} connected, before sending: {fmt_mb(rss_connected)}")
     print(f"             after the soak: {fmt_mb(rss_after)}; peak {fmt_mb(peak)}")

@@ -11,7 +11,8 @@ import asyncio
 import itertools
 import json
 import uuid
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import msgpack
 import websockets
@@ -72,12 +73,21 @@ class RawPeer:
         self._reader = asyncio.get_running_loop().create_task(self._read())
 
     @classmethod
-    async def connect(cls, url: str, *, workspace: str | None = None, token: str | None = None,
-                      timeout: float = 20.0) -> "RawPeer":
+    async def connect(
+        cls, url: str, *, workspace: str | None = None, token: str | None = None, timeout: float = 20.0
+    ) -> RawPeer:
         ws = await websockets.connect(url, max_size=None, compression=None, open_timeout=timeout)
         try:
-            await ws.send(json.dumps({"client_id": f"raw-{uuid.uuid4().hex[:12]}", "workspace": workspace, "token": token,
-                                      "reconnection_token": None}))
+            await ws.send(
+                json.dumps(
+                    {
+                        "client_id": f"raw-{uuid.uuid4().hex[:12]}",
+                        "workspace": workspace,
+                        "token": token,
+                        "reconnection_token": None,
+                    }
+                )
+            )
             while True:  # binary frames before connection_info are skipped, as the real clients do
                 reply = await asyncio.wait_for(ws.recv(), timeout)
                 if isinstance(reply, str):
@@ -107,8 +117,9 @@ class RawPeer:
 
     async def call_manager(self, method: str, *args: Any, timeout: float = 20.0) -> Any:
         """Call ``services.default.<method>`` on the server's manager peer and return the result."""
-        kind, reply, offset = await self.request(self.manager, f"services.default.{method}",
-                                                 pack({"args": list(args), "promise": "*"}), timeout)
+        kind, reply, offset = await self.request(
+            self.manager, f"services.default.{method}", pack({"args": list(args), "promise": "*"}), timeout
+        )
         result = (unpack_payload(reply, offset).get("args") or [None])[0]
         if kind != "resolve":
             raise RuntimeError(f"{method} failed: {result}")

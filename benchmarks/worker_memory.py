@@ -71,9 +71,11 @@ def main() -> None:
         if started:
             ray.shutdown()
     print(f"gateway worker, idle: RSS {idle['rss']:.0f} MB, USS {idle['uss']:.0f} MB, PSS {idle['pss']:.0f} MB")
-    print(f"with {args.clients} clients{' (subscribed)' if args.subscribe else ''}: RSS {loaded['rss']:.0f} MB, "
-          f"USS {loaded['uss']:.0f} MB; "
-          f"{(loaded['uss'] - idle['uss']) * 1024 / max(args.clients, 1):.1f} KB per client (USS)")
+    print(
+        f"with {args.clients} clients{' (subscribed)' if args.subscribe else ''}: RSS {loaded['rss']:.0f} MB, "
+        f"USS {loaded['uss']:.0f} MB; "
+        f"{(loaded['uss'] - idle['uss']) * 1024 / max(args.clients, 1):.1f} KB per client (USS)"
+    )
 
 
 if __name__ == "__main__":

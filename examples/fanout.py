@@ -26,8 +26,9 @@ async def _connect_many(url: str, count: int, **options: Any) -> list[Any]:
     # A few at a time: each handshake is a round of manager calls; a burst of hundreds only queues.
     clients: list[Any] = []
     for start in range(0, count, 10):
-        clients += await asyncio.gather(*(connect_to_server({"server_url": url, **options})
-                                          for _ in range(min(10, count - start))))
+        clients += await asyncio.gather(
+            *(connect_to_server({"server_url": url, **options}) for _ in range(min(10, count - start)))
+        )
     return clients
 
 
@@ -65,12 +66,19 @@ async def one_service_many_callers(url: str, callers: int, calls: int) -> dict[s
     finally:
         await _close(clients + [provider])
     latencies.sort()
-    return {"calls": len(latencies), "served": served, "seconds": elapsed, "calls_per_s": len(latencies) / elapsed,
-            "p50_ms": 1000 * statistics.median(latencies), "p99_ms": 1000 * latencies[int(0.99 * (len(latencies) - 1))]}
+    return {
+        "calls": len(latencies),
+        "served": served,
+        "seconds": elapsed,
+        "calls_per_s": len(latencies) / elapsed,
+        "p50_ms": 1000 * statistics.median(latencies),
+        "p99_ms": 1000 * latencies[int(0.99 * (len(latencies) - 1))],
+    }
 
 
-async def one_publisher_many_subscribers(url: str, subscribers: int, events: int,
-                                         timeout: float = 30.0) -> dict[str, Any]:
+async def one_publisher_many_subscribers(
+    url: str, subscribers: int, events: int, timeout: float = 30.0
+) -> dict[str, Any]:
     publisher = await connect_to_server({"server_url": url})
     clients: list[Any] = []
     try:
@@ -85,6 +93,7 @@ async def one_publisher_many_subscribers(url: str, subscribers: int, events: int
                 seen.append(message["data"]["seq"])
                 if all(len(r) >= events for r in received):
                     everyone.set()
+
             return on_tick
 
         for client, seen in zip(clients, received):
@@ -98,16 +107,22 @@ async def one_publisher_many_subscribers(url: str, subscribers: int, events: int
                 await sent
         try:
             await asyncio.wait_for(everyone.wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass  # reported below as missing deliveries
         elapsed = time.perf_counter() - started
     finally:
         await _close(clients + [publisher])
     delivered = sum(len(r) for r in received)
     in_order = all(r == list(range(events)) for r in received)
-    return {"events": events, "subscribers": subscribers, "delivered": delivered,
-            "expected": events * subscribers, "in_order": in_order, "seconds": elapsed,
-            "deliveries_per_s": delivered / elapsed if elapsed else 0.0}
+    return {
+        "events": events,
+        "subscribers": subscribers,
+        "delivered": delivered,
+        "expected": events * subscribers,
+        "in_order": in_order,
+        "seconds": elapsed,
+        "deliveries_per_s": delivered / elapsed if elapsed else 0.0,
+    }
 
 
 async def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -120,12 +135,18 @@ async def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
 
     rpc = await one_service_many_callers(args.server_url, args.callers, args.calls)
-    print(f"one service, {args.callers} callers: {rpc['calls']} calls in {rpc['seconds']:.2f} s "
-          f"({rpc['calls_per_s']:.0f}/s), p50 {rpc['p50_ms']:.1f} ms, p99 {rpc['p99_ms']:.1f} ms", flush=True)
+    print(
+        f"one service, {args.callers} callers: {rpc['calls']} calls in {rpc['seconds']:.2f} s "
+        f"({rpc['calls_per_s']:.0f}/s), p50 {rpc['p50_ms']:.1f} ms, p99 {rpc['p99_ms']:.1f} ms",
+        flush=True,
+    )
     pubsub = await one_publisher_many_subscribers(args.server_url, args.subscribers, args.events)
-    print(f"one publisher, {args.subscribers} subscribers: {pubsub['delivered']}/{pubsub['expected']} deliveries "
-          f"in {pubsub['seconds']:.2f} s ({pubsub['deliveries_per_s']:.0f}/s), "
-          f"{'in order' if pubsub['in_order'] else 'OUT OF ORDER OR MISSING'}", flush=True)
+    print(
+        f"one publisher, {args.subscribers} subscribers: {pubsub['delivered']}/{pubsub['expected']} deliveries "
+        f"in {pubsub['seconds']:.2f} s ({pubsub['deliveries_per_s']:.0f}/s), "
+        f"{'in order' if pubsub['in_order'] else 'OUT OF ORDER OR MISSING'}",
+        flush=True,
+    )
     return {"rpc": rpc, "pubsub": pubsub}
 
 

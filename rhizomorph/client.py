@@ -25,15 +25,16 @@ import itertools
 import json
 import logging
 from collections import deque
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 import hypha_rpc
 import msgpack
 from hypha_rpc import websocket_client as _hypha_ws
 
-from rhizomorph.protocol.batching import BatchPolicy
 from rhizomorph.gateway.delivery import DeliveryQueue
 from rhizomorph.protocol import envelope, frames
+from rhizomorph.protocol.batching import BatchPolicy
 
 log = logging.getLogger("rhizomorph.client")
 
@@ -173,20 +174,41 @@ class _V4RPC(_hypha_ws.RPC):
                 encoded["_rwindow_method"] = f"{session}.{object_id}:window"
         return encoded
 
-    def _decode(self, a_object: Any, remote_parent: Any = None, local_parent: Any = None,
-                remote_workspace: Any = None, local_workspace: Any = None) -> Any:
+    def _decode(
+        self,
+        a_object: Any,
+        remote_parent: Any = None,
+        local_parent: Any = None,
+        remote_workspace: Any = None,
+        local_workspace: Any = None,
+    ) -> Any:
         if isinstance(a_object, dict) and a_object.get("_rtype") == "generator" and "_rwindow_method" in a_object:
+
             def remote(method: str) -> Any:
-                encoded = {"_rtype": "method", "_rserver": a_object.get("_rserver"),
-                           "_rtarget": a_object["_rtarget"], "_rmethod": method, "_rpromise": "*"}
-                return self._generate_remote_method(encoded, remote_parent=remote_parent, local_parent=local_parent,
-                                                    remote_workspace=remote_workspace,
-                                                    local_workspace=local_workspace)
+                encoded = {
+                    "_rtype": "method",
+                    "_rserver": a_object.get("_rserver"),
+                    "_rtarget": a_object["_rtarget"],
+                    "_rmethod": method,
+                    "_rpromise": "*",
+                }
+                return self._generate_remote_method(
+                    encoded,
+                    remote_parent=remote_parent,
+                    local_parent=local_parent,
+                    remote_workspace=remote_workspace,
+                    local_workspace=local_workspace,
+                )
 
             close = remote(a_object["_rclose_method"]) if "_rclose_method" in a_object else None
             return _windowed(remote(a_object["_rwindow_method"]), close)
-        return super()._decode(a_object, remote_parent=remote_parent, local_parent=local_parent,
-                               remote_workspace=remote_workspace, local_workspace=local_workspace)
+        return super()._decode(
+            a_object,
+            remote_parent=remote_parent,
+            local_parent=local_parent,
+            remote_workspace=remote_workspace,
+            local_workspace=local_workspace,
+        )
 
 
 def _is_stop(item: Any) -> bool:
@@ -195,6 +217,7 @@ def _is_stop(item: Any) -> bool:
 
 def _window_of(next_item: Any) -> Any:
     """The producer side: up to ``count`` items per call, ending with the stop marker."""
+
     async def window(count: int = GENERATOR_WINDOW) -> list:
         items = []
         for _ in range(max(1, min(int(count), 1024))):
@@ -276,8 +299,9 @@ if not issubclass(_hypha_ws.WebsocketRPCConnection, _SelectingConnection):
     _hypha_ws.RPC = _SelectingRPC
 
 
-async def connect_to_server(config: dict[str, Any] | None = None, *, batching: BatchPolicy | None = None,
-                            **kwargs: Any) -> Any:
+async def connect_to_server(
+    config: dict[str, Any] | None = None, *, batching: BatchPolicy | None = None, **kwargs: Any
+) -> Any:
     """Connect as an API v4 client. Same options and result as ``hypha_rpc.connect_to_server``.
 
     ``batching`` sets the client's own send-side batching (default: the balanced preset).

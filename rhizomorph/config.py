@@ -10,8 +10,9 @@ import dataclasses
 import os
 import secrets
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import shortuuid
 
@@ -113,26 +114,36 @@ class Config:
         return f"http://{host}:{self.port}"
 
     def batch_policy(self) -> BatchPolicy:
-        return BatchPolicy(enabled=self.enable_message_batching, timeout_ms=self.batch_timeout_ms,
-                           max_messages=self.batch_max_messages, max_size=self.batch_max_size)
+        return BatchPolicy(
+            enabled=self.enable_message_batching,
+            timeout_ms=self.batch_timeout_ms,
+            max_messages=self.batch_max_messages,
+            max_size=self.batch_max_size,
+        )
 
-    def with_preset(self, name: str) -> "Config":
+    def with_preset(self, name: str) -> Config:
         """Apply a batching preset: ``latency``, ``balanced`` (the defaults) or ``throughput``."""
         if name not in PRESETS:
             raise ValueError(f"unknown batching preset {name!r}: choose from {', '.join(PRESETS)}")
         preset = PRESETS[name]
-        return self.replace(batch_timeout_ms=preset.timeout_ms, batch_max_messages=preset.max_messages,
-                            batch_max_size=preset.max_size)
+        return self.replace(
+            batch_timeout_ms=preset.timeout_ms, batch_max_messages=preset.max_messages, batch_max_size=preset.max_size
+        )
 
     def worker_count(self) -> int:
         return self.workers if self.workers > 0 else max(1, os.cpu_count() or 1)
 
-    def replace(self, **changes: Any) -> "Config":
+    def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
 
     @classmethod
-    def load(cls, path: str | None = None, environ: Mapping[str, str] | None = None,
-             preset: str | None = None, **overrides: Any) -> "Config":
+    def load(
+        cls,
+        path: str | None = None,
+        environ: Mapping[str, str] | None = None,
+        preset: str | None = None,
+        **overrides: Any,
+    ) -> Config:
         """Build a config. Later sources win: a batching preset, a TOML file, ``RHIZOMORPH_*``
         variables, then explicit overrides (the CLI)."""
         environ = os.environ if environ is None else environ
@@ -152,14 +163,17 @@ class Config:
         return cls(**values)
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Config":
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Config:
         """Build a config from ``RHIZOMORPH_*`` variables, then apply explicit overrides."""
         return cls.load(environ=environ, **overrides)
 
 
 def _batch_fields(policy: BatchPolicy) -> dict[str, Any]:
-    return {"batch_timeout_ms": policy.timeout_ms, "batch_max_messages": policy.max_messages,
-            "batch_max_size": policy.max_size}
+    return {
+        "batch_timeout_ms": policy.timeout_ms,
+        "batch_max_messages": policy.max_messages,
+        "batch_max_size": policy.max_size,
+    }
 
 
 def _unknown_preset(name: str) -> BatchPolicy:

@@ -12,7 +12,8 @@ import logging
 import os
 import threading
 import time
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from rhizomorph.config import Config
 
@@ -101,8 +102,11 @@ class Deployment:
     @property
     def node_urls(self) -> list[str]:
         """One URL per node hosting workers, by node index."""
-        by_index = sorted((self.nodes[node_id], port) for node_id, port in self.node_ports.items()
-                          if any(i["node_id"] == node_id for i in self.worker_info.values()))
+        by_index = sorted(
+            (self.nodes[node_id], port)
+            for node_id, port in self.node_ports.items()
+            if any(i["node_id"] == node_id for i in self.worker_info.values())
+        )
         return [self._url(port) for _, port in by_index]
 
     def _url(self, port: int) -> str:
@@ -113,7 +117,7 @@ class Deployment:
         return sorted(w for w, info in self.worker_info.items() if info["node_id"] == node_id)
 
     # -- start ---------------------------------------------------------------------------------
-    def start(self) -> "Deployment":
+    def start(self) -> Deployment:
         import ray
 
         from rhizomorph.actors.registry import Registry
@@ -127,9 +131,14 @@ class Deployment:
         try:
             self.reconcile()
             if not self.workers:
-                raise RuntimeError("no alive Ray node can host a gateway worker"
-                                   + (f" (none has the resource {self.config.worker_resource!r})"
-                                      if self.config.worker_resource else ""))
+                raise RuntimeError(
+                    "no alive Ray node can host a gateway worker"
+                    + (
+                        f" (none has the resource {self.config.worker_resource!r})"
+                        if self.config.worker_resource
+                        else ""
+                    )
+                )
         except BaseException:
             self.stop()
             raise
@@ -137,8 +146,12 @@ class Deployment:
             self._stopping.clear()
             self._watchdog = threading.Thread(target=self._watch, name="rhizomorph-watchdog", daemon=True)
             self._watchdog.start()
-        log.info("rhizomorph listening on %s with %d gateway worker(s) on %d node(s)",
-                 ", ".join(self.node_urls), len(self.workers), len(self.node_urls))
+        log.info(
+            "rhizomorph listening on %s with %d gateway worker(s) on %d node(s)",
+            ", ".join(self.node_urls),
+            len(self.workers),
+            len(self.node_urls),
+        )
         return self
 
     def reconcile(self) -> list[str]:
@@ -185,8 +198,12 @@ class Deployment:
             started += self._launch([(node_id, 0) for node_id in first])
             for node_id in first:
                 remaining[node_id] -= 1
-        slots = [(node_id, port) for node_id, count in remaining.items()
-                 if (port := self._known_port(node_id)) is not None for _ in range(count)]
+        slots = [
+            (node_id, port)
+            for node_id, count in remaining.items()
+            if (port := self._known_port(node_id)) is not None
+            for _ in range(count)
+        ]
         started += self._launch(slots)
         return started
 
@@ -260,8 +277,9 @@ class Deployment:
             pings = {w: h.ping.remote() for w, h in self.workers.items() if w not in lost}
             ready_set = set()
             if pings:
-                ready, _ = ray.wait(list(pings.values()), num_returns=len(pings),
-                                    timeout=max(1.0, self.config.health_check_interval))
+                ready, _ = ray.wait(
+                    list(pings.values()), num_returns=len(pings), timeout=max(1.0, self.config.health_check_interval)
+                )
                 ready_set = set(ready)
             for worker_id, ref in pings.items():
                 if ref in ready_set:
@@ -299,8 +317,15 @@ class Deployment:
         # Both at once: per worker, Ray runs the calls in the order they were sent.
         calls = [("set_peers", dict(self.workers))] + ([("forget_clients", removed)] if removed else [])
         self._call_all(*calls)
-        self.events.append({"event": "worker_lost", "workers": lost, "clients": sorted(removed),
-                            "time": time.time(), "took_s": round(time.monotonic() - started, 3)})
+        self.events.append(
+            {
+                "event": "worker_lost",
+                "workers": lost,
+                "clients": sorted(removed),
+                "time": time.time(),
+                "took_s": round(time.monotonic() - started, 3),
+            }
+        )
         log.warning("lost gateway worker(s) %s; released %d client(s)", ", ".join(lost), len(removed))
 
     def _push_peers(self) -> None:
@@ -311,8 +336,11 @@ class Deployment:
         fails is left to the next health check."""
         import ray
 
-        refs = {(w, method): getattr(h, method).remote(argument)
-                for w, h in self.workers.items() for method, argument in calls}
+        refs = {
+            (w, method): getattr(h, method).remote(argument)
+            for w, h in self.workers.items()
+            for method, argument in calls
+        }
         if not refs:
             return
         ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=CONTROL_TIMEOUT)
@@ -366,7 +394,7 @@ class Deployment:
             self.worker_info.clear()
             self.registry = None
 
-    def __enter__(self) -> "Deployment":
+    def __enter__(self) -> Deployment:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:

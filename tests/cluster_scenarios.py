@@ -23,7 +23,8 @@ import sys
 import tempfile
 import time
 import traceback
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 # Before Ray is imported: loopback only; a private Ray temp dir (a Cluster records its address
 # in <temp dir>/ray/ray_current_cluster, where any plain ``ray.init()`` on this machine would
@@ -89,7 +90,7 @@ class FailoverProxy:
         self._server: asyncio.AbstractServer | None = None
         self._tasks: set[asyncio.Task] = set()
 
-    async def start(self) -> "FailoverProxy":
+    async def start(self) -> FailoverProxy:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
         return self
 
@@ -140,8 +141,12 @@ class Run:
     # -- setup ---------------------------------------------------------------------------------
     def start(self) -> None:
         started = time.monotonic()
-        node_args = {"num_cpus": 1, "node_ip_address": "127.0.0.1", "include_dashboard": False,
-                     "object_store_memory": 80 * 1024 * 1024}
+        node_args = {
+            "num_cpus": 1,
+            "node_ip_address": "127.0.0.1",
+            "include_dashboard": False,
+            "object_store_memory": 80 * 1024 * 1024,
+        }
         self.cluster = Cluster(initialize_head=True, head_node_args=dict(node_args))
         self.nodes = [self.cluster.head_node]
         for _ in range(NODES - 1):
@@ -149,8 +154,7 @@ class Run:
         self.cluster.wait_for_nodes()
         ray.init(address=self.cluster.address, include_dashboard=False, logging_level="WARNING")
         self.results["cluster_start_s"] = round(time.monotonic() - started, 2)
-        config = Config(port=0, workers=1, distinct_node_ports=True, health_check_interval=0.5,
-                        log_level="WARNING")
+        config = Config(port=0, workers=1, distinct_node_ports=True, health_check_interval=0.5, log_level="WARNING")
         self.deployment = Deployment(config).start()
         self.results["deploy_s"] = round(time.monotonic() - started - self.results["cluster_start_s"], 2)
 
@@ -187,8 +191,7 @@ class Run:
         """Ray calls and frames between workers so far, summed over every worker."""
         assert self.deployment is not None
         stats = self.deployment.stats()
-        return (sum(sum(s["peer_calls"].values()) for s in stats),
-                sum(sum(s["peer_frames"].values()) for s in stats))
+        return (sum(sum(s["peer_calls"].values()) for s in stats), sum(sum(s["peer_frames"].values()) for s in stats))
 
     # -- scenarios -----------------------------------------------------------------------------
     async def placement(self, seen: dict[str, Any]) -> None:
@@ -211,8 +214,20 @@ class Run:
         assert self.cluster is not None
         env = dict(os.environ, RHIZOMORPH_DISTINCT_NODE_PORTS="1", RHIZOMORPH_WORKERS="1")
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "rhizomorph.cli", "serve", "--address", self.cluster.address, "--port", "0",
-            "--log-level", "WARNING", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env)
+            sys.executable,
+            "-m",
+            "rhizomorph.cli",
+            "serve",
+            "--address",
+            self.cluster.address,
+            "--port",
+            "0",
+            "--log-level",
+            "WARNING",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env=env,
+        )
         try:
             lines: list[str] = []
             while True:
@@ -253,14 +268,21 @@ class Run:
         for provider_wire, provider_node, consumer_wire, consumer_node in pairs:
             provider = await self.connect(self.node_url(provider_node), v4=provider_wire == "v4")
             consumer = await self.connect(self.node_url(consumer_node), v4=consumer_wire == "v4")
-            await provider.register_service({"id": "echo", "config": {"visibility": "public"},
-                                             "echo": lambda x: x})
+            await provider.register_service({"id": "echo", "config": {"visibility": "public"}, "echo": lambda x: x})
             echo = await consumer.get_service(f"{address(provider)}:echo")
             big = os.urandom(300_000)
-            ok = (await echo.echo("hello") == "hello" and await echo.echo(big) == big
-                  and await asyncio.gather(*(echo.echo(i) for i in range(30))) == list(range(30)))
-            seen["pairs"].append({"provider": f"{provider_wire}@{provider.config.rhizomorph_worker}",
-                                  "consumer": f"{consumer_wire}@{consumer.config.rhizomorph_worker}", "ok": ok})
+            ok = (
+                await echo.echo("hello") == "hello"
+                and await echo.echo(big) == big
+                and await asyncio.gather(*(echo.echo(i) for i in range(30))) == list(range(30))
+            )
+            seen["pairs"].append(
+                {
+                    "provider": f"{provider_wire}@{provider.config.rhizomorph_worker}",
+                    "consumer": f"{consumer_wire}@{consumer.config.rhizomorph_worker}",
+                    "ok": ok,
+                }
+            )
 
     async def broadcast(self, seen: dict[str, Any]) -> None:
         owner = await self.connect(self.node_url(0))
@@ -270,8 +292,9 @@ class Run:
         per_node = 6
         for index in range(NODES):
             for k in range(per_node + 1):
-                server = await self.connect(self.node_url(index), v4=k % 2 == 1, workspace=workspace,
-                                            token=await owner.generate_token())
+                server = await self.connect(
+                    self.node_url(index), v4=k % 2 == 1, workspace=workspace, token=await owner.generate_token()
+                )
                 got: list[Any] = []
                 server.on("tick", lambda message, got=got: got.append(message["data"]))
                 if k < per_node:
@@ -309,8 +332,9 @@ class Run:
         deployment = self.deployment
         assert deployment is not None
         provider = await self.connect(self.node_url(1))
-        watcher = await self.connect(self.node_url(0), workspace=provider.config.workspace,
-                                     token=await provider.generate_token())
+        watcher = await self.connect(
+            self.node_url(0), workspace=provider.config.workspace, token=await provider.generate_token()
+        )
         consumer = await self.connect(self.node_url(2))
         calls = {"n": 0}
 
@@ -330,13 +354,18 @@ class Run:
         seen["victim"] = victim
         started = time.monotonic()
         ray.kill(deployment.workers[victim], no_restart=True)
-        seen["lost_after_s"] = round(await eventually(
-            lambda: any(e["event"] == "worker_lost" and victim in e["workers"] for e in deployment.events)), 2)
+        seen["lost_after_s"] = round(
+            await eventually(
+                lambda: any(e["event"] == "worker_lost" and victim in e["workers"] for e in deployment.events)
+            ),
+            2,
+        )
         await eventually(lambda: deployment.workers_on(self.node_id(1)), timeout=30)
         seen["replaced_after_s"] = round(time.monotonic() - started, 2)
         seen["replacements"] = deployment.workers_on(self.node_id(1))
-        seen["same_port"] = (deployment.worker_info[seen["replacements"][0]]["port"]
-                             == int(self.node_url(1).rsplit(":", 1)[1]))
+        seen["same_port"] = deployment.worker_info[seen["replacements"][0]]["port"] == int(
+            self.node_url(1).rsplit(":", 1)[1]
+        )
         await eventually(lambda: provider.config.client_id in gone, timeout=10)
         seen["client_disconnected_seen"] = True
 
@@ -374,20 +403,20 @@ class Run:
         balanced = {"v3": await self.connect(proxy.url), "v4": await self.connect(proxy.url, v4=True)}
         stranded = await self.connect(self.node_url(2))  # straight to node 2: nowhere to reconnect
         consumer = await self.connect(self.node_url(0))
-        colleague = await self.connect(self.node_url(0), workspace=stranded.config.workspace,
-                                       token=await stranded.generate_token())
-        seen["before"] = {name: s.config.rhizomorph_worker for name, s in
-                          {**balanced, "stranded": stranded}.items()}
+        colleague = await self.connect(
+            self.node_url(0), workspace=stranded.config.workspace, token=await stranded.generate_token()
+        )
+        seen["before"] = {name: s.config.rhizomorph_worker for name, s in {**balanced, "stranded": stranded}.items()}
         for name, server in balanced.items():
-            await server.register_service({"id": f"lb-{name}", "config": {"visibility": "public"},
-                                           "echo": lambda x: x})
+            await server.register_service({"id": f"lb-{name}", "config": {"visibility": "public"}, "echo": lambda x: x})
 
         async def hang() -> str:
             await asyncio.sleep(120)
             return "late"
 
-        await stranded.register_service({"id": "doomed", "config": {"visibility": "public"},
-                                         "echo": lambda x: x, "hang": hang})
+        await stranded.register_service(
+            {"id": "doomed", "config": {"visibility": "public"}, "echo": lambda x: x, "hang": hang}
+        )
         doomed_id = f"{address(stranded)}:doomed"
         doomed = await consumer.get_service(doomed_id)
         assert await doomed.echo(1) == 1
@@ -414,8 +443,12 @@ class Run:
             seen["call_after_loss"] = str(exc)[:200]
         seen["call_after_loss_s"] = round(time.monotonic() - t, 2)
 
-        seen["lost_after_s"] = round(await eventually(
-            lambda: any(e["event"] == "worker_lost" and "n2w0" in e["workers"] for e in deployment.events)), 2)
+        seen["lost_after_s"] = round(
+            await eventually(
+                lambda: any(e["event"] == "worker_lost" and "n2w0" in e["workers"] for e in deployment.events)
+            ),
+            2,
+        )
         try:
             await asyncio.wait_for(in_flight, 10)
             seen["in_flight_call"] = "answered"
@@ -450,8 +483,9 @@ class Run:
             await eventually(lambda sid=service_id: recovered(sid), timeout=30, interval=0.3)
             seen[f"recovered_{name}_after_s"] = round(time.monotonic() - started, 2)
         owners = {s["worker_id"]: s["clients"] for s in deployment.stats()}
-        seen["after"] = {name: [w for w, clients in owners.items() if address(s) in clients]
-                         for name, s in balanced.items()}
+        seen["after"] = {
+            name: [w for w, clients in owners.items() if address(s) in clients] for name, s in balanced.items()
+        }
         seen["workers_after"] = sorted(deployment.workers)
         seen["registry_after"] = await deployment.registry.summary.remote()
         seen["watchdog"] = [e for e in deployment.events if e["event"] == "worker_lost"]

@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 from hypothesis import settings
@@ -82,7 +83,9 @@ async def connect(router):
             pass
 
 
-async def eventually(check: Callable[[], Awaitable[bool] | bool], timeout: float = 10.0, interval: float = 0.05) -> None:
+async def eventually(
+    check: Callable[[], Awaitable[bool] | bool], timeout: float = 10.0, interval: float = 0.05
+) -> None:
     """Wait until ``check()`` is true; fail with a clear message after ``timeout``."""
     deadline = time.monotonic() + timeout
     while True:

@@ -9,8 +9,8 @@ import psutil
 import pytest
 import websockets
 
-from rhizomorph.protocol.envelope import encode
 from rhizomorph import Config, Deployment
+from rhizomorph.protocol.envelope import encode
 from tests.test_wire import RawClient
 
 QUEUE_BOUND = 4 * 1024 * 1024
@@ -51,8 +51,9 @@ async def test_slow_consumer_is_evicted_senders_are_told_and_memory_stays_flat(t
     payload = {"args": [b"\0" * FRAME], "promise": "*"}
     sent = FLOOD // FRAME
     for i in range(sent):
-        await sender.ws.send(encode({"type": "method", "to": target, "method": "services.x.y", "session": f"s{i}"},
-                                    payload))
+        await sender.ws.send(
+            encode({"type": "method", "to": target, "method": "services.x.y", "session": f"s{i}"}, payload)
+        )
     rejected = set()
 
     async def collect() -> None:
@@ -88,9 +89,10 @@ async def test_stalled_write_is_evicted_by_the_write_deadline(tight_router):
     sender = await RawClient.connect(url)
     evicted_before = tight_router.stats()[0]["evicted"]
     # Enough to fill the socket buffers (so a write blocks) but stay under the queue bound.
-    for i in range(40):
-        await sender.ws.send(encode({"type": "method", "to": target, "method": "services.x.y"},
-                                    {"args": [b"\1" * (256 * 1024)]}))
+    for _ in range(40):
+        await sender.ws.send(
+            encode({"type": "method", "to": target, "method": "services.x.y"}, {"args": [b"\1" * (256 * 1024)]})
+        )
     for _ in range(100):
         await asyncio.sleep(0.2)
         if tight_router.stats()[0]["evicted"] > evicted_before:

@@ -110,8 +110,9 @@ async def test_v3_and_v4_call_each_other_including_2mb(router, clients, provider
 async def race_transfer_and_small_calls(deployment, consumer, provider) -> None:
     """Start a 16 MB transfer, then 100 small calls to the same target: all small ones must
     finish before the transfer does."""
-    await provider.register_service({"id": "sink", "config": {"visibility": "public"},
-                                     "take": lambda data: len(data), "ping": lambda i: i})
+    await provider.register_service(
+        {"id": "sink", "config": {"visibility": "public"}, "take": lambda data: len(data), "ping": lambda i: i}
+    )
     sink = await consumer.get_service(f"{address(provider)}:sink")
     finished: dict[str, float] = {}
 

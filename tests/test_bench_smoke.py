@@ -14,9 +14,25 @@ from benchmarks.run import run_suite_to_file
 from benchmarks.scenarios import SUITES
 
 RESULT_KEYS = {
-    "contender", "client", "repeat", "case", "scenario", "mode", "messages", "delivered", "errors", "payload_bytes",
-    "elapsed_s", "msgs_per_s", "mb_per_s", "latency_p50_ms", "latency_p99_ms", "server_cpu_s", "server_rss_mb",
-    "client_cpu_s", "timed_out",
+    "contender",
+    "client",
+    "repeat",
+    "case",
+    "scenario",
+    "mode",
+    "messages",
+    "delivered",
+    "errors",
+    "payload_bytes",
+    "elapsed_s",
+    "msgs_per_s",
+    "mb_per_s",
+    "latency_p50_ms",
+    "latency_p99_ms",
+    "server_cpu_s",
+    "server_rss_mb",
+    "client_cpu_s",
+    "timed_out",
 }
 
 
@@ -36,8 +52,16 @@ def test_smoke_suite_runs_every_case_on_every_pair(ray_runtime, router, bare_rel
     # As `python -m benchmarks.run` does: the clients run in a load process of their own.
     sink = tmp_path / "records.jsonl"
     with LoadProcess() as load:
-        load.run(run_suite_to_file, suite.cases(), [Started(c) for c in contenders], ["raw", "hypha-rpc", "v4"], 1,
-                 suite.run_timeout, sink, {"run_id": "smoke"})
+        load.run(
+            run_suite_to_file,
+            suite.cases(),
+            [Started(c) for c in contenders],
+            ["raw", "hypha-rpc", "v4"],
+            1,
+            suite.run_timeout,
+            sink,
+            {"run_id": "smoke"},
+        )
     records = [json.loads(line) for line in sink.read_text().splitlines()]
 
     assert [r for r in records if r["kind"] == "error"] == []
@@ -45,9 +69,16 @@ def test_smoke_suite_runs_every_case_on_every_pair(ray_runtime, router, bare_rel
     # emit does not chunk 2 MB events, with either client; the relay speaks only the raw wire.
     assert skipped == {("large/events", "rhizomorph-1w", "hypha-rpc"), ("large/events", "rhizomorph-1w", "v4")}
     results = [r for r in records if r["kind"] == "result"]
-    expected = {(c.id, name, client) for c in suite.cases()
-                for name, client in (("rhizomorph-1w", "raw"), ("rhizomorph-1w", "hypha-rpc"), ("rhizomorph-1w", "v4"),
-                                     ("bare-relay", "raw"))}
+    expected = {
+        (c.id, name, client)
+        for c in suite.cases()
+        for name, client in (
+            ("rhizomorph-1w", "raw"),
+            ("rhizomorph-1w", "hypha-rpc"),
+            ("rhizomorph-1w", "v4"),
+            ("bare-relay", "raw"),
+        )
+    }
     assert {(r["case"], r["contender"], r["client"]) for r in results} == expected - skipped
 
     for r in results:
@@ -61,15 +92,25 @@ def test_smoke_suite_runs_every_case_on_every_pair(ray_runtime, router, bare_rel
     assert fanout["messages"] == 3 * 10  # every subscriber got every event
 
     path = tmp_path / "smoke.jsonl"
-    path.write_text("".join(json.dumps({"run_id": "smoke", "suite": "smoke", **r}) + "\n"
-                            for r in [{"kind": "meta", "machine": {}, "repeats": 1}, *records]))
+    path.write_text(
+        "".join(
+            json.dumps({"run_id": "smoke", "suite": "smoke", **r}) + "\n"
+            for r in [{"kind": "meta", "machine": {}, "repeats": 1}, *records]
+        )
+    )
     written = report.write_reports(path, plots=False)
     markdown = written[0].read_text()
     assert "1w / bare relay (raw)" in markdown and "v4 / v3 (hypha-rpc, 1w)" in markdown
     assert "fanin-4/sequential" in markdown
     rows = report.aggregate(results)
-    ratio = report._ratio(*(next(r.msgs_per_s for r in rows if r.case == "small/sequential" and r.contender == name
-                                 and r.client == "raw") for name in ("rhizomorph-1w", "bare-relay")))
+    ratio = report._ratio(
+        *(
+            next(
+                r.msgs_per_s for r in rows if r.case == "small/sequential" and r.contender == name and r.client == "raw"
+            )
+            for name in ("rhizomorph-1w", "bare-relay")
+        )
+    )
     assert math.isfinite(ratio.median) and ratio.median > 0
 
 

@@ -44,8 +44,14 @@ def test_workers_per_node_from_count_cpus_or_custom_resource():
 
 
 def test_cluster_fields_come_from_the_environment():
-    config = Config.from_env({"RHIZOMORPH_WORKERS_PER_CPU": "0.5", "RHIZOMORPH_WORKER_RESOURCE": "gateway",
-                              "RHIZOMORPH_HEALTH_CHECK_INTERVAL": "2", "RHIZOMORPH_DISTINCT_NODE_PORTS": "yes"})
+    config = Config.from_env(
+        {
+            "RHIZOMORPH_WORKERS_PER_CPU": "0.5",
+            "RHIZOMORPH_WORKER_RESOURCE": "gateway",
+            "RHIZOMORPH_HEALTH_CHECK_INTERVAL": "2",
+            "RHIZOMORPH_DISTINCT_NODE_PORTS": "yes",
+        }
+    )
     assert (config.workers_per_cpu, config.worker_resource) == (0.5, "gateway")
     assert (config.health_check_interval, config.distinct_node_ports) == (2.0, True)
 
@@ -75,8 +81,15 @@ async def test_health_check_releases_a_dead_worker_and_starts_a_replacement(ray_
 @pytest.fixture(scope="module")
 def cluster() -> dict[str, Any]:
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    proc = subprocess.Popen([sys.executable, "-m", "tests.cluster_scenarios"], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.cluster_scenarios"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         out, err = proc.communicate(timeout=SCENARIO_TIMEOUT)
     except subprocess.TimeoutExpired:
@@ -87,7 +100,7 @@ def cluster() -> dict[str, Any]:
         pytest.fail(f"cluster scenarios did not finish in {SCENARIO_TIMEOUT} s:\n{err[-3000:]}")
     lines = [line for line in out.splitlines() if line.startswith(MARKER)]
     assert lines, f"no results (exit {proc.returncode}):\n{err[-3000:]}"
-    results = json.loads(lines[-1][len(MARKER):])
+    results = json.loads(lines[-1][len(MARKER) :])
     assert "error" not in results, results["error"]
     return results
 
@@ -133,7 +146,11 @@ def test_v3_and_v4_clients_on_different_nodes_call_each_other(cluster):
     for pair in pairs:
         assert pair["provider"].split("@")[1][:2] != pair["consumer"].split("@")[1][:2]  # other node
     assert {p["provider"].split("@")[0] + ">" + p["consumer"].split("@")[0] for p in pairs} == {
-        "v3>v4", "v4>v3", "v3>v3", "v4>v4"}
+        "v3>v4",
+        "v4>v3",
+        "v3>v3",
+        "v4>v4",
+    }
 
 
 @pytest.mark.slow

@@ -28,12 +28,21 @@ from tests.conftest import eventually
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
 CLIENT_JS = EXAMPLES / "node_modules" / "hypha-rpc" / "dist" / "hypha-rpc-websocket.min.js"
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--window-size=1400,1000"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1400,1000",
+]
 
 
 # -- static files: rhizomorph/gateway/http.py without a router ---------------------------------------------
+
 
 @pytest.fixture
 def site(tmp_path: Path) -> Path:
@@ -76,12 +85,27 @@ def test_static_serves_pages_console_and_js_client(site: Path) -> None:
     assert _get(site, "//demo").headers["Location"] == "/demo/"
 
 
-@pytest.mark.parametrize("path", [
-    "/../outside.html", "/demo/../../outside.html", "/%2e%2e/outside.html", "/demo/%2e%2e/%2e%2e/outside.html",
-    "/..%2foutside.html", "/demo/..%5c..%5coutside.html", "/demo\\..\\..\\outside.html", "/%00",
-    "/.hidden/x.html", "/demo/link.html", "/demo/producer.py", "/lib/../../../console/index.html",
-    "/lib/%2e%2e/%2e%2e/%2e%2e/console/index.html", "/missing.html", "/etc/passwd", "//etc/passwd",
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/../outside.html",
+        "/demo/../../outside.html",
+        "/%2e%2e/outside.html",
+        "/demo/%2e%2e/%2e%2e/outside.html",
+        "/..%2foutside.html",
+        "/demo/..%5c..%5coutside.html",
+        "/demo\\..\\..\\outside.html",
+        "/%00",
+        "/.hidden/x.html",
+        "/demo/link.html",
+        "/demo/producer.py",
+        "/lib/../../../console/index.html",
+        "/lib/%2e%2e/%2e%2e/%2e%2e/console/index.html",
+        "/missing.html",
+        "/etc/passwd",
+        "//etc/passwd",
+    ],
+)
 def test_static_refuses_paths_outside_the_root_and_unknown_types(site: Path, path: str) -> None:
     response = _get(site, path)
     assert response.status_code == 404, path
@@ -108,8 +132,13 @@ async def test_router_serves_console_and_refuses_traversal(router) -> None:
 
     status, body = await asyncio.to_thread(fetch, "/")
     assert status == 200 and b"rhizomorph console" in body
-    for path in ("/../pyproject.toml", "/%2e%2e/pyproject.toml", "/console/../../README.md",
-                 "/live-monitor/producer.py", "/../.git/config"):
+    for path in (
+        "/../pyproject.toml",
+        "/%2e%2e/pyproject.toml",
+        "/console/../../README.md",
+        "/live-monitor/producer.py",
+        "/../.git/config",
+    ):
         status, body = await asyncio.to_thread(fetch, path)
         assert status == 404, path
     assert (await asyncio.to_thread(fetch, "/health"))[0] == 200
@@ -117,14 +146,16 @@ async def test_router_serves_console_and_refuses_traversal(router) -> None:
 
 # -- the fan-out example --------------------------------------------------------------------------
 
+
 async def test_fanout_example_delivers_everything(router) -> None:
     sys.path.insert(0, str(EXAMPLES))
     try:
         import fanout
     finally:
         sys.path.remove(str(EXAMPLES))
-    result = await fanout.main(["--server-url", router.url, "--callers", "6", "--calls", "10",
-                                "--subscribers", "6", "--events", "20"])
+    result = await fanout.main(
+        ["--server-url", router.url, "--callers", "6", "--calls", "10", "--subscribers", "6", "--events", "20"]
+    )
     assert result["rpc"]["calls"] == result["rpc"]["served"] == 60
     assert result["pubsub"]["delivered"] == result["pubsub"]["expected"] == 120
     assert result["pubsub"]["in_order"]
@@ -132,10 +163,17 @@ async def test_fanout_example_delivers_everything(router) -> None:
 
 # -- the browser ----------------------------------------------------------------------------------
 
+
 def _run(command: list[str], cwd: Path | None = None, timeout: float = 600) -> tuple[bool, str]:
     try:
-        done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                              env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        done = subprocess.run(
+            command,
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         return False, str(exc)
     return done.returncode == 0, (done.stdout + done.stderr)[-2000:]
@@ -202,9 +240,19 @@ async def producer(router, tmp_path_factory):
 
     log = tmp_path_factory.mktemp("producer") / "producer.log"
     with open(log, "w") as out:
-        process = subprocess.Popen([sys.executable, str(EXAMPLES / "live-monitor" / "producer.py"),
-                                    "--server-url", router.url, "--rate", "20"],
-                                   stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                str(EXAMPLES / "live-monitor" / "producer.py"),
+                "--server-url",
+                router.url,
+                "--rate",
+                "20",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
     watcher = await connect_to_server({"server_url": router.url, "method_timeout": 20})
     try:
         found: list[dict] = []
@@ -233,8 +281,9 @@ async def _wait_for(browser, script: str, timeout: float = 30.0) -> Any:
         if value:
             return value
         if time.monotonic() > deadline:
-            status = await asyncio.to_thread(browser.execute_script,
-                                             "const e = document.querySelector('#connection'); return e && e.textContent;")
+            status = await asyncio.to_thread(
+                browser.execute_script, "const e = document.querySelector('#connection'); return e && e.textContent;"
+            )
             logs = await asyncio.to_thread(browser.get_log, "browser")
             raise AssertionError(f"page never satisfied {script!r}; status: {status!r}; log: {logs[-10:]}")
         await asyncio.sleep(0.2)
@@ -300,9 +349,9 @@ async def test_live_monitor_page_shows_what_the_producer_sent(router, browser, p
 
 
 async def _text(browser, selector: str) -> str | None:
-    return await asyncio.to_thread(browser.execute_script,
-                                   "const e = document.querySelector(arguments[0]); return e && e.textContent;",
-                                   selector)
+    return await asyncio.to_thread(
+        browser.execute_script, "const e = document.querySelector(arguments[0]); return e && e.textContent;", selector
+    )
 
 
 @pytest.mark.timeout(600)
@@ -315,8 +364,9 @@ async def test_console_page_shows_the_router_live(router, browser, connect, tmp_
     # A public service registered now appears in the console, and goes when unregistered.
     provider = await connect()
     caller = await connect()
-    info = await provider.register_service({"id": "console-probe", "name": "Console probe",
-                                            "config": {"visibility": "public"}, "echo": lambda x: x})
+    info = await provider.register_service(
+        {"id": "console-probe", "name": "Console probe", "config": {"visibility": "public"}, "echo": lambda x: x}
+    )
     selector = f'[data-service="{info["id"]}"]'
     await _wait_for(browser, f"document.querySelector('{selector}')")
 
@@ -339,8 +389,9 @@ async def test_console_page_shows_the_router_live(router, browser, connect, tmp_
         for i in range(60):
             assert await echo.echo(i) == i
         # Each call is a request to the provider and a reply to the caller: 120 messages or more.
-        await _wait_for(browser, f"Number(document.querySelector('[data-field=\"worker_messages\"]').textContent) "
-                                 f">= {before + 120}")
+        await _wait_for(
+            browser, f"Number(document.querySelector('[data-field=\"worker_messages\"]').textContent) >= {before + 120}"
+        )
         await _wait_for(browser, "routerConsole.rates && routerConsole.rates.known")
     else:
         # An older router without get_router_stats: the page says so instead of guessing.

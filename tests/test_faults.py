@@ -16,6 +16,7 @@ async def test_chunking_actor_crash_fails_the_stream_and_the_next_one_works(rout
 
     clients = []
     try:
+
         async def connect_one():
             server = await connect_v4({"server_url": router2.url, "method_timeout": 60})
             clients.append(server)
@@ -23,8 +24,9 @@ async def test_chunking_actor_crash_fails_the_stream_and_the_next_one_works(rout
 
         consumer, provider = await on_two_workers(connect_one)
         first = consumer.config.rhizomorph_worker
-        await provider.register_service({"id": "sink", "config": {"visibility": "public"},
-                                         "take": lambda data: len(data)})
+        await provider.register_service(
+            {"id": "sink", "config": {"visibility": "public"}, "take": lambda data: len(data)}
+        )
         sink = await consumer.get_service(f"{provider.config.workspace}/{provider.config.client_id}:sink")
         relay = ray.get_actor(relay_name(router2.config.server_id, router2.worker_info[first]["node_id"]))
         start = (await relay.stats.remote())["bytes"]

@@ -27,14 +27,14 @@ import websockets
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from rhizomorph import Config, Deployment
 from rhizomorph.protocol import envelope, handshake
 from rhizomorph.protocol import frames as v4frames
 from rhizomorph.protocol.envelope import EnvelopeError, encode
 from rhizomorph.protocol.handshake import HandshakeError, TokenIssuer
-from rhizomorph import Config, Deployment
 from tests.conftest import eventually
-from tests.wire_oracle import routable_header
 from tests.test_wire import RawClient
+from tests.wire_oracle import routable_header
 
 PROPERTY = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 SECRET = "fuzz-secret-0123456789abcdef-0123456789"  # >= 32 bytes: PyJWT warns below
@@ -88,15 +88,27 @@ CLAIM_KEYS = ["iss", "typ", "sub", "anon", "roles", "email", "ws", "cws", "cid",
 @st.composite
 def token_claims(draw, kind: str, values: st.SearchStrategy) -> dict:
     """A token the router could have signed, with a few claims removed or replaced."""
-    claims = {"iss": "rhizomorph", "typ": handshake.RECONNECTION if kind == "reconnection_token" else handshake.ACCESS,
-              "sub": "u1", "anon": False, "roles": [], "email": None, "ws": {"ws-x": "rw"}, "cws": "ws-x", "cid": "c1",
-              "iat": int(time.time()), "exp": int(time.time()) + 3600, "jti": "j"}
+    claims = {
+        "iss": "rhizomorph",
+        "typ": handshake.RECONNECTION if kind == "reconnection_token" else handshake.ACCESS,
+        "sub": "u1",
+        "anon": False,
+        "roles": [],
+        "email": None,
+        "ws": {"ws-x": "rw"},
+        "cws": "ws-x",
+        "cid": "c1",
+        "iat": int(time.time()),
+        "exp": int(time.time()) + 3600,
+        "jti": "j",
+    }
     for key in draw(st.lists(st.sampled_from(CLAIM_KEYS), unique=True, min_size=1, max_size=3)):
         if draw(st.booleans()):
             claims.pop(key, None)
         elif key == "ws":
-            claims[key] = draw(st.dictionaries(st.text(max_size=8), st.sampled_from(["r", "rw", "a"]) | values,
-                                               max_size=3) | values)
+            claims[key] = draw(
+                st.dictionaries(st.text(max_size=8), st.sampled_from(["r", "rw", "a"]) | values, max_size=3) | values
+            )
         else:
             claims[key] = draw(values)
     return claims
@@ -112,8 +124,9 @@ def _check_signed_token(claims: dict, kind: str, extra: dict) -> None:
 
 
 KINDS = st.sampled_from(["token", "reconnection_token"])
-EXTRA_AUTH = st.dictionaries(st.sampled_from(["client_id", "workspace"]), st.sampled_from(["c1", "ws-x", "other"]),
-                             max_size=2)
+EXTRA_AUTH = st.dictionaries(
+    st.sampled_from(["client_id", "workspace"]), st.sampled_from(["c1", "ws-x", "other"]), max_size=2
+)
 
 
 @PROPERTY
@@ -125,14 +138,24 @@ def test_property_signed_tokens_with_missing_or_wrong_claims_raise_handshake_err
 
 @pytest.mark.parametrize("claim, value", [("roles", 5), ("roles", True), ("ws", {"ws-x": ["rw"]})])
 def test_signed_tokens_with_odd_claim_types_raise_handshake_error(claim, value):
-    claims = {"iss": "rhizomorph", "typ": handshake.ACCESS, "sub": "u1", "ws": {"ws-x": "rw"}, "cws": "ws-x",
-              "exp": int(time.time()) + 3600, claim: value}
+    claims = {
+        "iss": "rhizomorph",
+        "typ": handshake.ACCESS,
+        "sub": "u1",
+        "ws": {"ws-x": "rw"},
+        "cws": "ws-x",
+        "exp": int(time.time()) + 3600,
+        claim: value,
+    }
     _check_signed_token(claims, "token", {})
 
 
 @PROPERTY
-@given(header=st.dictionaries(st.text(max_size=8), JSON, max_size=4), to=st.text(min_size=1, max_size=10),
-       payload=st.binary(max_size=64))
+@given(
+    header=st.dictionaries(st.text(max_size=8), JSON, max_size=4),
+    to=st.text(min_size=1, max_size=10),
+    payload=st.binary(max_size=64),
+)
 def test_property_decode_with_any_payload_raises_only_envelope_error(header, to, payload):
     frame = encode({**header, "to": to}) + payload
     try:
@@ -153,6 +176,7 @@ def test_property_decode_of_any_bytes_raises_only_envelope_error(data):
 
 # -- the oracle the live flood checks answers against ------------------------------------------------
 
+
 def expects_error(frame: bytes) -> bool:
     """docs/protocol.md: a binary frame on a v3 connection whose header cannot be routed — not
     msgpack, not a map, no non-empty string ``to``, a non-string ``type``, or a v4 frame — gets
@@ -168,11 +192,11 @@ def batch_messages(frame: bytes) -> list[bytes] | None:
     while offset < len(frame):
         if offset + 4 > len(frame):
             return None
-        length = int.from_bytes(frame[offset:offset + 4], "big")
+        length = int.from_bytes(frame[offset : offset + 4], "big")
         offset += 4
         if offset + length > len(frame):
             return None
-        messages.append(frame[offset:offset + length])
+        messages.append(frame[offset : offset + length])
         offset += length
     return messages
 
@@ -239,8 +263,19 @@ def _garbage_frame(rng: random.Random, tag: str) -> bytes:
         value = rng.choice([[1, 2, 3], 7, -1, "to", b"\x81", None, True, 1.5, [{"to": "x"}]])
         return msgpack.packb(value) + rng.randbytes(rng.randrange(8))
     if kind == 3:  # a map with no usable 'to', or a non-string 'type'
-        header = rng.choice([{"type": "method"}, {"to": 5}, {"to": ""}, {"to": ["a"]}, {"to": None},
-                             {"to": "x", "type": 3}, {"to": "x", "type": ["method"]}, {1: "to"}, {}])
+        header = rng.choice(
+            [
+                {"type": "method"},
+                {"to": 5},
+                {"to": ""},
+                {"to": ["a"]},
+                {"to": None},
+                {"to": "x", "type": 3},
+                {"to": "x", "type": ["method"]},
+                {1: "to"},
+                {},
+            ]
+        )
         return msgpack.packb(header) + rng.randbytes(rng.randrange(8))
     if kind == 4:  # a map header with random contents
         return bytes([rng.choice(sorted(MAP_PREFIXES))]) + rng.randbytes(rng.randrange(48))
@@ -256,11 +291,15 @@ def _v4_frame(rng: random.Random) -> bytes:
     """A v4 frame for a v4 connection: batches of garbage, cut batches, unknown v4 kinds."""
     roll = rng.random()
     if roll < 0.1:  # not a batch (and not a chunk frame: streams keep state, they are not fuzzed here)
-        return b"\xc1" + bytes([rng.choice([b for b in range(256) if b not in b"BS"])]) + rng.randbytes(rng.randrange(16))
+        return (
+            b"\xc1" + bytes([rng.choice([b for b in range(256) if b not in b"BS"])]) + rng.randbytes(rng.randrange(16))
+        )
     if roll < 0.2:
         return _garbage_frame(rng, "nowhere")
-    messages = [_garbage_frame(rng, "nowhere") if rng.random() < 0.7 else _template(rng, "nowhere")
-                for _ in range(rng.randrange(0, 12))]
+    messages = [
+        _garbage_frame(rng, "nowhere") if rng.random() < 0.7 else _template(rng, "nowhere")
+        for _ in range(rng.randrange(0, 12))
+    ]
     batch = b"\xc1B" + b"".join(len(m).to_bytes(4, "big") + m for m in messages)
     if roll < 0.4:  # cut short, sometimes (harmlessly) on a message boundary
         return batch[: rng.randrange(2, len(batch) + 1)]
@@ -281,8 +320,11 @@ def _garbage_text(rng: random.Random) -> str:
 
 def _bad_auth_frames(rng: random.Random, count: int) -> list[str | bytes]:
     """Auth frames that must all be refused with an error frame and close 1008."""
-    other_secret = jwt.encode({"sub": "x", "typ": "access", "exp": 2**40, "iss": "rhizomorph"},
-                              "not-the-router-secret-0123456789abcdef", algorithm="HS256")
+    other_secret = jwt.encode(
+        {"sub": "x", "typ": "access", "exp": 2**40, "iss": "rhizomorph"},
+        "not-the-router-secret-0123456789abcdef",
+        algorithm="HS256",
+    )
     makers = [
         lambda: "".join(chr(rng.randrange(32, 0x2FF)) for _ in range(rng.randrange(1, 30))) + "{",
         lambda: json.dumps(rng.choice([[1], "x", 5, None, True])),
@@ -346,7 +388,7 @@ async def _flood(client: RawClient, frames: list[bytes | str], tally: Tally) -> 
 
 def _garbage_plan(rng: random.Random, tally: Tally) -> list[bytes | str]:
     frames: list[bytes | str] = []
-    for i in range(GARBAGE_FRAMES):
+    for _ in range(GARBAGE_FRAMES):
         roll = rng.random()
         if roll < 0.05:
             frames.append(_garbage_text(rng))
@@ -368,16 +410,24 @@ def _v4_plan(rng: random.Random, tally: Tally) -> list[bytes]:
 
 def _deterministic_plan(rng: random.Random, manager_id: str, tally: Tally) -> list[bytes]:
     """Well-formed frames whose answers docs/protocol.md fixes exactly."""
-    kinds = ([("call_ghost", True)] * 300 + [("resolve_ghost", True)] * 300 + [("event_ghost", False)] * 200
-             + [("call_other_ws", True)] * 2000 + [("event_other_ws", False)] * 1500
-             + [("event_own_ws", False)] * 1500 + [("manager_unknown", True)] * 100
-             + [("manager_garbage", False)] * 100)
+    kinds = (
+        [("call_ghost", True)] * 300
+        + [("resolve_ghost", True)] * 300
+        + [("event_ghost", False)] * 200
+        + [("call_other_ws", True)] * 2000
+        + [("event_other_ws", False)] * 1500
+        + [("event_own_ws", False)] * 1500
+        + [("manager_unknown", True)] * 100
+        + [("manager_garbage", False)] * 100
+    )
     rng.shuffle(kinds)
     frames = []
     for i, (kind, answered) in enumerate(kinds):
         if kind == "call_ghost":  # -> <session>.reject "Target peer ... is not connected"
-            frame = encode({"type": "method", "to": f"ghost-{i}", "method": "services.a.b", "session": f"g{i}"},
-                           {"args": [i], "promise": "*"})
+            frame = encode(
+                {"type": "method", "to": f"ghost-{i}", "method": "services.a.b", "session": f"g{i}"},
+                {"args": [i], "promise": "*"},
+            )
         elif kind == "resolve_ghost":  # no session -> peer_not_found
             frame = encode({"type": "method", "to": f"ghost-{i}", "method": f"s{i}.resolve"}, {"args": [i]})
         elif kind == "event_ghost":  # events are fire-and-forget
@@ -389,11 +439,17 @@ def _deterministic_plan(rng: random.Random, manager_id: str, tally: Tally) -> li
         elif kind == "event_own_ws":  # nobody in the workspace subscribed
             frame = encode({"type": "fuzz-event", "to": "*", "data": rng.randbytes(8)})
         elif kind == "manager_unknown":  # -> reject "Method not found"
-            frame = encode({"type": "method", "to": f"*/{manager_id}", "method": "services.default.nope",
-                            "session": f"m{i}"}, {"args": [], "promise": "*"})
+            frame = encode(
+                {"type": "method", "to": f"*/{manager_id}", "method": "services.default.nope", "session": f"m{i}"},
+                {"args": [], "promise": "*"},
+            )
         else:  # a valid header with an undecodable payload: the manager drops it (logged)
-            frame = encode({"type": "method", "to": f"*/{manager_id}", "method": "services.default.echo",
-                            "session": f"x{i}"}) + b"\xc1\xc1garbage"
+            frame = (
+                encode(
+                    {"type": "method", "to": f"*/{manager_id}", "method": "services.default.echo", "session": f"x{i}"}
+                )
+                + b"\xc1\xc1garbage"
+            )
         tally.expected_replies += answered
         frames.append(frame)
     return frames
@@ -451,8 +507,12 @@ async def test_gateway_survives_a_flood_of_bad_frames_while_serving_good_calls(f
     garbage = [await RawClient.connect(fuzzed.url) for _ in range(GARBAGE_CONNECTIONS)]
     steady = await RawClient.connect(fuzzed.url)
     admin = await RawClient.connect(fuzzed.url)
-    call = {"type": "method", "to": f"*/{admin.info['manager_id']}", "method": "services.default.generate_token",
-            "session": "tok"}
+    call = {
+        "type": "method",
+        "to": f"*/{admin.info['manager_id']}",
+        "method": "services.default.generate_token",
+        "session": "tok",
+    }
     await admin.ws.send(encode(call, {"args": [{"permission": "r"}], "promise": "*"}))
     read_only_token = (await admin.next_binary())["args"][0]
     reader = await RawClient.connect(fuzzed.url, token=read_only_token, workspace=admin.info["workspace"])
@@ -461,7 +521,8 @@ async def test_gateway_survives_a_flood_of_bad_frames_while_serving_good_calls(f
 
     tallies = [Tally() for _ in garbage]
     plans: list[tuple[RawClient, list, Tally]] = [
-        (client, _garbage_plan(rng, tally), tally) for client, tally in zip(garbage, tallies)]
+        (client, _garbage_plan(rng, tally), tally) for client, tally in zip(garbage, tallies)
+    ]
     steady_tally = Tally()
     plans.append((steady, _deterministic_plan(rng, admin.info["manager_id"], steady_tally), steady_tally))
     reader_tally = Tally(expected_errors=4000)
@@ -491,11 +552,15 @@ async def test_gateway_survives_a_flood_of_bad_frames_while_serving_good_calls(f
 
     async def bad_handshakes() -> None:
         for start in range(0, len(bad_auths), 25):
-            await asyncio.gather(*(_bad_handshake(fuzzed.url, auth, handshake_results)
-                                   for auth in bad_auths[start:start + 25]))
+            await asyncio.gather(
+                *(_bad_handshake(fuzzed.url, auth, handshake_results) for auth in bad_auths[start : start + 25])
+            )
 
-    await asyncio.gather(*(_flood(client, frames, tally) for client, frames, tally in plans), bad_handshakes(),
-                         *(_oversized(fuzzed.url, oversized_results) for _ in range(OVERSIZED_CONNECTIONS)))
+    await asyncio.gather(
+        *(_flood(client, frames, tally) for client, frames, tally in plans),
+        bad_handshakes(),
+        *(_oversized(fuzzed.url, oversized_results) for _ in range(OVERSIZED_CONNECTIONS)),
+    )
     sent_in = time.monotonic() - started
 
     def all_answered() -> bool:
@@ -507,8 +572,10 @@ async def test_gateway_survives_a_flood_of_bad_frames_while_serving_good_calls(f
     stop.set()
     await asyncio.wait_for(good, 60)
 
-    print(f"\n{total} bad frames sent in {sent_in:.1f} s, all answered after {answered_in:.1f} s; "
-          f"{len(good_calls)} good calls meanwhile")
+    print(
+        f"\n{total} bad frames sent in {sent_in:.1f} s, all answered after {answered_in:.1f} s; "
+        f"{len(good_calls)} good calls meanwhile"
+    )
     for _, frames, tally in plans:
         assert tally.sent == len(frames)
         assert tally.errors == tally.expected_errors, tally

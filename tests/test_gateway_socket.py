@@ -64,8 +64,9 @@ async def test_send_frames_is_one_socket_write_of_separate_messages() -> None:
         await connection.send_frames(large)
         await connection.wait_closed()
 
-    async with websockets.serve(handler, "127.0.0.1", 0, create_connection=RouterServerConnection,
-                                compression=None) as server:
+    async with websockets.serve(
+        handler, "127.0.0.1", 0, create_connection=RouterServerConnection, compression=None
+    ) as server:
         port = server.sockets[0].getsockname()[1]
         async with websockets.connect(f"ws://127.0.0.1:{port}", max_size=None, compression=None) as client:
             received = [await asyncio.wait_for(client.recv(), 5) for _ in range(len(small) + len(large))]

@@ -71,10 +71,15 @@ async def test_remote_error_callback_and_async_generator(connect):
         for i in range(n):
             yield i
 
-    await provider.register_service({
-        "id": "tools", "config": {"visibility": "public"},
-        "fail": fail, "call_me_back": call_me_back, "count": count,
-    })
+    await provider.register_service(
+        {
+            "id": "tools",
+            "config": {"visibility": "public"},
+            "fail": fail,
+            "call_me_back": call_me_back,
+            "count": count,
+        }
+    )
     tools = await consumer.get_service(f"{provider.config.workspace}/{provider.config.client_id}:tools")
 
     with pytest.raises(Exception, match="boom 3"):

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 import websockets
 
-from rhizomorph.protocol.envelope import encode
 from rhizomorph import Config, Deployment
+from rhizomorph.protocol.envelope import encode
 from tests.conftest import eventually
 from tests.test_wire import RawClient
 
@@ -25,6 +25,7 @@ _sessions = itertools.count()
 
 
 # -- helpers --------------------------------------------------------------------------------------
+
 
 @pytest.fixture
 async def raw(router):
@@ -44,9 +45,17 @@ async def raw(router):
 async def call_manager(client: RawClient, method: str, *args: Any) -> dict:
     """Call the manager from a raw client; returns the ``<session>.resolve|reject`` message."""
     session = f"limits{next(_sessions)}"
-    await client.ws.send(encode({"type": "method", "to": f"*/{client.info['manager_id']}",
-                                 "method": f"services.default.{method}", "session": session},
-                                {"args": list(args), "promise": "*"}))
+    await client.ws.send(
+        encode(
+            {
+                "type": "method",
+                "to": f"*/{client.info['manager_id']}",
+                "method": f"services.default.{method}",
+                "session": session,
+            },
+            {"args": list(args), "promise": "*"},
+        )
+    )
     while True:
         message = await client.next_binary(timeout=10)
         if message.get("method") in (f"{session}.resolve", f"{session}.reject"):
@@ -95,6 +104,7 @@ async def _connections(deployment: Deployment) -> int:
 
 
 # -- permissions ------------------------------------------------------------------------------------
+
 
 async def test_read_only_client_cannot_register_a_service(raw):
     alice = await raw()
@@ -150,9 +160,14 @@ async def test_read_only_token_cannot_mint_tokens_or_reach_other_workspaces(raw,
 
 async def test_generate_token_refuses_malformed_requests(raw):
     alice = await raw()
-    for config, message in (({"expires_in": -5}, "expires_in"), ({"expires_in": "soon"}, "expires_in"),
-                            ({"client_id": ["x"]}, "must be strings"), ({"workspace": {"a": 1}}, "must be strings"),
-                            ({"permission": ["a"]}, "must be strings"), ({"permission": "root"}, "invalid permission")):
+    for config, message in (
+        ({"expires_in": -5}, "expires_in"),
+        ({"expires_in": "soon"}, "expires_in"),
+        ({"client_id": ["x"]}, "must be strings"),
+        ({"workspace": {"a": 1}}, "must be strings"),
+        ({"permission": ["a"]}, "must be strings"),
+        ({"permission": "root"}, "invalid permission"),
+    ):
         refused = await call_manager(alice, "generate_token", config)
         assert refused["method"].endswith(".reject"), config
         assert message in refused["args"][0]["_rvalue"], (config, refused["args"][0]["_rvalue"])
@@ -160,6 +175,7 @@ async def test_generate_token_refuses_malformed_requests(raw):
 
 
 # -- isolation between workspaces -------------------------------------------------------------------
+
 
 async def test_broadcasts_never_leave_the_senders_workspace(raw):
     alice = await raw()
@@ -199,10 +215,19 @@ async def test_protected_services_are_invisible_across_workspaces(connect, raw):
     # Knowing the address is not enough: the frame is delivered with eve's stamped workspace,
     # and the provider's RPC refuses a protected method to another workspace.
     mallory = await raw()
-    await mallory.ws.send(encode({"type": "method", "to": f"{alice_ws}/{alice.config.client_id}",
-                                  "method": "services.secret.hello", "session": "steal",
-                                  "ws": alice_ws, "from": f"{alice_ws}/{alice.config.client_id}"},
-                                 {"args": [], "promise": "*", "t": 15}))
+    await mallory.ws.send(
+        encode(
+            {
+                "type": "method",
+                "to": f"{alice_ws}/{alice.config.client_id}",
+                "method": "services.secret.hello",
+                "session": "steal",
+                "ws": alice_ws,
+                "from": f"{alice_ws}/{alice.config.client_id}",
+            },
+            {"args": [], "promise": "*", "t": 15},
+        )
+    )
     while True:
         reply = await mallory.next_binary(timeout=10)
         if reply.get("method", "").startswith("steal."):
@@ -215,8 +240,9 @@ async def test_authorized_workspaces_open_a_protected_service_to_one_workspace(c
     friend = await connect()
     stranger = await connect()
     alice = await connect()
-    await alice.register_service({"id": "shared", "config": {"authorized_workspaces": [friend.config.workspace]},
-                                  "hello": lambda: "shared"})
+    await alice.register_service(
+        {"id": "shared", "config": {"authorized_workspaces": [friend.config.workspace]}, "hello": lambda: "shared"}
+    )
     alice_ws = alice.config.workspace
     assert await (await friend.get_service(f"{alice_ws}/shared")).hello() == "shared"
     with pytest.raises(Exception, match="(?i)not found|permission|denied"):
@@ -225,8 +251,9 @@ async def test_authorized_workspaces_open_a_protected_service_to_one_workspace(c
 
 # -- limits on a dedicated router ---------------------------------------------------------------------
 
-STRICT = dict(handshake_timeout=0.5, max_message_size=64 * 1024, message_rate=50.0, message_burst=100,
-              max_services_per_client=3)
+STRICT = dict(
+    handshake_timeout=0.5, max_message_size=64 * 1024, message_rate=50.0, message_burst=100, max_services_per_client=3
+)
 
 
 @pytest.fixture(scope="module")
@@ -248,7 +275,9 @@ async def test_frame_over_max_message_size_closes_1009(strict):
     client = await RawClient.connect(strict.url)
     try:
         limit = STRICT["max_message_size"]
-        ok = encode({"type": "method", "to": client.info["client_id"], "method": "big"}, {"args": [b"x" * (limit - 200)]})
+        ok = encode(
+            {"type": "method", "to": client.info["client_id"], "method": "big"}, {"args": [b"x" * (limit - 200)]}
+        )
         assert len(ok) <= limit
         await client.ws.send(ok)
         assert (await client.next_binary())["method"] == "big"  # just under the limit: delivered
@@ -303,8 +332,9 @@ async def test_a_client_under_the_rate_is_never_cut(strict):
 async def test_services_per_client_limit(strict):
     client = await RawClient.connect(strict.url)
     try:
-        replies = [await call_manager(client, "register_service", {"id": f"svc{i}", "type": "functions"})
-                   for i in range(4)]
+        replies = [
+            await call_manager(client, "register_service", {"id": f"svc{i}", "type": "functions"}) for i in range(4)
+        ]
         assert [r["method"].rsplit(".", 1)[1] for r in replies] == ["resolve"] * 3 + ["reject"]
         assert "limit of 3 services" in replies[3]["args"][0]["_rvalue"]
         # Re-registering an existing id is an update, not a new service.
@@ -331,6 +361,7 @@ async def test_services_per_client_limit_reaches_a_hypha_rpc_caller(strict):
 
 
 # -- connection cap ------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def tiny(ray_runtime):
@@ -386,6 +417,7 @@ async def _wait_connections(deployment: Deployment, count: int) -> None:
 
 
 # -- idle timeout ----------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def sleepy(ray_runtime):

@@ -7,12 +7,16 @@ import asyncio
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rhizomorph.actors import channel
 from rhizomorph import Config, Deployment
+from rhizomorph.actors import channel
 
 
-@given(st.lists(st.tuples(st.text(max_size=30), st.one_of(st.none(), st.text(max_size=10)), st.binary(max_size=500)),
-                max_size=20))
+@given(
+    st.lists(
+        st.tuples(st.text(max_size=30), st.one_of(st.none(), st.text(max_size=10)), st.binary(max_size=500)),
+        max_size=20,
+    )
+)
 def test_channel_batches_round_trip(items):
     data = channel.encode_batch(items)
     assert int.from_bytes(data[:4], "big") == len(data) - 4

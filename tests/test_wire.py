@@ -23,8 +23,9 @@ class RawClient:
     @classmethod
     async def connect(cls, url: str, path: str = "/", **auth):
         ws = await websockets.connect(url + path, max_size=None)
-        await ws.send(json.dumps({"client_id": None, "workspace": None, "token": None,
-                                  "reconnection_token": None, **auth}))
+        await ws.send(
+            json.dumps({"client_id": None, "workspace": None, "token": None, "reconnection_token": None, **auth})
+        )
         info = json.loads(await asyncio.wait_for(ws.recv(), 10))
         assert info["type"] == "connection_info", info
         return cls(ws, info)
@@ -74,8 +75,12 @@ async def test_text_ping_and_refresh_token(raw):
 
 
 async def test_bad_auth_frame_gets_error_and_policy_close(router):
-    for first in ("not json", json.dumps([1, 2]), json.dumps({"client_id": "a/b"}),
-                  json.dumps({"reconnection_token": "forged"})):
+    for first in (
+        "not json",
+        json.dumps([1, 2]),
+        json.dumps({"client_id": "a/b"}),
+        json.dumps({"reconnection_token": "forged"}),
+    ):
         async with websockets.connect(router.url) as ws:
             await ws.send(first)
             reply = json.loads(await asyncio.wait_for(ws.recv(), 5))
@@ -89,8 +94,15 @@ async def test_stamping_overwrites_forged_from_ws_user_and_keeps_payload(raw):
     alice = await raw()
     bob = await raw()
     payload = {"args": [b"\x00\x01payload" * 100], "promise": "*"}
-    forged = {"type": "method", "to": bob.address, "method": "services.x.y", "session": "s1",
-              "from": "victim-ws/victim", "ws": "victim-ws", "user": {"id": "root"}}
+    forged = {
+        "type": "method",
+        "to": bob.address,
+        "method": "services.x.y",
+        "session": "s1",
+        "from": "victim-ws/victim",
+        "ws": "victim-ws",
+        "user": {"id": "root"},
+    }
     await alice.ws.send(encode(forged, payload))
     got = await bob.next_binary()
     assert got["from"] == alice.address
@@ -123,8 +135,12 @@ async def test_bare_target_is_resolved_in_the_senders_workspace(raw, router):
     alice = await raw()
     token_reply = None
     # A second client in alice's workspace needs a token from the manager; use a raw call.
-    call = {"type": "method", "to": f"*/{alice.info['manager_id']}", "method": "services.default.generate_token",
-            "session": "tok"}
+    call = {
+        "type": "method",
+        "to": f"*/{alice.info['manager_id']}",
+        "method": "services.default.generate_token",
+        "session": "tok",
+    }
     await alice.ws.send(encode(call, {"args": [], "promise": "*"}))
     while token_reply is None:
         message = await alice.next_binary()
@@ -139,8 +155,11 @@ async def test_bare_target_is_resolved_in_the_senders_workspace(raw, router):
 async def test_session_call_to_absent_target_gets_synthetic_reject(raw):
     alice = await raw()
     ghost = f"{alice.info['workspace']}/never-was"
-    await alice.ws.send(encode({"type": "method", "to": ghost, "method": "services.a.b", "session": "S42"},
-                               {"args": [1], "promise": "*"}))
+    await alice.ws.send(
+        encode(
+            {"type": "method", "to": ghost, "method": "services.a.b", "session": "S42"}, {"args": [1], "promise": "*"}
+        )
+    )
     reply = await alice.next_binary()
     assert reply["method"] == "S42.reject"
     assert reply["from"] == ghost
@@ -155,8 +174,12 @@ async def test_burst_to_absent_target_asks_the_registry_once_and_answers_in_orde
     ghost = f"{alice.info['workspace']}/not-yet"
     before = sum(s["registry_lookups"] for s in router.stats())
     for i in range(50):
-        await alice.ws.send(encode({"type": "method", "to": ghost, "method": "services.a.b", "session": f"S{i}"},
-                                   {"args": [i], "promise": "*"}))
+        await alice.ws.send(
+            encode(
+                {"type": "method", "to": ghost, "method": "services.a.b", "session": f"S{i}"},
+                {"args": [i], "promise": "*"},
+            )
+        )
     replies = [await alice.next_binary() for _ in range(50)]
     assert [r["method"] for r in replies] == [f"S{i}.reject" for i in range(50)]
     lookups = sum(s["registry_lookups"] for s in router.stats()) - before
@@ -174,8 +197,7 @@ async def test_sessionless_message_to_absent_target_tells_the_sender(raw):
 
 async def test_malformed_binary_frames_get_an_error_and_the_connection_lives(raw):
     alice = await raw()
-    for junk in (b"", b"\xc1", msgpack.packb([1, 2, 3]), msgpack.packb({"type": "method"}),
-                 msgpack.packb({"to": 5})):
+    for junk in (b"", b"\xc1", msgpack.packb([1, 2, 3]), msgpack.packb({"type": "method"}), msgpack.packb({"to": 5})):
         await alice.ws.send(junk)
         error = await alice.next_text()
         assert error["type"] == "error" and "unroutable" in error["message"]
@@ -186,9 +208,17 @@ async def test_malformed_binary_frames_get_an_error_and_the_connection_lives(raw
 async def test_broadcast_to_another_workspace_is_refused(raw):
     alice = await raw()
     bob = await raw()
-    await bob.ws.send(encode({"type": "method", "to": f"*/{bob.info['manager_id']}",
-                              "method": "services.default.subscribe", "session": "sub"},
-                             {"args": ["news"], "promise": "*"}))
+    await bob.ws.send(
+        encode(
+            {
+                "type": "method",
+                "to": f"*/{bob.info['manager_id']}",
+                "method": "services.default.subscribe",
+                "session": "sub",
+            },
+            {"args": ["news"], "promise": "*"},
+        )
+    )
     assert (await bob.next_binary())["method"] == "sub.resolve"
     await alice.ws.send(encode({"type": "news", "to": f"{bob.info['workspace']}/*", "data": 1}))
     with pytest.raises(asyncio.TimeoutError):
@@ -208,13 +238,18 @@ async def test_reconnection_token_restores_identity_and_supersedes_old_socket(ra
 
 async def test_duplicate_live_client_id_is_refused(raw, router):
     alice = await raw()
-    call = {"type": "method", "to": f"*/{alice.info['manager_id']}", "method": "services.default.generate_token",
-            "session": "tok"}
+    call = {
+        "type": "method",
+        "to": f"*/{alice.info['manager_id']}",
+        "method": "services.default.generate_token",
+        "session": "tok",
+    }
     await alice.ws.send(encode(call, {"args": [], "promise": "*"}))
     token = (await alice.next_binary())["args"][0]
     async with websockets.connect(router.url) as ws:
-        await ws.send(json.dumps({"client_id": alice.info["client_id"], "workspace": alice.info["workspace"],
-                                  "token": token}))
+        await ws.send(
+            json.dumps({"client_id": alice.info["client_id"], "workspace": alice.info["workspace"], "token": token})
+        )
         reply = json.loads(await asyncio.wait_for(ws.recv(), 10))
         assert reply == {"type": "error", "message": "Client already exists and is active"}
 

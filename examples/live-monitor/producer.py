@@ -88,10 +88,17 @@ class Producer:
         self._tasks: set[asyncio.Task] = set()
 
     def meta(self) -> dict[str, Any]:
-        return {"name": "rhizomorph live monitor", "rate_hz": self.rate, "series_every": SERIES_EVERY,
-                "channels": list(CHANNELS), "samples": SAMPLES, "dtype": "float32",
-                "units": {"temperature": "°C", "pressure": "hPa", "load": "fraction"},
-                "started_at": self.started, "subscribers": len(self.subscribers)}
+        return {
+            "name": "rhizomorph live monitor",
+            "rate_hz": self.rate,
+            "series_every": SERIES_EVERY,
+            "channels": list(CHANNELS),
+            "samples": SAMPLES,
+            "dtype": "float32",
+            "units": {"temperature": "°C", "pressure": "hPa", "load": "fraction"},
+            "started_at": self.started,
+            "subscribers": len(self.subscribers),
+        }
 
     # -- the service ---------------------------------------------------------------------------
     async def subscribe(self, callbacks: dict[str, Any]) -> dict[str, Any]:
@@ -114,9 +121,15 @@ class Producer:
         return self.sent_log.get(seq)
 
     def service(self) -> dict[str, Any]:
-        return {"id": SERVICE_ID, "name": "Live monitor", "config": {"visibility": "public"},
-                "subscribe": self.subscribe, "unsubscribe": self.unsubscribe,
-                "get_meta": self.meta, "sent": self.sent}
+        return {
+            "id": SERVICE_ID,
+            "name": "Live monitor",
+            "config": {"visibility": "public"},
+            "subscribe": self.subscribe,
+            "unsubscribe": self.unsubscribe,
+            "get_meta": self.meta,
+            "sent": self.sent,
+        }
 
     # -- the stream ----------------------------------------------------------------------------
     def _send(self, subscriber: int, callback: str, payload: Any) -> None:
@@ -146,8 +159,12 @@ class Producer:
         period, next_tick, seq = 1.0 / self.rate, loop.time(), 0
         while ticks is None or seq < ticks:
             seq += 1
-            status = {**status_for(seq), "time": time.time(), "subscribers": len(self.subscribers),
-                      "dropped": self.dropped}
+            status = {
+                **status_for(seq),
+                "time": time.time(),
+                "subscribers": len(self.subscribers),
+                "dropped": self.dropped,
+            }
             record: dict[str, Any] = {"status": status}
             series = series_for(seq) if seq % SERIES_EVERY == 0 else None
             if series is not None:

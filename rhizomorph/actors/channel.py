@@ -18,7 +18,7 @@ import os
 import shutil
 import struct
 import tempfile
-from typing import Callable
+from collections.abc import Callable
 
 import msgpack
 
@@ -87,7 +87,7 @@ class _BatchReader(asyncio.Protocol):
                 if end - offset - _LENGTH.size < length:
                     break
                 start = offset + _LENGTH.size
-                self._deliver(decode_batch(memoryview(buffer)[start:start + length]))
+                self._deliver(decode_batch(memoryview(buffer)[start : start + length]))
                 offset = start + length
         except Exception:
             log.exception("peer channel failed")

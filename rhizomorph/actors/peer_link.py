@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 log = logging.getLogger("rhizomorph.peer")
 
@@ -31,9 +32,15 @@ Call = Callable[[list[Item]], Awaitable[Any]]
 
 
 class PeerLink:
-    def __init__(self, worker_id: str, handle: Any, on_failure: Callable[[list[Item]], None],
-                 call: Call | None = None, kind: str = "ray",
-                 try_call: Callable[[list[Item]], bool] | None = None) -> None:
+    def __init__(
+        self,
+        worker_id: str,
+        handle: Any,
+        on_failure: Callable[[list[Item]], None],
+        call: Call | None = None,
+        kind: str = "ray",
+        try_call: Callable[[list[Item]], bool] | None = None,
+    ) -> None:
         self.worker_id = worker_id
         self.handle = handle
         self.kind = kind  # how the batches travel: "ray" calls, a "socket", the "chunk-actor"

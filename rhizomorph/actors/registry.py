@@ -100,9 +100,13 @@ class Registry:
         per_worker: dict[str, int] = {}
         for record in self._table.clients.values():
             per_worker[record.worker_id] = per_worker.get(record.worker_id, 0) + 1
-        return {"workers": sorted(self._workers), "clients": len(self._table.clients),
-                "clients_per_worker": per_worker, "services": len(self._table.services),
-                "directory_calls": {w: feed.calls for w, feed in self._feeds.items()}}
+        return {
+            "workers": sorted(self._workers),
+            "clients": len(self._table.clients),
+            "clients_per_worker": per_worker,
+            "services": len(self._table.services),
+            "directory_calls": {w: feed.calls for w, feed in self._feeds.items()},
+        }
 
     def _push(self, updates: list[tuple[str, str | None]]) -> None:
         if updates:
@@ -110,8 +114,9 @@ class Registry:
                 feed.send(updates)
 
     # -- clients -------------------------------------------------------------------------------
-    async def claim_client(self, address: str, worker_id: str, generation: str, user_id: str,
-                     supersede: bool) -> dict[str, str] | None:
+    async def claim_client(
+        self, address: str, worker_id: str, generation: str, user_id: str, supersede: bool
+    ) -> dict[str, str] | None:
         """Take ownership of ``address``. Returns the owner that kept it (``supersede=False``) or
         that was replaced (``supersede=True``), or ``None``."""
         record = ClientRecord(worker_id, generation, address.split("/", 1)[0], user_id)
@@ -150,8 +155,9 @@ class Registry:
         except RegistryError as exc:
             return {"error": str(exc)}
 
-    async def find_service(self, service_id: str, workspace: str, readable: list[str],
-                     mode: str | None = None) -> dict[str, Any]:
+    async def find_service(
+        self, service_id: str, workspace: str, readable: list[str], mode: str | None = None
+    ) -> dict[str, Any]:
         try:
             record = self._table.find(service_id, workspace, set(readable), mode)
         except RegistryError as exc:

@@ -24,19 +24,19 @@ import websockets
 from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request, Response
 
-from rhizomorph.protocol.batching import BatchMetrics, BatchPolicy
+from rhizomorph import logs
 from rhizomorph.actors.channel import Channel, ChannelServer
 from rhizomorph.actors.chunking import ChunkRelay, relay_name
 from rhizomorph.actors.peer_link import Item, PeerLink
+from rhizomorph.config import Config
 from rhizomorph.gateway import connection as gateway_connection
 from rhizomorph.gateway import http as gateway_http
 from rhizomorph.gateway import prometheus
-from rhizomorph.protocol import envelope, frames, limits
 from rhizomorph.gateway.connection import CLOSE_GOING_AWAY, CLOSE_SLOW_CONSUMER, CLOSE_SUPERSEDED, ClientConnection
-from rhizomorph.protocol.handshake import HandshakeError, Identity, TokenIssuer
 from rhizomorph.gateway.manager import SERVER_VERSION, WorkspaceManager
-from rhizomorph import logs
-from rhizomorph.config import Config
+from rhizomorph.protocol import envelope, frames, limits
+from rhizomorph.protocol.batching import BatchMetrics, BatchPolicy
+from rhizomorph.protocol.handshake import HandshakeError, Identity, TokenIssuer
 
 log = logging.getLogger("rhizomorph.worker")
 
@@ -70,9 +70,14 @@ class Router:
         self._stream_seq = 0
         self._failed_streams: set[int] = set()  # outbound streams whose chunks were lost between workers
         self._inbound_streams: dict[int, tuple[dict[str, Any], int]] = {}  # id -> (header, next index)
-        self.manager = WorkspaceManager(self, manager_id=config.manager_id, server_id=config.server_id,
-                                        base_url=config.base_url, issuer=self.issuer,
-                                        call_timeout=config.manager_call_timeout)
+        self.manager = WorkspaceManager(
+            self,
+            manager_id=config.manager_id,
+            server_id=config.server_id,
+            base_url=config.base_url,
+            issuer=self.issuer,
+            call_timeout=config.manager_call_timeout,
+        )
         self.dropped = 0
         self.evicted = 0
         self.frames_in = 0
@@ -110,8 +115,9 @@ class Router:
                 continue
             if worker_id in channels:
                 channel = Channel(channels[worker_id])
-                link = PeerLink(worker_id, handle, self._peer_failed, call=channel.send, try_call=channel.try_send,
-                                kind="socket")
+                link = PeerLink(
+                    worker_id, handle, self._peer_failed, call=channel.send, try_call=channel.try_send, kind="socket"
+                )
             else:
                 link = PeerLink(worker_id, handle, self._peer_failed)
             self.links[worker_id] = link
@@ -124,8 +130,12 @@ class Router:
             self.bulk.pop(worker_id, None)
             if self.chunk_relay is not None and worker_id not in channels:
                 self.bulk[worker_id] = PeerLink(
-                    worker_id, handle, self._bulk_failed, kind="chunk-actor",
-                    call=lambda items, peer=handle: self.chunk_relay.relay.remote(peer, items))
+                    worker_id,
+                    handle,
+                    self._bulk_failed,
+                    kind="chunk-actor",
+                    call=lambda items, peer=handle: self.chunk_relay.relay.remote(peer, items),
+                )
         for worker_id in list(self.links):
             if worker_id not in peers:
                 del self.links[worker_id]
@@ -144,8 +154,9 @@ class Router:
         for info in services:
             if info.get("type") != "built-in":
                 self.broadcast_event(workspace, "service_removed", info, forward=forward)
-        self.broadcast_event(workspace, "client_disconnected", {"id": client_id, "workspace": workspace},
-                             forward=forward)
+        self.broadcast_event(
+            workspace, "client_disconnected", {"id": client_id, "workspace": workspace}, forward=forward
+        )
 
     def update_directory(self, updates: list[tuple[str, str | None]]) -> None:
         for address, worker_id in updates:
@@ -162,19 +173,24 @@ class Router:
             conn = self.connections.get(caller)
             if conn is not None:
                 self.refused["peer_not_found"] += 1
-                conn.queue.put(envelope.peer_not_found_frame(caller=caller, target=address,
-                                                             message=f"Target peer {address} is not connected"))
+                conn.queue.put(
+                    envelope.peer_not_found_frame(
+                        caller=caller, target=address, message=f"Target peer {address} is not connected"
+                    )
+                )
 
     # -- connections ---------------------------------------------------------------------------
     async def admit(self, conn: ClientConnection, is_reconnect: bool) -> None:
         """Claim the client's address cluster-wide, replacing an older socket of the same client."""
-        previous = await self.registry.claim_client.remote(conn.address, self.worker_id, conn.generation,
-                                                           conn.identity.user_id, is_reconnect)
+        previous = await self.registry.claim_client.remote(
+            conn.address, self.worker_id, conn.generation, conn.identity.user_id, is_reconnect
+        )
         if previous is not None and not is_reconnect:
             if await self._owner_alive(conn.address, previous):
                 raise HandshakeError("Client already exists and is active")
-            previous = await self.registry.claim_client.remote(conn.address, self.worker_id, conn.generation,
-                                                               conn.identity.user_id, True)
+            previous = await self.registry.claim_client.remote(
+                conn.address, self.worker_id, conn.generation, conn.identity.user_id, True
+            )
         if previous is not None:
             await self._drop_superseded(conn.address, previous)
         conn.queue.max_bytes = self.config.max_queue_bytes
@@ -309,8 +325,9 @@ class Router:
             if not conn.identity.can(conn.workspace, "rw"):
                 # Read-only (``r``) clients may call services but not broadcast (docs/security.md).
                 self.dropped += 1
-                asyncio.ensure_future(_send_error(conn, f"permission denied: read-only clients cannot broadcast "
-                                                        f"in {conn.workspace}"))
+                asyncio.ensure_future(
+                    _send_error(conn, f"permission denied: read-only clients cannot broadcast in {conn.workspace}")
+                )
                 return None
         elif "session" in header:
             callers = self.callers_of.get(target)  # answered if the target leaves
@@ -318,8 +335,9 @@ class Router:
                 self.callers_of[target] = {conn.address}
             else:
                 callers.add(conn.address)
-        stamped = envelope.stamp(env, target=target, sender=conn.address, workspace=conn.workspace, user=conn.user,
-                                 suffix=conn.stamp_suffix)
+        stamped = envelope.stamp(
+            env, target=target, sender=conn.address, workspace=conn.workspace, user=conn.user, suffix=conn.stamp_suffix
+        )
         return target, stamped, env.header
 
     def _unroutable(self, conn: ClientConnection, reason: str) -> None:
@@ -486,8 +504,9 @@ class Router:
                 self._to_client(target, frame, None, hops=1)
 
     # -- telling senders -----------------------------------------------------------------------
-    def _target_gone(self, target: str, frame: bytes, header: dict[str, Any] | None = None,
-                     reason: str | None = None) -> None:
+    def _target_gone(
+        self, target: str, frame: bytes, header: dict[str, Any] | None = None, reason: str | None = None
+    ) -> None:
         try:
             if header is None and frames.is_stream(frame):
                 _, index, _, data = frames.decode_chunk(frame)
@@ -509,8 +528,14 @@ class Router:
         session = header.get("session")
         if isinstance(session, str):
             self.refused["reject"] += 1
-            frame = envelope.reject_frame(caller=sender, target=target, session=session, message=message,
-                                          workspace=sender.split("/", 1)[0], user=self.manager.user)
+            frame = envelope.reject_frame(
+                caller=sender,
+                target=target,
+                session=session,
+                message=message,
+                workspace=sender.split("/", 1)[0],
+                user=self.manager.user,
+            )
         else:
             self.refused["peer_not_found"] += 1
             frame = envelope.peer_not_found_frame(caller=sender, target=target, message=message)
@@ -565,8 +590,9 @@ class Router:
 
     async def cluster_stats(self) -> list[dict[str, Any]]:
         """Stats of this worker and of every peer (the manager's ``get_router_stats``)."""
-        peers = await asyncio.gather(*(link.handle.stats.remote() for link in self.links.values()),
-                                     return_exceptions=True)
+        peers = await asyncio.gather(
+            *(link.handle.stats.remote() for link in self.links.values()), return_exceptions=True
+        )
         return [self.stats()] + [p for p in peers if isinstance(p, dict)]
 
     def stats(self) -> dict[str, Any]:
@@ -625,6 +651,7 @@ def _reuseport_socket(host: str, port: int) -> socket.socket:
 def _http_handler(router: Router) -> Any:
     """Plain HTTP on the gateway port: health, metrics, and static pages; WebSocket upgrades go
     through on any path."""
+
     async def handle(connection: ServerConnection, request: Request) -> Response | None:
         if "upgrade" in request.headers.get("Connection", "").lower():
             return None
@@ -667,13 +694,18 @@ class GatewayWorker:
         if config.peer_channel == "socket":
             self._channel = ChannelServer(self._router.deliver)
             await self._channel.start()
-        self._router.chunk_relay = ChunkRelay.options(name=relay_name(config.server_id, node_id),
-                                                      get_if_exists=True).remote()
+        self._router.chunk_relay = ChunkRelay.options(
+            name=relay_name(config.server_id, node_id), get_if_exists=True
+        ).remote()
         snapshot = await self._router.registry.add_worker.remote(self._router.worker_id, self._self_handle())
         self._router.update_directory(list(snapshot.items()))
         self._write_watch = asyncio.ensure_future(self._router.watch_writes())
-        return {"worker_id": self._router.worker_id, "pid": os.getpid(), "node_id": node_id,
-                "port": sock.getsockname()[1]}
+        return {
+            "worker_id": self._router.worker_id,
+            "pid": os.getpid(),
+            "node_id": node_id,
+            "port": sock.getsockname()[1],
+        }
 
     def _self_handle(self) -> Any:
         return ray.get_runtime_context().current_actor
@@ -686,8 +718,9 @@ class GatewayWorker:
         channels: dict[str, str] = {}
         if self._channel is not None:
             others = {w: h for w, h in peers.items() if w != self._router.worker_id}
-            addresses = await asyncio.gather(*(h.channel_address.remote() for h in others.values()),
-                                             return_exceptions=True)
+            addresses = await asyncio.gather(
+                *(h.channel_address.remote() for h in others.values()), return_exceptions=True
+            )
             for worker_id, address in zip(others, addresses):
                 if isinstance(address, tuple) and address[0] == self._node_id and address[1]:
                     channels[worker_id] = address[1]

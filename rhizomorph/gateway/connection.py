@@ -10,16 +10,17 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import shortuuid
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode, Frame, Opcode
 
-from rhizomorph.protocol.batching import BatchPolicy
 from rhizomorph.gateway.delivery import DeliveryQueue
 from rhizomorph.protocol import envelope, handshake, limits
+from rhizomorph.protocol.batching import BatchPolicy
 from rhizomorph.protocol.handshake import HandshakeError, Identity
 
 if TYPE_CHECKING:
@@ -110,8 +111,9 @@ class RouterServerConnection(ServerConnection):
 class ClientConnection:
     """A connected client: who it is, its socket, its delivery queue and its subscriptions."""
 
-    def __init__(self, websocket: ServerConnection, identity: Identity, policy: BatchPolicy,
-                 wire_v4: bool = False) -> None:
+    def __init__(
+        self, websocket: ServerConnection, identity: Identity, policy: BatchPolicy, wire_v4: bool = False
+    ) -> None:
         self.websocket = websocket
         self.wire_v4 = wire_v4
         self.identity = identity
@@ -130,14 +132,15 @@ class ClientConnection:
         await self.websocket.send(json.dumps(payload))
 
 
-async def serve(websocket: ServerConnection, router: "Router") -> None:
+async def serve(websocket: ServerConnection, router: Router) -> None:
     """The whole life of one client connection."""
     connection = await _handshake(websocket, router)
     if connection is None:
         return
     config = router.config
-    policy = limits.InboundPolicy(rate=config.message_rate, burst=config.message_burst,
-                                  idle_timeout=config.idle_timeout)
+    policy = limits.InboundPolicy(
+        rate=config.message_rate, burst=config.message_burst, idle_timeout=config.idle_timeout
+    )
     watchdog = asyncio.ensure_future(_watch_idle(websocket, policy)) if config.idle_timeout > 0 else None
     closing: list[asyncio.Future] = []  # the close of a flooding client, once under way
 
@@ -208,11 +211,11 @@ async def close_with_error(websocket: ServerConnection, code: int, reason: str, 
         if error_frame:
             await asyncio.wait_for(websocket.send(handshake.error_frame(reason)), ERROR_SEND_TIMEOUT)
         await websocket.close(code, limits.close_reason(reason))
-    except (ConnectionClosed, asyncio.TimeoutError):
+    except (TimeoutError, ConnectionClosed):
         pass
 
 
-async def _handshake(websocket: ServerConnection, router: "Router") -> ClientConnection | None:
+async def _handshake(websocket: ServerConnection, router: Router) -> ClientConnection | None:
     try:
         first = await asyncio.wait_for(websocket.recv(), router.config.handshake_timeout)
         request = handshake.parse_auth(first)
@@ -220,25 +223,36 @@ async def _handshake(websocket: ServerConnection, router: "Router") -> ClientCon
         wire_v4 = request.wire_protocol >= 4 and router.config.enable_v4
         connection = ClientConnection(websocket, identity, router.batch_policy, wire_v4=wire_v4)
         if connection.address not in router.connections:  # a socket replacing its own is not a new one
-            limits.check_capacity(len(router.connections), router.config.max_connections_per_worker,
-                                  reconnecting=is_reconnect)
+            limits.check_capacity(
+                len(router.connections), router.config.max_connections_per_worker, reconnecting=is_reconnect
+            )
         await router.admit(connection, is_reconnect)
-    except (asyncio.TimeoutError, HandshakeError) as exc:
+    except (TimeoutError, HandshakeError) as exc:
         reason = "no auth frame in time" if isinstance(exc, asyncio.TimeoutError) else str(exc)
         log.info("handshake refused: %s", reason)
         # Limits carry their own close code (1013 when the worker is full); the rest is 1008.
-        await close_with_error(websocket, getattr(exc, "close_code", CLOSE_POLICY), reason,
-                               error_frame=getattr(exc, "error_frame", True))
+        await close_with_error(
+            websocket, getattr(exc, "close_code", CLOSE_POLICY), reason, error_frame=getattr(exc, "error_frame", True)
+        )
         return None
     except ConnectionClosed:
         return None
-    token = router.issuer.issue(identity, kind=handshake.RECONNECTION, lifetime=router.config.reconnection_token_lifetime,
-                                client_id=identity.client_id)
+    token = router.issuer.issue(
+        identity,
+        kind=handshake.RECONNECTION,
+        lifetime=router.config.reconnection_token_lifetime,
+        client_id=identity.client_id,
+    )
     info = handshake.connection_info(
-        identity, manager_id=router.config.manager_id, public_base_url=router.config.base_url,
-        server_version=router.server_version, reconnection_token=token,
-        token_lifetime=router.config.reconnection_token_lifetime, worker_id=router.worker_id,
-        wire_protocol=4 if connection.wire_v4 else 3)
+        identity,
+        manager_id=router.config.manager_id,
+        public_base_url=router.config.base_url,
+        server_version=router.server_version,
+        reconnection_token=token,
+        token_lifetime=router.config.reconnection_token_lifetime,
+        worker_id=router.worker_id,
+        wire_protocol=4 if connection.wire_v4 else 3,
+    )
     try:
         await connection.send_text(info)
     except ConnectionClosed:
@@ -247,7 +261,7 @@ async def _handshake(websocket: ServerConnection, router: "Router") -> ClientCon
     return connection
 
 
-async def _control(connection: ClientConnection, text: str, router: "Router") -> None:
+async def _control(connection: ClientConnection, text: str, router: Router) -> None:
     """Text frames after the handshake are control messages: ping and token refresh."""
     if len(text) > MAX_CONTROL_TEXT:
         return
@@ -258,7 +272,10 @@ async def _control(connection: ClientConnection, text: str, router: "Router") ->
     if kind == "ping":
         await connection.send_text({"type": "pong"})
     elif kind == "refresh_token":
-        token = router.issuer.issue(connection.identity, kind=handshake.RECONNECTION,
-                                    lifetime=router.config.reconnection_token_lifetime,
-                                    client_id=connection.identity.client_id)
+        token = router.issuer.issue(
+            connection.identity,
+            kind=handshake.RECONNECTION,
+            lifetime=router.config.reconnection_token_lifetime,
+            client_id=connection.identity.client_id,
+        )
         await connection.send_text({"type": "reconnection_token", "reconnection_token": token})

@@ -12,10 +12,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
-from rhizomorph.protocol.batching import Batcher, BatchPolicy
 from rhizomorph.protocol import frames as v4frames
+from rhizomorph.protocol.batching import Batcher, BatchPolicy
 
 log = logging.getLogger("rhizomorph.delivery")
 
@@ -24,8 +24,16 @@ SendFrames = Callable[[list[bytes]], Awaitable[None]]
 
 
 class DeliveryQueue:
-    def __init__(self, address: str, send: Send, policy: BatchPolicy, *, wire_v4: bool = False,
-                 send_frames: SendFrames | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        address: str,
+        send: Send,
+        policy: BatchPolicy,
+        *,
+        wire_v4: bool = False,
+        send_frames: SendFrames | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.address = address
         self.wire_v4 = wire_v4
         self.batcher = Batcher(policy)

@@ -84,22 +84,23 @@ def locate(url_path: str, root: Path | None = None) -> Path | None:
     if url_path == "/":
         return resolve(root, "/" + INDEX_PAGE.as_posix())
     if url_path.startswith(CLIENT_PREFIX):
-        return resolve(root / CLIENT_SUBDIR, "/" + url_path[len(CLIENT_PREFIX):])
+        return resolve(root / CLIENT_SUBDIR, "/" + url_path[len(CLIENT_PREFIX) :])
     return resolve(root, url_path)
 
 
-def response(status: HTTPStatus, body: bytes, content_type: str,
-              extra: tuple[tuple[str, str], ...] = ()) -> Response:
-    headers = Headers([
-        ("Date", email.utils.formatdate(usegmt=True)),
-        ("Connection", "close"),
-        ("Content-Length", str(len(body))),
-        ("Content-Type", content_type),
-        # Pages change while someone edits them; the browser should ask each time.
-        ("Cache-Control", "no-cache"),
-        ("X-Content-Type-Options", "nosniff"),
-        *extra,
-    ])
+def response(status: HTTPStatus, body: bytes, content_type: str, extra: tuple[tuple[str, str], ...] = ()) -> Response:
+    headers = Headers(
+        [
+            ("Date", email.utils.formatdate(usegmt=True)),
+            ("Connection", "close"),
+            ("Content-Length", str(len(body))),
+            ("Content-Type", content_type),
+            # Pages change while someone edits them; the browser should ask each time.
+            ("Cache-Control", "no-cache"),
+            ("X-Content-Type-Options", "nosniff"),
+            *extra,
+        ]
+    )
     return Response(status.value, status.phrase, headers, body)
 
 

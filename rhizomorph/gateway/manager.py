@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Awaitable, Callable, Protocol
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
 import shortuuid
 
@@ -46,9 +47,16 @@ class ManagerHost(Protocol):
 
 def server_user(server_id: str) -> dict[str, Any]:
     """The ``user`` stamped on frames the router itself sends."""
-    return {"id": f"rhizomorph-{server_id}", "roles": ["admin"], "is_anonymous": False,
-            "scope": {"current_workspace": "*", "workspaces": {"*": "a"}, "client_id": None, "extra_scopes": None},
-            "email": None, "parent": None, "expires_at": None, "current_workspace": "*"}
+    return {
+        "id": f"rhizomorph-{server_id}",
+        "roles": ["admin"],
+        "is_anonymous": False,
+        "scope": {"current_workspace": "*", "workspaces": {"*": "a"}, "client_id": None, "extra_scopes": None},
+        "email": None,
+        "parent": None,
+        "expires_at": None,
+        "current_workspace": "*",
+    }
 
 
 async def _call_registry(ref: Any) -> dict[str, Any]:
@@ -59,8 +67,16 @@ async def _call_registry(ref: Any) -> dict[str, Any]:
 
 
 class WorkspaceManager:
-    def __init__(self, host: ManagerHost, *, manager_id: str, server_id: str, base_url: str,
-                 issuer: TokenIssuer, call_timeout: float) -> None:
+    def __init__(
+        self,
+        host: ManagerHost,
+        *,
+        manager_id: str,
+        server_id: str,
+        base_url: str,
+        issuer: TokenIssuer,
+        call_timeout: float,
+    ) -> None:
         self._host = host
         self.manager_id = manager_id
         self.address = f"*/{manager_id}"
@@ -136,8 +152,12 @@ class WorkspaceManager:
             while not work.done():
                 done, _ = await asyncio.wait({work}, timeout=max(float(interval), 0.5))
                 if not done:
-                    self._host.send(caller, rpc.heartbeat_frame(sender=self.address, target=caller, session=session,
-                                                                workspace=workspace, user=self.user))
+                    self._host.send(
+                        caller,
+                        rpc.heartbeat_frame(
+                            sender=self.address, target=caller, session=session, workspace=workspace, user=self.user
+                        ),
+                    )
         try:
             value, method_id = await work, replies[0] if replies else None
         except ManagerError as exc:
@@ -146,9 +166,18 @@ class WorkspaceManager:
             log.exception("manager method %s failed", method)
             value, method_id = rpc.error_value(f"{type(exc).__name__}: {exc}"), replies[1] if replies else None
         if method_id is not None:
-            self._host.send(caller, rpc.callback_frame(sender=self.address, target=caller, method=method_id,
-                                                       value=value, workspace=workspace, user=self.user,
-                                                       parent=session if isinstance(session, str) else None))
+            self._host.send(
+                caller,
+                rpc.callback_frame(
+                    sender=self.address,
+                    target=caller,
+                    method=method_id,
+                    value=value,
+                    workspace=workspace,
+                    user=self.user,
+                    parent=session if isinstance(session, str) else None,
+                ),
+            )
 
     async def _dispatch(self, identity: Identity, method: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
         path = method.split(".")
@@ -184,8 +213,14 @@ class WorkspaceManager:
             },
         }
         for name, function in self._methods.items():
-            service[name] = {"_rtype": "method", "_rtarget": self.address, "_rmethod": f"services.default.{name}",
-                             "_rpromise": "*", "_rname": name, "_rdoc": (function.__doc__ or "").strip() or None}
+            service[name] = {
+                "_rtype": "method",
+                "_rtarget": self.address,
+                "_rmethod": f"services.default.{name}",
+                "_rpromise": "*",
+                "_rname": name,
+                "_rdoc": (function.__doc__ or "").strip() or None,
+            }
         return service
 
     # -- calls the manager makes to clients ----------------------------------------------------
@@ -204,19 +239,26 @@ class WorkspaceManager:
         session = f"{self._host.worker_id}-{shortuuid.uuid()}"
         future = asyncio.get_running_loop().create_future()
         self._pending[session] = future
-        frame = rpc.call_frame(sender=self.address, target=target, method=method, args=args, session=session,
-                               reply_target=self.manager_id, workspace=target.split("/", 1)[0], user=self.user)
+        frame = rpc.call_frame(
+            sender=self.address,
+            target=target,
+            method=method,
+            args=args,
+            session=session,
+            reply_target=self.manager_id,
+            workspace=target.split("/", 1)[0],
+            user=self.user,
+        )
         try:
             self._host.send(target, frame)
             return await asyncio.wait_for(future, timeout or self._call_timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise ManagerError(f"{target} did not answer {method} in time") from None
         finally:
             self._pending.pop(session, None)
 
     # -- the manager's methods (each gets the caller's identity first) -------------------------
-    async def register_service(self, caller: Identity, service: dict[str, Any], config: Any = None,
-                               **_: Any) -> None:
+    async def register_service(self, caller: Identity, service: dict[str, Any], config: Any = None, **_: Any) -> None:
         """Register a service of the calling client."""
         if not isinstance(service, dict):
             raise ManagerError("register_service needs a service info dict")
@@ -230,8 +272,9 @@ class WorkspaceManager:
         if result["replaced"] is not None:
             self._host.broadcast_event(caller.workspace, "service_removed", result["replaced"])
         if info.get("type") == "built-in":
-            self._host.broadcast_event(caller.workspace, "client_connected",
-                                       {"id": caller.address, "workspace": caller.workspace})
+            self._host.broadcast_event(
+                caller.workspace, "client_connected", {"id": caller.address, "workspace": caller.workspace}
+            )
         else:
             self._host.broadcast_event(caller.workspace, "service_added", info)
         return None
@@ -255,8 +298,7 @@ class WorkspaceManager:
         full_id: str = found["info"]["id"]
         provider_ws, provider_client = owner.split("/", 1)
         name = full_id.rsplit(":", 1)[1]
-        service = await self.call_client(owner, "services.built-in.get_service", [name],
-                                         timeout=config.get("timeout"))
+        service = await self.call_client(owner, "services.built-in.get_service", [name], timeout=config.get("timeout"))
         if not isinstance(service, dict):
             raise ManagerError(f"provider {owner} returned no service for {name}")
         service = rpc.absolutize_targets(service, provider_ws)
@@ -275,16 +317,19 @@ class WorkspaceManager:
 
     async def _find(self, caller: Identity, service_id: Any, mode: str | None) -> dict[str, Any]:
         """Resolve a service id for the caller through the registry (visibility applied there)."""
-        return await _call_registry(self._host.registry.find_service.remote(
-            service_id, caller.workspace, list(caller.workspaces), mode))
+        return await _call_registry(
+            self._host.registry.find_service.remote(service_id, caller.workspace, list(caller.workspaces), mode)
+        )
 
     async def list_services(self, caller: Identity, query: Any = None, **kwargs: Any) -> list:
         """List services: of the caller's workspace, another workspace by name, a pattern, or a query dict."""
         if query is None and kwargs:
-            query = {k: v for k, v in kwargs.items() if k in ("workspace", "client_id", "service_id", "type",
-                                                              "visibility")} or None
-        result = await _call_registry(self._host.registry.list_services.remote(
-            caller.workspace, list(caller.workspaces), query))
+            query = {
+                k: v for k, v in kwargs.items() if k in ("workspace", "client_id", "service_id", "type", "visibility")
+            } or None
+        result = await _call_registry(
+            self._host.registry.list_services.remote(caller.workspace, list(caller.workspaces), query)
+        )
         return result["services"]
 
     async def list_clients(self, caller: Identity, workspace: str | None = None, **_: Any) -> list:
@@ -334,8 +379,11 @@ class WorkspaceManager:
         config.update(kwargs)
         workspace = config.get("workspace") or caller.workspace
         permission = config.get("permission", "rw")
-        if not isinstance(workspace, str) or not isinstance(permission, str) or \
-                not isinstance(config.get("client_id"), (str, type(None))):
+        if (
+            not isinstance(workspace, str)
+            or not isinstance(permission, str)
+            or not isinstance(config.get("client_id"), (str, type(None)))
+        ):
             raise ManagerError("generate_token: workspace, permission and client_id must be strings")
         permission = PERMISSION_ALIASES.get(permission, permission)
         if permission not in PERMISSION_LEVELS:
@@ -348,11 +396,16 @@ class WorkspaceManager:
             lifetime = -1.0
         if not 0 < lifetime < float("inf"):
             raise ManagerError("generate_token: expires_in must be a positive number of seconds")
-        token_identity = Identity(workspace=workspace, client_id=caller.client_id, user_id=caller.user_id,
-                                  is_anonymous=caller.is_anonymous, roles=caller.roles,
-                                  workspaces={workspace: permission}, email=caller.email)
+        token_identity = Identity(
+            workspace=workspace,
+            client_id=caller.client_id,
+            user_id=caller.user_id,
+            is_anonymous=caller.is_anonymous,
+            roles=caller.roles,
+            workspaces={workspace: permission},
+            email=caller.email,
+        )
         return self._issuer.issue(token_identity, kind=ACCESS, lifetime=lifetime, client_id=config.get("client_id"))
-
 
     async def get_router_stats(self, caller: Identity, **_: Any) -> dict:
         """The router's own metrics: per worker, connections, frames in, refusals, disconnects,
@@ -362,8 +415,7 @@ class WorkspaceManager:
         visible = set(caller.workspaces)
         for worker in workers:
             worker.pop("clients", None)
-            worker["targets"] = {a: m for a, m in worker.get("targets", {}).items()
-                                 if a.split("/", 1)[0] in visible}
+            worker["targets"] = {a: m for a, m in worker.get("targets", {}).items() if a.split("/", 1)[0] in visible}
         return {"server_id": self._server_id, "workers": workers}
 
 

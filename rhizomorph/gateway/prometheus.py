@@ -6,7 +6,8 @@ that lands on any worker behind the shared port sees all of them, labelled by ``
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -30,14 +31,18 @@ class _StatsCollector:
         bytes_out = family(CounterMetricFamily, "rhizomorph_bytes_out", "Bytes delivered to clients")
         flushes = family(CounterMetricFamily, "rhizomorph_flushes", "Batch flushes by reason", ("reason",))
         streams = family(CounterMetricFamily, "rhizomorph_chunk_streams", "Chunk streams opened (API v4)")
-        refused = family(CounterMetricFamily, "rhizomorph_refused", "Undeliverable messages answered to "
-                         "their sender, by kind", ("kind",))
-        disconnects = family(CounterMetricFamily, "rhizomorph_disconnects", "Closed connections by close code",
-                             ("code",))
+        refused = family(
+            CounterMetricFamily,
+            "rhizomorph_refused",
+            "Undeliverable messages answered to their sender, by kind",
+            ("kind",),
+        )
+        disconnects = family(
+            CounterMetricFamily, "rhizomorph_disconnects", "Closed connections by close code", ("code",)
+        )
         evicted = family(CounterMetricFamily, "rhizomorph_evicted", "Slow consumers evicted")
         peer_calls = family(CounterMetricFamily, "rhizomorph_peer_calls", "Ray calls to peer workers", ("peer",))
-        peer_frames = family(CounterMetricFamily, "rhizomorph_peer_frames", "Frames carried to peer workers",
-                             ("peer",))
+        peer_frames = family(CounterMetricFamily, "rhizomorph_peer_frames", "Frames carried to peer workers", ("peer",))
         batch_sizes = family(HistogramMetricFamily, "rhizomorph_batch_size", "Messages per flush")
         for stats in self._workers:
             worker = stats["worker_id"]
@@ -60,10 +65,25 @@ class _StatsCollector:
                 peer_calls.add_metric([worker, peer], count)
             for peer, count in stats.get("peer_frames", {}).items():
                 peer_frames.add_metric([worker, peer], count)
-            batch_sizes.add_metric([worker], _cumulative(totals.get("batch_sizes", {})),
-                                   sum_value=totals.get("messages", 0))
-        yield from (connections, depth, frames_in, bytes_in, messages_out, bytes_out, flushes, streams, refused,
-                    disconnects, evicted, peer_calls, peer_frames, batch_sizes)
+            batch_sizes.add_metric(
+                [worker], _cumulative(totals.get("batch_sizes", {})), sum_value=totals.get("messages", 0)
+            )
+        yield from (
+            connections,
+            depth,
+            frames_in,
+            bytes_in,
+            messages_out,
+            bytes_out,
+            flushes,
+            streams,
+            refused,
+            disconnects,
+            evicted,
+            peer_calls,
+            peer_frames,
+            batch_sizes,
+        )
 
 
 def _cumulative(sizes: dict[str, int]) -> list[tuple[str, float]]:

@@ -69,7 +69,7 @@ class BatchMetrics:
         bucket = next((b for b in BATCH_SIZE_BUCKETS if count <= b), float("inf"))
         self.sizes[bucket] += 1
 
-    def merge(self, other: "BatchMetrics") -> None:
+    def merge(self, other: BatchMetrics) -> None:
         """Add another target's counts (a worker keeps the totals of targets that left)."""
         self.messages += other.messages
         self.batched_messages += other.batched_messages

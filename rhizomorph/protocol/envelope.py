@@ -7,8 +7,8 @@ and re-packs it in front of the untouched remaining bytes. The payload is never 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 import threading
+from dataclasses import dataclass
 from typing import Any
 
 import msgpack
@@ -112,8 +112,9 @@ def identity_suffix(sender: str, workspace: str, user: dict[str, Any]) -> bytes:
     return b"".join(msgpack.packb(x, use_bin_type=True) for x in ("from", sender, "ws", workspace, "user", user))
 
 
-def stamp(envelope: Envelope, *, target: str, sender: str, workspace: str, user: dict[str, Any],
-          suffix: bytes | None = None) -> bytes:
+def stamp(
+    envelope: Envelope, *, target: str, sender: str, workspace: str, user: dict[str, Any], suffix: bytes | None = None
+) -> bytes:
     """Re-pack the header with server-trusted ``from``/``ws``/``user`` and the normalised ``to``.
 
     Client-supplied values of these fields are overwritten, never trusted. ``suffix`` is the
@@ -129,8 +130,11 @@ def stamp(envelope: Envelope, *, target: str, sender: str, workspace: str, user:
     rest = _PACKER.pack(header)
     # Splice: a map header for ``count`` entries, the packed entries of ``rest``, then ours.
     body = rest[1:] if rest[0] & 0xF0 == 0x80 else rest[3:] if rest[0] == 0xDE else rest[5:]
-    head = _FIXMAP_HEADS[count] if count < 16 else (b"\xde" + count.to_bytes(2, "big") if count < 65536
-                                                   else b"\xdf" + count.to_bytes(4, "big"))
+    head = (
+        _FIXMAP_HEADS[count]
+        if count < 16
+        else (b"\xde" + count.to_bytes(2, "big") if count < 65536 else b"\xdf" + count.to_bytes(4, "big"))
+    )
     header["to"], header["from"], header["ws"], header["user"] = target, sender, workspace, user
     frame, offset = envelope.frame, envelope.payload_offset
     # A large payload is copied once (by the join), a small one is cheaper to slice.
@@ -166,7 +170,9 @@ def decode(frame: bytes) -> dict[str, Any]:
     return message
 
 
-def reject_frame(*, caller: str, target: str, session: str, message: str, workspace: str, user: dict[str, Any]) -> bytes:
+def reject_frame(
+    *, caller: str, target: str, session: str, message: str, workspace: str, user: dict[str, Any]
+) -> bytes:
     """The synthetic ``<session>.reject`` a caller gets when its target is not connected."""
     header = {
         "type": "method",

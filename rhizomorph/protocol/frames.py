@@ -14,7 +14,7 @@ Each message is a complete v3 message (``msgpack(header) + msgpack(extra)?``).
 from __future__ import annotations
 
 import struct
-from typing import Iterable
+from collections.abc import Iterable
 
 MAGIC = 0xC1
 BATCH = ord("B")
@@ -54,7 +54,7 @@ def decode_batch(frame: bytes) -> list[bytes]:
         offset += 4
         if offset + length > end:
             raise FrameError("truncated message in batch frame")
-        messages.append(bytes(view[offset:offset + length]))
+        messages.append(bytes(view[offset : offset + length]))
         offset += length
     return messages
 
@@ -102,8 +102,9 @@ def split_stream(message: bytes, stream_id: int, chunk_size: int) -> list[bytes]
         raise ValueError("chunk_size must be positive")
     count = max(1, -(-len(message) // chunk_size))
     view = memoryview(message)
-    return [encode_chunk(stream_id, i, i == count - 1, view[i * chunk_size:(i + 1) * chunk_size])
-            for i in range(count)]
+    return [
+        encode_chunk(stream_id, i, i == count - 1, view[i * chunk_size : (i + 1) * chunk_size]) for i in range(count)
+    ]
 
 
 class StreamAssembler:

@@ -120,8 +120,9 @@ class TokenIssuer:
         self._secret = secret
         self._issuer = issuer
 
-    def issue(self, identity: Identity, *, kind: str, lifetime: float, now: float | None = None,
-              client_id: str | None = None) -> str:
+    def issue(
+        self, identity: Identity, *, kind: str, lifetime: float, now: float | None = None, client_id: str | None = None
+    ) -> str:
         now = time.time() if now is None else now
         claims = {
             "iss": self._issuer,
@@ -142,8 +143,13 @@ class TokenIssuer:
 
     def verify(self, token: str, *, kind: str) -> dict[str, Any]:
         try:
-            claims = jwt.decode(token, self._secret, algorithms=["HS256"], issuer=self._issuer,
-                                options={"require": ["exp", "sub", "typ"]})
+            claims = jwt.decode(
+                token,
+                self._secret,
+                algorithms=["HS256"],
+                issuer=self._issuer,
+                options={"require": ["exp", "sub", "typ"]},
+            )
         except jwt.ExpiredSignatureError:
             raise HandshakeError(f"the {kind} token has expired") from None
         except jwt.PyJWTError as exc:
@@ -199,7 +205,8 @@ def _identity_from_claims(claims: dict[str, Any], client_id: str) -> Identity:
     is a ``HandshakeError``, never a crash."""
     workspaces = claims.get("ws") or {}
     if not isinstance(workspaces, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) and v in PERMISSION_LEVELS for k, v in workspaces.items()):
+        isinstance(k, str) and isinstance(v, str) and v in PERMISSION_LEVELS for k, v in workspaces.items()
+    ):
         raise HandshakeError("invalid token: bad workspace permissions")
     workspace, user_id, roles = claims.get("cws"), claims.get("sub"), claims.get("roles") or []
     if not isinstance(workspace, str) or not workspace or not client_id:
@@ -221,9 +228,17 @@ def _identity_from_claims(claims: dict[str, Any], client_id: str) -> Identity:
     )
 
 
-def connection_info(identity: Identity, *, manager_id: str, public_base_url: str, server_version: str,
-                    reconnection_token: str, token_lifetime: float, worker_id: str,
-                    wire_protocol: int = 3) -> dict[str, Any]:
+def connection_info(
+    identity: Identity,
+    *,
+    manager_id: str,
+    public_base_url: str,
+    server_version: str,
+    reconnection_token: str,
+    token_lifetime: float,
+    worker_id: str,
+    wire_protocol: int = 3,
+) -> dict[str, Any]:
     """The ``connection_info`` text frame that completes the handshake (§1.4 of the spec).
 
     ``wire_protocol`` is included only when the client opted in to v4 and the router agreed:

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from rhizomorph.protocol.handshake import HandshakeError
 
@@ -116,8 +116,10 @@ class InboundPolicy:
         now = self._clock()  # one clock read per frame: this runs for every inbound frame
         self.idle.touch(now)
         if self.bucket is not None and not self.bucket.take(now=now):
-            return Breach(CLOSE_POLICY_VIOLATION,
-                          f"message rate limit exceeded ({self.bucket.rate:g}/s, burst {self.bucket.burst:g})")
+            return Breach(
+                CLOSE_POLICY_VIOLATION,
+                f"message rate limit exceeded ({self.bucket.rate:g}/s, burst {self.bucket.burst:g})",
+            )
         return None
 
     def idle_remaining(self) -> float:

@@ -47,8 +47,16 @@ def error_value(message: str) -> dict[str, Any]:
     return {"_rtype": "error", "_rvalue": message, "_rtrace": ""}
 
 
-def callback_frame(*, sender: str, target: str, method: str, value: Any, workspace: str,
-                   user: dict[str, Any], parent: str | None = None) -> bytes:
+def callback_frame(
+    *,
+    sender: str,
+    target: str,
+    method: str,
+    value: Any,
+    workspace: str,
+    user: dict[str, Any],
+    parent: str | None = None,
+) -> bytes:
     """A fire-and-forget call (resolve, reject, heartbeat) from the router to a client."""
     header = {"type": "method", "from": sender, "to": target, "method": method, "ws": workspace, "user": user}
     if parent:
@@ -57,19 +65,43 @@ def callback_frame(*, sender: str, target: str, method: str, value: Any, workspa
 
 
 def heartbeat_frame(*, sender: str, target: str, session: str, workspace: str, user: dict[str, Any]) -> bytes:
-    header = {"type": "method", "from": sender, "to": target, "method": f"{session}.heartbeat",
-              "ws": workspace, "user": user, "parent": session}
+    header = {
+        "type": "method",
+        "from": sender,
+        "to": target,
+        "method": f"{session}.heartbeat",
+        "ws": workspace,
+        "user": user,
+        "parent": session,
+    }
     return encode(header)
 
 
-def call_frame(*, sender: str, target: str, method: str, args: list[Any], session: str,
-               reply_target: str, workspace: str, user: dict[str, Any]) -> bytes:
+def call_frame(
+    *,
+    sender: str,
+    target: str,
+    method: str,
+    args: list[Any],
+    session: str,
+    reply_target: str,
+    workspace: str,
+    user: dict[str, Any],
+) -> bytes:
     """A call from the router to a client, with an explicit promise whose callbacks come back."""
+
     def callback(name: str) -> dict[str, Any]:
         return {"_rtype": "method", "_rtarget": reply_target, "_rmethod": f"{session}.{name}", "_rpromise": False}
 
-    header = {"type": "method", "from": sender, "to": target, "method": method, "session": session,
-              "ws": workspace, "user": user}
+    header = {
+        "type": "method",
+        "from": sender,
+        "to": target,
+        "method": method,
+        "session": session,
+        "ws": workspace,
+        "user": user,
+    }
     return encode(header, {"args": args, "promise": {"resolve": callback("resolve"), "reject": callback("reject")}})
 
 

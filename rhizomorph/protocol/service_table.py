@@ -172,7 +172,9 @@ class ServiceTable:
         self.by_owner.get(owner, set()).discard(full_id)
         return record
 
-    def find(self, service_id: str, caller_workspace: str, readable: set[str], mode: str | None = None) -> ServiceRecord:
+    def find(
+        self, service_id: str, caller_workspace: str, readable: set[str], mode: str | None = None
+    ) -> ServiceRecord:
         """Resolve ``service_id`` for a caller; raises ``RegistryError`` when not found or not allowed."""
         query = parse_service_id(service_id, caller_workspace)
         if query.exact:

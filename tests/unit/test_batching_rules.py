@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rhizomorph.protocol.batching import PRESETS, Batcher, BatchPolicy
 from rhizomorph.protocol import frames
+from rhizomorph.protocol.batching import PRESETS, Batcher, BatchPolicy
 
 POLICY = BatchPolicy(timeout_ms=10.0, max_messages=3, max_size=100)
 
@@ -176,8 +176,11 @@ def test_lone_frames_never_share_a_flush():
     assert batcher.buffered_bytes == 0
 
 
-@given(sizes=st.lists(st.integers(min_value=1, max_value=250), min_size=1, max_size=8),
-       alone=st.lists(st.booleans(), min_size=8, max_size=8), enabled=st.booleans())
+@given(
+    sizes=st.lists(st.integers(min_value=1, max_value=250), min_size=1, max_size=8),
+    alone=st.lists(st.booleans(), min_size=8, max_size=8),
+    enabled=st.booleans(),
+)
 def test_complete_says_whether_a_busy_target_flushes_before_its_timer(sizes, alone, enabled):
     # The delivery queue wakes its waiting writer only when complete() is true: it must be
     # exactly "take() returns a flush now", for a target that is not idle and before the timer.

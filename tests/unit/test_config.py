@@ -36,16 +36,18 @@ def test_from_empty_env_gives_defaults():
 
 
 def test_from_env_coerces_types():
-    config = Config.from_env({
-        "RHIZOMORPH_PORT": "9000",
-        "RHIZOMORPH_WORKERS": "3",
-        "RHIZOMORPH_HANDSHAKE_TIMEOUT": "2.5",
-        "RHIZOMORPH_RECONNECTION_TOKEN_LIFETIME": "60",
-        "RHIZOMORPH_COMPRESSION": "true",
-        "RHIZOMORPH_HOST": "0.0.0.0",
-        "RHIZOMORPH_SERVER_ID": "abc",
-        "RHIZOMORPH_LOG_LEVEL": "DEBUG",
-    })
+    config = Config.from_env(
+        {
+            "RHIZOMORPH_PORT": "9000",
+            "RHIZOMORPH_WORKERS": "3",
+            "RHIZOMORPH_HANDSHAKE_TIMEOUT": "2.5",
+            "RHIZOMORPH_RECONNECTION_TOKEN_LIFETIME": "60",
+            "RHIZOMORPH_COMPRESSION": "true",
+            "RHIZOMORPH_HOST": "0.0.0.0",
+            "RHIZOMORPH_SERVER_ID": "abc",
+            "RHIZOMORPH_LOG_LEVEL": "DEBUG",
+        }
+    )
     assert config.port == 9000 and type(config.port) is int
     assert config.workers == 3
     assert config.handshake_timeout == 2.5 and type(config.handshake_timeout) is float
@@ -56,22 +58,36 @@ def test_from_env_coerces_types():
     assert config.log_level == "DEBUG"
 
 
-@pytest.mark.parametrize("raw, expected", [
-    ("1", True), ("true", True), ("TRUE", True), ("yes", True), ("On", True),
-    ("0", False), ("false", False), ("False", False), ("no", False), ("OFF", False),
-])
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ("1", True),
+        ("true", True),
+        ("TRUE", True),
+        ("yes", True),
+        ("On", True),
+        ("0", False),
+        ("false", False),
+        ("False", False),
+        ("no", False),
+        ("OFF", False),
+    ],
+)
 def test_from_env_bool_spellings(raw, expected):
     assert Config.from_env({"RHIZOMORPH_COMPRESSION": raw}).compression is expected
 
 
-@pytest.mark.parametrize("name, raw, kind", [
-    ("PORT", "nine", "int"),
-    ("PORT", "9.5", "int"),
-    ("WORKERS", "", "int"),
-    ("HANDSHAKE_TIMEOUT", "soon", "float"),
-    ("COMPRESSION", "maybe", "bool"),
-    ("COMPRESSION", "", "bool"),
-])
+@pytest.mark.parametrize(
+    "name, raw, kind",
+    [
+        ("PORT", "nine", "int"),
+        ("PORT", "9.5", "int"),
+        ("WORKERS", "", "int"),
+        ("HANDSHAKE_TIMEOUT", "soon", "float"),
+        ("COMPRESSION", "maybe", "bool"),
+        ("COMPRESSION", "", "bool"),
+    ],
+)
 def test_from_env_invalid_value_names_the_variable(name, raw, kind):
     with pytest.raises(ValueError) as info:
         Config.from_env({f"RHIZOMORPH_{name}": raw})
@@ -114,22 +130,28 @@ def test_manager_id():
     assert Config.from_env({"RHIZOMORPH_SERVER_ID": "s1"}).manager_id == "manager-s1"
 
 
-@pytest.mark.parametrize("host, port, expected", [
-    ("127.0.0.1", 9527, "http://127.0.0.1:9527"),
-    ("0.0.0.0", 8000, "http://127.0.0.1:8000"),
-    ("::", 8000, "http://127.0.0.1:8000"),
-    ("", 8000, "http://127.0.0.1:8000"),
-    ("router.example.org", 443, "http://router.example.org:443"),
-])
+@pytest.mark.parametrize(
+    "host, port, expected",
+    [
+        ("127.0.0.1", 9527, "http://127.0.0.1:9527"),
+        ("0.0.0.0", 8000, "http://127.0.0.1:8000"),
+        ("::", 8000, "http://127.0.0.1:8000"),
+        ("", 8000, "http://127.0.0.1:8000"),
+        ("router.example.org", 443, "http://router.example.org:443"),
+    ],
+)
 def test_base_url_derived_from_host_and_port(host, port, expected):
     assert Config(host=host, port=port).base_url == expected
 
 
-@pytest.mark.parametrize("public, expected", [
-    ("https://hypha.example.org", "https://hypha.example.org"),
-    ("https://hypha.example.org/", "https://hypha.example.org"),
-    ("https://example.org/base/", "https://example.org/base"),
-])
+@pytest.mark.parametrize(
+    "public, expected",
+    [
+        ("https://hypha.example.org", "https://hypha.example.org"),
+        ("https://hypha.example.org/", "https://hypha.example.org"),
+        ("https://example.org/base/", "https://example.org/base"),
+    ],
+)
 def test_base_url_prefers_public_base_url(public, expected):
     assert Config(host="0.0.0.0", port=1, public_base_url=public).base_url == expected
 

@@ -20,6 +20,7 @@ def pack(obj) -> bytes:
 
 # -- parse ------------------------------------------------------------------------------------
 
+
 def test_parse_reads_header_and_points_at_payload():
     header = {"type": "method", "to": "ws/b", "method": "services.echo.echo", "session": "s1"}
     extra = {"args": [b"x" * 100], "promise": "*"}
@@ -85,6 +86,7 @@ def test_parse_accepts_non_string_keys_in_header():
 
 # -- normalize_target / is_broadcast ----------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     "to, expected",
     [
@@ -110,17 +112,32 @@ def test_is_broadcast(target, expected):
 
 # -- stamp ------------------------------------------------------------------------------------
 
+
 def test_stamp_overwrites_client_supplied_identity_fields():
-    header = {"type": "method", "to": "b", "from": "evil/root", "ws": "evil", "user": {"id": "root"},
-              "method": "services.x.y", "session": "s"}
+    header = {
+        "type": "method",
+        "to": "b",
+        "from": "evil/root",
+        "ws": "evil",
+        "user": {"id": "root"},
+        "method": "services.x.y",
+        "session": "s",
+    }
     extra = {"args": [1, "two", b"\x00\xff"], "promise": "*", "t": 15.0}
     frame = envelope.encode(header, extra)
 
     out = envelope.stamp(envelope.parse(frame), sender="ws1/a", workspace="ws1", user=USER, target="ws1/b")
 
     stamped = envelope.parse(out)
-    assert stamped.header == {"type": "method", "to": "ws1/b", "from": "ws1/a", "ws": "ws1", "user": USER,
-                              "method": "services.x.y", "session": "s"}
+    assert stamped.header == {
+        "type": "method",
+        "to": "ws1/b",
+        "from": "ws1/a",
+        "ws": "ws1",
+        "user": USER,
+        "method": "services.x.y",
+        "session": "s",
+    }
     assert envelope.decode(out) == {**stamped.header, **extra}
 
 
@@ -132,17 +149,18 @@ def test_stamp_keeps_payload_bytes_identical():
     out = envelope.stamp(envelope.parse(frame), sender="w/a", workspace="w", user={}, target="w/b")
     assert isinstance(out, bytes)
     assert out.endswith(payload)
-    assert out[envelope.parse(out).payload_offset:] == payload
+    assert out[envelope.parse(out).payload_offset :] == payload
 
 
 def test_stamp_keeps_even_garbage_payload_untouched():
     payload = bytes(range(256)) * 4
     frame = pack({"to": "b"}) + payload
     out = envelope.stamp(envelope.parse(frame), sender="w/a", workspace="w", user=USER, target="w/b")
-    assert out[envelope.parse(out).payload_offset:] == payload
+    assert out[envelope.parse(out).payload_offset :] == payload
 
 
 # -- encode / decode --------------------------------------------------------------------------
+
 
 def test_encode_decode_round_trip_merges_extra_into_header():
     header = {"type": "method", "to": "ws/b", "from": "ws/a"}
@@ -190,12 +208,25 @@ def test_decode_rejects_bad_header():
 
 # -- synthetic frames -------------------------------------------------------------------------
 
+
 def test_reject_frame_shape():
-    frame = envelope.reject_frame(caller="ws1/a", target="ws2/b", session="sess1",
-                                  message="Target peer ws2/b is not connected", workspace="ws1", user=USER)
+    frame = envelope.reject_frame(
+        caller="ws1/a",
+        target="ws2/b",
+        session="sess1",
+        message="Target peer ws2/b is not connected",
+        workspace="ws1",
+        user=USER,
+    )
     env = envelope.parse(frame)
-    assert env.header == {"type": "method", "from": "ws2/b", "to": "ws1/a", "method": "sess1.reject",
-                          "ws": "ws1", "user": USER}
+    assert env.header == {
+        "type": "method",
+        "from": "ws2/b",
+        "to": "ws1/a",
+        "method": "sess1.reject",
+        "ws": "ws1",
+        "user": USER,
+    }
     assert envelope.decode(frame)["args"] == [
         {"_rtype": "error", "_rvalue": "Target peer ws2/b is not connected", "_rtrace": ""}
     ]
@@ -250,8 +281,13 @@ PROPERTY_SETTINGS = settings(max_examples=100, deadline=None, suppress_health_ch
 
 
 @PROPERTY_SETTINGS
-@given(header=headers(), extra=EXTRAS, sender=st.text(min_size=1, max_size=10),
-       workspace=st.text(min_size=1, max_size=10), user=st.dictionaries(st.text(max_size=5), SCALARS, max_size=3))
+@given(
+    header=headers(),
+    extra=EXTRAS,
+    sender=st.text(min_size=1, max_size=10),
+    workspace=st.text(min_size=1, max_size=10),
+    user=st.dictionaries(st.text(max_size=5), SCALARS, max_size=3),
+)
 def test_property_stamp_overwrites_identity_and_keeps_extra(header, extra, sender, workspace, user):
     frame = envelope.encode(header, extra)
     parsed = envelope.parse(frame)
@@ -263,7 +299,7 @@ def test_property_stamp_overwrites_identity_and_keeps_extra(header, extra, sende
     expected_header = {**header, "to": target, "from": sender, "ws": workspace, "user": user}
     stamped = envelope.parse(out)
     assert stamped.header == expected_header
-    assert out[stamped.payload_offset:] == original_payload
+    assert out[stamped.payload_offset :] == original_payload
     assert envelope.decode(out) == {**expected_header, **(extra or {})}
 
 
@@ -309,10 +345,14 @@ FRAMES = st.one_of(
     st.builds(lambda h, e: envelope.encode(h, e), headers(), EXTRAS),  # whole messages
     st.builds(lambda h, n: envelope.encode(h)[:n], headers(), st.integers(0, 8)),  # truncated headers
     st.binary(max_size=40),  # garbage
-    st.builds(lambda h, n: envelope.encode(h, {"data": b"x" * n}), headers(),
-              st.sampled_from([16_000, 16_384, 40_000])),  # either side of the header-prefix limit
-    st.builds(lambda h, n: envelope.encode({**h, "pad": "p" * 20_000}, {"data": b"x"})[:n], headers(),
-              st.sampled_from([12_000, 17_000, 10**6])),  # a header longer than the prefix, whole or cut
+    st.builds(
+        lambda h, n: envelope.encode(h, {"data": b"x" * n}), headers(), st.sampled_from([16_000, 16_384, 40_000])
+    ),  # either side of the header-prefix limit
+    st.builds(
+        lambda h, n: envelope.encode({**h, "pad": "p" * 20_000}, {"data": b"x"})[:n],
+        headers(),
+        st.sampled_from([12_000, 17_000, 10**6]),
+    ),  # a header longer than the prefix, whole or cut
 )
 
 

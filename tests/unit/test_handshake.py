@@ -30,17 +30,26 @@ def issuer() -> TokenIssuer:
 
 
 def user_identity(**overrides) -> Identity:
-    values = dict(workspace="ws-alice", client_id="c1", user_id="alice", is_anonymous=False, roles=["user"],
-                  workspaces={"ws-alice": "a"}, email="alice@example.org")
+    values = dict(
+        workspace="ws-alice",
+        client_id="c1",
+        user_id="alice",
+        is_anonymous=False,
+        roles=["user"],
+        workspaces={"ws-alice": "a"},
+        email="alice@example.org",
+    )
     values.update(overrides)
     return Identity(**values)
 
 
 # -- parse_auth -------------------------------------------------------------------------------
 
+
 def test_parse_auth_python_client_frame():
-    req = parse_auth(json.dumps({"client_id": "provider", "workspace": None, "token": None,
-                                 "reconnection_token": None}))
+    req = parse_auth(
+        json.dumps({"client_id": "provider", "workspace": None, "token": None, "reconnection_token": None})
+    )
     assert req == AuthRequest(client_id="provider", workspace=None, token=None, reconnection_token=None)
 
 
@@ -50,8 +59,9 @@ def test_parse_auth_js_client_frame_with_missing_keys():
 
 
 def test_parse_auth_all_fields():
-    req = parse_auth(json.dumps({"client_id": "c", "workspace": "team", "token": "T", "reconnection_token": "R",
-                                 "extra": "ignored"}))
+    req = parse_auth(
+        json.dumps({"client_id": "c", "workspace": "team", "token": "T", "reconnection_token": "R", "extra": "ignored"})
+    )
     assert (req.client_id, req.workspace, req.token, req.reconnection_token) == ("c", "team", "T", "R")
 
 
@@ -79,8 +89,7 @@ def test_parse_auth_rejects_non_object(text):
 
 @pytest.mark.parametrize(
     "key, value",
-    [("client_id", 5), ("workspace", ["ws"]), ("token", {"a": 1}), ("reconnection_token", True),
-     ("client_id", 1.5)],
+    [("client_id", 5), ("workspace", ["ws"]), ("token", {"a": 1}), ("reconnection_token", True), ("client_id", 1.5)],
 )
 def test_parse_auth_rejects_wrong_types(key, value):
     with pytest.raises(HandshakeError, match=f"'{key}' must be a string"):
@@ -111,6 +120,7 @@ def test_parse_auth_rejects_oversized_frame():
 
 
 # -- TokenIssuer ------------------------------------------------------------------------------
+
 
 def test_issue_and_verify_round_trip():
     ident = user_identity()
@@ -199,8 +209,14 @@ def test_verify_rejects_other_issuer():
 
 
 def test_verify_rejects_unsigned_token():
-    claims = {"iss": "rhizomorph", "typ": ACCESS, "sub": "x", "exp": int(time.time()) + 60,
-              "cws": "w", "ws": {"*": "a"}}
+    claims = {
+        "iss": "rhizomorph",
+        "typ": ACCESS,
+        "sub": "x",
+        "exp": int(time.time()) + 60,
+        "cws": "w",
+        "ws": {"*": "a"},
+    }
     token = jwt.encode(claims, None, algorithm="none")
     with pytest.raises(HandshakeError, match="invalid access token"):
         issuer().verify(token, kind=ACCESS)
@@ -213,6 +229,7 @@ def test_verify_rejects_garbage(token):
 
 
 # -- Identity ---------------------------------------------------------------------------------
+
 
 def test_identity_permissions():
     ident = user_identity(workspaces={"ws-alice": "a", "team": "r", "lab": "rw"})
@@ -231,6 +248,7 @@ def test_identity_wildcard_permission():
 
 
 # -- authenticate -----------------------------------------------------------------------------
+
 
 def test_anonymous_gets_own_workspace_with_admin():
     ident, reconnect = authenticate(AuthRequest(client_id="c1"), issuer())
@@ -283,7 +301,8 @@ def test_reconnection_token_restores_workspace_and_client_id():
 
     # The Python client re-sends its client_id and workspace with the token.
     again2, reconnect2 = authenticate(
-        AuthRequest(client_id="prov", workspace=first.workspace, reconnection_token=token), issuer())
+        AuthRequest(client_id="prov", workspace=first.workspace, reconnection_token=token), issuer()
+    )
     assert reconnect2 is True and again2.address == first.address
 
 
@@ -379,12 +398,19 @@ def test_token_with_bad_permission_level_is_refused():
 
 # -- connection_info --------------------------------------------------------------------------
 
+
 def test_connection_info_fields():
     ident, _ = authenticate(AuthRequest(client_id="provider"), issuer())
     rtoken = issuer().issue(ident, kind=RECONNECTION, lifetime=172800.0, client_id=ident.client_id)
-    info = connection_info(ident, manager_id="manager-abc", public_base_url="http://127.0.0.1:9527",
-                           server_version="0.21.135", reconnection_token=rtoken, token_lifetime=172800.0,
-                           worker_id="w0")
+    info = connection_info(
+        ident,
+        manager_id="manager-abc",
+        public_base_url="http://127.0.0.1:9527",
+        server_version="0.21.135",
+        reconnection_token=rtoken,
+        token_lifetime=172800.0,
+        worker_id="w0",
+    )
 
     assert info["type"] == "connection_info"
     assert info["workspace"] == ident.workspace
@@ -400,8 +426,12 @@ def test_connection_info_fields():
     assert user["id"] == ident.user_id
     assert user["is_anonymous"] is True
     assert user["roles"] == ["anonymous"]
-    assert user["scope"] == {"current_workspace": ident.workspace, "workspaces": {ident.workspace: "a"},
-                             "client_id": "provider", "extra_scopes": None}
+    assert user["scope"] == {
+        "current_workspace": ident.workspace,
+        "workspaces": {ident.workspace: "a"},
+        "client_id": "provider",
+        "extra_scopes": None,
+    }
     # The JS client deep-copies the context through JSON; the whole frame must serialise.
     assert json.loads(json.dumps(info)) == info
 
@@ -425,6 +455,7 @@ def test_error_frame():
 
 # -- wire_protocol opt-in ---------------------------------------------------------------------
 
+
 def test_parse_auth_wire_protocol_defaults_to_3():
     assert parse_auth('{"client_id": "c"}').wire_protocol == 3
 
@@ -436,13 +467,19 @@ def test_parse_auth_wire_protocol_opt_in():
 @pytest.mark.parametrize("value", ['"4"', "true", "4.0", "null", "[4]"])
 def test_parse_auth_wire_protocol_must_be_an_integer(value):
     with pytest.raises(HandshakeError, match="'wire_protocol' must be an integer"):
-        parse_auth('{"client_id": "c", "wire_protocol": %s}' % value)
+        parse_auth(f'{{"client_id": "c", "wire_protocol": {value}}}')
 
 
 def test_connection_info_mentions_wire_protocol_only_for_v4():
     ident = user_identity()
-    common = dict(manager_id="m", public_base_url="http://h:1", server_version="v", reconnection_token="t",
-                  token_lifetime=1.0, worker_id="w")
+    common = dict(
+        manager_id="m",
+        public_base_url="http://h:1",
+        server_version="v",
+        reconnection_token="t",
+        token_lifetime=1.0,
+        worker_id="w",
+    )
     assert "wire_protocol" not in connection_info(ident, **common)
     assert "wire_protocol" not in connection_info(ident, wire_protocol=3, **common)
     assert connection_info(ident, wire_protocol=4, **common)["wire_protocol"] == 4

@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from rhizomorph.config import Config
 from rhizomorph.protocol import limits
 from rhizomorph.protocol.handshake import HandshakeError
 from rhizomorph.protocol.limits import Breach, IdleTimer, InboundPolicy, TokenBucket, TooManyConnections, check_capacity
-from rhizomorph.config import Config
 
 
 class FakeClock:
@@ -27,6 +27,7 @@ class FakeClock:
 
 
 # -- token bucket -------------------------------------------------------------------------------
+
 
 def test_bucket_starts_full_and_allows_a_burst():
     clock = FakeClock()
@@ -88,9 +89,11 @@ def test_bucket_rejects_meaningless_parameters(rate, burst):
 
 
 @settings(max_examples=200, deadline=None)
-@given(rate=st.floats(min_value=0.5, max_value=1e5), burst=st.integers(min_value=1, max_value=1000),
-       steps=st.lists(st.tuples(st.floats(min_value=0, max_value=2), st.integers(min_value=1, max_value=50)),
-                      max_size=40))
+@given(
+    rate=st.floats(min_value=0.5, max_value=1e5),
+    burst=st.integers(min_value=1, max_value=1000),
+    steps=st.lists(st.tuples(st.floats(min_value=0, max_value=2), st.integers(min_value=1, max_value=50)), max_size=40),
+)
 def test_property_bucket_never_admits_more_than_burst_plus_refill(rate, burst, steps):
     """Over any schedule, admitted frames <= burst + rate * elapsed (and nothing is lost: a
     connection under the rate is never refused)."""
@@ -104,8 +107,11 @@ def test_property_bucket_never_admits_more_than_burst_plus_refill(rate, burst, s
 
 
 @settings(max_examples=100, deadline=None)
-@given(rate=st.floats(min_value=1, max_value=1e4), burst=st.integers(min_value=1, max_value=100),
-       frames=st.integers(min_value=1, max_value=500))
+@given(
+    rate=st.floats(min_value=1, max_value=1e4),
+    burst=st.integers(min_value=1, max_value=100),
+    frames=st.integers(min_value=1, max_value=500),
+)
 def test_property_a_sender_at_the_rate_is_never_refused(rate, burst, frames):
     clock = FakeClock(0.0)
     bucket = TokenBucket(rate, burst, clock=clock)
@@ -115,6 +121,7 @@ def test_property_a_sender_at_the_rate_is_never_refused(rate, burst, frames):
 
 
 # -- idle timer ---------------------------------------------------------------------------------
+
 
 def test_idle_timer_counts_down_and_touch_resets_it():
     clock = FakeClock()
@@ -137,6 +144,7 @@ def test_idle_timer_disabled(timeout):
 
 
 # -- inbound policy -----------------------------------------------------------------------------
+
 
 def test_policy_closes_with_1008_when_the_rate_is_exceeded():
     clock = FakeClock()
@@ -183,6 +191,7 @@ def test_policy_reads_the_clock_once_per_frame():
 
 # -- connection cap -----------------------------------------------------------------------------
 
+
 def test_capacity_allows_up_to_the_limit():
     check_capacity(0, 2)
     check_capacity(1, 2)
@@ -206,6 +215,7 @@ def test_capacity_unlimited(limit):
 
 # -- close reason -------------------------------------------------------------------------------
 
+
 @settings(max_examples=200, deadline=None)
 @given(text=st.text())
 def test_property_close_reason_fits_a_close_frame(text):
@@ -216,6 +226,7 @@ def test_property_close_reason_fits_a_close_frame(text):
 
 
 # -- configuration ------------------------------------------------------------------------------
+
 
 def test_limit_defaults_are_documented_and_generous():
     config = Config()
@@ -231,16 +242,37 @@ def test_limit_defaults_are_documented_and_generous():
     root = Path(__file__).resolve().parents[2]
     readme = (root / "README.md").read_text()
     security = (root / "docs" / "security.md").read_text()
-    for name in ("max_connections_per_worker", "message_rate", "message_burst", "idle_timeout",
-                 "max_message_size", "handshake_timeout", "max_services_per_client"):
+    for name in (
+        "max_connections_per_worker",
+        "message_rate",
+        "message_burst",
+        "idle_timeout",
+        "max_message_size",
+        "handshake_timeout",
+        "max_services_per_client",
+    ):
         assert f"`{name}`" in readme, name
         assert f"`{name}`" in security, name
 
 
 def test_limits_can_be_set_from_the_environment():
-    config = Config.from_env({"RHIZOMORPH_MAX_CONNECTIONS_PER_WORKER": "7", "RHIZOMORPH_MESSAGE_RATE": "200",
-                              "RHIZOMORPH_MESSAGE_BURST": "2000", "RHIZOMORPH_IDLE_TIMEOUT": "0"})
-    assert (config.max_connections_per_worker, config.message_rate, config.message_burst, config.idle_timeout) == \
-        (7, 200.0, 2000, 0.0)
-    assert {f.name for f in dataclasses.fields(Config)} >= {"max_connections_per_worker", "message_rate",
-                                                           "message_burst", "idle_timeout"}
+    config = Config.from_env(
+        {
+            "RHIZOMORPH_MAX_CONNECTIONS_PER_WORKER": "7",
+            "RHIZOMORPH_MESSAGE_RATE": "200",
+            "RHIZOMORPH_MESSAGE_BURST": "2000",
+            "RHIZOMORPH_IDLE_TIMEOUT": "0",
+        }
+    )
+    assert (config.max_connections_per_worker, config.message_rate, config.message_burst, config.idle_timeout) == (
+        7,
+        200.0,
+        2000,
+        0.0,
+    )
+    assert {f.name for f in dataclasses.fields(Config)} >= {
+        "max_connections_per_worker",
+        "message_rate",
+        "message_burst",
+        "idle_timeout",
+    }

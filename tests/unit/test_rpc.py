@@ -13,6 +13,7 @@ USER = {"id": "root", "roles": ["admin"], "is_anonymous": False}
 
 # -- call_arguments ---------------------------------------------------------------------------
 
+
 def test_call_arguments_python_with_kwargs():
     message = {"args": ["ws/p:echo", {"config": {}}], "with_kwargs": True}
     assert rpc.call_arguments(message) == (["ws/p:echo"], {"config": {}})
@@ -67,6 +68,7 @@ def test_call_arguments_does_not_mutate_the_message():
 
 # -- reply_methods ----------------------------------------------------------------------------
 
+
 def test_reply_methods_compact_promise():
     assert rpc.reply_methods({"promise": "*", "session": "abc"}) == ("abc.resolve", "abc.reject")
 
@@ -104,6 +106,7 @@ def test_reply_methods_none(message):
 
 
 # -- absolutize_targets -----------------------------------------------------------------------
+
 
 def method(target: str, name: str = "services.echo.echo") -> dict:
     return {"_rtype": "method", "_rtarget": target, "_rmethod": name, "_rpromise": "*"}
@@ -157,18 +160,34 @@ def test_absolutize_scalars_pass_through(value):
 
 # -- frames -----------------------------------------------------------------------------------
 
+
 def test_callback_frame_decodes():
-    frame = rpc.callback_frame(sender="*/manager-x", target="ws1/c", method="s1.resolve", value={"ok": [1, 2]},
-                               workspace="ws1", user=USER, parent="s1")
+    frame = rpc.callback_frame(
+        sender="*/manager-x",
+        target="ws1/c",
+        method="s1.resolve",
+        value={"ok": [1, 2]},
+        workspace="ws1",
+        user=USER,
+        parent="s1",
+    )
     header = envelope.parse(frame).header
-    assert header == {"type": "method", "from": "*/manager-x", "to": "ws1/c", "method": "s1.resolve",
-                      "ws": "ws1", "user": USER, "parent": "s1"}
+    assert header == {
+        "type": "method",
+        "from": "*/manager-x",
+        "to": "ws1/c",
+        "method": "s1.resolve",
+        "ws": "ws1",
+        "user": USER,
+        "parent": "s1",
+    }
     assert envelope.decode(frame) == {**header, "args": [{"ok": [1, 2]}]}
 
 
 def test_callback_frame_without_parent():
-    frame = rpc.callback_frame(sender="*/m", target="ws1/c", method="s.reject", value=rpc.error_value("boom"),
-                               workspace="ws1", user=USER)
+    frame = rpc.callback_frame(
+        sender="*/m", target="ws1/c", method="s.reject", value=rpc.error_value("boom"), workspace="ws1", user=USER
+    )
     message = envelope.decode(frame)
     assert "parent" not in message
     assert "session" not in message
@@ -176,17 +195,31 @@ def test_callback_frame_without_parent():
 
 
 def test_callback_frame_none_value():
-    frame = rpc.callback_frame(sender="*/m", target="ws1/c", method="s.resolve", value=None,
-                               workspace="ws1", user=USER)
+    frame = rpc.callback_frame(sender="*/m", target="ws1/c", method="s.resolve", value=None, workspace="ws1", user=USER)
     assert envelope.decode(frame)["args"] == [None]
 
 
 def test_call_frame_decodes():
-    frame = rpc.call_frame(sender="*/manager-x", target="WSp/prov", method="services.built-in.get_service",
-                           args=["echo"], session="sess9", reply_target="manager-x", workspace="WSp", user=USER)
+    frame = rpc.call_frame(
+        sender="*/manager-x",
+        target="WSp/prov",
+        method="services.built-in.get_service",
+        args=["echo"],
+        session="sess9",
+        reply_target="manager-x",
+        workspace="WSp",
+        user=USER,
+    )
     header = envelope.parse(frame).header
-    assert header == {"type": "method", "from": "*/manager-x", "to": "WSp/prov",
-                      "method": "services.built-in.get_service", "session": "sess9", "ws": "WSp", "user": USER}
+    assert header == {
+        "type": "method",
+        "from": "*/manager-x",
+        "to": "WSp/prov",
+        "method": "services.built-in.get_service",
+        "session": "sess9",
+        "ws": "WSp",
+        "user": USER,
+    }
     message = envelope.decode(frame)
     assert message["args"] == ["echo"]
     assert message["promise"] == {
@@ -201,8 +234,15 @@ def test_heartbeat_frame_decodes():
     frame = rpc.heartbeat_frame(sender="*/m", target="ws1/c", session="s1", workspace="ws1", user=USER)
     env = envelope.parse(frame)
     assert env.payload_offset == len(frame)
-    assert env.header == {"type": "method", "from": "*/m", "to": "ws1/c", "method": "s1.heartbeat",
-                          "ws": "ws1", "user": USER, "parent": "s1"}
+    assert env.header == {
+        "type": "method",
+        "from": "*/m",
+        "to": "ws1/c",
+        "method": "s1.heartbeat",
+        "ws": "ws1",
+        "user": USER,
+        "parent": "s1",
+    }
 
 
 def test_remote_error_message():

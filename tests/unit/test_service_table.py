@@ -42,6 +42,7 @@ def ids(infos: list[dict]) -> list[str]:
 
 # -- parse_service_id -------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     "service_id, expected",
     [
@@ -85,6 +86,7 @@ def test_parse_service_id_refuses_non_strings(service_id):
 
 # -- full_service_id --------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("raw", ["echo", "ws1/echo", "c1:echo", "ws1/c1:echo", "ws1/c1:echo@app", "echo@app"])
 def test_full_service_id(raw):
     assert full_service_id({"id": raw}, "ws1/c1") == "ws1/c1:echo"
@@ -117,6 +119,7 @@ def test_full_service_id_refuses_bad_names(raw):
 
 
 # -- clients ----------------------------------------------------------------------------------
+
 
 def test_claim_new_address():
     table = ServiceTable()
@@ -199,6 +202,7 @@ def test_release_worker_forgets_only_that_workers_clients():
 
 
 # -- register / unregister --------------------------------------------------------------------
+
 
 def test_register_requires_a_claimed_client():
     table = ServiceTable()
@@ -302,6 +306,7 @@ def test_unregister_unknown_service():
 
 
 # -- find -------------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def multi():
@@ -416,6 +421,7 @@ def test_find_after_release_is_not_found(multi):
 
 # -- list -------------------------------------------------------------------------------------
 
+
 def test_list_defaults_to_callers_workspace(multi):
     assert ids(multi.list("ws2", set())) == ["ws2/q:prot"]
     # Whether an unlisted service shows up in its own workspace is test_list_hides_unlisted_... .
@@ -440,8 +446,7 @@ def test_list_other_workspace_with_read_access(multi):
 
 
 def test_list_all_workspaces_shows_public_and_own(multi):
-    assert ids(multi.list("ws2", set(), "*")) == [
-        "public/r1:shared", "public/r2:shared", "ws1/p1:pub", "ws2/q:prot"]
+    assert ids(multi.list("ws2", set(), "*")) == ["public/r1:shared", "public/r2:shared", "ws1/p1:pub", "ws2/q:prot"]
 
 
 def test_list_pattern(multi):
@@ -461,7 +466,9 @@ def test_list_dict_filters(multi):
     assert ids(multi.list("ws1", set(), {"service_id": "dup"})) == ["ws1/p1:dup", "ws1/p2:dup"]
     assert ids(multi.list("ws1", set(), {"visibility": "public"})) == ["ws1/p1:pub"]
     assert ids(multi.list("ws1", set(), {"workspace": "*", "service_id": "shared"})) == [
-        "public/r1:shared", "public/r2:shared"]
+        "public/r1:shared",
+        "public/r2:shared",
+    ]
     assert ids(multi.list("ws1", set(), {"workspace": None, "client_id": "p2"})) == ["ws1/p2:dup"]
     assert multi.list("ws1", set(), {"client_id": "nobody"}) == []
 
