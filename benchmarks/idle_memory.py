@@ -176,21 +176,17 @@ async def _replica(count: int, procs: int, concurrency: int, timeout: float) -> 
     import tracemalloc
 
     import ray
-    import websockets
 
     from rhizomorph import Config
-    from rhizomorph.actors import worker as worker_module
-    from rhizomorph.actors.registry import Registry
-    from rhizomorph.gateway import connection as gateway_connection
+    from rhizomorph.actors.registry import Registry, RegistryCalls
+    from rhizomorph.gateway import server as gateway_server
+    from rhizomorph.gateway.router import Router
 
     config = Config(port=0, workers=1, log_level="WARNING")
     registry = Registry.remote(config.max_services_per_client)
     await registry.ready.remote()
-    router = worker_module.Router(config, "replica", registry)
-    options: dict[str, Any] = {"max_size": config.max_message_size, "compression": None}
-    if hasattr(worker_module, "_http_handler"):
-        options["process_request"] = worker_module._http_handler(router)
-    server = await websockets.serve(lambda ws: gateway_connection.serve(ws, router), "127.0.0.1", 0, **options)
+    router = Router(config, "replica", RegistryCalls(registry))
+    server = await gateway_server.serve(config, router, gateway_server.reuseport_socket("127.0.0.1", 0))
     port = server.sockets[0].getsockname()[1]
     loop = asyncio.get_running_loop()
 
@@ -211,9 +207,9 @@ async def _replica(count: int, procs: int, concurrency: int, timeout: float) -> 
         opened = await loop.run_in_executor(None, holders.wait_connected, timeout)
         await asyncio.sleep(3.0)
         snap1, types1 = snapshot()
-        connections = len(router.connections)
+        connections = len(router.clients)
         # One connection's objects, for the sizes of its parts.
-        conn = next(iter(router.connections.values()), None)
+        conn = next(iter(router.clients), None)
         sizes = _part_sizes(conn, router, server) if conn is not None else {}
     finally:
         tracemalloc.stop()
@@ -293,15 +289,18 @@ def _part_sizes(conn: Any, router: Any, server: Any) -> dict[str, tuple[int, int
     another connection (so shared objects such as the loop, the router or the config are out)."""
     ws = conn.websocket
     loop = asyncio.get_running_loop()
-    stop = {id(x) for x in (loop, server, router, getattr(ws, "server", None))}
+    from rhizomorph import background
+
+    # background keeps every spawned task (one set for all connections): not a connection's own.
+    stop = {id(x) for x in (loop, server, router, getattr(ws, "server", None), background._running)}
     stop |= {id(getattr(m, "__dict__", None)) for m in list(sys.modules.values())}
-    other = next((c for c in router.connections.values() if c is not conn), None)
+    other = next((c for c in router.clients if c is not conn), None)
     shared = set(_reachable(other, stop)) if other is not None else set()
     shared |= set(_reachable(other.websocket, stop)) if other is not None else set()
     stop_all = stop | shared
     parts = {
         "ClientConnection (without its socket)": (conn, stop_all | {id(ws)}),
-        "  DeliveryQueue": (conn.queue, stop_all | {id(ws)}),
+        "  DeliveryQueue": (conn.queue, stop_all | {id(ws), id(conn)}),  # its overflow handler is conn.evict
         "  Identity": (conn.identity, stop_all),
         "websockets ServerConnection (with its protocol, buffers, tasks; not the ClientConnection)": (
             ws,

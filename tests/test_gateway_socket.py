@@ -15,12 +15,12 @@ import socket
 
 import websockets
 
-from rhizomorph.actors.worker import _reuseport_socket
+from rhizomorph.gateway.server import reuseport_socket
 from rhizomorph.gateway.connection import COALESCE_LIMIT, RouterServerConnection
 
 
 async def test_accepted_gateway_sockets_have_nodelay() -> None:
-    listener = _reuseport_socket("127.0.0.1", 0)
+    listener = reuseport_socket("127.0.0.1", 0)
     accepted: asyncio.Future = asyncio.get_running_loop().create_future()
 
     async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -39,9 +39,9 @@ async def test_accepted_gateway_sockets_have_nodelay() -> None:
 
 
 def test_listening_socket_is_shared_with_reuseport() -> None:
-    first = _reuseport_socket("127.0.0.1", 0)
+    first = reuseport_socket("127.0.0.1", 0)
     try:
-        second = _reuseport_socket("127.0.0.1", first.getsockname()[1])  # a second worker, same port
+        second = reuseport_socket("127.0.0.1", first.getsockname()[1])  # a second worker, same port
         second.close()
     finally:
         first.close()

@@ -20,6 +20,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from rhizomorph.background import spawn
+
 log = logging.getLogger("rhizomorph.peer")
 
 #: One routed frame: (target address, event type for broadcasts or None, stamped frame).
@@ -102,8 +104,7 @@ class PeerLink:
             if self._try_call is not None and self._try_call(items):
                 continue  # written already: no call to wait for
             self._in_flight = True
-            task = asyncio.ensure_future(self._call(items))
-            task.add_done_callback(self._after)
+            spawn(self._call(items)).add_done_callback(self._after)
             return
         self._wake_idle_waiters()
 

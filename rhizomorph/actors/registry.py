@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import ray
 
+from rhizomorph.background import spawn
 from rhizomorph.protocol.service_table import ClientRecord, RegistryError, ServiceTable
 
 log = logging.getLogger("rhizomorph.registry")
@@ -53,13 +55,30 @@ class DirectoryFeed:
             return
         batch, self._pending = self._pending, []
         self.calls += 1
-        asyncio.ensure_future(self._push(batch)).add_done_callback(lambda _: self._flush())
+        spawn(self._push(batch)).add_done_callback(lambda _: self._flush())
 
     async def _push(self, batch: list[tuple[str, str | None]]) -> None:
         try:
             await self.handle.update_directory.remote(batch)
         except Exception as exc:  # the worker is gone: the launcher's watchdog removes it
             log.debug("directory update to %s failed: %s", self.worker_id, exc)
+
+
+class RegistryCalls:
+    """The registry actor's methods as coroutines: ``await calls.locate(a)`` for
+    ``await handle.locate.remote(a)``, so the router and the manager can be given a fake."""
+
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+
+    def __getattr__(self, name: str) -> Callable[..., Awaitable[Any]]:
+        method = getattr(self.handle, name)
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            return await method.remote(*args, **kwargs)
+
+        call.__name__ = name
+        return call
 
 
 # Every method is ``async`` so that all of them run on the actor's one event loop; none awaits

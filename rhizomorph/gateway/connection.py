@@ -1,8 +1,8 @@
 """One client's WebSocket: handshake, then read frames and hand them to the router.
 
-This is the socket end of the path socket -> gateway -> per-target queue -> socket:
-frames read here go to ``Router.route`` (``rhizomorph/actors/worker.py``), which stamps them and
-queues them on the target's ``DeliveryQueue`` (``rhizomorph/gateway/delivery.py``).
+This is the socket end of the path socket -> router -> per-target queue -> socket: frames read
+here go to ``Router.route`` (``rhizomorph/gateway/router.py``), which stamps them and queues
+them on the target's ``DeliveryQueue`` (``rhizomorph/gateway/delivery.py``).
 """
 
 from __future__ import annotations
@@ -11,33 +11,31 @@ import asyncio
 import json
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import shortuuid
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
-from websockets.frames import CloseCode, Frame, Opcode
+from websockets.frames import Frame, Opcode
 
+from rhizomorph.background import spawn
+from rhizomorph.config import Config
 from rhizomorph.gateway.delivery import DeliveryQueue
-from rhizomorph.protocol import envelope, handshake, limits
+from rhizomorph.protocol import handshake, limits
 from rhizomorph.protocol.batching import BatchPolicy
-from rhizomorph.protocol.handshake import HandshakeError, Identity
-
-if TYPE_CHECKING:
-    from rhizomorph.actors.worker import Router
+from rhizomorph.protocol.close_codes import CloseCode
+from rhizomorph.protocol.envelope import identity_suffix
+from rhizomorph.protocol.handshake import HandshakeError, Identity, TokenIssuer
+from rhizomorph.protocol.streams import SendingStreams
 
 log = logging.getLogger("rhizomorph.connection")
 
-# Close codes (documented in docs/protocol.md).
-CLOSE_NORMAL = 1000
-CLOSE_GOING_AWAY = 1001
-CLOSE_POLICY = 1008  # handshake refused: bad auth frame, bad token, permission, duplicate client
-CLOSE_SUPERSEDED = 4000  # the same client reconnected on a newer socket
-CLOSE_SLOW_CONSUMER = 4001  # the client does not read: its queue passed max_queue_bytes or a write stalled
 MAX_CONTROL_TEXT = 1000  # Hypha ignores longer client text frames too
 ERROR_SEND_TIMEOUT = 5.0  # seconds to hand a closing client its error frame
-# Limits (rhizomorph/protocol/limits.py): 1001 idle timeout, 1008 message rate, 1009 frame too big (sent by
-# websockets itself), 1013 worker full.
+#: Seconds an evicted client's close handshake may take before its transport is aborted.
+EVICTION_ABORT_AFTER = 2.0
+#: Seconds a probe waits for the pong.
+PROBE_TIMEOUT = 3.0
 
 
 #: Frames waiting in websockets' protocol buffer are joined into one socket write up to this
@@ -109,10 +107,21 @@ class RouterServerConnection(ServerConnection):
 
 
 class ClientConnection:
-    """A connected client: who it is, its socket, its delivery queue and its subscriptions."""
+    """A connected client: who it is, its socket, its delivery queue and its subscriptions.
+
+    The queue is bounded when it is made: a put past ``max_queue_bytes``, or a write blocked
+    past the write timeout, evicts the client (``evict``) and tells ``on_evicted``.
+    """
 
     def __init__(
-        self, websocket: ServerConnection, identity: Identity, policy: BatchPolicy, wire_v4: bool = False
+        self,
+        websocket: ServerConnection,
+        identity: Identity,
+        policy: BatchPolicy,
+        *,
+        wire_v4: bool = False,
+        max_queue_bytes: int = 0,
+        on_evicted: Callable[[ClientConnection, str], None] | None = None,
     ) -> None:
         self.websocket = websocket
         self.wire_v4 = wire_v4
@@ -120,19 +129,89 @@ class ClientConnection:
         self.address = identity.address
         self.workspace = identity.workspace
         self.user = identity.user_info()
-        self.stamp_suffix = envelope.identity_suffix(self.address, self.workspace, self.user)
+        self.stamp_suffix = identity_suffix(self.address, self.workspace, self.user)
         self.generation = shortuuid.uuid()
         self.subscriptions: set[str] = set()
-        #: Open inbound chunk streams (v4): sender's stream id -> (target, router's id, header).
-        self.streams: dict[int, tuple[str, int, dict[str, Any]]] = {}
+        #: Chunk streams (v4) this client is sending.
+        self.streams = SendingStreams()
+        self._on_evicted = on_evicted
         send_frames = getattr(websocket, "send_frames", None)  # RouterServerConnection
-        self.queue = DeliveryQueue(self.address, websocket.send, policy, wire_v4=wire_v4, send_frames=send_frames)
+        self.queue = DeliveryQueue(
+            self.address,
+            websocket.send,
+            policy,
+            wire_v4=wire_v4,
+            send_frames=send_frames,
+            max_bytes=max_queue_bytes,
+            on_overflow=self.evict,
+        )
+
+    @property
+    def close_code(self) -> int | None:
+        return self.websocket.close_code
 
     async def send_text(self, payload: dict[str, Any]) -> None:
         await self.websocket.send(json.dumps(payload))
 
+    def send_error(self, message: str) -> None:
+        """Tell the client the router refused something (an error text frame; best effort)."""
+        spawn(_send_quietly(self.websocket, handshake.error_frame(message)))
 
-async def serve(websocket: ServerConnection, router: Router) -> None:
+    async def close(self, code: int, reason: str) -> None:
+        await self.websocket.close(code, limits.close_reason(reason))
+
+    async def probe(self, timeout: float = PROBE_TIMEOUT) -> bool:
+        """Whether the client answers a ping within ``timeout``."""
+        try:
+            pong = await self.websocket.ping()
+            await asyncio.wait_for(pong, timeout)
+            return True
+        except Exception:
+            return False
+
+    def evict(self, reason: str) -> None:
+        """A consumer that does not drain: close it (4001). Its undelivered frames are
+        answered to their senders by the disconnect cleanup; the bound keeps memory flat."""
+        log.warning("evicting slow consumer %s: %s", self.address, reason)
+        if self._on_evicted is not None:
+            self._on_evicted(self, reason)
+        spawn(self.close(CloseCode.SLOW_CONSUMER, reason))
+        # A blocked write would hold the close handshake: give up on the transport too.
+        transport = getattr(self.websocket, "transport", None)
+        if transport is not None:
+            asyncio.get_running_loop().call_later(EVICTION_ABORT_AFTER, transport.abort)
+
+
+async def _send_quietly(websocket: ServerConnection, text: str) -> None:
+    try:
+        await websocket.send(text)
+    except Exception:
+        pass
+
+
+class ConnectionHost(Protocol):
+    """What a connection needs from the router of its worker."""
+
+    config: Config
+    issuer: TokenIssuer
+    worker_id: str
+    server_version: str
+    batch_policy: BatchPolicy
+
+    def holds(self, address: str) -> bool: ...
+
+    def connection_count(self) -> int: ...
+
+    def on_evicted(self, conn: ClientConnection, reason: str) -> None: ...
+
+    async def admit(self, conn: ClientConnection, is_reconnect: bool) -> None: ...
+
+    def route(self, conn: ClientConnection, frame: bytes) -> None: ...
+
+    async def disconnect(self, conn: ClientConnection) -> None: ...
+
+
+async def serve(websocket: ServerConnection, router: ConnectionHost) -> None:
     """The whole life of one client connection."""
     connection = await _handshake(websocket, router)
     if connection is None:
@@ -141,8 +220,8 @@ async def serve(websocket: ServerConnection, router: Router) -> None:
     policy = limits.InboundPolicy(
         rate=config.message_rate, burst=config.message_burst, idle_timeout=config.idle_timeout
     )
-    watchdog = asyncio.ensure_future(_watch_idle(websocket, policy)) if config.idle_timeout > 0 else None
-    closing: list[asyncio.Future] = []  # the close of a flooding client, once under way
+    watchdog = spawn(_watch_idle(websocket, policy)) if config.idle_timeout > 0 else None
+    closing: list[asyncio.Task[None]] = []  # the close of a flooding client, once under way
 
     def on_binary(message: bytes) -> None:
         if closing:
@@ -150,7 +229,7 @@ async def serve(websocket: ServerConnection, router: Router) -> None:
         breach = policy.on_frame()
         if breach is not None:
             log.info("closing %s: %s", connection.address, breach.reason)
-            closing.append(asyncio.ensure_future(close_with_error(websocket, breach.code, breach.reason)))
+            closing.append(spawn(close_with_error(websocket, breach.code, breach.reason)))
             return
         router.route(connection, message)
 
@@ -192,7 +271,7 @@ async def _watch_idle(websocket: ServerConnection, policy: limits.InboundPolicy)
 async def _close_draining(websocket: ServerConnection, code: int, reason: str) -> None:
     """Close a flooding client: its close frame is queued behind its flood, so keep reading
     (and discarding) until the close handshake completes."""
-    closing = asyncio.ensure_future(close_with_error(websocket, code, reason))
+    closing = spawn(close_with_error(websocket, code, reason))
     try:
         async for _ in websocket:
             pass
@@ -215,24 +294,34 @@ async def close_with_error(websocket: ServerConnection, code: int, reason: str, 
         pass
 
 
-async def _handshake(websocket: ServerConnection, router: Router) -> ClientConnection | None:
+async def _handshake(websocket: ServerConnection, router: ConnectionHost) -> ClientConnection | None:
     try:
         first = await asyncio.wait_for(websocket.recv(), router.config.handshake_timeout)
         request = handshake.parse_auth(first)
         identity, is_reconnect = handshake.authenticate(request, router.issuer)
         wire_v4 = request.wire_protocol >= 4 and router.config.enable_v4
-        connection = ClientConnection(websocket, identity, router.batch_policy, wire_v4=wire_v4)
-        if connection.address not in router.connections:  # a socket replacing its own is not a new one
+        connection = ClientConnection(
+            websocket,
+            identity,
+            router.batch_policy,
+            wire_v4=wire_v4,
+            max_queue_bytes=router.config.max_queue_bytes,
+            on_evicted=router.on_evicted,
+        )
+        if not router.holds(connection.address):  # a socket replacing its own is not a new one
             limits.check_capacity(
-                len(router.connections), router.config.max_connections_per_worker, reconnecting=is_reconnect
+                router.connection_count(), router.config.max_connections_per_worker, reconnecting=is_reconnect
             )
         await router.admit(connection, is_reconnect)
     except (TimeoutError, HandshakeError) as exc:
-        reason = "no auth frame in time" if isinstance(exc, asyncio.TimeoutError) else str(exc)
+        reason = "no auth frame in time" if isinstance(exc, TimeoutError) else str(exc)
         log.info("handshake refused: %s", reason)
         # Limits carry their own close code (1013 when the worker is full); the rest is 1008.
         await close_with_error(
-            websocket, getattr(exc, "close_code", CLOSE_POLICY), reason, error_frame=getattr(exc, "error_frame", True)
+            websocket,
+            getattr(exc, "close_code", CloseCode.POLICY_VIOLATION),
+            reason,
+            error_frame=getattr(exc, "error_frame", True),
         )
         return None
     except ConnectionClosed:
@@ -261,7 +350,7 @@ async def _handshake(websocket: ServerConnection, router: Router) -> ClientConne
     return connection
 
 
-async def _control(connection: ClientConnection, text: str, router: Router) -> None:
+async def _control(connection: ClientConnection, text: str, router: ConnectionHost) -> None:
     """Text frames after the handshake are control messages: ping and token refresh."""
     if len(text) > MAX_CONTROL_TEXT:
         return

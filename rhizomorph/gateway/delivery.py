@@ -15,7 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from rhizomorph.protocol import frames as v4frames
-from rhizomorph.protocol.batching import Batcher, BatchPolicy
+from rhizomorph.protocol.batching import Batcher, BatchMetrics, BatchPolicy
 
 log = logging.getLogger("rhizomorph.delivery")
 
@@ -32,6 +32,8 @@ class DeliveryQueue:
         *,
         wire_v4: bool = False,
         send_frames: SendFrames | None = None,
+        max_bytes: int = 0,
+        on_overflow: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.address = address
@@ -46,14 +48,19 @@ class DeliveryQueue:
         self._progress = asyncio.Event()  # set after every flush (for senders that pace themselves)
         self._closed = False
         #: Bound on buffered bytes (0: none) and what to do when a put would pass it, or a write
-        #: stalls: the router evicts the slow consumer (set by ``Router.admit``).
-        self.max_bytes = 0
-        self.on_overflow: Callable[[str], None] | None = None
+        #: stalls: the connection evicts the slow consumer.
+        self.max_bytes = max_bytes
+        self.on_overflow = on_overflow
         self._write_started: float | None = None
 
     @property
     def depth(self) -> int:
         return len(self.batcher)
+
+    @property
+    def batch_metrics(self) -> BatchMetrics:
+        """Delivery counts of this target (batch sizes, flush reasons) since it connected."""
+        return self.batcher.metrics
 
     def set_policy(self, policy: BatchPolicy) -> None:
         self.batcher.policy = policy

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import shortuuid
 
 from rhizomorph.protocol import envelope, rpc
-from rhizomorph.protocol.handshake import ACCESS, PERMISSION_LEVELS, Identity, TokenIssuer
+from rhizomorph.protocol.handshake import ACCESS, PERMISSION_LEVELS, Identity, TokenIssuer, hypha_user
 
 log = logging.getLogger("rhizomorph.manager")
 
@@ -32,6 +32,7 @@ class ManagerHost(Protocol):
     """What the manager needs from the gateway worker that hosts it."""
 
     worker_id: str
+    #: The registry actor's methods as coroutines (``rhizomorph.actors.registry.RegistryCalls``).
     registry: Any
 
     def send(self, target: str, frame: bytes) -> None: ...
@@ -47,16 +48,14 @@ class ManagerHost(Protocol):
 
 def server_user(server_id: str) -> dict[str, Any]:
     """The ``user`` stamped on frames the router itself sends."""
-    return {
-        "id": f"rhizomorph-{server_id}",
-        "roles": ["admin"],
-        "is_anonymous": False,
-        "scope": {"current_workspace": "*", "workspaces": {"*": "a"}, "client_id": None, "extra_scopes": None},
-        "email": None,
-        "parent": None,
-        "expires_at": None,
-        "current_workspace": "*",
-    }
+    return hypha_user(
+        f"rhizomorph-{server_id}",
+        roles=["admin"],
+        is_anonymous=False,
+        workspace="*",
+        workspaces={"*": "a"},
+        client_id=None,
+    )
 
 
 async def _call_registry(ref: Any) -> dict[str, Any]:
@@ -267,7 +266,7 @@ class WorkspaceManager:
         name = str(service.get("id", "")).rsplit(":", 1)[-1]
         if name.startswith("_rintf_"):
             return None  # per-call interface services stay between the two clients, as in Hypha
-        result = await _call_registry(self._host.registry.register_service.remote(caller.address, service))
+        result = await _call_registry(self._host.registry.register_service(caller.address, service))
         info = result["info"]
         if result["replaced"] is not None:
             self._host.broadcast_event(caller.workspace, "service_removed", result["replaced"])
@@ -281,7 +280,7 @@ class WorkspaceManager:
 
     async def unregister_service(self, caller: Identity, service_id: str, **_: Any) -> None:
         """Unregister a service of the calling client."""
-        result = await _call_registry(self._host.registry.unregister_service.remote(caller.address, service_id))
+        result = await _call_registry(self._host.registry.unregister_service(caller.address, service_id))
         self._host.broadcast_event(caller.workspace, "service_removed", result["info"])
         return None
 
@@ -318,7 +317,7 @@ class WorkspaceManager:
     async def _find(self, caller: Identity, service_id: Any, mode: str | None) -> dict[str, Any]:
         """Resolve a service id for the caller through the registry (visibility applied there)."""
         return await _call_registry(
-            self._host.registry.find_service.remote(service_id, caller.workspace, list(caller.workspaces), mode)
+            self._host.registry.find_service(service_id, caller.workspace, list(caller.workspaces), mode)
         )
 
     async def list_services(self, caller: Identity, query: Any = None, **kwargs: Any) -> list:
@@ -328,7 +327,7 @@ class WorkspaceManager:
                 k: v for k, v in kwargs.items() if k in ("workspace", "client_id", "service_id", "type", "visibility")
             } or None
         result = await _call_registry(
-            self._host.registry.list_services.remote(caller.workspace, list(caller.workspaces), query)
+            self._host.registry.list_services(caller.workspace, list(caller.workspaces), query)
         )
         return result["services"]
 
@@ -337,7 +336,7 @@ class WorkspaceManager:
         workspace = workspace or caller.workspace
         if not caller.can(workspace, "r"):
             raise ManagerError(f"Permission denied for workspace {workspace}")
-        return [{"id": address} for address in await self._host.registry.list_clients.remote(workspace)]
+        return [{"id": address} for address in await self._host.registry.list_clients(workspace)]
 
     async def subscribe(self, caller: Identity, event_type: Any, **_: Any) -> bool:
         """Receive broadcast events of these types sent in the caller's workspace."""

@@ -62,21 +62,45 @@ class Identity:
 
     def user_info(self) -> dict[str, Any]:
         """The ``user`` dict stamped on frames (JSON-serialisable: the JS client deep-copies it)."""
-        return {
-            "id": self.user_id,
-            "roles": list(self.roles),
-            "is_anonymous": self.is_anonymous,
-            "scope": {
-                "current_workspace": self.workspace,
-                "workspaces": dict(self.workspaces),
-                "client_id": self.client_id,
-                "extra_scopes": None,
-            },
-            "email": self.email,
-            "parent": None,
-            "expires_at": self.expires_at,
-            "current_workspace": self.workspace,
-        }
+        return hypha_user(
+            self.user_id,
+            roles=self.roles,
+            is_anonymous=self.is_anonymous,
+            workspace=self.workspace,
+            workspaces=self.workspaces,
+            client_id=self.client_id,
+            email=self.email,
+            expires_at=self.expires_at,
+        )
+
+
+def hypha_user(
+    user_id: str,
+    *,
+    roles: list[str],
+    is_anonymous: bool,
+    workspace: str,
+    workspaces: dict[str, str],
+    client_id: str | None,
+    email: str | None = None,
+    expires_at: float | None = None,
+) -> dict[str, Any]:
+    """A user as Hypha describes one to clients (``context["user"]``, ``connection_info``)."""
+    return {
+        "id": user_id,
+        "roles": list(roles),
+        "is_anonymous": is_anonymous,
+        "scope": {
+            "current_workspace": workspace,
+            "workspaces": dict(workspaces),
+            "client_id": client_id,
+            "extra_scopes": None,
+        },
+        "email": email,
+        "parent": None,
+        "expires_at": expires_at,
+        "current_workspace": workspace,
+    }
 
 
 def parse_auth(text: str | bytes) -> AuthRequest:
@@ -264,4 +288,5 @@ def connection_info(
 
 
 def error_frame(message: str) -> str:
+    """The text frame that tells a client the router refused something (hypha-rpc reports it)."""
     return json.dumps({"type": "error", "message": message})

@@ -21,15 +21,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from rhizomorph.protocol.close_codes import CloseCode
 from rhizomorph.protocol.handshake import HandshakeError
 
 Clock = Callable[[], float]
 _EPSILON = 1e-9  # tokens
-
-CLOSE_GOING_AWAY = 1001  # idle timeout (as Hypha)
-CLOSE_POLICY_VIOLATION = 1008  # message rate exceeded (as Hypha)
-CLOSE_MESSAGE_TOO_BIG = 1009  # sent by the websockets library itself above max_message_size
-CLOSE_TRY_AGAIN_LATER = 1013  # the worker is at max_connections_per_worker
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +113,7 @@ class InboundPolicy:
         self.idle.touch(now)
         if self.bucket is not None and not self.bucket.take(now=now):
             return Breach(
-                CLOSE_POLICY_VIOLATION,
+                CloseCode.POLICY_VIOLATION,
                 f"message rate limit exceeded ({self.bucket.rate:g}/s, burst {self.bucket.burst:g})",
             )
         return None
@@ -129,7 +125,7 @@ class InboundPolicy:
         """The idle-timeout breach if the connection has been silent too long, else ``None``."""
         if self.idle.remaining() > 0:
             return None
-        return Breach(CLOSE_GOING_AWAY, f"idle timeout ({self.idle.timeout:g} s without a message)")
+        return Breach(CloseCode.GOING_AWAY, f"idle timeout ({self.idle.timeout:g} s without a message)")
 
 
 class TooManyConnections(HandshakeError):
@@ -140,7 +136,7 @@ class TooManyConnections(HandshakeError):
     with backoff (and the kernel may hand the retry to a worker with room).
     """
 
-    close_code = CLOSE_TRY_AGAIN_LATER
+    close_code = CloseCode.TRY_AGAIN_LATER
 
     def __init__(self, limit: int, *, reconnecting: bool = False) -> None:
         super().__init__(f"too many connections on this gateway worker (limit {limit}); try again later")

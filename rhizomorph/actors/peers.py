@@ -1,0 +1,136 @@
+"""A worker's links to the other gateway workers, and the control calls it makes to them.
+
+Each peer gets an ordered link (``PeerLink``): over a Unix socket (``Channel``) to a peer on the
+same node, else Ray calls. A peer reached over Ray calls also gets a bulk link through the
+node's chunking actor for the chunks of large messages, so they never hold up small messages;
+a same-node peer on the socket takes chunks on its ordered link, in turn with small messages,
+as a local target does (benchmarks/targets.md has the numbers behind this choice).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from rhizomorph.actors.channel import Channel
+from rhizomorph.actors.peer_link import Item, PeerLink
+
+log = logging.getLogger("rhizomorph.peers")
+
+OnFailure = Callable[[list[Item]], None]
+
+
+def _same_actor(a: Any, b: Any) -> bool:
+    return getattr(a, "_actor_id", a) == getattr(b, "_actor_id", b)
+
+
+class Peers:
+    def __init__(self, worker_id: str, on_failure: OnFailure, on_bulk_failure: OnFailure) -> None:
+        self.worker_id = worker_id
+        self.links: dict[str, PeerLink] = {}
+        #: Chunk frames to peers reached over Ray calls, through the node's chunking actor.
+        self.bulk: dict[str, PeerLink] = {}
+        self.chunk_relay: Any = None
+        self._channels: dict[str, Channel] = {}
+        self._on_failure = on_failure
+        self._on_bulk_failure = on_bulk_failure
+
+    def __contains__(self, worker_id: object) -> bool:
+        return worker_id in self.links
+
+    def set_peers(self, peers: dict[str, Any], channels: dict[str, str] | None = None) -> None:
+        """Links to every other worker: over ``channels`` (Unix socket paths of same-node peers)
+        where given, else Ray calls. A worker id that comes back as a new actor gets new links."""
+        channels = channels or {}
+        for worker_id, handle in peers.items():
+            if worker_id == self.worker_id:
+                continue
+            link = self.links.get(worker_id)
+            if link is not None and _same_actor(link.handle, handle):
+                continue
+            self._close_channel(worker_id)
+            if worker_id in channels:
+                channel = self._channels[worker_id] = Channel(channels[worker_id])
+                link = PeerLink(
+                    worker_id, handle, self._on_failure, call=channel.send, try_call=channel.try_send, kind="socket"
+                )
+            else:
+                link = PeerLink(worker_id, handle, self._on_failure)
+            self.links[worker_id] = link
+            self.bulk.pop(worker_id, None)
+            if self.chunk_relay is not None and worker_id not in channels:
+                self.bulk[worker_id] = PeerLink(
+                    worker_id,
+                    handle,
+                    self._on_bulk_failure,
+                    kind="chunk-actor",
+                    call=lambda items, peer=handle: self.chunk_relay.relay.remote(peer, items),
+                )
+        for worker_id in list(self.links):
+            if worker_id not in peers:
+                del self.links[worker_id]
+                self.bulk.pop(worker_id, None)
+                self._close_channel(worker_id)
+
+    def _close_channel(self, worker_id: str) -> None:
+        channel = self._channels.pop(worker_id, None)
+        if channel is not None:
+            channel.close()
+
+    def close(self) -> None:
+        for worker_id in list(self._channels):
+            self._close_channel(worker_id)
+
+    def send(self, worker_id: str, item: Item) -> None:
+        self.links[worker_id].send(item)
+
+    def broadcast(self, item: Item) -> None:
+        for link in self.links.values():
+            link.send(item)
+
+    def has_bulk_link(self, worker_id: str) -> bool:
+        return worker_id in self.bulk
+
+    def send_chunk(self, worker_id: str, item: Item, *, last: bool) -> None:
+        """A chunk of a stream to a peer with a bulk link. The last chunk completes the
+        message: it takes the ordered link once the bulk link has delivered the rest, so
+        messages sent after this one cannot overtake it."""
+        bulk = self.bulk[worker_id]
+        if not last:
+            bulk.send(item)
+        else:
+            link = self.links[worker_id]
+            link.hold(bulk.idle())
+            link.send(item)
+
+    # -- control calls -------------------------------------------------------------------------
+    async def probe_client(self, worker_id: str, address: str) -> bool:
+        """Whether the peer's socket of ``address`` answers a ping (``False`` if unreachable)."""
+        link = self.links.get(worker_id)
+        if link is None:
+            return False
+        try:
+            return bool(await link.handle.probe_client.remote(address))
+        except Exception:
+            return False
+
+    def close_client(self, worker_id: str, address: str, code: int, generation: str) -> None:
+        link = self.links.get(worker_id)
+        if link is not None:
+            link.handle.close_client.remote(address, code, generation)
+
+    async def stats(self) -> list[dict[str, Any]]:
+        """Stats of every peer that answers."""
+        results = await asyncio.gather(
+            *(link.handle.stats.remote() for link in self.links.values()), return_exceptions=True
+        )
+        return [r for r in results if isinstance(r, dict)]
+
+    def link_stats(self) -> dict[str, dict[str, Any]]:
+        return {
+            "peer_calls": {w: link.calls for w, link in self.links.items()},
+            "peer_channels": {w: link.kind for w, link in self.links.items()},
+            "peer_frames": {w: link.frames for w, link in self.links.items()},
+        }

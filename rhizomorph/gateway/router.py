@@ -1,0 +1,529 @@
+"""The router of one gateway worker: every frame a client sends is stamped and sent on its way.
+
+socket (``connection.py``) -> ``Router.route`` -> the target's ``DeliveryQueue``
+(``delivery.py``) -> socket. A frame for a client of another worker goes to that worker over
+its peer link (``rhizomorph/actors/peers.py``) and comes back in through ``Router.deliver``.
+Where a frame goes is decided by ``rhizomorph/protocol/routing.py``; a frame that cannot be
+delivered is answered to its sender through one entry point, ``Router.undeliverable``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections import Counter
+from typing import Any, Protocol
+
+from rhizomorph.actors.peer_link import Item
+from rhizomorph.actors.peers import Peers
+from rhizomorph.background import spawn
+from rhizomorph.config import Config
+from rhizomorph.gateway.clients import ClientRegistry, Clients
+from rhizomorph.gateway.connection import ClientConnection
+from rhizomorph.gateway.manager import SERVER_VERSION, WorkspaceManager
+from rhizomorph.protocol import envelope, frames, routing
+from rhizomorph.protocol.batching import BatchMetrics, BatchPolicy
+from rhizomorph.protocol.close_codes import CloseCode
+from rhizomorph.protocol.directory import DirectoryReplica
+from rhizomorph.protocol.handshake import Identity, TokenIssuer
+from rhizomorph.protocol.routing import Via
+from rhizomorph.protocol.streams import OpenStream, ReceivingStreams, StreamIds, Verdict
+
+log = logging.getLogger("rhizomorph.router")
+
+STREAM_CUT = "the chunk stream was cut: chunks were lost between gateway workers"
+
+#: A frame waiting for the registry: (frame, its header if parsed, whether a peer forwarded it).
+Waiting = tuple[bytes, "dict[str, Any] | None", bool]
+
+
+class RouterRegistry(ClientRegistry, Protocol):
+    """The registry as the router calls it (``rhizomorph.actors.registry.RegistryCalls``)."""
+
+    async def locate(self, address: str) -> str | None: ...
+
+
+@dataclasses.dataclass
+class Counters:
+    frames_in: int = 0
+    bytes_in: int = 0
+    dropped: int = 0
+    evicted: int = 0
+    registry_lookups: int = 0
+    refused: Counter[str] = dataclasses.field(default_factory=Counter)  # undeliverable answered, by kind
+    disconnects: Counter[str] = dataclasses.field(default_factory=Counter)  # closed connections, by code
+    #: Delivery counts of clients that left, so totals stay monotonic.
+    departed: BatchMetrics = dataclasses.field(default_factory=BatchMetrics)
+
+
+class Router:
+    """Runs on the worker's event loop; ``rhizomorph.actors.worker.GatewayWorker`` hosts it."""
+
+    server_version = SERVER_VERSION
+
+    def __init__(self, config: Config, worker_id: str, registry: RouterRegistry) -> None:
+        self.config = config
+        self.worker_id = worker_id
+        self.registry = registry
+        self.issuer = TokenIssuer(config.jwt_secret)
+        self.batch_policy = config.batch_policy()
+        self.peers = Peers(worker_id, on_failure=self._peer_failed, on_bulk_failure=self._bulk_failed)
+        self.clients = Clients(worker_id, registry, self.peers)
+        self.replica = DirectoryReplica()
+        self.stream_ids = StreamIds()
+        self.receiving = ReceivingStreams()
+        self.counters = Counters()
+        #: Targets missing from the replica that the registry is being asked about: frames for
+        #: them wait here, in order, behind that one lookup (a burst makes one call, not one each).
+        self._locating: dict[str, list[Waiting]] = {}
+        self.manager = WorkspaceManager(
+            self,
+            manager_id=config.manager_id,
+            server_id=config.server_id,
+            base_url=config.base_url,
+            issuer=self.issuer,
+            call_timeout=config.manager_call_timeout,
+        )
+
+    # -- ManagerHost ---------------------------------------------------------------------------
+    def identity(self, address: str) -> Identity | None:
+        conn = self.clients.get(address)
+        return conn.identity if conn else None
+
+    def subscriptions(self, address: str) -> set[str] | None:
+        conn = self.clients.get(address)
+        return conn.subscriptions if conn else None
+
+    def send(self, target: str, frame: bytes) -> None:
+        """Route a frame the router made itself (manager replies, calls, rejects)."""
+        self._dispatch(target, frame, None)
+
+    def broadcast_event(self, workspace: str, event_type: str, data: Any, forward: bool = True) -> None:
+        self._broadcast(f"{workspace}/*", event_type, envelope.event_frame(event_type, data), forward=forward)
+
+    async def cluster_stats(self) -> list[dict[str, Any]]:
+        """Stats of this worker and of every peer (the manager's ``get_router_stats``)."""
+        return [self.stats(), *await self.peers.stats()]
+
+    # -- ConnectionHost ------------------------------------------------------------------------
+    def holds(self, address: str) -> bool:
+        return address in self.clients
+
+    def connection_count(self) -> int:
+        return len(self.clients)
+
+    def on_evicted(self, conn: ClientConnection, reason: str) -> None:
+        self.counters.evicted += 1
+
+    async def admit(self, conn: ClientConnection, is_reconnect: bool) -> None:
+        await self.clients.admit(conn, is_reconnect)
+        self.replica.set_owner(conn.address, self.worker_id)
+
+    async def disconnect(self, conn: ClientConnection) -> None:
+        """Clean up after a socket closed: undelivered calls are rejected, services removed."""
+        self.clients.remove(conn)
+        for stream in conn.streams.close_all():  # the sender left mid-stream: receivers drop it
+            self._to_client(stream.target, _abort(stream.out_id), None)
+        self.receiving.forget_target(conn.address)
+        for frame in conn.queue.close():
+            self.undeliverable(conn.address, frame)
+        self.counters.departed.merge(conn.queue.batch_metrics)
+        self.counters.disconnects[str(conn.close_code or "none")] += 1
+        try:
+            removed = await self.clients.release(conn)
+        except Exception as exc:  # registry restarting; its state is rebuilt from reconnects
+            log.warning("could not release %s: %s", conn.address, exc)
+            return
+        if removed is None:
+            return  # a newer socket of this client took over: it is not gone
+        self.replica.forget(conn.address, self.worker_id)
+        self._announce_departure(conn.address, removed, forward=True)
+
+    # -- the directory -------------------------------------------------------------------------
+    def update_directory(self, updates: list[tuple[str, str | None]]) -> None:
+        for address, callers in self.replica.apply(updates):
+            # A client left for good: local clients that called it are told at once, so calls
+            # it will never answer fail now, not at their timeout.
+            for caller in callers:
+                conn = self.clients.get(caller)
+                if conn is not None:
+                    self.counters.refused["peer_not_found"] += 1
+                    conn.queue.put(
+                        envelope.peer_not_found_frame(
+                            caller=caller, target=address, message=f"Target peer {address} is not connected"
+                        )
+                    )
+
+    def forget_clients(self, removed: dict[str, list[dict[str, Any]]]) -> None:
+        """Clients of a lost worker, released by the launcher's watchdog: tell this worker's
+        subscribers (each surviving worker is told, so nothing is forwarded)."""
+        for address, services in removed.items():
+            self._announce_departure(address, services, forward=False)
+
+    def _announce_departure(self, address: str, services: list[dict[str, Any]], *, forward: bool) -> None:
+        """``service_removed`` for each of a departed client's services, then ``client_disconnected``
+        (with the bare client id, as hypha-rpc expects), to the subscribers of its workspace."""
+        workspace, client_id = address.split("/", 1)
+        for info in services:
+            if info.get("type") != "built-in":
+                self.broadcast_event(workspace, "service_removed", info, forward=forward)
+        self.broadcast_event(
+            workspace, "client_disconnected", {"id": client_id, "workspace": workspace}, forward=forward
+        )
+
+    def set_batch_policy(self, policy: BatchPolicy) -> None:
+        """Change batching at run time, for every current and future target of this worker."""
+        self.batch_policy = policy
+        for conn in self.clients:
+            conn.queue.set_policy(policy)
+
+    # -- from a local client -------------------------------------------------------------------
+    def route(self, conn: ClientConnection, frame: bytes) -> None:
+        """A binary frame from a local client: stamp it and send it on its way."""
+        counters = self.counters
+        counters.frames_in += 1
+        counters.bytes_in += len(frame)
+        if frames.is_v4(frame):
+            self._route_v4(conn, frame)
+            return
+        self._route_message(conn, frame)
+
+    def _route_message(self, conn: ClientConnection, frame: bytes) -> None:
+        """One (non-v4) message: stamp it; a direct message to a local client goes straight to
+        its queue (the hot path), anything else through ``_dispatch``."""
+        stamped = self._stamp(conn, frame)
+        if stamped is None:
+            return
+        target, frame, header = stamped
+        local = self.clients.get(target)
+        if local is not None and not self._locating:
+            # A stamped frame is a msgpack map, never a v4 frame: it fits v3 and v4 clients alike.
+            if not local.queue.put(frame):
+                self.undeliverable(target, frame, header)
+        else:
+            self._dispatch(target, frame, header)
+
+    def _stamp(self, conn: ClientConnection, frame: bytes) -> tuple[str, bytes, dict[str, Any]] | None:
+        """Parse, check and stamp one message: ``(target, stamped frame, header)``, or ``None``
+        after telling the sender why not."""
+        try:
+            env = envelope.parse(frame)
+        except envelope.EnvelopeError as exc:
+            self.unroutable(conn, str(exc))
+            return None
+        header = env.header
+        target = envelope.normalize_target(header["to"], conn.workspace)
+        if envelope.is_broadcast(target):
+            if target != f"{conn.workspace}/*":
+                # Broadcasts never leave the sender's workspace.
+                self.undeliverable(
+                    target, None, header, f"cannot broadcast to {target} from {conn.workspace}", sender=conn.address
+                )
+                return None
+            if not conn.identity.can(conn.workspace, "rw"):
+                # Read-only (``r``) clients may call services but not broadcast (docs/security.md).
+                self.counters.dropped += 1
+                conn.send_error(f"permission denied: read-only clients cannot broadcast in {conn.workspace}")
+                return None
+        elif "session" in header:
+            self.replica.note_call(conn.address, target)  # answered if the target leaves
+        stamped = envelope.stamp(
+            env, target=target, sender=conn.address, workspace=conn.workspace, user=conn.user, suffix=conn.stamp_suffix
+        )
+        return target, stamped, env.header
+
+    def unroutable(self, conn: ClientConnection, reason: str) -> None:
+        """A frame from ``conn`` that cannot be read: an error frame back, nothing routed."""
+        self.counters.dropped += 1
+        conn.send_error(f"unroutable frame: {reason}")
+
+    def _route_v4(self, conn: ClientConnection, frame: bytes) -> None:
+        """A v4 frame: a batch (route each message, in order) or a chunk of a stream."""
+        if not conn.wire_v4:
+            self.unroutable(conn, "v4 frame on a v3 connection")
+            return
+        if frames.is_stream(frame):
+            self._route_chunk(conn, frame)
+            return
+        try:
+            messages = frames.decode_batch(frame)
+        except frames.FrameError as exc:
+            self.unroutable(conn, str(exc))
+            return
+        for message in messages:
+            if message and message[0] != frames.MAGIC:
+                self._route_message(conn, message)
+            else:
+                self.unroutable(conn, "nested or empty message in a batch")
+
+    def _route_chunk(self, conn: ClientConnection, frame: bytes) -> None:
+        """One chunk of a large message. Chunk 0 starts with the message header, which is
+        stamped like any header; the stream id is renamed so it is unique at the receiver."""
+        try:
+            stream_id, index, flags, data = frames.decode_chunk(frame)
+        except frames.FrameError as exc:
+            self.unroutable(conn, str(exc))
+            return
+        last = bool(flags & frames.LAST)
+        stream: OpenStream | None
+        if index == 0:
+            if conn.streams.is_open(stream_id):
+                self.unroutable(conn, f"stream {stream_id} is already open")
+                return
+            stamped = self._stamp(conn, data)
+            if stamped is None:
+                return
+            target, data, header = stamped
+            if target == self.manager.address or envelope.is_broadcast(target):
+                self.undeliverable(target, None, header, "a chunk stream must go to one client", sender=conn.address)
+                return
+            stream = OpenStream(target, self.stream_ids.next(), header)
+            if not last:
+                conn.streams.begin(stream_id, stream)
+        else:
+            stream = conn.streams.chunk(stream_id, last=last)
+            if stream is None:
+                self.unroutable(conn, f"chunk {index} of unknown stream {stream_id}")
+                return
+        if stream.out_id in self.stream_ids.failed:
+            if last:  # the caller was told when the loss was noticed (here or at the receiving worker)
+                self.stream_ids.failed.discard(stream.out_id)
+            return
+        chunk = frames.encode_chunk(stream.out_id, index, last, data)
+        owner = self._remote_owner(stream.target)
+        if owner is not None and self.peers.has_bulk_link(owner):
+            self.peers.send_chunk(owner, (stream.target, None, chunk), last=last)
+        else:  # a local target, or a same-node peer: chunks take their turn with small messages
+            self._to_client(stream.target, chunk, stream.header if index == 0 or last else None)
+
+    # -- to a target ---------------------------------------------------------------------------
+    def _remote_owner(self, target: str) -> str | None:
+        if target in self.clients:
+            return None
+        return routing.remote_owner(self.replica.owner(target), self_id=self.worker_id, reachable=self.peers)
+
+    def _dispatch(self, target: str, frame: bytes, header: dict[str, Any] | None) -> None:
+        if target == self.manager.address:
+            self._to_manager(frame, header)
+        elif envelope.is_broadcast(target):
+            event_type = (header or envelope.parse(frame).header).get("type", "")
+            self._broadcast(target, event_type, frame, forward=True)
+        else:
+            self._to_client(target, frame, header)
+
+    def _to_manager(self, frame: bytes, header: dict[str, Any] | None) -> None:
+        header = header or envelope.parse(frame).header
+        session_owner = self.manager.owns_session(str(header.get("method", "")))
+        route = routing.to_manager(session_owner, self_id=self.worker_id, reachable=self.peers)
+        if route.via is Via.PEER:
+            self.peers.send(route.owner, (self.manager.address, None, frame))  # type: ignore[arg-type]
+        else:
+            self.manager.handle(frame)
+
+    def _to_client(self, target: str, frame: bytes, header: dict[str, Any] | None, forwarded: bool = False) -> None:
+        conn = self.clients.get(target)
+        route = routing.to_client(
+            local=conn is not None,
+            owner=self.replica.owner(target),
+            self_id=self.worker_id,
+            reachable=self.peers,
+            forwarded=forwarded,
+            locating=bool(self._locating) and target in self._locating,
+        )
+        self._carry_out(route, conn, target, frame, header, forwarded)
+
+    def _carry_out(
+        self,
+        route: routing.Route,
+        conn: ClientConnection | None,
+        target: str,
+        frame: bytes,
+        header: dict[str, Any] | None,
+        forwarded: bool,
+    ) -> None:
+        via = route.via
+        if via is Via.LOCAL and conn is not None:
+            if frames.is_stream(frame) and conn.wire_v4 and not self._accept_chunk(conn, frame):
+                return
+            if (frames.is_v4(frame) and not conn.wire_v4) or not conn.queue.put(frame):
+                self.undeliverable(target, frame, header)  # a v3 client never receives a v4 frame
+        elif via is Via.PEER and route.owner is not None:
+            self.peers.send(route.owner, (target, None, frame))
+        elif via is Via.WAIT:  # frames sent before this one wait for the registry: keep the order
+            self._locating[target].append((frame, header, forwarded))
+        elif via is Via.LOCATE:
+            self._locating[target] = [(frame, header, forwarded)]
+            spawn(self._locate(target))
+        else:
+            self.undeliverable(target, frame, header)
+
+    async def _locate(self, target: str) -> None:
+        """Ask the registry who owns ``target``, then send what waited for the answer, in order."""
+        self.counters.registry_lookups += 1
+        try:
+            owner = await self.registry.locate(target)
+        except Exception:
+            owner = None
+        if routing.remote_owner(owner, self_id=self.worker_id, reachable=self.peers) is not None:
+            self.replica.set_owner(target, owner)  # type: ignore[arg-type]
+        for frame, header, forwarded in self._locating.pop(target, ()):
+            conn = self.clients.get(target)
+            route = routing.after_locate(
+                local=conn is not None, owner=owner, self_id=self.worker_id, reachable=self.peers, forwarded=forwarded
+            )
+            self._carry_out(route, conn, target, frame, header, forwarded)
+
+    def _broadcast(self, target: str, event_type: str, frame: bytes, *, forward: bool) -> None:
+        """Deliver to the subscribed clients of this worker, then once to every peer worker."""
+        for conn in self.clients.in_workspace(target[:-2]):
+            if event_type in conn.subscriptions:
+                conn.queue.put(frame)
+        if forward:
+            self.peers.broadcast((target, event_type, frame))
+
+    def deliver(self, items: list[Item]) -> None:
+        """A batch from a peer worker: deliver each frame locally, in order."""
+        for target, event_type, frame in items:
+            if event_type is not None:
+                self._broadcast(target, event_type, frame, forward=False)
+            elif target == self.manager.address:
+                self.manager.handle(frame)
+            else:
+                self._to_client(target, frame, None, forwarded=True)
+
+    def _accept_chunk(self, conn: ClientConnection, frame: bytes) -> bool:
+        """Keep a delivered stream whole: a chunk out of sequence, or an abort, ends the stream
+        for the receiving client (it gets the abort) and for the caller (a reject)."""
+        stream_id, index, flags, data = frames.decode_chunk(frame)
+        verdict, header = self.receiving.accept(stream_id, index, flags, data)
+        if verdict is Verdict.BROKEN and header is not None:
+            conn.queue.put(_abort(stream_id))
+            self.undeliverable(conn.address, None, header, STREAM_CUT)
+        return verdict is Verdict.DELIVER
+
+    # -- telling senders -----------------------------------------------------------------------
+    def undeliverable(
+        self,
+        target: str,
+        frame: bytes | None,
+        header: dict[str, Any] | None = None,
+        reason: str | None = None,
+        *,
+        sender: str | None = None,
+    ) -> None:
+        """The one place that answers "this message cannot be delivered to ``target``".
+
+        The sender of a call gets a reject (or ``peer_not_found`` without a session); events
+        and the router's own notices are fire-and-forget. ``frame`` may be a chunk: only chunk
+        0 carries the header, and it answers for the whole stream.
+        """
+        if header is None:
+            header = _header_of(frame)
+            if header is None:
+                return  # a later chunk (chunk 0 answered for its stream), or unreadable
+        self.counters.dropped += 1
+        if sender is None:
+            sender = header.get("from")
+        if not isinstance(sender, str) or header.get("type") != "method":
+            return  # events and server notices are fire-and-forget by design
+        if sender == self.manager.address and "session" not in header:
+            return  # the manager's own replies to a caller that left: nobody to tell
+        message = reason or f"Target peer {target} is not connected"
+        session = header.get("session")
+        if isinstance(session, str):
+            self.counters.refused["reject"] += 1
+            answer = envelope.reject_frame(
+                caller=sender,
+                target=target,
+                session=session,
+                message=message,
+                workspace=sender.split("/", 1)[0],
+                user=self.manager.user,
+            )
+        else:
+            self.counters.refused["peer_not_found"] += 1
+            answer = envelope.peer_not_found_frame(caller=sender, target=target, message=message)
+        if sender == self.manager.address:
+            self._to_manager(answer, None)
+        elif sender in self.clients or sender in self.replica:
+            self._to_client(sender, answer, None)
+
+    def _peer_failed(self, items: list[Item]) -> None:
+        """A peer worker could not be reached: its frames are undeliverable."""
+        for target, event_type, frame in items:
+            if event_type is None:
+                self.undeliverable(target, frame)
+
+    def _bulk_failed(self, items: list[Item]) -> None:
+        """Chunks lost with the chunking actor (or their target's worker): each stream they
+        belong to fails on both ends. Its later chunks are dropped here; the receiving worker is
+        told to abort it, and rejects the caller (it holds the header) — unless the header was
+        in the lost chunk 0, then the caller is rejected from here."""
+        for target, _, frame in items:
+            stream_id, index, _, _ = frames.decode_chunk(frame)
+            if index == 0:
+                self.undeliverable(target, frame, None, STREAM_CUT)
+            if stream_id not in self.stream_ids.failed:
+                self.stream_ids.failed.add(stream_id)
+                self._to_client(target, _abort(stream_id), None)
+
+    # -- operations ----------------------------------------------------------------------------
+    async def close_client(self, address: str, code: int = CloseCode.GOING_AWAY, generation: str | None = None) -> bool:
+        return await self.clients.close(address, code, generation)
+
+    async def probe(self, address: str) -> bool:
+        return await self.clients.probe(address)
+
+    def stats(self) -> dict[str, Any]:
+        counters = self.counters
+        return {
+            "worker_id": self.worker_id,
+            "pid": os.getpid(),
+            "connections": len(self.clients),
+            "clients": self.clients.addresses(),
+            "dropped": counters.dropped,
+            "evicted": counters.evicted,
+            "streams_opened": self.stream_ids.issued,
+            **self.peers.link_stats(),
+            "batch_policy": dataclasses.asdict(self.batch_policy),
+            "frames_in": counters.frames_in,
+            "registry_lookups": counters.registry_lookups,
+            "bytes_in": counters.bytes_in,
+            "refused": dict(counters.refused),
+            "disconnects": dict(counters.disconnects),
+            "totals": self._delivery_totals(),
+            "targets": {conn.address: conn.queue.metrics() for conn in self.clients},
+        }
+
+    def _delivery_totals(self) -> dict[str, Any]:
+        """Delivery counts since the worker started: clients that left plus those connected."""
+        totals = BatchMetrics()
+        totals.merge(self.counters.departed)
+        depth = 0
+        for conn in self.clients:
+            totals.merge(conn.queue.batch_metrics)
+            depth += conn.queue.depth
+        result = totals.as_dict()
+        result.update(targets=len(self.clients), depth=depth)
+        return result
+
+
+def _abort(stream_id: int) -> bytes:
+    return frames.encode_chunk(stream_id, 0, True, b"", abort=True)
+
+
+def _header_of(frame: bytes | None) -> dict[str, Any] | None:
+    """The header of a message, or of the message a chunk 0 starts (``None`` for other chunks
+    and for what cannot be read)."""
+    if frame is None:
+        return None
+    try:
+        if frames.is_stream(frame):
+            _, index, _, data = frames.decode_chunk(frame)
+            if index != 0:
+                return None
+            frame = data
+        return envelope.parse(frame).header
+    except (envelope.EnvelopeError, frames.FrameError):
+        return None
