@@ -9,7 +9,7 @@
    the last one opened and again after ``--hold`` seconds idle (keepalive pings included), and
    prints bytes per connection. The issue's target is <= 50 KB per idle connection.
 2. ``--breakdown N`` (0: skip): what one connection costs, by owner. Runs the worker's own code
-   (``actors.worker.Router`` behind ``websockets.serve`` with ``gateway.connection.serve``, as
+   (``rhizomorph.gateway.router.Router`` behind ``rhizomorph.gateway.server.serve``, as
    ``GatewayWorker.start`` does, against a fresh registry actor) in this process with
    ``tracemalloc`` on, opens N idle connections from a client process, and reports the traced
    Python allocations per connection grouped by source file, by allocation site and by owner

@@ -1,10 +1,9 @@
 """A direct channel between two gateway workers of one node: batches over a Unix socket.
 
 Ray stays the control plane (placement, discovery, restarts): a worker learns its peers'
-socket paths through Ray calls, and only peers on its own node are reached this way. Measured
-on our 2-core machines, a Unix socket carried ~70 k batches/s between two processes where Ray
-actor calls carried ~1 k calls/s, and a round trip across workers cost several times a local
-one over Ray; the socket takes the per-message path off Ray. Peers on other nodes keep Ray calls.
+socket paths through Ray calls, and only peers on its own node are reached this way. The
+socket takes the per-message path off Ray, whose actor calls cost far more per batch
+(benchmarks/bench_peer_channel.py measures both). Peers on other nodes keep Ray calls.
 
 Wire: ``u32 length`` + ``msgpack([[target, event_type, frame], ...])``, one batch per write.
 The socket lives in a private directory (mode 0700) of the worker.

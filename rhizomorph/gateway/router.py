@@ -9,30 +9,27 @@ delivered is answered to its sender through one entry point, ``Router.undelivera
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import os
-from collections import Counter
 from typing import Any, Protocol
 
 from rhizomorph.actors.peer_link import Item
 from rhizomorph.actors.peers import Peers
 from rhizomorph.background import spawn
 from rhizomorph.config import Config
+from rhizomorph.gateway import stats
 from rhizomorph.gateway.clients import ClientRegistry, Clients
 from rhizomorph.gateway.connection import ClientConnection
 from rhizomorph.gateway.manager import SERVER_VERSION, WorkspaceManager
-from rhizomorph.protocol import envelope, frames, routing
-from rhizomorph.protocol.batching import BatchMetrics, BatchPolicy
+from rhizomorph.gateway.stats import Counters
+from rhizomorph.gateway.streams import ChunkStreams
+from rhizomorph.protocol import envelope, frames, refusals, routing
+from rhizomorph.protocol.batching import BatchPolicy
 from rhizomorph.protocol.close_codes import CloseCode
 from rhizomorph.protocol.directory import DirectoryReplica
 from rhizomorph.protocol.handshake import Identity, TokenIssuer
 from rhizomorph.protocol.routing import Via
-from rhizomorph.protocol.streams import OpenStream, ReceivingStreams, StreamIds, Verdict
 
 log = logging.getLogger("rhizomorph.router")
-
-STREAM_CUT = "the chunk stream was cut: chunks were lost between gateway workers"
 
 #: A frame waiting for the registry: (frame, its header if parsed, whether a peer forwarded it).
 Waiting = tuple[bytes, "dict[str, Any] | None", bool]
@@ -42,19 +39,6 @@ class RouterRegistry(ClientRegistry, Protocol):
     """The registry as the router calls it (``rhizomorph.actors.registry.RegistryCalls``)."""
 
     async def locate(self, address: str) -> str | None: ...
-
-
-@dataclasses.dataclass
-class Counters:
-    frames_in: int = 0
-    bytes_in: int = 0
-    dropped: int = 0
-    evicted: int = 0
-    registry_lookups: int = 0
-    refused: Counter[str] = dataclasses.field(default_factory=Counter)  # undeliverable answered, by kind
-    disconnects: Counter[str] = dataclasses.field(default_factory=Counter)  # closed connections, by code
-    #: Delivery counts of clients that left, so totals stay monotonic.
-    departed: BatchMetrics = dataclasses.field(default_factory=BatchMetrics)
 
 
 class Router:
@@ -69,10 +53,9 @@ class Router:
         self.issuer = TokenIssuer(config.jwt_secret)
         self.batch_policy = config.batch_policy()
         self.peers = Peers(worker_id, on_failure=self._peer_failed, on_bulk_failure=self._bulk_failed)
+        self.streams = ChunkStreams(self, self.peers)
         self.clients = Clients(worker_id, registry, self.peers)
         self.replica = DirectoryReplica()
-        self.stream_ids = StreamIds()
-        self.receiving = ReceivingStreams()
         self.counters = Counters()
         #: Targets missing from the replica that the registry is being asked about: frames for
         #: them wait here, in order, behind that one lookup (a burst makes one call, not one each).
@@ -85,6 +68,10 @@ class Router:
             issuer=self.issuer,
             call_timeout=config.manager_call_timeout,
         )
+
+    @property
+    def manager_address(self) -> str:
+        return self.manager.address
 
     # -- ManagerHost ---------------------------------------------------------------------------
     def identity(self, address: str) -> Identity | None:
@@ -123,9 +110,7 @@ class Router:
     async def disconnect(self, conn: ClientConnection) -> None:
         """Clean up after a socket closed: undelivered calls are rejected, services removed."""
         self.clients.remove(conn)
-        for stream in conn.streams.close_all():  # the sender left mid-stream: receivers drop it
-            self._to_client(stream.target, _abort(stream.out_id), None)
-        self.receiving.forget_target(conn.address)
+        self.streams.sender_left(conn)
         for frame in conn.queue.close():
             self.undeliverable(conn.address, frame)
         self.counters.departed.merge(conn.queue.batch_metrics)
@@ -151,7 +136,7 @@ class Router:
                     self.counters.refused["peer_not_found"] += 1
                     conn.queue.put(
                         envelope.peer_not_found_frame(
-                            caller=caller, target=address, message=f"Target peer {address} is not connected"
+                            caller=caller, target=address, message=refusals.not_connected(address)
                         )
                     )
 
@@ -192,7 +177,7 @@ class Router:
     def _route_message(self, conn: ClientConnection, frame: bytes) -> None:
         """One (non-v4) message: stamp it; a direct message to a local client goes straight to
         its queue (the hot path), anything else through ``_dispatch``."""
-        stamped = self._stamp(conn, frame)
+        stamped = self.stamp(conn, frame)
         if stamped is None:
             return
         target, frame, header = stamped
@@ -204,7 +189,7 @@ class Router:
         else:
             self._dispatch(target, frame, header)
 
-    def _stamp(self, conn: ClientConnection, frame: bytes) -> tuple[str, bytes, dict[str, Any]] | None:
+    def stamp(self, conn: ClientConnection, frame: bytes) -> tuple[str, bytes, dict[str, Any]] | None:
         """Parse, check and stamp one message: ``(target, stamped frame, header)``, or ``None``
         after telling the sender why not."""
         try:
@@ -244,7 +229,7 @@ class Router:
             self.unroutable(conn, "v4 frame on a v3 connection")
             return
         if frames.is_stream(frame):
-            self._route_chunk(conn, frame)
+            self.streams.route(conn, frame)
             return
         try:
             messages = frames.decode_batch(frame)
@@ -257,48 +242,8 @@ class Router:
             else:
                 self.unroutable(conn, "nested or empty message in a batch")
 
-    def _route_chunk(self, conn: ClientConnection, frame: bytes) -> None:
-        """One chunk of a large message. Chunk 0 starts with the message header, which is
-        stamped like any header; the stream id is renamed so it is unique at the receiver."""
-        try:
-            stream_id, index, flags, data = frames.decode_chunk(frame)
-        except frames.FrameError as exc:
-            self.unroutable(conn, str(exc))
-            return
-        last = bool(flags & frames.LAST)
-        stream: OpenStream | None
-        if index == 0:
-            if conn.streams.is_open(stream_id):
-                self.unroutable(conn, f"stream {stream_id} is already open")
-                return
-            stamped = self._stamp(conn, data)
-            if stamped is None:
-                return
-            target, data, header = stamped
-            if target == self.manager.address or envelope.is_broadcast(target):
-                self.undeliverable(target, None, header, "a chunk stream must go to one client", sender=conn.address)
-                return
-            stream = OpenStream(target, self.stream_ids.next(), header)
-            if not last:
-                conn.streams.begin(stream_id, stream)
-        else:
-            stream = conn.streams.chunk(stream_id, last=last)
-            if stream is None:
-                self.unroutable(conn, f"chunk {index} of unknown stream {stream_id}")
-                return
-        if stream.out_id in self.stream_ids.failed:
-            if last:  # the caller was told when the loss was noticed (here or at the receiving worker)
-                self.stream_ids.failed.discard(stream.out_id)
-            return
-        chunk = frames.encode_chunk(stream.out_id, index, last, data)
-        owner = self._remote_owner(stream.target)
-        if owner is not None and self.peers.has_bulk_link(owner):
-            self.peers.send_chunk(owner, (stream.target, None, chunk), last=last)
-        else:  # a local target, or a same-node peer: chunks take their turn with small messages
-            self._to_client(stream.target, chunk, stream.header if index == 0 or last else None)
-
     # -- to a target ---------------------------------------------------------------------------
-    def _remote_owner(self, target: str) -> str | None:
+    def remote_owner(self, target: str) -> str | None:
         if target in self.clients:
             return None
         return routing.remote_owner(self.replica.owner(target), self_id=self.worker_id, reachable=self.peers)
@@ -310,7 +255,7 @@ class Router:
             event_type = (header or envelope.parse(frame).header).get("type", "")
             self._broadcast(target, event_type, frame, forward=True)
         else:
-            self._to_client(target, frame, header)
+            self.to_client(target, frame, header)
 
     def _to_manager(self, frame: bytes, header: dict[str, Any] | None) -> None:
         header = header or envelope.parse(frame).header
@@ -321,7 +266,7 @@ class Router:
         else:
             self.manager.handle(frame)
 
-    def _to_client(self, target: str, frame: bytes, header: dict[str, Any] | None, forwarded: bool = False) -> None:
+    def to_client(self, target: str, frame: bytes, header: dict[str, Any] | None, forwarded: bool = False) -> None:
         conn = self.clients.get(target)
         route = routing.to_client(
             local=conn is not None,
@@ -344,7 +289,7 @@ class Router:
     ) -> None:
         via = route.via
         if via is Via.LOCAL and conn is not None:
-            if frames.is_stream(frame) and conn.wire_v4 and not self._accept_chunk(conn, frame):
+            if frames.is_stream(frame) and conn.wire_v4 and not self.streams.accept(conn, frame):
                 return
             if (frames.is_v4(frame) and not conn.wire_v4) or not conn.queue.put(frame):
                 self.undeliverable(target, frame, header)  # a v3 client never receives a v4 frame
@@ -390,17 +335,7 @@ class Router:
             elif target == self.manager.address:
                 self.manager.handle(frame)
             else:
-                self._to_client(target, frame, None, forwarded=True)
-
-    def _accept_chunk(self, conn: ClientConnection, frame: bytes) -> bool:
-        """Keep a delivered stream whole: a chunk out of sequence, or an abort, ends the stream
-        for the receiving client (it gets the abort) and for the caller (a reject)."""
-        stream_id, index, flags, data = frames.decode_chunk(frame)
-        verdict, header = self.receiving.accept(stream_id, index, flags, data)
-        if verdict is Verdict.BROKEN and header is not None:
-            conn.queue.put(_abort(stream_id))
-            self.undeliverable(conn.address, None, header, STREAM_CUT)
-        return verdict is Verdict.DELIVER
+                self.to_client(target, frame, None, forwarded=True)
 
     # -- telling senders -----------------------------------------------------------------------
     def undeliverable(
@@ -419,54 +354,34 @@ class Router:
         0 carries the header, and it answers for the whole stream.
         """
         if header is None:
-            header = _header_of(frame)
+            header = refusals.header_of(frame)
             if header is None:
                 return  # a later chunk (chunk 0 answered for its stream), or unreadable
         self.counters.dropped += 1
-        if sender is None:
-            sender = header.get("from")
-        if not isinstance(sender, str) or header.get("type") != "method":
-            return  # events and server notices are fire-and-forget by design
-        if sender == self.manager.address and "session" not in header:
-            return  # the manager's own replies to a caller that left: nobody to tell
-        message = reason or f"Target peer {target} is not connected"
-        session = header.get("session")
-        if isinstance(session, str):
-            self.counters.refused["reject"] += 1
-            answer = envelope.reject_frame(
-                caller=sender,
-                target=target,
-                session=session,
-                message=message,
-                workspace=sender.split("/", 1)[0],
-                user=self.manager.user,
-            )
-        else:
-            self.counters.refused["peer_not_found"] += 1
-            answer = envelope.peer_not_found_frame(caller=sender, target=target, message=message)
-        if sender == self.manager.address:
-            self._to_manager(answer, None)
-        elif sender in self.clients or sender in self.replica:
-            self._to_client(sender, answer, None)
+        told = refusals.answer(
+            header,
+            target,
+            reason or refusals.not_connected(target),
+            sender=header.get("from") if sender is None else sender,
+            manager=self.manager.address,
+            server_user=self.manager.user,
+        )
+        if told is None:
+            return
+        self.counters.refused[told.kind] += 1
+        if told.to == self.manager.address:
+            self._to_manager(told.frame, None)
+        elif told.to in self.clients or told.to in self.replica:
+            self.to_client(told.to, told.frame, None)
+
+    def _bulk_failed(self, items: list[Item]) -> None:
+        self.streams.bulk_failed(items)
 
     def _peer_failed(self, items: list[Item]) -> None:
         """A peer worker could not be reached: its frames are undeliverable."""
         for target, event_type, frame in items:
             if event_type is None:
                 self.undeliverable(target, frame)
-
-    def _bulk_failed(self, items: list[Item]) -> None:
-        """Chunks lost with the chunking actor (or their target's worker): each stream they
-        belong to fails on both ends. Its later chunks are dropped here; the receiving worker is
-        told to abort it, and rejects the caller (it holds the header) — unless the header was
-        in the lost chunk 0, then the caller is rejected from here."""
-        for target, _, frame in items:
-            stream_id, index, _, _ = frames.decode_chunk(frame)
-            if index == 0:
-                self.undeliverable(target, frame, None, STREAM_CUT)
-            if stream_id not in self.stream_ids.failed:
-                self.stream_ids.failed.add(stream_id)
-                self._to_client(target, _abort(stream_id), None)
 
     # -- operations ----------------------------------------------------------------------------
     async def close_client(self, address: str, code: int = CloseCode.GOING_AWAY, generation: str | None = None) -> bool:
@@ -476,54 +391,11 @@ class Router:
         return await self.clients.probe(address)
 
     def stats(self) -> dict[str, Any]:
-        counters = self.counters
-        return {
-            "worker_id": self.worker_id,
-            "pid": os.getpid(),
-            "connections": len(self.clients),
-            "clients": self.clients.addresses(),
-            "dropped": counters.dropped,
-            "evicted": counters.evicted,
-            "streams_opened": self.stream_ids.issued,
-            **self.peers.link_stats(),
-            "batch_policy": dataclasses.asdict(self.batch_policy),
-            "frames_in": counters.frames_in,
-            "registry_lookups": counters.registry_lookups,
-            "bytes_in": counters.bytes_in,
-            "refused": dict(counters.refused),
-            "disconnects": dict(counters.disconnects),
-            "totals": self._delivery_totals(),
-            "targets": {conn.address: conn.queue.metrics() for conn in self.clients},
-        }
-
-    def _delivery_totals(self) -> dict[str, Any]:
-        """Delivery counts since the worker started: clients that left plus those connected."""
-        totals = BatchMetrics()
-        totals.merge(self.counters.departed)
-        depth = 0
-        for conn in self.clients:
-            totals.merge(conn.queue.batch_metrics)
-            depth += conn.queue.depth
-        result = totals.as_dict()
-        result.update(targets=len(self.clients), depth=depth)
-        return result
-
-
-def _abort(stream_id: int) -> bytes:
-    return frames.encode_chunk(stream_id, 0, True, b"", abort=True)
-
-
-def _header_of(frame: bytes | None) -> dict[str, Any] | None:
-    """The header of a message, or of the message a chunk 0 starts (``None`` for other chunks
-    and for what cannot be read)."""
-    if frame is None:
-        return None
-    try:
-        if frames.is_stream(frame):
-            _, index, _, data = frames.decode_chunk(frame)
-            if index != 0:
-                return None
-            frame = data
-        return envelope.parse(frame).header
-    except (envelope.EnvelopeError, frames.FrameError):
-        return None
+        return stats.snapshot(
+            self.worker_id,
+            self.counters,
+            self.clients,
+            peers=self.peers.link_stats(),
+            batch_policy=self.batch_policy,
+            streams_opened=self.streams.ids.issued,
+        )

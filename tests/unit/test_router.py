@@ -1,0 +1,358 @@
+"""The router of one worker with fakes at its edges: fake sockets, a fake registry and fake peer
+actors behind the real peer links. No Ray, no network."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import msgpack
+import pytest
+
+from rhizomorph.config import Config
+from rhizomorph.gateway.connection import ClientConnection
+from rhizomorph.gateway.router import Router
+from rhizomorph.protocol import envelope, frames
+from rhizomorph.protocol.close_codes import CloseCode
+from rhizomorph.protocol.handshake import Identity
+
+
+class FakeSocket:
+    """The websocket end of a client: records what the router writes; ``block`` stalls writes."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes | str] = []
+        self.close_code: int | None = None
+        self.transport = None
+        self.block: asyncio.Event | None = None
+
+    async def send(self, data: bytes | str) -> None:
+        if self.block is not None:
+            await self.block.wait()
+        self.sent.append(data)
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        self.close_code = code
+
+    def headers(self) -> list[dict[str, Any]]:
+        return [next(iter(_unpacker(f))) for f in self.sent if isinstance(f, bytes) and not frames.is_v4(f)]
+
+    def texts(self) -> list[str]:
+        return [f for f in self.sent if isinstance(f, str)]
+
+
+def _unpacker(frame: bytes) -> msgpack.Unpacker:
+    unpacker = msgpack.Unpacker(raw=False)
+    unpacker.feed(frame)
+    return unpacker
+
+
+class FakeRegistry:
+    def __init__(self, owners: dict[str, str] | None = None) -> None:
+        self.owners = owners or {}
+        self.lookups: list[str] = []
+        self.released: list[str] = []
+
+    async def claim_client(self, address, worker_id, generation, user_id, supersede):
+        return None
+
+    async def release_client(self, address, generation):
+        self.released.append(address)
+        return [{"id": f"{address}:svc", "type": "echo"}]
+
+    async def locate(self, address):
+        self.lookups.append(address)
+        await asyncio.sleep(0)
+        return self.owners.get(address)
+
+
+class FakeRemote:
+    def __init__(self, call) -> None:
+        self.remote = call
+
+
+class FakePeer:
+    """A peer worker's actor handle as the links call it: ``deliver.remote(items)``."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.delivered: list[tuple[str, str | None, bytes]] = []
+        self.fail = fail
+        self.deliver = FakeRemote(self._deliver)
+
+    async def _deliver(self, items):
+        if self.fail:
+            raise ConnectionError("peer died")
+        self.delivered.extend(items)
+
+
+async def settle(rounds: int = 10) -> None:
+    for _ in range(rounds):
+        await asyncio.sleep(0)
+
+
+def make_router(registry: FakeRegistry | None = None, **config: Any) -> Router:
+    return Router(Config(port=0, **config), "w1", registry or FakeRegistry())
+
+
+async def join(router: Router, client_id: str, *, wire_v4: bool = False) -> tuple[ClientConnection, FakeSocket]:
+    socket = FakeSocket()
+    identity = Identity(
+        workspace="ws", client_id=client_id, user_id=f"u-{client_id}", is_anonymous=True, workspaces={"ws": "rw"}
+    )
+    conn = ClientConnection(
+        socket,
+        identity,
+        router.batch_policy,
+        wire_v4=wire_v4,
+        max_queue_bytes=router.config.max_queue_bytes,
+        on_evicted=router.on_evicted,
+    )
+    await router.admit(conn, is_reconnect=False)
+    return conn, socket
+
+
+def call(to: str, session: str | None = "s1", **extra: Any) -> bytes:
+    header = {"type": "method", "to": to, "method": "services.svc.f", **extra}
+    if session is not None:
+        header["session"] = session
+    return envelope.encode(header, {"args": [1]})
+
+
+# -- local delivery ----------------------------------------------------------------------------
+
+
+async def test_a_call_to_a_local_client_is_stamped_and_queued():
+    router = make_router()
+    a, _ = await join(router, "a")
+    _, b_socket = await join(router, "b")
+
+    router.route(a, call("b", from_="forged"))
+    await settle()
+
+    [header] = b_socket.headers()
+    assert (header["from"], header["to"], header["ws"]) == ("ws/a", "ws/b", "ws")
+    assert header["user"]["id"] == "u-a"
+
+
+async def test_unreadable_input_gets_an_error_frame_and_routes_nothing():
+    router = make_router()
+    a, a_socket = await join(router, "a")
+
+    router.route(a, b"\xc1 not msgpack")
+    await settle()
+
+    [text] = a_socket.texts()
+    assert "unroutable frame" in text
+    assert router.counters.dropped == 1
+
+
+# -- the registry ------------------------------------------------------------------------------
+
+
+async def test_a_burst_to_an_unknown_target_makes_one_lookup_and_every_call_is_rejected_in_order():
+    registry = FakeRegistry()
+    router = make_router(registry)
+    a, a_socket = await join(router, "a")
+
+    for session in ("s1", "s2", "s3"):
+        router.route(a, call("nobody", session=session))
+    await settle()
+
+    assert registry.lookups == ["ws/nobody"]
+    assert [h["method"] for h in a_socket.headers()] == ["s1.reject", "s2.reject", "s3.reject"]
+    assert router.stats()["refused"] == {"reject": 3}
+
+
+async def test_a_lookup_that_finds_a_peer_sends_what_waited_there_in_order():
+    registry = FakeRegistry({"ws/c": "w2"})
+    router = make_router(registry)
+    peer = FakePeer()
+    router.peers.set_peers({"w1": object(), "w2": peer})
+    a, _ = await join(router, "a")
+
+    router.route(a, call("c", session="s1"))
+    router.route(a, call("c", session="s2"))
+    await settle()
+
+    assert [(t, e) for t, e, _ in peer.delivered] == [("ws/c", None), ("ws/c", None)]
+    assert [envelope.parse(f).header["session"] for _, _, f in peer.delivered] == ["s1", "s2"]
+    assert router.replica.owner("ws/c") == "w2"
+    router.route(a, call("c", session="s3"))  # now known: no second lookup
+    await settle()
+    assert registry.lookups == ["ws/c"] and len(peer.delivered) == 3
+
+
+# -- peers -------------------------------------------------------------------------------------
+
+
+async def test_a_client_of_a_peer_is_reached_over_its_link():
+    router = make_router()
+    peer = FakePeer()
+    router.peers.set_peers({"w2": peer})
+    router.update_directory([("ws/c", "w2")])
+    a, _ = await join(router, "a")
+
+    router.route(a, call("c"))
+    await settle()
+
+    [(target, event_type, frame)] = peer.delivered
+    assert (target, event_type, envelope.parse(frame).header["from"]) == ("ws/c", None, "ws/a")
+
+
+async def test_calls_lost_with_a_peer_are_rejected_to_their_senders():
+    router = make_router()
+    router.peers.set_peers({"w2": FakePeer(fail=True)})
+    router.update_directory([("ws/c", "w2")])
+    a, a_socket = await join(router, "a")
+
+    router.route(a, call("c", session="s9"))
+    await settle()
+
+    [header] = a_socket.headers()
+    assert header["method"] == "s9.reject" and header["from"] == "ws/c"
+
+
+async def test_a_frame_forwarded_by_a_peer_for_a_client_that_is_gone_is_answered_to_its_remote_sender():
+    router = make_router()
+    peer = FakePeer()
+    router.peers.set_peers({"w2": peer})
+    router.update_directory([("ws/remote", "w2")])
+    frame = envelope.encode({"type": "method", "to": "ws/gone", "from": "ws/remote", "session": "s1"})
+
+    router.deliver([("ws/gone", None, frame)])
+    await settle()
+
+    [(target, _, answer)] = peer.delivered
+    assert target == "ws/remote" and envelope.parse(answer).header["method"] == "s1.reject"
+
+
+async def test_callers_of_a_client_that_leaves_for_good_are_told_at_once():
+    router = make_router()
+    router.peers.set_peers({"w2": FakePeer()})
+    router.update_directory([("ws/c", "w2")])
+    a, a_socket = await join(router, "a")
+    router.route(a, call("c"))
+
+    router.update_directory([("ws/c", None)])
+    await settle()
+
+    [header] = a_socket.headers()
+    assert (header["type"], header["peer_id"]) == ("peer_not_found", "ws/c")
+
+
+async def test_a_broadcast_reaches_subscribed_local_clients_and_every_peer():
+    router = make_router()
+    peer = FakePeer()
+    router.peers.set_peers({"w2": peer})
+    a, _ = await join(router, "a")
+    b, b_socket = await join(router, "b")
+    _, c_socket = await join(router, "c")
+    b.subscriptions.add("news")
+
+    router.route(a, envelope.encode({"type": "news", "to": "*"}))
+    await settle()
+
+    assert [h["type"] for h in b_socket.headers()] == ["news"]
+    assert c_socket.headers() == []
+    assert [(t, e) for t, e, _ in peer.delivered] == [("ws/*", "news")]
+
+
+async def test_a_broadcast_to_another_workspace_is_refused():
+    router = make_router()
+    a, a_socket = await join(router, "a")
+
+    router.route(a, envelope.encode({"type": "method", "to": "other/*", "session": "s1"}))
+    await settle()
+
+    [header] = a_socket.headers()
+    assert header["method"] == "s1.reject"
+
+
+# -- lifecycle ---------------------------------------------------------------------------------
+
+
+async def test_disconnect_rejects_what_was_never_written_and_announces_the_departure():
+    registry = FakeRegistry()
+    router = make_router(registry, enable_message_batching=False)
+    a, a_socket = await join(router, "a")
+    a.subscriptions.update({"client_disconnected", "service_removed"})
+    b, b_socket = await join(router, "b")
+    b_socket.block = asyncio.Event()  # b's socket does not take writes
+
+    for session in ("s1", "s2", "s3"):
+        router.route(a, call("b", session=session))
+    await settle()
+    await router.disconnect(b)
+    await settle()
+
+    headers = a_socket.headers()
+    # s1 was being written when b left; s2 and s3 were still queued: their callers are told.
+    assert [h["method"] for h in headers if h["type"] == "method"] == ["s2.reject", "s3.reject"]
+    assert [h["type"] for h in headers if h["type"] != "method"] == ["service_removed", "client_disconnected"]
+    assert registry.released == ["ws/b"]
+    assert not router.holds("ws/b") and router.replica.owner("ws/b") is None
+
+
+async def test_a_consumer_over_its_queue_bound_is_evicted_with_4001():
+    router = make_router(max_queue_bytes=4096, enable_message_batching=False)
+    a, a_socket = await join(router, "a")
+    b, b_socket = await join(router, "b")
+    b_socket.block = asyncio.Event()
+
+    for i in range(4):
+        router.route(a, call("b", session=f"s{i}", blob="x" * 2000))
+    await settle()
+
+    assert b_socket.close_code == CloseCode.SLOW_CONSUMER
+    assert router.counters.evicted == 1
+    # s0 fits the bound, s1 would pass it: the queue closes, and s1 and every later call are
+    # rejected (s0 is answered by the disconnect cleanup that follows the close).
+    assert [h["method"] for h in a_socket.headers()] == ["s1.reject", "s2.reject", "s3.reject"]
+
+
+# -- v4 chunk streams --------------------------------------------------------------------------
+
+
+async def test_a_chunk_stream_is_renamed_and_delivered_whole_and_a_gap_breaks_it():
+    router = make_router(enable_message_batching=False)
+    a, a_socket = await join(router, "a", wire_v4=True)
+    _, b_socket = await join(router, "b", wire_v4=True)
+    message = call("b", session="s1")
+
+    router.route(a, frames.encode_chunk(7, 0, False, message))
+    router.route(a, frames.encode_chunk(7, 1, False, b"more"))
+    await settle()
+    ids = {frames.decode_chunk(f)[0] for f in b_socket.sent}
+    assert len(b_socket.sent) == 2 and len(ids) == 1 and ids != {7}
+
+    # The receiver's view of the stream breaks: a chunk out of sequence reaches it.
+    (out_id,) = ids
+    router.to_client("ws/b", frames.encode_chunk(out_id, 5, False, b"gap"), None)
+    await settle()
+    _, _, flags, _ = frames.decode_chunk(b_socket.sent[-1])
+    assert flags & frames.ABORT
+    assert [h["method"] for h in a_socket.headers()] == ["s1.reject"]
+
+
+async def test_a_chunk_of_an_unknown_stream_is_unroutable():
+    router = make_router()
+    a, a_socket = await join(router, "a", wire_v4=True)
+
+    router.route(a, frames.encode_chunk(3, 2, False, b"x"))
+    await settle()
+
+    assert "chunk 2 of unknown stream 3" in a_socket.texts()[0]
+
+
+@pytest.mark.parametrize("wire_v4", [False, True])
+async def test_a_v4_frame_never_reaches_a_v3_client(wire_v4):
+    router = make_router()
+    a, a_socket = await join(router, "a", wire_v4=wire_v4)
+
+    router.route(a, frames.encode_batch([call("a")]))
+    await settle()
+
+    if wire_v4:
+        assert [h["from"] for h in a_socket.headers()] == ["ws/a"]  # a batch of one call to itself
+    else:
+        assert "v4 frame on a v3 connection" in a_socket.texts()[0]
