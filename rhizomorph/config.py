@@ -1,7 +1,18 @@
 """One ``Config`` object for the whole router, with explicit, documented defaults.
 
-Every field can be set from the CLI (``--port``), or from the environment as
-``RHIZOMORPH_<FIELD>`` (``RHIZOMORPH_PORT=9000``). The CLI wins over the environment.
+``Config.load`` builds it from these sources, later ones winning:
+
+1. a batching preset (``--preset`` / ``RHIZOMORPH_PRESET``): the three ``batch_*`` fields;
+2. a TOML file of fields, at the top level or under ``[rhizomorph]`` (``--config FILE`` /
+   ``RHIZOMORPH_CONFIG``);
+3. ``RHIZOMORPH_<FIELD>`` environment variables (``RHIZOMORPH_PORT=9000``);
+4. keyword overrides: what ``rhizomorph serve`` was given on its command line.
+
+Every field can come from the TOML file or the environment. Only these have a command-line
+flag (``rhizomorph/cli.py``): host, port, workers, ray_address (``--address``),
+workers_per_cpu, worker_resource, server_id, log_level, log_format, enable_message_batching
+(``--batching`` / ``--no-batching``), batch_timeout_ms, batch_max_messages and
+batch_max_size. Set the others in the file or the environment.
 """
 
 from __future__ import annotations
@@ -129,9 +140,6 @@ class Config:
         return self.replace(
             batch_timeout_ms=preset.timeout_ms, batch_max_messages=preset.max_messages, batch_max_size=preset.max_size
         )
-
-    def worker_count(self) -> int:
-        return self.workers if self.workers > 0 else max(1, os.cpu_count() or 1)
 
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)

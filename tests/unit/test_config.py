@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import re
 
 import pytest
 
+from rhizomorph import config as config_module
+from rhizomorph.cli import build_parser
 from rhizomorph.config import Config
 
 
@@ -125,6 +129,16 @@ def test_every_field_can_come_from_the_environment():
         assert value == {"int": 7, "float": 0.5, "bool": True, "str": "value"}[kind], f.name
 
 
+def test_docstring_names_every_command_line_flag():
+    # The module docstring lists the fields the CLI can set; a new flag must be listed there too.
+    (serve,) = (a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    dests = {a.dest for a in serve.choices["serve"]._actions} - {"help", "config_file", "preset"}
+    fields = {f.name for f in dataclasses.fields(Config)}
+    assert dests <= fields, dests - fields
+    doc = config_module.__doc__ or ""
+    assert [d for d in sorted(dests) if not re.search(rf"\b{d}\b", doc)] == []
+
+
 def test_manager_id():
     assert Config(server_id="xyz").manager_id == "manager-xyz"
     assert Config.from_env({"RHIZOMORPH_SERVER_ID": "s1"}).manager_id == "manager-s1"
@@ -158,11 +172,6 @@ def test_base_url_prefers_public_base_url(public, expected):
 
 def test_base_url_brackets_ipv6_host():
     assert Config(host="::1").base_url == "http://[::1]:9527"
-
-
-def test_worker_count():
-    assert Config(workers=3).worker_count() == 3
-    assert Config(workers=0).worker_count() >= 1
 
 
 def test_replace_returns_a_new_config():
