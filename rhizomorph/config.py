@@ -18,6 +18,7 @@ batch_max_size. Set the others in the file or the environment.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import secrets
 import tomllib
@@ -30,6 +31,25 @@ import shortuuid
 from rhizomorph.protocol.batching import PRESETS, BatchPolicy
 
 ENV_PREFIX = "RHIZOMORPH_"
+
+
+def url_host(host: str) -> str:
+    """The host part of a URL that reaches a gateway listening on ``host``.
+
+    A wildcard bind is reached through loopback of its own family: ``""`` and ``0.0.0.0`` ->
+    ``127.0.0.1``, ``::`` -> ``[::1]`` (an IPv6 wildcard socket takes IPv4 only where the OS
+    maps it, so ``::1`` is the address that always answers). IPv6 literals are bracketed, as a
+    URL needs (``ws://[::1]:9527``, not ``ws://::1:9527``); names and IPv4 addresses pass as they are.
+    """
+    if host.startswith("["):
+        return host  # already bracketed
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])  # an IPv6 zone (fe80::1%eth0) is no part of the test
+    except ValueError:
+        return host or "127.0.0.1"  # a host name; empty means every IPv4 interface
+    if address.version == 4:
+        return "127.0.0.1" if address.is_unspecified else host
+    return "[::1]" if address.is_unspecified else f"[{host}]"
 
 
 def _default_server_id() -> str:
@@ -119,10 +139,7 @@ class Config:
     def base_url(self) -> str:
         if self.public_base_url:
             return self.public_base_url.rstrip("/")
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
-        if ":" in host:
-            host = f"[{host}]"  # an IPv6 literal
-        return f"http://{host}:{self.port}"
+        return f"http://{url_host(self.host)}:{self.port}"
 
     def batch_policy(self) -> BatchPolicy:
         return BatchPolicy(

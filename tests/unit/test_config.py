@@ -10,7 +10,8 @@ import pytest
 
 from rhizomorph import config as config_module
 from rhizomorph.cli import build_parser
-from rhizomorph.config import Config
+from rhizomorph.config import Config, url_host
+from rhizomorph.launcher import Deployment
 
 
 def test_defaults():
@@ -149,7 +150,7 @@ def test_manager_id():
     [
         ("127.0.0.1", 9527, "http://127.0.0.1:9527"),
         ("0.0.0.0", 8000, "http://127.0.0.1:8000"),
-        ("::", 8000, "http://127.0.0.1:8000"),
+        ("::", 8000, "http://[::1]:8000"),
         ("", 8000, "http://127.0.0.1:8000"),
         ("router.example.org", 443, "http://router.example.org:443"),
     ],
@@ -172,6 +173,41 @@ def test_base_url_prefers_public_base_url(public, expected):
 
 def test_base_url_brackets_ipv6_host():
     assert Config(host="::1").base_url == "http://[::1]:9527"
+
+
+@pytest.mark.parametrize(
+    "host, expected",
+    [
+        ("127.0.0.1", "127.0.0.1"),
+        ("10.1.2.3", "10.1.2.3"),
+        ("0.0.0.0", "127.0.0.1"),
+        ("", "127.0.0.1"),
+        ("::", "[::1]"),
+        ("0:0:0:0:0:0:0:0", "[::1]"),
+        ("::1", "[::1]"),
+        ("2001:db8::7", "[2001:db8::7]"),
+        ("fe80::1%eth0", "[fe80::1%eth0]"),
+        ("[::1]", "[::1]"),
+        ("localhost", "localhost"),
+        ("router.example.org", "router.example.org"),
+    ],
+)
+def test_url_host(host, expected):
+    assert url_host(host) == expected
+
+
+@pytest.mark.parametrize(
+    "host, expected",
+    [
+        ("::1", "ws://[::1]:9527"),
+        ("::", "ws://[::1]:9527"),
+        ("0.0.0.0", "ws://127.0.0.1:9527"),
+        ("127.0.0.1", "ws://127.0.0.1:9527"),
+    ],
+)
+def test_deployment_url_before_start(host, expected):
+    # Before any worker started, the URL comes from the config alone (no Ray needed).
+    assert Deployment(Config(host=host)).url == expected
 
 
 def test_replace_returns_a_new_config():
