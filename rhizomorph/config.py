@@ -99,7 +99,8 @@ class Config:
     #: How messages travel between two gateway workers of the same node: ``socket`` (a direct
     #: Unix socket, found through Ray) or ``ray`` (actor calls). Other nodes always use Ray calls.
     peer_channel: str = "socket"
-    #: Enable WebSocket per-message deflate (off: it makes 2 MB messages ~20x slower).
+    #: Enable WebSocket per-message deflate. Off by default: deflating every message costs CPU on
+    #: both ends, most on large ones (benchmarks/targets.md, "Numbers behind the code's comments").
     compression: bool = False
     #: Python logging level of the router processes.
     log_level: str = "INFO"
