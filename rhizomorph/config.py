@@ -1,12 +1,24 @@
 """One ``Config`` object for the whole router, with explicit, documented defaults.
 
-Every field can be set from the CLI (``--port``), or from the environment as
-``RHIZOMORPH_<FIELD>`` (``RHIZOMORPH_PORT=9000``). The CLI wins over the environment.
+``Config.load`` builds it from these sources, later ones winning:
+
+1. a batching preset (``--preset`` / ``RHIZOMORPH_PRESET``): the three ``batch_*`` fields;
+2. a TOML file of fields, at the top level or under ``[rhizomorph]`` (``--config FILE`` /
+   ``RHIZOMORPH_CONFIG``);
+3. ``RHIZOMORPH_<FIELD>`` environment variables (``RHIZOMORPH_PORT=9000``);
+4. keyword overrides: what ``rhizomorph serve`` was given on its command line.
+
+Every field can come from the TOML file or the environment. Only these have a command-line
+flag (``rhizomorph/cli.py``): host, port, workers, ray_address (``--address``),
+workers_per_cpu, worker_resource, server_id, log_level, log_format, enable_message_batching
+(``--batching`` / ``--no-batching``), batch_timeout_ms, batch_max_messages and
+batch_max_size. Set the others in the file or the environment.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import secrets
 import tomllib
@@ -19,6 +31,25 @@ import shortuuid
 from rhizomorph.protocol.batching import PRESETS, BatchPolicy
 
 ENV_PREFIX = "RHIZOMORPH_"
+
+
+def url_host(host: str) -> str:
+    """The host part of a URL that reaches a gateway listening on ``host``.
+
+    A wildcard bind is reached through loopback of its own family: ``""`` and ``0.0.0.0`` ->
+    ``127.0.0.1``, ``::`` -> ``[::1]`` (an IPv6 wildcard socket takes IPv4 only where the OS
+    maps it, so ``::1`` is the address that always answers). IPv6 literals are bracketed, as a
+    URL needs (``ws://[::1]:9527``, not ``ws://::1:9527``); names and IPv4 addresses pass as they are.
+    """
+    if host.startswith("["):
+        return host  # already bracketed
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])  # an IPv6 zone (fe80::1%eth0) is no part of the test
+    except ValueError:
+        return host or "127.0.0.1"  # a host name; empty means every IPv4 interface
+    if address.version == 4:
+        return "127.0.0.1" if address.is_unspecified else host
+    return "[::1]" if address.is_unspecified else f"[{host}]"
 
 
 def _default_server_id() -> str:
@@ -68,7 +99,8 @@ class Config:
     #: How messages travel between two gateway workers of the same node: ``socket`` (a direct
     #: Unix socket, found through Ray) or ``ray`` (actor calls). Other nodes always use Ray calls.
     peer_channel: str = "socket"
-    #: Enable WebSocket per-message deflate (off: it makes 2 MB messages ~20x slower).
+    #: Enable WebSocket per-message deflate. Off by default: deflating every message costs CPU on
+    #: both ends, most on large ones (benchmarks/targets.md, "Numbers behind the code's comments").
     compression: bool = False
     #: Python logging level of the router processes.
     log_level: str = "INFO"
@@ -108,10 +140,7 @@ class Config:
     def base_url(self) -> str:
         if self.public_base_url:
             return self.public_base_url.rstrip("/")
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
-        if ":" in host:
-            host = f"[{host}]"  # an IPv6 literal
-        return f"http://{host}:{self.port}"
+        return f"http://{url_host(self.host)}:{self.port}"
 
     def batch_policy(self) -> BatchPolicy:
         return BatchPolicy(
@@ -129,9 +158,6 @@ class Config:
         return self.replace(
             batch_timeout_ms=preset.timeout_ms, batch_max_messages=preset.max_messages, batch_max_size=preset.max_size
         )
-
-    def worker_count(self) -> int:
-        return self.workers if self.workers > 0 else max(1, os.cpu_count() or 1)
 
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)

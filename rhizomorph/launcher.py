@@ -15,7 +15,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from rhizomorph.config import Config
+from rhizomorph.config import Config, url_host
 
 log = logging.getLogger("rhizomorph")
 
@@ -110,8 +110,7 @@ class Deployment:
         return [self._url(port) for _, port in by_index]
 
     def _url(self, port: int) -> str:
-        host = "127.0.0.1" if self.config.host in ("0.0.0.0", "::", "") else self.config.host
-        return f"ws://{host}:{port}"
+        return f"ws://{url_host(self.config.host)}:{port}"
 
     def workers_on(self, node_id: str) -> list[str]:
         return sorted(w for w, info in self.worker_info.items() if info["node_id"] == node_id)

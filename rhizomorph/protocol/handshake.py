@@ -263,7 +263,7 @@ def connection_info(
     worker_id: str,
     wire_protocol: int = 3,
 ) -> dict[str, Any]:
-    """The ``connection_info`` text frame that completes the handshake (§1.4 of the spec).
+    """The ``connection_info`` text frame that completes the handshake (docs/wire-protocol.md, 2.3).
 
     ``wire_protocol`` is included only when the client opted in to v4 and the router agreed:
     released clients never see it.

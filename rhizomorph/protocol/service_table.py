@@ -61,7 +61,9 @@ class ServiceQuery:
 
 
 def parse_service_id(service_id: str, caller_workspace: str) -> ServiceQuery:
-    """Resolve a service id as Hypha does (§4.3): ``name``, ``ws/name``, ``client:name``, ``ws/client:name``."""
+    """Resolve a service id as Hypha does: ``name``, ``ws/name``, ``client:name``, ``ws/client:name``.
+
+    The rules are listed in docs/protocol.md (Manager)."""
     if not isinstance(service_id, str) or not service_id:
         raise RegistryError("service id must be a non-empty string")
     service_id = service_id.split("@", 1)[0]  # an "@app_id" suffix is accepted and ignored

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import re
 
 import pytest
 
-from rhizomorph.config import Config
+from rhizomorph import config as config_module
+from rhizomorph.cli import build_parser
+from rhizomorph.config import Config, url_host
+from rhizomorph.launcher import Deployment
 
 
 def test_defaults():
@@ -125,6 +130,16 @@ def test_every_field_can_come_from_the_environment():
         assert value == {"int": 7, "float": 0.5, "bool": True, "str": "value"}[kind], f.name
 
 
+def test_docstring_names_every_command_line_flag():
+    # The module docstring lists the fields the CLI can set; a new flag must be listed there too.
+    (serve,) = (a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    dests = {a.dest for a in serve.choices["serve"]._actions} - {"help", "config_file", "preset"}
+    fields = {f.name for f in dataclasses.fields(Config)}
+    assert dests <= fields, dests - fields
+    doc = config_module.__doc__ or ""
+    assert [d for d in sorted(dests) if not re.search(rf"\b{d}\b", doc)] == []
+
+
 def test_manager_id():
     assert Config(server_id="xyz").manager_id == "manager-xyz"
     assert Config.from_env({"RHIZOMORPH_SERVER_ID": "s1"}).manager_id == "manager-s1"
@@ -135,7 +150,7 @@ def test_manager_id():
     [
         ("127.0.0.1", 9527, "http://127.0.0.1:9527"),
         ("0.0.0.0", 8000, "http://127.0.0.1:8000"),
-        ("::", 8000, "http://127.0.0.1:8000"),
+        ("::", 8000, "http://[::1]:8000"),
         ("", 8000, "http://127.0.0.1:8000"),
         ("router.example.org", 443, "http://router.example.org:443"),
     ],
@@ -160,9 +175,39 @@ def test_base_url_brackets_ipv6_host():
     assert Config(host="::1").base_url == "http://[::1]:9527"
 
 
-def test_worker_count():
-    assert Config(workers=3).worker_count() == 3
-    assert Config(workers=0).worker_count() >= 1
+@pytest.mark.parametrize(
+    "host, expected",
+    [
+        ("127.0.0.1", "127.0.0.1"),
+        ("10.1.2.3", "10.1.2.3"),
+        ("0.0.0.0", "127.0.0.1"),
+        ("", "127.0.0.1"),
+        ("::", "[::1]"),
+        ("0:0:0:0:0:0:0:0", "[::1]"),
+        ("::1", "[::1]"),
+        ("2001:db8::7", "[2001:db8::7]"),
+        ("fe80::1%eth0", "[fe80::1%eth0]"),
+        ("[::1]", "[::1]"),
+        ("localhost", "localhost"),
+        ("router.example.org", "router.example.org"),
+    ],
+)
+def test_url_host(host, expected):
+    assert url_host(host) == expected
+
+
+@pytest.mark.parametrize(
+    "host, expected",
+    [
+        ("::1", "ws://[::1]:9527"),
+        ("::", "ws://[::1]:9527"),
+        ("0.0.0.0", "ws://127.0.0.1:9527"),
+        ("127.0.0.1", "ws://127.0.0.1:9527"),
+    ],
+)
+def test_deployment_url_before_start(host, expected):
+    # Before any worker started, the URL comes from the config alone (no Ray needed).
+    assert Deployment(Config(host=host)).url == expected
 
 
 def test_replace_returns_a_new_config():
