@@ -15,8 +15,8 @@ import socket
 
 import websockets
 
-from rhizomorph.gateway.server import reuseport_socket
 from rhizomorph.gateway.connection import COALESCE_LIMIT, RouterServerConnection
+from rhizomorph.gateway.server import reuseport_socket
 
 
 async def test_accepted_gateway_sockets_have_nodelay() -> None:

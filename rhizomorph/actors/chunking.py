@@ -20,7 +20,8 @@ from rhizomorph.actors.peer_link import Item
 @ray.remote(num_cpus=0, max_restarts=-1)
 class ChunkRelay:
     """Stateless but for counters, so a restart after a crash loses nothing but the slices in
-    flight: their streams fail on both ends (``ChunkStreams.bulk_failed``, rhizomorph/gateway/streams.py) and the next ones work."""
+    flight: their streams fail on both ends (``ChunkStreams.bulk_failed`` in
+    rhizomorph/gateway/streams.py) and the next ones work."""
 
     def __init__(self) -> None:
         self.chunks = 0

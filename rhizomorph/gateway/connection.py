@@ -50,8 +50,9 @@ class RouterServerConnection(ServerConnection):
     In: ``process_event`` hands each binary message to ``on_binary`` as the bytes arrive.
     Out: ``send_frames`` writes several frames with one socket write. Over loopback a ``send``
     syscall is dear (the kernel delivers the segment in it), and with TCP_NODELAY each frame
-    is its own segment: a flush of N frames to a v3 client would cost N of them. ``send_frames`` queues the frames in the protocol and ``send_data`` hands them to
-    the transport as one write.
+    is its own segment: a flush of N frames to a v3 client would cost N of them.
+    ``send_frames`` queues the frames in the protocol and ``send_data`` hands them to the
+    transport as one write.
     """
 
     #: Set once the handshake is done: called with every complete binary message, straight from
