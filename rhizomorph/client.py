@@ -26,7 +26,7 @@ import json
 import logging
 from collections import deque
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, TypeAlias
 
 import hypha_rpc
 import msgpack
@@ -268,8 +268,9 @@ class _V4Connection(_hypha_ws.WebsocketRPCConnection):
         return BatchingWebSocket(websocket, self._policy)
 
 
-_PlainConnection = _hypha_ws.WebsocketRPCConnection
-_PlainRPC = _hypha_ws.RPC
+# hypha-rpc's own classes, kept before the swap below replaces them in its module.
+_PlainConnection: TypeAlias = _hypha_ws.WebsocketRPCConnection
+_PlainRPC: TypeAlias = _hypha_ws.RPC
 
 
 class _SelectingConnection(_PlainConnection):
@@ -280,7 +281,7 @@ class _SelectingConnection(_PlainConnection):
         if policy is None:
             return _PlainConnection(*args, **kwargs)
         connection = object.__new__(_V4Connection)
-        connection.__init__(*args, policy=policy, **kwargs)
+        _V4Connection.__init__(connection, *args, policy=policy, **kwargs)
         return connection
 
 
