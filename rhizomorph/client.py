@@ -28,9 +28,18 @@ from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any, TypeAlias
 
-import hypha_rpc
 import msgpack
-from hypha_rpc import websocket_client as _hypha_ws
+
+try:
+    import hypha_rpc
+    from hypha_rpc import websocket_client as _hypha_ws
+except ModuleNotFoundError as exc:
+    if exc.name != "hypha_rpc":
+        raise  # hypha-rpc is there but something it needs is not: its own error says what
+    raise ModuleNotFoundError(
+        "rhizomorph.client needs hypha-rpc, which is not installed: pip install 'rhizomorph[client]'",
+        name=exc.name,
+    ) from exc
 
 from rhizomorph.gateway.delivery import DeliveryQueue
 from rhizomorph.protocol import envelope, frames
