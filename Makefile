@@ -3,10 +3,11 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
+LINT_STAMP := $(VENV)/.installed-lint
 
 EXAMPLES_JS := examples/node_modules/hypha-rpc/package.json
 
-.PHONY: install examples serve test test-fast bench bench-full clean
+.PHONY: install examples serve lint test test-fast bench bench-full clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +27,17 @@ examples: $(EXAMPLES_JS)
 serve: $(STAMP) examples
 	@echo "router console on the router's port, by default http://127.0.0.1:9527/ (examples/README.md)"
 	$(BIN)/rhizomorph serve
+
+$(LINT_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/pip install --quiet -e '.[test,lint]'
+	touch $(LINT_STAMP)
+
+# Format check, lint, and types (strict on rhizomorph/protocol/); mypy reads the installed
+# dependencies, so it runs from the project's venv. Settings are in pyproject.toml.
+lint: $(LINT_STAMP)
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -119,6 +119,8 @@ class _Subprocess(Contender):
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait(5)
+        if self.process.stdout is not None:
+            self.process.stdout.close()  # the pipe the start-up line was read from
         self.process = None
 
     def server_pids(self) -> list[int]:

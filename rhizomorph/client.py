@@ -26,11 +26,20 @@ import json
 import logging
 from collections import deque
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, TypeAlias
 
-import hypha_rpc
 import msgpack
-from hypha_rpc import websocket_client as _hypha_ws
+
+try:
+    import hypha_rpc
+    from hypha_rpc import websocket_client as _hypha_ws
+except ModuleNotFoundError as exc:
+    if exc.name != "hypha_rpc":
+        raise  # hypha-rpc is there but something it needs is not: its own error says what
+    raise ModuleNotFoundError(
+        "rhizomorph.client needs hypha-rpc, which is not installed: pip install 'rhizomorph[client]'",
+        name=exc.name,
+    ) from exc
 
 from rhizomorph.gateway.delivery import DeliveryQueue
 from rhizomorph.protocol import envelope, frames
@@ -268,8 +277,9 @@ class _V4Connection(_hypha_ws.WebsocketRPCConnection):
         return BatchingWebSocket(websocket, self._policy)
 
 
-_PlainConnection = _hypha_ws.WebsocketRPCConnection
-_PlainRPC = _hypha_ws.RPC
+# hypha-rpc's own classes, kept before the swap below replaces them in its module.
+_PlainConnection: TypeAlias = _hypha_ws.WebsocketRPCConnection
+_PlainRPC: TypeAlias = _hypha_ws.RPC
 
 
 class _SelectingConnection(_PlainConnection):
@@ -280,7 +290,7 @@ class _SelectingConnection(_PlainConnection):
         if policy is None:
             return _PlainConnection(*args, **kwargs)
         connection = object.__new__(_V4Connection)
-        connection.__init__(*args, policy=policy, **kwargs)
+        _V4Connection.__init__(connection, *args, policy=policy, **kwargs)
         return connection
 
 

@@ -15,6 +15,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from rhizomorph.actors import actor_class
 from rhizomorph.config import Config, url_host
 
 log = logging.getLogger("rhizomorph")
@@ -125,7 +126,11 @@ class Deployment:
         # actor goes with it, so nothing is lost by pinning it there.
         here = ray.get_runtime_context().get_node_id()
         self.nodes[here] = 0
-        self.registry = Registry.options(scheduling_strategy=_on_node(here)).remote(self.config.max_services_per_client)
+        self.registry = (
+            actor_class(Registry)
+            .options(scheduling_strategy=_on_node(here))
+            .remote(self.config.max_services_per_client)
+        )
         ray.get(self.registry.ready.remote())
         try:
             self.reconcile()
@@ -222,7 +227,11 @@ class Deployment:
             options: dict[str, Any] = {"scheduling_strategy": _on_node(node_id)}
             if self.config.worker_resource:
                 options["resources"] = {self.config.worker_resource: 1}
-            handle = GatewayWorker.options(**options).remote(self.config.replace(port=port), worker_id, self.registry)
+            handle = (
+                actor_class(GatewayWorker)
+                .options(**options)
+                .remote(self.config.replace(port=port), worker_id, self.registry)
+            )
             created.append((worker_id, node_id, handle))
         refs = [handle.start.remote() for _, _, handle in created]
         ready, _ = ray.wait(refs, num_returns=len(refs), timeout=WORKER_START_TIMEOUT)

@@ -109,3 +109,4 @@ async def test_cli_serves_hypha_clients_and_ctrl_c_leaves_no_process():
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+        proc.stdout.close()

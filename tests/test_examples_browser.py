@@ -270,6 +270,7 @@ async def producer(router, tmp_path_factory):
             process.wait(10)
         except subprocess.TimeoutExpired:
             process.kill()
+            process.wait()
         await watcher.disconnect()
 
 

@@ -136,9 +136,10 @@ class WorkspaceManager:
 
     # -- serving calls -------------------------------------------------------------------------
     async def _serve(self, message: dict[str, Any], method: str) -> None:
-        caller = message.get("from")
-        workspace = message.get("ws")
-        identity = self._host.identity(caller) if isinstance(caller, str) else None
+        caller, workspace = message.get("from"), message.get("ws")
+        if not isinstance(caller, str) or not isinstance(workspace, str):
+            return  # not stamped by the router (it stamps both on every client message)
+        identity = self._host.identity(caller)
         if identity is None:
             return  # the caller is gone; nobody to answer
         replies = rpc.reply_methods(message)

@@ -89,7 +89,8 @@ class _StatsCollector:
 def _cumulative(sizes: dict[str, int]) -> list[tuple[str, float]]:
     """Per-bucket flush counts (keyed by upper bound) as Prometheus' cumulative buckets."""
     bounds = sorted((float(b), n) for b, n in sizes.items() if b != "+Inf")
-    buckets, running = [], 0
+    buckets: list[tuple[str, float]] = []
+    running = 0
     for bound, count in bounds:
         running += count
         buckets.append((f"{bound:g}", running))

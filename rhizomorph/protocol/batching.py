@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections import Counter, deque
 from dataclasses import dataclass, field
+from typing import Any
 
 FLUSH_REASONS = ("idle", "count", "size", "timer", "large", "unbatched")
 _ALONE = 1 << 62  # the batching size of a frame that must be flushed alone
@@ -55,8 +56,8 @@ class BatchMetrics:
     batched_messages: int = 0  # messages that left in a flush of more than one
     flushes: int = 0
     bytes: int = 0
-    reasons: Counter = field(default_factory=Counter)
-    sizes: Counter = field(default_factory=Counter)  # bucket upper bound -> flushes
+    reasons: Counter[str] = field(default_factory=Counter)
+    sizes: Counter[float] = field(default_factory=Counter)  # bucket upper bound (or inf) -> flushes
     max_depth: int = 0
 
     def record(self, count: int, size: int, reason: str) -> None:
@@ -79,7 +80,7 @@ class BatchMetrics:
         self.sizes.update(other.sizes)
         self.max_depth = max(self.max_depth, other.max_depth)
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {
             "messages": self.messages,
             "batched_messages": self.batched_messages,

@@ -26,7 +26,7 @@ class Envelope:
 
     header: dict[str, Any]
     payload_offset: int
-    frame: bytes
+    frame: bytes | memoryview  # a view when the frame is the data of a chunk frame
 
     @property
     def payload(self) -> memoryview:
@@ -39,7 +39,7 @@ _HEAD_LIMIT = 16384
 _local = threading.local()  # one reused unpacker per thread (each event loop is single-threaded)
 
 
-def parse(frame: bytes) -> Envelope:
+def parse(frame: bytes | memoryview) -> Envelope:
     """Read the header of a binary frame, leaving the payload undecoded (and uncopied)."""
     head = frame if len(frame) <= _HEAD_LIMIT else memoryview(frame)[:_HEAD_LIMIT]
     try:
@@ -78,7 +78,7 @@ def _unpack_head(head: bytes | memoryview) -> tuple[Any, int]:
     return header, offset
 
 
-def _unpack_whole(frame: bytes) -> tuple[Any, int]:
+def _unpack_whole(frame: bytes | memoryview) -> tuple[Any, int]:
     unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=len(frame))
     unpacker.feed(frame)
     try:
@@ -144,7 +144,7 @@ def stamp(
 
 def encode(header: dict[str, Any], extra: dict[str, Any] | None = None) -> bytes:
     """Pack a two-segment message (the extra segment is optional)."""
-    data = msgpack.packb(header, use_bin_type=True)
+    data: bytes = msgpack.packb(header, use_bin_type=True)
     if extra is not None:
         data += msgpack.packb(extra, use_bin_type=True)
     return data

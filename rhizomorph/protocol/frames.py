@@ -111,7 +111,7 @@ class StreamAssembler:
     """Joins the chunks of concurrent streams; a gap or an unknown stream is a ``FrameError``."""
 
     def __init__(self, max_streams: int = 64) -> None:
-        self._parts: dict[int, list[bytes]] = {}
+        self._parts: dict[int, list[bytes | memoryview]] = {}  # views into the chunk frames
         self._max_streams = max_streams
 
     def add(self, frame: bytes) -> bytes | None:

@@ -36,7 +36,8 @@ class ServiceRecord:
     @property
     def visibility(self) -> str:
         config = self.info.get("config") or {}
-        return config.get("visibility", "protected")
+        visibility: str = config.get("visibility", "protected")
+        return visibility
 
     def visible_to(self, workspace: str, readable: set[str]) -> bool:
         """Whether a caller in ``workspace`` (with read access to ``readable``) may see it."""
