@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from rhizomorph.actors.channel import Channel
-from rhizomorph.actors.peer_link import Item, PeerLink
+from rhizomorph.actors.peer_link import Call, Item, PeerLink
 
 log = logging.getLogger("rhizomorph.peers")
 
@@ -66,13 +66,19 @@ class Peers:
                     handle,
                     self._on_bulk_failure,
                     kind="chunk-actor",
-                    call=lambda items, peer=handle: self.chunk_relay.relay.remote(peer, items),
+                    call=self._through_chunk_relay(handle),
                 )
         for worker_id in list(self.links):
             if worker_id not in peers:
                 del self.links[worker_id]
                 self.bulk.pop(worker_id, None)
                 self._close_channel(worker_id)
+
+    def _through_chunk_relay(self, peer: Any) -> Call:
+        def call(items: list[Item]) -> Awaitable[Any]:
+            return self.chunk_relay.relay.remote(peer, items)
+
+        return call
 
     def _close_channel(self, worker_id: str) -> None:
         channel = self._channels.pop(worker_id, None)

@@ -16,6 +16,7 @@ import ray
 from websockets.asyncio.server import Server
 
 from rhizomorph import logs
+from rhizomorph.actors import actor_class
 from rhizomorph.actors.channel import ChannelServer
 from rhizomorph.actors.chunking import ChunkRelay, relay_name
 from rhizomorph.actors.peer_link import Item
@@ -49,9 +50,9 @@ class GatewayWorker:
         if config.peer_channel == "socket":
             self._channel = ChannelServer(self._router.deliver)
             await self._channel.start()
-        self._router.peers.chunk_relay = ChunkRelay.options(
-            name=relay_name(config.server_id, node_id), get_if_exists=True
-        ).remote()
+        self._router.peers.chunk_relay = (
+            actor_class(ChunkRelay).options(name=relay_name(config.server_id, node_id), get_if_exists=True).remote()
+        )
         snapshot = await self._registry.add_worker.remote(self._router.worker_id, self._self_handle())
         self._router.update_directory(list(snapshot.items()))
         self._write_watch = asyncio.ensure_future(self._router.clients.watch_writes(config.write_timeout))

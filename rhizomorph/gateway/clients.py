@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from typing import Any, Protocol
 
 from rhizomorph.gateway.connection import ClientConnection
@@ -21,11 +21,11 @@ from rhizomorph.protocol.handshake import HandshakeError
 class ClientRegistry(Protocol):
     """The registry calls the client table makes (an async adapter of the registry actor)."""
 
-    async def claim_client(
+    def claim_client(
         self, address: str, worker_id: str, generation: str, user_id: str, supersede: bool
-    ) -> dict[str, str] | None: ...
+    ) -> Awaitable[dict[str, str] | None]: ...
 
-    async def release_client(self, address: str, generation: str) -> list[dict[str, Any]] | None: ...
+    def release_client(self, address: str, generation: str) -> Awaitable[list[dict[str, Any]] | None]: ...
 
 
 class PeerControl(Protocol):

@@ -10,6 +10,7 @@ delivered is answered to its sender through one entry point, ``Router.undelivera
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable
 from typing import Any, Protocol
 
 from rhizomorph.actors.peer_link import Item
@@ -38,7 +39,7 @@ Waiting = tuple[bytes, "dict[str, Any] | None", bool]
 class RouterRegistry(ClientRegistry, Protocol):
     """The registry as the router calls it (``rhizomorph.actors.registry.RegistryCalls``)."""
 
-    async def locate(self, address: str) -> str | None: ...
+    def locate(self, address: str) -> Awaitable[str | None]: ...
 
 
 class Router:
@@ -189,7 +190,7 @@ class Router:
         else:
             self._dispatch(target, frame, header)
 
-    def stamp(self, conn: ClientConnection, frame: bytes) -> tuple[str, bytes, dict[str, Any]] | None:
+    def stamp(self, conn: ClientConnection, frame: bytes | memoryview) -> tuple[str, bytes, dict[str, Any]] | None:
         """Parse, check and stamp one message: ``(target, stamped frame, header)``, or ``None``
         after telling the sender why not."""
         try:
@@ -310,8 +311,9 @@ class Router:
             owner = await self.registry.locate(target)
         except Exception:
             owner = None
-        if routing.remote_owner(owner, self_id=self.worker_id, reachable=self.peers) is not None:
-            self.replica.set_owner(target, owner)  # type: ignore[arg-type]
+        peer = routing.remote_owner(owner, self_id=self.worker_id, reachable=self.peers)
+        if peer is not None:
+            self.replica.set_owner(target, peer)
         for frame, header, forwarded in self._locating.pop(target, ()):
             conn = self.clients.get(target)
             route = routing.after_locate(

@@ -22,9 +22,10 @@ STREAM_CUT = "the chunk stream was cut: chunks were lost between gateway workers
 class StreamHost(Protocol):
     """What the streams need from the router."""
 
-    manager_address: str
+    @property
+    def manager_address(self) -> str: ...
 
-    def stamp(self, conn: ClientConnection, frame: bytes) -> tuple[str, bytes, dict[str, Any]] | None: ...
+    def stamp(self, conn: ClientConnection, frame: bytes | memoryview) -> tuple[str, bytes, dict[str, Any]] | None: ...
 
     def unroutable(self, conn: ClientConnection, reason: str) -> None: ...
 
@@ -59,6 +60,7 @@ class ChunkStreams:
             self._host.unroutable(conn, str(exc))
             return
         last = bool(flags & frames.LAST)
+        payload: bytes | memoryview = data
         stream: OpenStream | None
         if index == 0:
             if conn.streams.is_open(stream_id):
@@ -67,7 +69,7 @@ class ChunkStreams:
             stamped = self._host.stamp(conn, data)
             if stamped is None:
                 return
-            target, data, header = stamped
+            target, payload, header = stamped
             if target == self._host.manager_address or envelope.is_broadcast(target):
                 self._host.undeliverable(
                     target, None, header, "a chunk stream must go to one client", sender=conn.address
@@ -85,7 +87,7 @@ class ChunkStreams:
             if last:  # the caller was told when the loss was noticed (here or at the receiving worker)
                 self.ids.failed.discard(stream.out_id)
             return
-        chunk = frames.encode_chunk(stream.out_id, index, last, data)
+        chunk = frames.encode_chunk(stream.out_id, index, last, payload)
         owner = self._host.remote_owner(stream.target)
         if owner is not None and self._peers.has_bulk_link(owner):
             self._peers.send_chunk(owner, (stream.target, None, chunk), last=last)

@@ -57,12 +57,13 @@ def header_of(frame: bytes | None) -> dict[str, Any] | None:
     and for what cannot be read)."""
     if frame is None:
         return None
+    message: bytes | memoryview = frame
     try:
         if frames.is_stream(frame):
             _, index, _, data = frames.decode_chunk(frame)
             if index != 0:
                 return None
-            frame = data
-        return envelope.parse(frame).header
+            message = data
+        return envelope.parse(message).header
     except (envelope.EnvelopeError, frames.FrameError):
         return None

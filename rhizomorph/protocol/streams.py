@@ -84,7 +84,9 @@ class ReceivingStreams:
     def __len__(self) -> int:
         return len(self._open)
 
-    def accept(self, stream_id: int, index: int, flags: int, data: bytes) -> tuple[Verdict, dict[str, Any] | None]:
+    def accept(
+        self, stream_id: int, index: int, flags: int, data: bytes | memoryview
+    ) -> tuple[Verdict, dict[str, Any] | None]:
         """Check one chunk on its way to the receiving client. With ``Verdict.BROKEN`` comes
         the header of the message, whose sender is to be told."""
         known = self._open.get(stream_id)
