@@ -38,7 +38,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.clients import EchoRig, EventRig, HyphaRpcClients, SplitEchoRig, V4Clients, _same, split_echo_rig
+from benchmarks.clients import (
+    EchoRig,
+    EventRig,
+    HyphaRpcClients,
+    ProviderProcess,
+    SplitEchoRig,
+    V4Clients,
+    _same,
+    split_echo_rig,
+)
 from benchmarks.contenders import (
     HYPHA_RPC,
     V4,
@@ -88,13 +97,20 @@ def claim_pairs(contenders: list[Contender], clients: tuple[str, ...] | list[str
 class CaseRig(EchoRig):
     """A pair's rig as one case sees it: that case's payloads on the pair's kept clients."""
 
-    def __init__(self, rig: SplitEchoRig, payloads: list[Any]) -> None:
-        self.rig, self.payloads, self.callers = rig, payloads, rig.callers
-        self.provider = rig.provider
+    def __init__(self, pool: ClientPool, pair: Pair, rig: SplitEchoRig, payloads: list[Any]) -> None:
+        self.pool, self.pair, self.rig, self.payloads, self.callers = pool, pair, rig, payloads, rig.callers
+
+    @property
+    def provider(self) -> ProviderProcess:
+        return self.rig.provider
 
     async def call(self, caller: int, index: int) -> bool:
         payload = self.payloads[index]
         return _same(await self.rig.service.echo(payload), payload)
+
+    async def renew(self) -> None:
+        """Replace the pair's clients (after a run that lost calls: they may be stuck or closed)."""
+        self.rig = await self.pool.renew(self.pair)
 
     async def close(self) -> None:
         pass  # the clients stay for the next case; ``ClientPool.close`` ends them
@@ -102,18 +118,28 @@ class CaseRig(EchoRig):
 
 class ClientPool:
     """One provider process and one caller per pair, opened at the pair's first case and kept for
-    the run: a client process per case would cost more start-up time than the runs take."""
+    the run: a client process per case would cost more start-up time than the runs take. A run
+    that loses calls gets the pair new clients for its next run."""
 
     def __init__(self) -> None:
         self._rigs: dict[str, SplitEchoRig] = {}
 
-    async def open(self, pair: Pair, case: Case, payloads: list[Any]) -> EchoRig:
+    async def _rig(self, pair: Pair) -> SplitEchoRig:
         rig = self._rigs.get(pair.label)
         if rig is None:
             assert isinstance(pair.client, HyphaRpcClients)
             apart = pair.contender.workers > 1
             rig = self._rigs[pair.label] = await split_echo_rig(pair.client, pair.contender.url, [], apart)
-        return CaseRig(rig, payloads)
+        return rig
+
+    async def open(self, pair: Pair, case: Case, payloads: list[Any]) -> EchoRig:
+        return CaseRig(self, pair, await self._rig(pair), payloads)
+
+    async def renew(self, pair: Pair) -> SplitEchoRig:
+        old = self._rigs.pop(pair.label, None)
+        if old is not None:
+            await old.close()
+        return await self._rig(pair)
 
     async def close(self) -> None:
         await asyncio.gather(*(rig.close() for rig in self._rigs.values()), return_exceptions=True)
@@ -142,12 +168,19 @@ async def _measure_claim(
         probe.refresh()  # outside the timed window
     provider0 = rig.provider.cpu_seconds()
     result = await run_calls(rig, case, payloads, probe, timeout)
-    return {
+    record = {
         **result.as_dict(),
         "provider_cpu_s": rig.provider.cpu_seconds() - provider0,
         "in_flight": min(case.concurrency, len(payloads)),
         "wire_protocol": {"caller": wire_protocol(rig.rig.caller), "provider": rig.provider.info.get("wire_protocol")},
     }
+    if result.delivered < result.messages:
+        try:
+            await rig.renew()
+            record["renewed_clients"] = True
+        except Exception as exc:  # the next run fails on the old clients and says so
+            record["renew_error"] = f"{type(exc).__name__}: {exc}"
+    return record
 
 
 def claims_harness(pool: ClientPool) -> Harness:

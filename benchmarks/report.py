@@ -489,6 +489,15 @@ def claims_markdown(meta: dict[str, Any], records: list[dict[str, Any]], extra: 
         " router's workers and registry; Hypha: its process tree).\n\n" + claims_detail_table(cells),
     ]
     facts = []
+    lost = [r for r in records if r["delivered"] < r["messages"]]
+    if lost:
+        facts.append(
+            "Runs that lost calls (their pair got new clients for the next run): "
+            + ", ".join(
+                f"{r['case']} {r['contender']} [{r['client']}] repeat {r['repeat']} ({r['delivered']}/{r['messages']})"
+                for r in lost
+            )
+        )
     for record in extra:
         if record.get("kind") == "claims-idle":
             facts.append(
