@@ -198,6 +198,7 @@ async def idle_record(pair: Pair, pairs: list[Pair], seconds: float = IDLE_SECON
         "kind": "claims-idle",
         "contender": pair.contender.name,
         "processes": len(probe.processes),
+        "pids": [process.pid for process in probe.processes],
         "cpu_share_of_core": (probe.cpu_seconds() - cpu0) / elapsed,
         "seconds": elapsed,
     }

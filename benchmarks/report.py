@@ -370,7 +370,9 @@ def claims_mode_table(cells) -> str:
     return "\n".join(lines)
 
 
-def claims_detail_table(cells) -> str:
+def claims_detail_table(cells, idle_share: float | None = None) -> str:
+    """``idle_share``: the share of a core Ray's processes use with no traffic; the router column then
+    says how much of each rhizomorph figure that background is (that share over the run, per call)."""
     lines = [
         "| scenario | mode | contender [client] | MiB/s | calls/s | p50 ms | caller µs/call | provider µs/call "
         "| router µs/call | delivered |",
@@ -385,11 +387,15 @@ def claims_detail_table(cells) -> str:
                 messages = next(iter(c.runs.values()))["messages"]
                 mark = "" if c.complete else "⚠ "
                 calls, p50 = c.stat(lambda r: r["msgs_per_s"]), c.stat(lambda r: r["latency_p50_ms"])
+                router = _fmt(c.cpu_us("server_cpu_s"), False)
+                if idle_share is not None and c.contender != HYPHA:
+                    idle = c.stat(lambda r: idle_share * r["elapsed_s"] / max(r["delivered"], 1) * 1e6)
+                    router += f" (idle {_fmt(idle, False)})"
                 lines.append(
                     f"| {s} | {CLAIM_MODE_NAMES.get(m, m)} | {c.contender} [{c.client}] | {_fmt(c.mib_per_s)} "
                     f"| {_fmt(calls)} | {_fmt(p50, False)} "
                     f"| {_fmt(c.cpu_us('client_cpu_s'), False)} | {_fmt(c.cpu_us('provider_cpu_s'), False)} "
-                    f"| {_fmt(c.cpu_us('server_cpu_s'), False)} | {mark}{delivered}/{messages} |"
+                    f"| {router} | {mark}{delivered}/{messages} |"
                 )
     return "\n".join(lines)
 
@@ -468,6 +474,8 @@ def claims_markdown(meta: dict[str, Any], records: list[dict[str, Any]], extra: 
     if not cells:
         return "## The batching report's table, with real clients\n\n_No claims runs in this results file._\n"
     repeats = max(len(c.runs) for c in cells.values())
+    idle = next((r for r in extra if r.get("kind") == "claims-idle"), None)
+    idle_share = idle["cpu_share_of_core"] if idle else None
     v3 = meta.get("machine", {}).get("versions", {}).get("hypha-rpc", "")
     parts = [
         "## The batching report's table, with real clients",
@@ -486,7 +494,9 @@ def claims_markdown(meta: dict[str, Any], records: list[dict[str, Any]], extra: 
         "**Per mode** (median of the paired ratios, min–max)\n\n" + claims_mode_table(cells),
         "**Figures** (median, min–max, of the repeats). CPU per call, µs: the caller (the load process), the"
         " provider (its process), the router (rhizomorph: every process of the Ray runtime except the other"
-        " router's workers and registry; Hypha: its process tree).\n\n" + claims_detail_table(cells),
+        " router's workers and registry; Hypha: its process tree); *idle*: the part of it that Ray's processes"
+        " use with no traffic at all (measured before the runs, times the run's length, per call).\n\n"
+        + claims_detail_table(cells, idle_share),
     ]
     facts = []
     lost = [r for r in records if r["delivered"] < r["messages"]]

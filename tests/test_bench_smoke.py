@@ -144,6 +144,7 @@ def test_claims_table_runs_at_tiny_counts(ray_runtime, router2, tmp_path):
     off.start()
     try:
         assert (on.batching, off.batching) == (True, False) and on.ray_session
+        off_pids = set(off.server_pids())
         sink = tmp_path / "claims.jsonl"
         sink.write_text(json.dumps({"kind": "meta", "run_id": "claims", "suite": "smoke", "machine": {}}) + "\n")
         with LoadProcess() as load:
@@ -174,9 +175,11 @@ def test_claims_table_runs_at_tiny_counts(ray_runtime, router2, tmp_path):
         assert r["mb_per_s"] > 0 and r["server_cpu_s"] >= 0 and r["provider_cpu_s"] >= 0, where
         wire = 4 if r["client"] == "v4" else 3
         assert r["wire_protocol"] == {"caller": wire, "provider": wire}, where
-    # The router's probe counts Ray's own processes too (GCS, raylet, ...), not only the router's actors.
+    # The router's probe counts Ray's own processes too (GCS, raylet, ...), not only the router's
+    # actors, and not the other router's.
     idle = next(r for r in records if r["kind"] == "claims-idle")
-    assert idle["processes"] > len(on.server_pids()) and idle["cpu_share_of_core"] >= 0
+    assert idle["contender"] == DEFAULT and idle["cpu_share_of_core"] >= 0
+    assert set(on.server_pids()) < set(idle["pids"]) and not off_pids & set(idle["pids"])
     for r in claims:  # a burst has every call of its run in flight at once
         assert r["in_flight"] == (r["messages"] if r["mode"] == "burst" else min(32, r["messages"])), r["case"]
 
