@@ -50,11 +50,15 @@ $(BENCH_STAMP): $(STAMP) pyproject.toml
 	touch $(BENCH_STAMP)
 
 # Side-by-side benchmarks (benchmarks/README.md); both rewrite PERFORMANCE.md and benchmarks/plots/.
+# Both start with the batching report's table (benchmarks/bench_claims.py). HYPHA_PYTHON=<venv>/bin/python
+# runs the real Hypha server with that interpreter (a venv of its own keeps Hypha's pins out of this one).
+HYPHA_FLAG := $(if $(HYPHA_PYTHON),--hypha-python $(HYPHA_PYTHON))
+
 bench: $(BENCH_STAMP)
-	$(BIN)/python -m benchmarks.run --suite quick
+	$(BIN)/python -m benchmarks.run --suite quick $(HYPHA_FLAG)
 
 bench-full: $(BENCH_STAMP)
-	$(BIN)/python -m benchmarks.run --suite full
+	$(BIN)/python -m benchmarks.run --suite full $(HYPHA_FLAG)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

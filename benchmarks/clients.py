@@ -9,10 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
+import os
+import sys
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Sequence
+from subprocess import PIPE
 from typing import Any
+
+import psutil
 
 from benchmarks.scenarios import payload_size
 from benchmarks.wire import RawPeer, pack
@@ -21,6 +27,7 @@ EVENT_TYPE = "bench_event"
 ECHO_SERVICE = "bench-echo"
 CONNECT_PARALLEL = 16
 CLOSE_TIMEOUT = 10.0
+_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class EventSink:
@@ -367,14 +374,107 @@ class HyphaRpcClients(ClientKind):
 class V4Clients(HyphaRpcClients):
     """rhizomorph's v4 client (``rhizomorph.client``): hypha-rpc's RPC layer on a batching socket,
     large messages to v4 peers as chunk streams. Only rhizomorph speaks v4. Events keep
-    hypha-rpc's one-frame ``emit``, hence the same payload limit."""
+    hypha-rpc's one-frame ``emit``, hence the same payload limit. ``batching=False`` turns the
+    client's own send-side batching off (``BatchPolicy(enabled=False)``)."""
 
     name = "v4"
 
+    def __init__(self, method_timeout: float = 60.0, batching: bool = True) -> None:
+        super().__init__(method_timeout)
+        self.batching = batching
+
     async def _connect(self, url: str, **options: Any) -> Any:
         from rhizomorph.client import connect_to_server
+        from rhizomorph.protocol.batching import BatchPolicy
 
-        return await connect_to_server({"server_url": url, "method_timeout": self.method_timeout, **options})
+        config = {"server_url": url, "method_timeout": self.method_timeout, **options}
+        return await connect_to_server(config, batching=BatchPolicy(enabled=self.batching))
+
+
+# -- a provider in a process of its own ------------------------------------------------------------
+PROVIDER_START_TIMEOUT = 60.0
+
+
+class ProviderProcess:
+    """An echo provider (``benchmarks/echo_provider.py``) in a process of its own, so that its CPU
+    is measured apart from the caller's. It serves until ``stop()`` closes its stdin."""
+
+    def __init__(self, process: asyncio.subprocess.Process, info: dict[str, Any]) -> None:
+        self.process, self.info = process, info
+        self.service_id: str = info["service_id"]
+        self.worker: str | None = info.get("worker")
+        self._probe = psutil.Process(process.pid)
+
+    @classmethod
+    async def start(cls, url: str, client: str, batching: bool = True) -> ProviderProcess:
+        args = [sys.executable, "-m", "benchmarks.echo_provider", "--url", url, "--client", client]
+        process = await asyncio.create_subprocess_exec(
+            *args, *([] if batching else ["--no-batching"]), stdin=PIPE, stdout=PIPE, cwd=_REPO_ROOT
+        )
+        try:
+            line = await asyncio.wait_for(process.stdout.readline(), PROVIDER_START_TIMEOUT)  # type: ignore[union-attr]
+            info = json.loads(line) if line.startswith(b"{") else None
+            if not info:
+                raise RuntimeError(f"echo provider did not start: {line!r}")
+        except BaseException:
+            process.kill()
+            await process.wait()
+            raise
+        return cls(process, info)
+
+    def cpu_seconds(self) -> float:
+        try:
+            times = self._probe.cpu_times()
+        except psutil.NoSuchProcess:
+            return 0.0
+        return times.user + times.system
+
+    async def stop(self) -> None:
+        if self.process.returncode is not None:
+            return
+        self.process.stdin.close()  # type: ignore[union-attr]
+        try:
+            await asyncio.wait_for(self.process.wait(), CLOSE_TIMEOUT)
+        except TimeoutError:
+            self.process.kill()
+            await self.process.wait()
+
+
+class SplitEchoRig(EchoRig):
+    """One caller in this process calling the echo method of a provider in another process."""
+
+    def __init__(self, provider: ProviderProcess, caller: Any, service: Any, payloads: list[Any]) -> None:
+        self.provider, self.caller, self.service, self.payloads = provider, caller, service, payloads
+        self.callers = 1
+
+    async def call(self, caller: int, index: int) -> bool:
+        payload = self.payloads[index]
+        return _same(await self.service.echo(payload), payload)
+
+    async def close(self) -> None:
+        await close_all([self.caller], _close_hypha)
+        await self.provider.stop()
+
+
+async def split_echo_rig(kind: HyphaRpcClients, url: str, payloads: list[Any], apart: bool = False) -> SplitEchoRig:
+    """A provider process and a caller here, both clients of ``kind`` (v4: with its batching setting);
+    with ``apart``, the caller sits on another gateway worker than the provider."""
+    provider = await ProviderProcess.start(url, kind.name, getattr(kind, "batching", True))
+    caller = None
+    try:
+
+        def worker_of(client: Any) -> str | None:
+            return provider.worker if client is provider else _hypha_worker(client)
+
+        connect = lambda: kind._connect(url)  # noqa: E731
+        caller = await (connect_apart(connect, worker_of, provider, _close_hypha) if apart else connect())
+        service = await caller.get_service(provider.service_id)
+    except BaseException:
+        if caller is not None:
+            await close_all([caller], _close_hypha)
+        await provider.stop()
+        raise
+    return SplitEchoRig(provider, caller, service, payloads)
 
 
 CLIENT_KINDS: dict[str, Callable[[], ClientKind]] = {"raw": RawClients, "hypha-rpc": HyphaRpcClients, "v4": V4Clients}

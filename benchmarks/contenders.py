@@ -3,7 +3,11 @@
 - ``Rhizomorph``: a ``Deployment`` on the already running Ray (one per worker count / config).
 - ``BareRelay``: ``benchmarks/bare_relay.py`` in a subprocess, the floor for raw clients.
 - ``RealHypha``: the real Hypha server (``python -m hypha.server``) in a subprocess, only if
-  the ``hypha`` package is importable.
+  the ``hypha`` package is importable (by this interpreter, or by the one given: a separate venv
+  keeps Hypha's pins out of the project's).
+
+``RayProcesses`` probes every process of the Ray runtime (GCS, raylet, agents, actors, idle
+workers), the router's whole cost on a node.
 """
 
 from __future__ import annotations
@@ -32,6 +36,10 @@ class Contender(ABC):
     url: str = ""
     #: Gateway processes that hold client sockets (point-to-point rigs are placed across them).
     workers: int = 1
+    #: Whether the server batches messages per target (a v4 client then batches its sends too).
+    batching: bool = True
+    #: Ray's session directory when the server runs on Ray (its processes are found by it).
+    ray_session: str | None = None
 
     @abstractmethod
     def start(self) -> None: ...
@@ -50,7 +58,7 @@ class Started(Contender):
 
     def __init__(self, contender: Contender) -> None:
         self.name, self.clients, self.url = contender.name, contender.clients, contender.url
-        self.workers = contender.workers
+        self.workers, self.batching, self.ray_session = contender.workers, contender.batching, contender.ray_session
         self._pids = contender.server_pids()
 
     def start(self) -> None:
@@ -64,7 +72,10 @@ class Started(Contender):
 
 
 class Rhizomorph(Contender):
-    """A rhizomorph router on the current Ray runtime; wraps an existing ``Deployment`` if given."""
+    """A rhizomorph router on the current Ray runtime; wraps an existing ``Deployment`` if given.
+
+    ``workers=0`` is the router's default worker count for this machine (``Config.workers``).
+    """
 
     clients = (RAW, HYPHA_RPC, V4)
 
@@ -82,6 +93,9 @@ class Rhizomorph(Contender):
             settings = {"log_level": "WARNING", **self.config}
             self.deployment = Deployment(Config(port=0, workers=self.workers, **settings)).start()
         self.url = self.deployment.url
+        self.workers = len(self.deployment.worker_info)
+        self.batching = bool(getattr(self.deployment.config, BATCHING_FIELD, True))
+        self.ray_session = ray_session_dir()
 
     def stop(self) -> None:
         if self._owned and self.deployment is not None:
@@ -149,16 +163,36 @@ class BareRelay(_Subprocess):
 
 
 class RealHypha(_Subprocess):
+    """``python -m hypha.server``, by this interpreter or by ``python`` (e.g. a venv of its own)."""
+
     name = "hypha"
 
-    @staticmethod
-    def available() -> bool:
-        return importlib.util.find_spec("hypha") is not None
+    def __init__(self, python: str | None = None) -> None:
+        super().__init__()
+        self.python = python or sys.executable
+
+    def available(self) -> bool:
+        if self.python == sys.executable:
+            return importlib.util.find_spec("hypha") is not None
+        try:
+            check = subprocess.run([self.python, "-c", "import hypha.server"], capture_output=True, timeout=120)
+        except (OSError, subprocess.TimeoutExpired):
+            return False
+        return check.returncode == 0
+
+    def version(self) -> str | None:
+        """The installed hypha server's version, as its interpreter reports it."""
+        code = "import importlib.metadata as m; print(m.version('hypha'))"
+        try:
+            out = subprocess.run([self.python, "-c", code], capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return out.stdout.strip() or None
 
     def start(self) -> None:
         port = _free_port()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "hypha.server", "--host=127.0.0.1", f"--port={port}"],
+            [self.python, "-m", "hypha.server", "--host=127.0.0.1", f"--port={port}"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             cwd=_repo_root(),
@@ -195,7 +229,18 @@ def batching_supported() -> bool:
     return any(f.name == BATCHING_FIELD for f in dataclasses.fields(Config))
 
 
-def default_contenders(notes: list[str], with_hypha: bool = True) -> list[Contender]:
+def ray_session_dir() -> str | None:
+    """The running Ray's session directory: every process of that runtime names it in its command
+    line or descends from one that does."""
+    try:
+        from ray._private import worker
+
+        return worker._global_node.get_session_dir_path()
+    except Exception:
+        return None
+
+
+def default_contenders(notes: list[str], with_hypha: bool = True, hypha_python: str | None = None) -> list[Contender]:
     """rhizomorph with 1 and 2 workers, the bare relay, and what else is available (else a note)."""
     contenders: list[Contender] = [Rhizomorph(1), Rhizomorph(2)]
     if batching_supported():
@@ -208,18 +253,28 @@ def default_contenders(notes: list[str], with_hypha: bool = True) -> list[Conten
     else:
         notes.append(f"`Config.{BATCHING_FIELD}` does not exist yet: the batching on/off contender was skipped.")
     contenders.append(BareRelay())
-    if with_hypha and RealHypha.available():
-        contenders.append(RealHypha())
-    elif with_hypha:
-        notes.append("The `hypha` server package is not installed: the real-Hypha contender was skipped.")
+    contenders.extend(hypha_contender(notes, with_hypha, hypha_python))
     return contenders
+
+
+def hypha_contender(notes: list[str], wanted: bool = True, python: str | None = None) -> list[Contender]:
+    """The real Hypha server when it is installed (for ``python``, default this interpreter), else a note."""
+    if not wanted:
+        return []
+    hypha = RealHypha(python)
+    if hypha.available():
+        where = "" if python is None else f" (run by `{python}`)"
+        notes.append(f"Hypha server {hypha.version() or '(version unknown)'}{where}.")
+        return [hypha]
+    notes.append("The `hypha` server package is not installed: the real-Hypha contender was skipped.")
+    return []
 
 
 class ProcessProbe:
     """CPU seconds and resident memory of a set of processes (gone processes count as zero)."""
 
     def __init__(self, pids: list[int]) -> None:
-        self.processes = []
+        self.processes: list[psutil.Process] = []
         for pid in pids:
             try:
                 self.processes.append(psutil.Process(pid))
@@ -244,3 +299,33 @@ class ProcessProbe:
             except psutil.NoSuchProcess:
                 pass
         return total
+
+
+class RayProcesses(ProcessProbe):
+    """Every process of one Ray runtime — GCS, raylet, dashboard and log monitors, agents, actors,
+    idle workers — less the processes in ``exclude`` (e.g. another router's workers on the same Ray).
+
+    The set is found again by ``refresh()``, which a benchmark calls before each run (never inside
+    the timed window: it reads every process's command line); a process Ray starts during a run
+    is missed until the next refresh.
+    """
+
+    def __init__(self, session_dir: str, exclude: list[int] | tuple[int, ...] = ()) -> None:
+        self.session_dir, self.exclude = session_dir, set(exclude)
+        super().__init__([])
+        self.refresh()
+
+    def refresh(self) -> None:
+        roots = []
+        for process in psutil.process_iter(["cmdline"]):
+            cmdline = process.info.get("cmdline") or ()
+            if any(self.session_dir in part for part in cmdline):
+                roots.append(process)
+        found: dict[int, psutil.Process] = {}
+        for root in roots:
+            found[root.pid] = root
+            try:
+                found.update((child.pid, child) for child in root.children(recursive=True))
+            except psutil.NoSuchProcess:
+                pass
+        self.processes = [p for pid, p in sorted(found.items()) if pid not in self.exclude and pid != os.getpid()]

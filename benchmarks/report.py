@@ -72,6 +72,8 @@ def load(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[st
             results.append(record)
         elif kind == "error":
             errors.append(record)
+        elif kind == "note":  # written after the meta line (e.g. a contender that did not start)
+            meta.setdefault("notes", []).append(record["text"])
     return meta, results, errors
 
 
@@ -204,6 +206,325 @@ def ratios_markdown(rows: list[Row]) -> str:
     )
 
 
+# -- the batching report's table (benchmarks/bench_claims.py) --------------------------------------
+CLAIM_SCENARIOS = ("small", "medium", "large", "mixed")
+CLAIM_MODE_NAMES = {"concurrent": "32 in flight", "burst": "burst"}
+DEFAULT, NO_BATCHING, HYPHA = "rhizomorph", "rhizomorph-no-batching", "hypha"
+BEST = ("best rhizomorph", "")
+#: The issue's targets (issue 12), evaluated on medians over both modes of one run.
+V4_ON_OFF_TARGET = {"small": 1.5, "medium": 1.3, "large": 1.05, "mixed": 1.35}
+V4_V3_TARGET = {"small": 1.3, "medium": 1.3, "mixed": 1.3}
+ROUTER_CPU_VS_HYPHA = 0.25
+MiB = 2**20
+
+
+@dataclass
+class ClaimCell:
+    """One (scenario, mode, contender, client) of the claims benchmark over its repeats."""
+
+    scenario: str
+    mode: str
+    contender: str
+    client: str
+    runs: dict[int, dict[str, Any]]  #: by repeat
+    complete: bool
+
+    def stat(self, value: Any) -> Stat:
+        return Stat.of(value(r) for r in self.runs.values())
+
+    @property
+    def mib_per_s(self) -> Stat:
+        return self.stat(mib_per_s)
+
+    def cpu_us(self, key: str) -> Stat:
+        return self.stat(lambda r: r[key] / max(r["delivered"], 1) * 1e6)
+
+
+def mib_per_s(record: dict[str, Any]) -> float:
+    return record["payload_bytes"] / record["elapsed_s"] / MiB
+
+
+def load_claims(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
+    """The meta line (with notes), the claims records and the other claims lines (idle, end, errors)."""
+    meta, _, _ = load(path)
+    claims, extra = [], []
+    for line in path.read_text().splitlines():
+        record = json.loads(line)
+        if record.get("kind") == "claim":
+            claims.append(record)
+        elif record.get("kind") in ("claims-idle", "claims-end", "claim-error", "claim-skip"):
+            extra.append(record)
+    return meta, claims, extra
+
+
+def claim_cells(records: list[dict[str, Any]]) -> dict[tuple[str, str, str, str], ClaimCell]:
+    cells: dict[tuple[str, str, str, str], ClaimCell] = {}
+    for r in records:
+        key = (r["scenario"], r["mode"], r["contender"], r["client"])
+        cell = cells.setdefault(key, ClaimCell(*key, runs={}, complete=True))
+        cell.runs[r["repeat"]] = r
+        cell.complete &= r["delivered"] == r["messages"] and not r["timed_out"]
+    return cells
+
+
+def _best(cells: dict[tuple[str, str, str, str], ClaimCell], scenario: str, mode: str) -> ClaimCell | None:
+    """The rhizomorph pair with the highest median MiB/s in this cell."""
+    mine = [c for (s, m, name, _), c in cells.items() if s == scenario and m == mode and name.startswith(DEFAULT)]
+    return max(mine, key=lambda c: c.mib_per_s.median, default=None)
+
+
+def _cell(cells, scenario: str, mode: str, who: tuple[str, str]) -> ClaimCell | None:
+    return _best(cells, scenario, mode) if who == BEST else cells.get((scenario, mode, *who))
+
+
+def paired(a: ClaimCell | None, b: ClaimCell | None, value: Any = mib_per_s) -> list[float]:
+    """Ratios of the runs of the same repeat (the repeats interleave the pairs, so each such pair of
+    runs saw the same machine)."""
+    if a is None or b is None:
+        return []
+    return [value(a.runs[r]) / value(b.runs[r]) for r in sorted(a.runs.keys() & b.runs.keys()) if value(b.runs[r])]
+
+
+@dataclass(frozen=True)
+class ClaimRatio:
+    title: str
+    numerator: tuple[str, str]
+    denominator: tuple[str, str]
+    claimed: bool = False  #: the report's claimed gain applies (batching on / off)
+
+
+CLAIM_RATIOS = (
+    ClaimRatio("v3 clients, batching on / off", (DEFAULT, HYPHA_RPC), (NO_BATCHING, HYPHA_RPC), claimed=True),
+    ClaimRatio("v4 client, batching on / off", (DEFAULT, V4), (NO_BATCHING, V4), claimed=True),
+    ClaimRatio("v4 on / v3 on", (DEFAULT, V4), (DEFAULT, HYPHA_RPC)),
+    ClaimRatio("best rhizomorph / Hypha", BEST, (HYPHA, HYPHA_RPC)),
+)
+
+
+def claim_ratio(cells, spec: ClaimRatio, scenario: str, modes: Iterable[str], value: Any = mib_per_s):
+    """Median and min-max of the paired ratios over ``modes`` (those measured on both sides), and
+    whether every run behind them delivered every call in time."""
+    ratios, complete = [], True
+    for mode in modes:
+        a, b = _cell(cells, scenario, mode, spec.numerator), _cell(cells, scenario, mode, spec.denominator)
+        if a is None or b is None:
+            continue
+        ratios += paired(a, b, value)
+        complete &= a.complete and b.complete
+    return Stat.of(ratios), complete
+
+
+def _pct(x: float) -> str:
+    return f"{(x - 1) * 100:+.0f} %"
+
+
+def _claim_cell_text(stat: Stat, complete: bool, claimed: float | None) -> str:
+    if math.isnan(stat.median):
+        return "–"
+    text = f"**{stat.median:.2f}** ({stat.low:.2f}–{stat.high:.2f})"
+    if claimed is not None:
+        text += f" {_pct(stat.median)} vs claimed +{claimed * 100:.0f} %"
+    return text + ("" if complete else " ⚠")
+
+
+def _modes(cells) -> list[str]:
+    present = {m for (_, m, _, _) in cells}
+    return [m for m in CLAIM_MODE_NAMES if m in present] + sorted(present - CLAIM_MODE_NAMES.keys())
+
+
+def _scenarios(cells) -> list[str]:
+    present = {s for (s, _, _, _) in cells}
+    return [s for s in CLAIM_SCENARIOS if s in present] + sorted(present - set(CLAIM_SCENARIOS))
+
+
+def claims_table(cells) -> str:
+    from benchmarks.scenarios import CLAIMED_GAIN
+
+    scenarios, modes = _scenarios(cells), _modes(cells)
+    lines = [
+        "| ratio of MiB/s | " + " | ".join(scenarios) + " |",
+        "|---" * (len(scenarios) + 1) + "|",
+        "| *the batching report's claim, on / off* | "
+        + " | ".join(f"+{CLAIMED_GAIN[s] * 100:.0f} %" if s in CLAIMED_GAIN else "–" for s in scenarios)
+        + " |",
+    ]
+    for spec in CLAIM_RATIOS:
+        texts = []
+        for s in scenarios:
+            stat, complete = claim_ratio(cells, spec, s, modes)
+            texts.append(_claim_cell_text(stat, complete, CLAIMED_GAIN.get(s) if spec.claimed else None))
+        lines.append(f"| {spec.title} | " + " | ".join(texts) + " |")
+    return "\n".join(lines)
+
+
+def claims_mode_table(cells) -> str:
+    scenarios, modes = _scenarios(cells), _modes(cells)
+    columns = [(s, m) for s in scenarios for m in modes]
+    lines = [
+        "| ratio of MiB/s | " + " | ".join(f"{s}, {CLAIM_MODE_NAMES.get(m, m)}" for s, m in columns) + " |",
+        "|---" * (len(columns) + 1) + "|",
+    ]
+    for spec in CLAIM_RATIOS:
+        texts = [_claim_cell_text(*claim_ratio(cells, spec, s, [m]), None) for s, m in columns]
+        lines.append(f"| {spec.title} | " + " | ".join(texts) + " |")
+    return "\n".join(lines)
+
+
+def claims_detail_table(cells, idle_share: float | None = None) -> str:
+    """``idle_share``: the share of a core Ray's processes use with no traffic; the router column then
+    says how much of each rhizomorph figure that background is (that share over the run, per call)."""
+    lines = [
+        "| scenario | mode | contender [client] | MiB/s | calls/s | p50 ms | caller µs/call | provider µs/call "
+        "| router µs/call | delivered |",
+        "|---" * 10 + "|",
+    ]
+    order = {name: i for i, name in enumerate((DEFAULT, NO_BATCHING, HYPHA))}
+    for s in _scenarios(cells):
+        for m in _modes(cells):
+            mine = [c for (cs, cm, _, _), c in cells.items() if cs == s and cm == m]
+            for c in sorted(mine, key=lambda c: (order.get(c.contender, 9), c.contender, c.client)):
+                delivered = min(r["delivered"] for r in c.runs.values())
+                messages = next(iter(c.runs.values()))["messages"]
+                mark = "" if c.complete else "⚠ "
+                calls, p50 = c.stat(lambda r: r["msgs_per_s"]), c.stat(lambda r: r["latency_p50_ms"])
+                router = _fmt(c.cpu_us("server_cpu_s"), False)
+                if idle_share is not None and c.contender != HYPHA:
+                    idle = c.stat(lambda r: idle_share * r["elapsed_s"] / max(r["delivered"], 1) * 1e6)
+                    router += f" (idle {_fmt(idle, False)})"
+                lines.append(
+                    f"| {s} | {CLAIM_MODE_NAMES.get(m, m)} | {c.contender} [{c.client}] | {_fmt(c.mib_per_s)} "
+                    f"| {_fmt(calls)} | {_fmt(p50, False)} "
+                    f"| {_fmt(c.cpu_us('client_cpu_s'), False)} | {_fmt(c.cpu_us('provider_cpu_s'), False)} "
+                    f"| {router} | {mark}{delivered}/{messages} |"
+                )
+    return "\n".join(lines)
+
+
+def _verdict(got: dict[str, float], wanted: Iterable[str], ok: Any) -> str:
+    """reached / not reached over the wanted scenarios; ``ok(scenario, value)`` judges one."""
+    wanted = list(wanted)
+    if any(s in got and not ok(s, got[s]) for s in wanted):
+        return "**not reached**"
+    missing = [s for s in wanted if s not in got]
+    if missing:
+        return f"not measured ({', '.join(missing)} missing)" if len(missing) < len(wanted) else "not measured"
+    return "**reached**"
+
+
+def _figures(got: dict[str, float]) -> str:
+    return " — " + ", ".join(f"{s} {v:.2f}" for s, v in got.items()) if got else ""
+
+
+def claims_targets(cells) -> list[str]:
+    """The issue's targets, each reached or not, with the measured figures (medians over both modes)."""
+    scenarios, modes = _scenarios(cells), _modes(cells)
+    on_off_v3, on_off_v4, v4_v3, _ = CLAIM_RATIOS
+
+    def medians(spec: ClaimRatio, value: Any = mib_per_s) -> dict[str, float]:
+        found = {s: claim_ratio(cells, spec, s, modes, value)[0].median for s in scenarios}
+        return {s: v for s, v in found.items() if not math.isnan(v)}
+
+    def per_cell(spec: ClaimRatio) -> dict[str, float]:
+        found = {
+            f"{s}/{CLAIM_MODE_NAMES.get(m, m)}": claim_ratio(cells, spec, s, [m])[0].median
+            for s in scenarios
+            for m in modes
+        }
+        return {k: v for k, v in found.items() if not math.isnan(v)}
+
+    lines = []
+    got = medians(on_off_v4)
+    wanted = ", ".join(f"{t}× {s}" for s, t in V4_ON_OFF_TARGET.items())
+    verdict = _verdict(got, V4_ON_OFF_TARGET, lambda s, v: v >= V4_ON_OFF_TARGET[s])
+    lines.append(f"- v4 client, batching on vs off ≥ {wanted}: {verdict}{_figures(got)}")
+    got = per_cell(v4_v3)
+    below = {k: v for k, v in got.items() if v < 1.0}
+    verdict = "not measured" if not got else ("**not reached**" if below else "**reached**")
+    total = len(CLAIM_SCENARIOS) * len(CLAIM_MODE_NAMES)
+    counted = f" ({len(got)} of {total} measured)" if len(got) < total else ""
+    lines.append(
+        f"- v4 / v3 ≥ 1.0 in every cell{counted}: {verdict}" + (f", below 1.0:{_figures(below)[2:]}" if below else "")
+    )
+    got = {s: v for s, v in medians(v4_v3).items() if s in V4_V3_TARGET}
+    verdict = _verdict(got, V4_V3_TARGET, lambda s, v: v >= V4_V3_TARGET[s])
+    lines.append(f"- v4 / v3 ≥ 1.3× on {', '.join(V4_V3_TARGET)}: {verdict}{_figures(got)}")
+
+    def router_cpu(record: dict[str, Any]) -> float:
+        return record["server_cpu_s"] / max(record["delivered"], 1)
+
+    got = medians(ClaimRatio("router CPU", (DEFAULT, HYPHA_RPC), (HYPHA, HYPHA_RPC)), router_cpu)
+    verdict = _verdict(got, scenarios, lambda s, v: v <= ROUTER_CPU_VS_HYPHA)
+    lines.append(
+        "- router CPU per call ≤ 1/4 of Hypha's in every scenario (rhizomorph / Hypha, hypha-rpc clients on both): "
+        + (f"{verdict}{_figures(got)}" if got else "not measured (no Hypha in this run)")
+    )
+    got = {f"{spec.title.split(',')[0]} {k}": v for spec in (on_off_v3, on_off_v4) for k, v in per_cell(spec).items()}
+    below = {k: v for k, v in got.items() if v < 1.0}
+    verdict = "not measured" if not got else ("**not reached**" if below else "**reached**")
+    lines.append(
+        f"- never slower (item 3): batching on ≥ off in every cell, v3 and v4 clients: {verdict}"
+        + (f", below 1.0:{_figures(below)[2:]}" if below else "")
+    )
+    return lines
+
+
+def claims_markdown(meta: dict[str, Any], records: list[dict[str, Any]], extra: list[dict[str, Any]]) -> str:
+    """The headline section: the ratio table with the report's claims, the targets, the figures."""
+    cells = claim_cells(records)
+    if not cells:
+        return "## The batching report's table, with real clients\n\n_No claims runs in this results file._\n"
+    repeats = max(len(c.runs) for c in cells.values())
+    idle = next((r for r in extra if r.get("kind") == "claims-idle"), None)
+    idle_share = idle["cpu_share_of_core"] if idle else None
+    v3 = meta.get("machine", {}).get("versions", {}).get("hypha-rpc", "")
+    parts = [
+        "## The batching report's table, with real clients",
+        "hypha-rpc's batching report claims +48 % small (2000 × 256 B), +26 % medium (500 × 20 KB), +5 % large"
+        " (20 × 2 MB) and +34 % mixed (250 dashboard messages). Measured here with real clients: a caller and an"
+        f" echo provider, each a client in a process of its own (released hypha-rpc {v3} as v3, rhizomorph's v4"
+        " client), 32 calls in flight and an unbounded burst; `rhizomorph` is the router's defaults,"
+        " `rhizomorph-no-batching` the same with `--no-batching` (the v4 client's own batching off with it);"
+        " `hypha` the real Hypha server with hypha-rpc clients."
+        f" {repeats} repeat{'s' if repeats != 1 else ''}, interleaved."
+        " Command: `python -m benchmarks.bench_claims` (part of `make bench`).",
+        "Each cell: the median of the ratios of runs of the same repeat, over both modes, with their min–max;"
+        " MiB/s counts the payload both ways. ⚠: some run lost calls or hit the time limit.",
+        claims_table(cells),
+        "**Targets** (issue 12; medians over both modes):\n\n" + "\n".join(claims_targets(cells)),
+        "**Per mode** (median of the paired ratios, min–max)\n\n" + claims_mode_table(cells),
+        "**Figures** (median, min–max, of the repeats). CPU per call, µs: the caller (the load process), the"
+        " provider (its process), the router (rhizomorph: every process of the Ray runtime except the other"
+        " router's workers and registry; Hypha: its process tree); *idle*: the part of it that Ray's processes"
+        " use with no traffic at all (measured before the runs, times the run's length, per call).\n\n"
+        + claims_detail_table(cells, idle_share),
+    ]
+    facts = []
+    lost = [r for r in records if r["delivered"] < r["messages"]]
+    if lost:
+        facts.append(
+            "Runs that lost calls (their pair got new clients for the next run): "
+            + ", ".join(
+                f"{r['case']} {r['contender']} [{r['client']}] repeat {r['repeat']} ({r['delivered']}/{r['messages']})"
+                for r in lost
+            )
+        )
+    for record in extra:
+        if record.get("kind") == "claims-idle":
+            facts.append(
+                f"With no traffic, the processes counted as `{record['contender']}`'s router ({record['processes']}"
+                f" Ray processes) used {record['cpu_share_of_core'] * 100:.1f} % of a core (over"
+                f" {record['seconds']:.1f} s); that is in every rhizomorph router figure."
+            )
+        elif record.get("kind") == "claims-end":
+            facts.append(f"Load average at the end of the claims runs: {record['load_average']}.")
+        elif record.get("kind") in ("claim-error", "claim-skip"):
+            what = record.get("error") or record.get("reason")
+            facts.append(f"{record['case']} {record['contender']} [{record['client']}]: {what}")
+    if facts:
+        parts.append("\n".join(f"- {f}" for f in facts))
+    return "\n\n".join(parts) + "\n"
+
+
 # -- plots ----------------------------------------------------------------------------------------
 def plot(rows: list[Row], metric: str, title: str, unit: str, path: Path, log: bool = False) -> bool:
     """One panel per case, one bar per (contender, client) with its min-max range. False without matplotlib."""
@@ -265,16 +586,20 @@ def _machine_markdown(meta: dict[str, Any]) -> str:
     )
 
 
-def run_markdown(meta: dict[str, Any], rows: list[Row], errors: list[dict[str, Any]]) -> str:
-    parts = ["## Machine\n\n" + _machine_markdown(meta)]
+def run_markdown(meta: dict[str, Any], rows: list[Row], errors: list[dict[str, Any]], claims: str | None = None) -> str:
+    """The run's report; ``claims`` (the batching report's table) leads when the run has one."""
+    parts = ([claims.rstrip()] if claims else []) + ["## Machine\n\n" + _machine_markdown(meta)]
     if meta.get("notes"):
         parts.append("## Notes\n\n" + "\n".join(f"- {n}" for n in meta["notes"]))
-    parts.append("## Ratios\n\nMedian of the repeats, with the extreme range in brackets.\n\n" + ratios_markdown(rows))
-    parts.append(
-        "## All results\n\nMedian (min–max) over the repeats. msgs/s counts completed calls (round trips)"
-        " or delivered events; MB/s counts payload bytes moved (both ways for calls, per delivery for"
-        " events). ⚠ marks a cell where some run lost messages or hit the time limit.\n\n" + detail_table(rows)
-    )
+    if rows:
+        parts.append(
+            "## Ratios\n\nMedian of the repeats, with the extreme range in brackets.\n\n" + ratios_markdown(rows)
+        )
+        parts.append(
+            "## All results\n\nMedian (min–max) over the repeats. msgs/s counts completed calls (round trips)"
+            " or delivered events; MB/s counts payload bytes moved (both ways for calls, per delivery for"
+            " events). ⚠ marks a cell where some run lost messages or hit the time limit.\n\n" + detail_table(rows)
+        )
     if errors:
         parts.append(
             "## Failures\n\n"
@@ -298,8 +623,10 @@ client sees, client cost included.
 """
 
 
-def performance_markdown(meta: dict[str, Any], rows: list[Row], errors: list[dict[str, Any]], plots: list[Path]) -> str:
-    body = run_markdown(meta, rows, errors)
+def performance_markdown(
+    meta: dict[str, Any], rows: list[Row], errors: list[dict[str, Any]], plots: list[Path], claims: str | None = None
+) -> str:
+    body = run_markdown(meta, rows, errors, claims)
     figures = "\n\n".join(f"![{p.stem}](benchmarks/plots/{p.name})" for p in plots)
     head, sep, rest = body.partition("## All results")
     if figures:
@@ -312,10 +639,12 @@ def write_reports(path: Path, performance_md: Path | None = None, plots: bool = 
     also PERFORMANCE.md and its plots in benchmarks/plots/."""
     meta, results, errors = load(path)
     rows = aggregate(results)
+    _, claim_records, claim_extra = load_claims(path)
+    claims = claims_markdown(meta, claim_records, claim_extra) if claim_records else None
     base = path.with_suffix("")
     written = []
     md = base.with_suffix(".md")
-    md.write_text(f"# Benchmark run {meta.get('run_id')}\n\n" + run_markdown(meta, rows, errors))
+    md.write_text(f"# Benchmark run {meta.get('run_id')}\n\n" + run_markdown(meta, rows, errors, claims))
     written.append(md)
     made: list[Path] = []
     for metric, title, unit, log, name in (
@@ -339,7 +668,7 @@ def write_reports(path: Path, performance_md: Path | None = None, plots: bool = 
             shutil.copyfile(p, dest)
             published.append(dest)
             written.append(dest)
-        performance_md.write_text(performance_markdown(meta, rows, errors, published))
+        performance_md.write_text(performance_markdown(meta, rows, errors, published, claims))
         written.append(performance_md)
     return written
 

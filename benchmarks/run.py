@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -21,7 +22,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,10 +99,34 @@ async def _open_rig(pair: Pair, case: Case, payloads: list[Any]) -> EchoRig | Ev
     return await pair.client.echo_rig(url, payloads, case.scenario.callers, apart)
 
 
-async def _measure(rig: EchoRig | EventRig, case: Case, payloads: list[Any], probe: ProcessProbe, timeout: float):
+async def _measure(
+    rig: EchoRig | EventRig, case: Case, payloads: list[Any], probe: ProcessProbe, timeout: float
+) -> Record:
     if isinstance(rig, EventRig):
-        return await run_events(rig, case, payloads, probe, timeout)
-    return await run_calls(rig, case, payloads, probe, timeout)
+        return (await run_events(rig, case, payloads, probe, timeout)).as_dict()
+    return (await run_calls(rig, case, payloads, probe, timeout)).as_dict()
+
+
+def _server_probe(pair: Pair, pairs: list[Pair]) -> ProcessProbe:
+    return ProcessProbe(pair.contender.server_pids())
+
+
+@dataclass(frozen=True)
+class Harness:
+    """How a benchmark opens a pair's rig for a case, probes the pair's server, and measures one
+    run into a record of ``kind`` (a pair that cannot run a case: ``skip`` / ``error``, prefixed
+    with ``kind-`` for another kind). The defaults are the suite's; ``bench_claims`` brings its own."""
+
+    open_rig: Callable[[Pair, Case, list[Any]], Awaitable[EchoRig | EventRig]] = _open_rig
+    measure: Callable[[EchoRig | EventRig, Case, list[Any], ProcessProbe, float], Awaitable[Record]] = _measure
+    probe: Callable[[Pair, list[Pair]], ProcessProbe] = _server_probe
+    kind: str = "result"
+
+    def failure(self, what: str) -> str:
+        return what if self.kind == "result" else f"{self.kind}-{what}"
+
+
+SUITE_HARNESS = Harness()
 
 
 def _unsupported(pair: Pair, case: Case, payloads: list[Any]) -> str | None:
@@ -111,48 +136,54 @@ def _unsupported(pair: Pair, case: Case, payloads: list[Any]) -> str | None:
     return None
 
 
-async def _open(pair: Pair, case: Case, payloads: list[Any], probe: ProcessProbe, timeout: float):
+async def _open(pair: Pair, case: Case, payloads: list[Any], probe: ProcessProbe, timeout: float, harness: Harness):
     """Open the pair's rig and warm it up; a rig that cannot deliver its warm-up is closed and refused."""
-    rig = await asyncio.wait_for(_open_rig(pair, case, payloads), timeout)
+    rig = await asyncio.wait_for(harness.open_rig(pair, case, payloads), timeout)
     warmup = payloads[:WARMUP_MESSAGES]
-    result = await _measure(rig, case, warmup, probe, min(timeout, WARMUP_TIMEOUT))
-    if result.delivered < result.messages:
+    result = await harness.measure(rig, case, warmup, probe, min(timeout, WARMUP_TIMEOUT))
+    if result["delivered"] < result["messages"]:
         await rig.close()
-        raise RuntimeError(f"warm-up delivered {result.delivered}/{result.messages}")
+        raise RuntimeError(f"warm-up delivered {result['delivered']}/{result['messages']}")
     return rig
 
 
 async def run_case(
-    case: Case, pairs: list[Pair], repeats: int, timeout: float, emit: Callable[[Record], None], progress: Progress
+    case: Case,
+    pairs: list[Pair],
+    repeats: int,
+    timeout: float,
+    emit: Callable[[Record], None],
+    progress: Progress,
+    harness: Harness = SUITE_HARNESS,
 ) -> None:
     payloads = case.scenario.payloads()
     rigs: dict[int, EchoRig | EventRig] = {}
-    probes = {i: ProcessProbe(p.contender.server_pids()) for i, p in enumerate(pairs)}
+    probes = {i: harness.probe(p, pairs) for i, p in enumerate(pairs)}
     try:
         for i, pair in enumerate(pairs):
             who = {"contender": pair.contender.name, "client": pair.client.name, "case": case.id}
             reason = _unsupported(pair, case, payloads)
             if reason:
-                emit({"kind": "skip", **who, "reason": reason})
+                emit({"kind": harness.failure("skip"), **who, "reason": reason})
                 progress.skip(repeats)
                 continue
             try:
-                rigs[i] = await _open(pair, case, payloads, probes[i], timeout)
+                rigs[i] = await _open(pair, case, payloads, probes[i], timeout, harness)
             except Exception as exc:
-                emit({"kind": "error", **who, "error": f"{type(exc).__name__}: {exc}"})
+                emit({"kind": harness.failure("error"), **who, "error": f"{type(exc).__name__}: {exc}"})
                 progress.skip(repeats)
         for repeat in range(repeats):
             order = [i for i in range(len(pairs)) if i in rigs]
             shift = repeat % max(len(order), 1)
             for i in order[shift:] + order[:shift]:
-                result = await _measure(rigs[i], case, payloads, probes[i], timeout)
+                result = await harness.measure(rigs[i], case, payloads, probes[i], timeout)
                 emit(
                     {
-                        "kind": "result",
+                        "kind": harness.kind,
                         "contender": pairs[i].contender.name,
                         "client": pairs[i].client.name,
                         "repeat": repeat,
-                        **result.as_dict(),
+                        **result,
                     }
                 )
                 progress.update(f"{case.id} {pairs[i].label}")
@@ -167,13 +198,26 @@ async def run_suite(
     timeout: float,
     emit: Callable[[Record], None],
     show_progress: bool = True,
+    harness: Harness = SUITE_HARNESS,
 ) -> None:
     progress = Progress(len(cases) * len(pairs) * repeats, enabled=show_progress)
     try:
         for case in cases:
-            await run_case(case, pairs, repeats, timeout, emit, progress)
+            await run_case(case, pairs, repeats, timeout, emit, progress, harness)
     finally:
         progress.close()
+
+
+@contextlib.contextmanager
+def record_sink(path: Path, stamp: dict[str, Any]) -> Iterator[Callable[[Record], None]]:
+    """An ``emit`` that appends each record, with ``stamp``, to ``path`` as a JSON line."""
+    with path.open("a") as sink:
+
+        def emit(record: Record) -> None:
+            sink.write(json.dumps({**stamp, **record}) + "\n")
+            sink.flush()
+
+        yield emit
 
 
 async def run_suite_to_file(
@@ -187,12 +231,7 @@ async def run_suite_to_file(
 ) -> None:
     """``run_suite`` in the load process: records are appended to ``path`` as JSON lines."""
     quiet_client_logs()
-    with path.open("a") as sink:
-
-        def emit(record: Record) -> None:
-            sink.write(json.dumps({**stamp, **record}) + "\n")
-            sink.flush()
-
+    with record_sink(path, stamp) as emit:
         await run_suite(cases, make_pairs(list(contenders), clients), repeats, timeout, emit)
 
 
@@ -222,6 +261,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--contenders", nargs="+", help="only contenders whose name contains one of these")
     parser.add_argument("--cases", nargs="+", help="only cases whose id contains one of these (e.g. small fanout)")
     parser.add_argument("--no-hypha", action="store_true", help="skip the real Hypha server even if installed")
+    parser.add_argument("--hypha-python", help="the interpreter that runs the Hypha server (e.g. its own venv)")
+    parser.add_argument("--no-claims", action="store_true", help="skip the batching report's table (bench_claims)")
+    parser.add_argument("--claims-repeats", type=int, help="override the claims' repeat count (>= 5 for the table)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     parser.add_argument(
         "--performance-md",
@@ -230,10 +272,16 @@ def main(argv: list[str] | None = None) -> int:
         help="where to write the report generated from this run ('-' for none)",
     )
     args = parser.parse_args(argv)
+    from benchmarks import bench_claims
+    from benchmarks.contenders import hypha_contender
+    from benchmarks.scenarios import CLAIM_SUITES
 
     suite: Suite = SUITES[args.suite]
+    claims_suite = CLAIM_SUITES[args.suite]
     repeats = args.repeats or suite.repeats
+    claims_repeats = args.claims_repeats or claims_suite.repeats
     cases = [c for c in suite.cases() if not args.cases or any(s in c.id for s in args.cases)]
+    claims_cases = [] if args.no_claims else bench_claims.select_cases(claims_suite, args.cases)
     run_id = time.strftime("%Y%m%d-%H%M%S") + f"-{args.suite}"
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"{run_id}.jsonl"
@@ -247,37 +295,52 @@ def main(argv: list[str] | None = None) -> int:
     ray_dir = tempfile.mkdtemp(prefix="rb-", dir="/tmp")
     ray_started = ensure_ray(num_cpus=os.cpu_count() or 1, _temp_dir=ray_dir)
     notes = list(suite.notes)
-    contenders = default_contenders(notes, with_hypha=not args.no_hypha)
+    hypha = hypha_contender(notes, not args.no_hypha, args.hypha_python)  # one server object, started per phase
+    contenders = default_contenders(notes, with_hypha=False) + hypha
+    claimants = (bench_claims.claim_contenders() + hypha) if claims_cases else []
     if args.contenders:
         contenders = [c for c in contenders if any(s in c.name for s in args.contenders)]
-    started = start_contenders(contenders, notes)
+        claimants = [c for c in claimants if any(s in c.name for s in args.contenders)]
+    stamp = {"run_id": run_id, "suite": suite.name}
+    meta = {
+        "kind": "meta",
+        "machine": machine_info(),
+        "repeats": repeats,
+        "claims_repeats": claims_repeats,
+        "notes": notes,
+        "contenders": [c.name for c in contenders],
+        "claims_contenders": [c.name for c in claimants],
+        "clients": args.clients,
+        "run_timeout_s": suite.run_timeout,
+        "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
+    path.write_text(json.dumps({**stamp, **meta}) + "\n")
+    late: list[str] = []
     try:
-        stamp = {"run_id": run_id, "suite": suite.name}
-        meta = {
-            "kind": "meta",
-            "machine": machine_info(),
-            "repeats": repeats,
-            "notes": notes,
-            "contenders": [c.name for c in started],
-            "clients": args.clients,
-            "run_timeout_s": suite.run_timeout,
-            "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        }
-        path.write_text(json.dumps({**stamp, **meta}) + "\n")
         with LoadProcess() as load:  # the clients run outside this process, the Ray driver
-            load.run(
-                run_suite_to_file,
-                cases,
-                [Started(c) for c in started],
-                args.clients,
-                repeats,
-                suite.run_timeout,
-                path,
-                stamp,
-            )
+            if claimants:  # first, on their own: the headline (the batching report's table)
+                late += bench_claims.run_claims(
+                    load, claims_suite, claims_repeats, path, stamp, claimants, args.clients, claims_cases
+                )
+            started = start_contenders(contenders, late)
+            try:
+                load.run(
+                    run_suite_to_file,
+                    cases,
+                    [Started(c) for c in started],
+                    args.clients,
+                    repeats,
+                    suite.run_timeout,
+                    path,
+                    stamp,
+                )
+            finally:
+                for contender in started:
+                    contender.stop()
     finally:
-        for contender in started:
-            contender.stop()
+        with record_sink(path, stamp) as emit:
+            for note in late:
+                emit({"kind": "note", "text": note})
         if ray_started:
             import ray
 
@@ -287,6 +350,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from benchmarks import report
 
+    if claimants:
+        print(report.claims_markdown(*report.load_claims(path)))
     outputs = report.write_reports(path, None if str(args.performance_md) == "-" else args.performance_md)
     for output in outputs:
         print(f"wrote {output}")

@@ -5,6 +5,7 @@ A *case* is one scenario in one mode. Every case runs on every (contender, clien
 Modes:
 - ``sequential``: one caller, one call in flight (round-trip latency).
 - ``concurrent``: one caller, 32 calls in flight.
+- ``burst``: one caller, every call of the run in flight at once (an unbounded burst).
 - ``events``: fire-and-forget events, point to point (one sender, one receiver) or, for
   fan-out, broadcast ``to: "*"`` to N subscribers.
 - fan-in is the ``sequential`` mode with many callers, each with its own connection.
@@ -18,7 +19,7 @@ from typing import Any
 
 import msgpack
 
-SEQUENTIAL, CONCURRENT, EVENTS = "sequential", "concurrent", "events"
+SEQUENTIAL, CONCURRENT, BURST, EVENTS = "sequential", "concurrent", "burst", "events"
 CONCURRENCY = 32
 MIXED_SEED = 20240607
 MIXED_COUNT = 250
@@ -32,6 +33,11 @@ class Scenario:
     subscribers: int = 0  #: fan-out receivers
     callers: int = 1  #: fan-in connections
     modes: tuple[str, ...] = (SEQUENTIAL, CONCURRENT, EVENTS)
+
+    @property
+    def messages(self) -> int:
+        """How many messages ``payloads()`` returns (the mixed set has at most ``MIXED_COUNT``)."""
+        return self.count if self.size else min(self.count, MIXED_COUNT)
 
     def payloads(self) -> list[Any]:
         """The messages of one run, in send order (deterministic)."""
@@ -53,6 +59,9 @@ class Case:
 
     @property
     def concurrency(self) -> int:
+        """Calls in flight per caller: a burst puts every call of the run in flight at once."""
+        if self.mode == BURST:
+            return self.scenario.messages
         return CONCURRENCY if self.mode == CONCURRENT else 1
 
     @property
@@ -132,6 +141,29 @@ SUITES: dict[str, Suite] = {
     ),
 }
 
+
+# -- the hypha-rpc batching report's table ---------------------------------------------------------
+#: What hypha-rpc's batching report claims batching gains, per scenario (never measured there).
+CLAIMED_GAIN: dict[str, float] = {"small": 0.48, "medium": 0.26, "large": 0.05, "mixed": 0.34}
+CLAIM_MODES = (CONCURRENT, BURST)
+
+
+def _claim_scenarios(small: int, medium: int, large: int, mixed: int) -> tuple[Scenario, ...]:
+    return (
+        Scenario("small", small, size=256, modes=CLAIM_MODES),
+        Scenario("medium", medium, size=20_000, modes=CLAIM_MODES),
+        Scenario("large", large, size=2_000_000, modes=CLAIM_MODES),
+        Scenario("mixed", mixed, modes=CLAIM_MODES),
+    )
+
+
+#: The report's four scenarios as echo calls (``benchmarks/bench_claims.py``): its own counts in
+#: ``quick`` and ``full`` (2000 x 256 B, 500 x 20 KB, 20 x 2 MB, 250 dashboard messages), tiny in ``smoke``.
+CLAIM_SUITES: dict[str, Suite] = {
+    "smoke": Suite("smoke", _claim_scenarios(20, 5, 2, 25), repeats=1, run_timeout=30.0),
+    "quick": Suite("quick", _claim_scenarios(2000, 500, 20, MIXED_COUNT), repeats=5, run_timeout=120.0),
+    "full": Suite("full", _claim_scenarios(2000, 500, 20, MIXED_COUNT), repeats=5, run_timeout=180.0),
+}
 
 # -- the mixed "dashboard" set --------------------------------------------------------------------
 _SERVICES = ("ingest", "trainer", "scheduler", "viewer", "storage", "auth", "gpu-node", "notebook")

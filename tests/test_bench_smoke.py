@@ -128,3 +128,65 @@ def test_dedicated_benchmarks_run_at_tiny_counts(ray_runtime, router, router2, b
     assert set(rates) == {"hypha-rpc on", "hypha-rpc off", "raw on", "raw off", "bare relay"}
     assert all(len(values) == 1 and values[0] > 0 for values in rates.values())
     assert all(s["batch_policy"]["enabled"] for s in router.stats())  # compare() turned batching back on
+
+
+def test_claims_table_runs_at_tiny_counts(ray_runtime, router2, tmp_path):
+    # The batching report's table (bench_claims) as `python -m benchmarks.run` runs it: every case
+    # on rhizomorph with default batching (2 workers: caller and provider on different ones) and
+    # with batching off, each with v3 and v4 clients, the provider in a process of its own.
+    from benchmarks.bench_claims import DEFAULT, NO_BATCHING, run_claims_to_file, select_cases
+    from benchmarks.scenarios import CLAIM_SUITES
+
+    suite = CLAIM_SUITES["smoke"]
+    on = Rhizomorph(2, name=DEFAULT, deployment=router2)
+    off = Rhizomorph(1, name=NO_BATCHING, enable_message_batching=False)
+    on.start()
+    off.start()
+    try:
+        assert (on.batching, off.batching) == (True, False) and on.ray_session
+        off_pids = set(off.server_pids())
+        sink = tmp_path / "claims.jsonl"
+        sink.write_text(json.dumps({"kind": "meta", "run_id": "claims", "suite": "smoke", "machine": {}}) + "\n")
+        with LoadProcess() as load:
+            load.run(
+                run_claims_to_file,
+                select_cases(suite, None),
+                [Started(on), Started(off)],
+                ["hypha-rpc", "v4"],
+                1,
+                suite.run_timeout,
+                sink,
+                {"run_id": "claims"},
+            )
+    finally:
+        off.stop()
+    records = [json.loads(line) for line in sink.read_text().splitlines()]
+
+    assert [r for r in records if r["kind"] in ("claim-error", "claim-skip")] == []
+    claims = [r for r in records if r["kind"] == "claim"]
+    pairs = {(DEFAULT, "hypha-rpc"), (DEFAULT, "v4"), (NO_BATCHING, "hypha-rpc"), (NO_BATCHING, "v4")}
+    assert {(r["case"], r["contender"], r["client"]) for r in claims} == {
+        (c.id, *p) for c in suite.cases() for p in pairs
+    }
+    for r in claims:
+        where = f"{r['case']} {r['contender']} [{r['client']}]"
+        assert RESULT_KEYS <= r.keys(), where
+        assert r["delivered"] == r["messages"] > 0 and r["errors"] == 0 and not r["timed_out"], where
+        assert r["mb_per_s"] > 0 and r["server_cpu_s"] >= 0 and r["provider_cpu_s"] >= 0, where
+        wire = 4 if r["client"] == "v4" else 3
+        assert r["wire_protocol"] == {"caller": wire, "provider": wire}, where
+    # The router's probe counts Ray's own processes too (GCS, raylet, ...), not only the router's
+    # actors, and not the other router's.
+    idle = next(r for r in records if r["kind"] == "claims-idle")
+    assert idle["contender"] == DEFAULT and idle["cpu_share_of_core"] >= 0
+    assert set(on.server_pids()) < set(idle["pids"]) and not off_pids & set(idle["pids"])
+    for r in claims:  # a burst has every call of its run in flight at once
+        assert r["in_flight"] == (r["messages"] if r["mode"] == "burst" else min(32, r["messages"])), r["case"]
+
+    meta, claim_records, extra = report.load_claims(sink)
+    markdown = report.claims_markdown(meta, claim_records, extra)
+    for title in ("v3 clients, batching on / off", "v4 client, batching on / off", "v4 on / v3 on"):
+        row = next(line for line in markdown.splitlines() if line.startswith(f"| {title} |"))
+        assert row.count("**") == 2 * 4, row  # a measured ratio in each of the four scenarios
+    assert "vs claimed +48 %" in markdown and "router CPU per call" in markdown
+    assert markdown.count("**reached**") + markdown.count("**not reached**") >= 4

@@ -1,0 +1,331 @@
+"""The hypha-rpc batching report's table, measured with real clients: the headline of PERFORMANCE.md.
+
+    python -m benchmarks.bench_claims [--suite quick|full|smoke] [--repeats 5] [--hypha-python PATH]
+
+``make bench`` runs it first (``benchmarks/run.py``, same results file). The report claims
+batching gains +48 % small (2000 x 256 B), +26 % medium (500 x 20 KB), +5 % large (20 x 2 MB)
+and +34 % mixed (250 dashboard messages, ``scenarios.mixed_messages``). Here those four
+scenarios are echo calls between two real clients — a caller in the load process and a
+provider in a process of its own (``benchmarks/echo_provider.py``) — in two modes, 32 calls in
+flight and an unbounded burst (every call of the run in flight at once), on:
+
+- ``rhizomorph``: the router with its defaults (``Config()``: default batching, default worker
+  count), and ``rhizomorph-no-batching``: the same with ``enable_message_batching=False``
+  (``rhizomorph serve --no-batching``); each driven by the released hypha-rpc client (v3) and
+  by rhizomorph's v4 client, whose own send-side batching follows the router's (off with
+  ``--no-batching``);
+- ``hypha``: the real Hypha server with hypha-rpc clients, when it is installed (for this
+  interpreter, or for the one ``--hypha-python`` names).
+
+Repeats are interleaved across the pairs, as in the suite. Each run records the MiB/s and
+calls/s, and the CPU of the caller (the load process), the provider (its process) and the
+router: for rhizomorph every process of the Ray runtime (GCS, raylet, agents, actors, idle
+workers) except the other router's own workers and registry; for Hypha its process tree.
+``benchmarks/report.py`` turns the records into the table of ratios, the report's claims
+beside them and the issue's targets reached or not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.clients import (
+    EchoRig,
+    EventRig,
+    HyphaRpcClients,
+    ProviderProcess,
+    SplitEchoRig,
+    V4Clients,
+    _same,
+    split_echo_rig,
+)
+from benchmarks.contenders import (
+    HYPHA_RPC,
+    V4,
+    Contender,
+    ProcessProbe,
+    RayProcesses,
+    Rhizomorph,
+    Started,
+    hypha_contender,
+)
+from benchmarks.loadgen import LoadProcess
+from benchmarks.measure import run_calls
+from benchmarks.run import (
+    RESULTS_DIR,
+    Harness,
+    Pair,
+    Record,
+    quiet_client_logs,
+    record_sink,
+    run_suite,
+    start_contenders,
+)
+from benchmarks.scenarios import CLAIM_SUITES, Case, Suite
+from rhizomorph.client import wire_protocol
+
+CLIENTS = (HYPHA_RPC, V4)
+DEFAULT, NO_BATCHING = "rhizomorph", "rhizomorph-no-batching"
+IDLE_SECONDS = 3.0
+
+
+def claim_contenders() -> list[Contender]:
+    """The router with its defaults, and with batching off (``--no-batching``)."""
+    return [Rhizomorph(0, name=DEFAULT), Rhizomorph(0, name=NO_BATCHING, enable_message_batching=False)]
+
+
+def claim_pairs(contenders: list[Contender], clients: tuple[str, ...] | list[str] = CLIENTS) -> list[Pair]:
+    """Each contender with each client it speaks; the v4 client batches as its router does."""
+    pairs = []
+    for contender in contenders:
+        for client in clients:
+            if client in contender.clients and client in CLIENTS:
+                kind = V4Clients(batching=contender.batching) if client == V4 else HyphaRpcClients()
+                pairs.append(Pair(contender, kind))
+    return pairs
+
+
+class CaseRig(EchoRig):
+    """A pair's rig as one case sees it: that case's payloads on the pair's kept clients."""
+
+    def __init__(self, pool: ClientPool, pair: Pair, rig: SplitEchoRig, payloads: list[Any]) -> None:
+        self.pool, self.pair, self.rig, self.payloads, self.callers = pool, pair, rig, payloads, rig.callers
+
+    @property
+    def provider(self) -> ProviderProcess:
+        return self.rig.provider
+
+    async def call(self, caller: int, index: int) -> bool:
+        payload = self.payloads[index]
+        return _same(await self.rig.service.echo(payload), payload)
+
+    async def renew(self) -> None:
+        """Replace the pair's clients (after a run that lost calls: they may be stuck or closed)."""
+        self.rig = await self.pool.renew(self.pair)
+
+    async def close(self) -> None:
+        pass  # the clients stay for the next case; ``ClientPool.close`` ends them
+
+
+class ClientPool:
+    """One provider process and one caller per pair, opened at the pair's first case and kept for
+    the run: a client process per case would cost more start-up time than the runs take. A run
+    that loses calls gets the pair new clients for its next run."""
+
+    def __init__(self) -> None:
+        self._rigs: dict[str, SplitEchoRig] = {}
+
+    async def _rig(self, pair: Pair) -> SplitEchoRig:
+        rig = self._rigs.get(pair.label)
+        if rig is None:
+            assert isinstance(pair.client, HyphaRpcClients)
+            apart = pair.contender.workers > 1
+            rig = self._rigs[pair.label] = await split_echo_rig(pair.client, pair.contender.url, [], apart)
+        return rig
+
+    async def open(self, pair: Pair, case: Case, payloads: list[Any]) -> EchoRig:
+        return CaseRig(self, pair, await self._rig(pair), payloads)
+
+    async def renew(self, pair: Pair) -> SplitEchoRig:
+        old = self._rigs.pop(pair.label, None)
+        if old is not None:
+            await old.close()
+        return await self._rig(pair)
+
+    async def close(self) -> None:
+        await asyncio.gather(*(rig.close() for rig in self._rigs.values()), return_exceptions=True)
+        self._rigs.clear()
+
+
+def router_probe(pair: Pair, pairs: list[Pair]) -> ProcessProbe:
+    """A rhizomorph router's cost is its whole Ray runtime less the other routers' own processes."""
+    contender = pair.contender
+    if not contender.ray_session:
+        return ProcessProbe(contender.server_pids())
+    others = {
+        pid
+        for p in pairs
+        if p.contender.name != contender.name and p.contender.ray_session
+        for pid in p.contender.server_pids()
+    }
+    return RayProcesses(contender.ray_session, exclude=sorted(others))
+
+
+async def _measure_claim(
+    rig: EchoRig | EventRig, case: Case, payloads: list[Any], probe: ProcessProbe, timeout: float
+) -> Record:
+    assert isinstance(rig, CaseRig)
+    if isinstance(probe, RayProcesses):
+        probe.refresh()  # outside the timed window
+    provider0 = rig.provider.cpu_seconds()
+    result = await run_calls(rig, case, payloads, probe, timeout)
+    record = {
+        **result.as_dict(),
+        "provider_cpu_s": rig.provider.cpu_seconds() - provider0,
+        "in_flight": min(case.concurrency, len(payloads)),
+        "wire_protocol": {"caller": wire_protocol(rig.rig.caller), "provider": rig.provider.info.get("wire_protocol")},
+    }
+    if result.delivered < result.messages:
+        try:
+            await rig.renew()
+            record["renewed_clients"] = True
+        except Exception as exc:  # the next run fails on the old clients and says so
+            record["renew_error"] = f"{type(exc).__name__}: {exc}"
+    return record
+
+
+def claims_harness(pool: ClientPool) -> Harness:
+    """Calls between a caller here and a provider process (kept in ``pool``); the router probed as above."""
+    return Harness(open_rig=pool.open, measure=_measure_claim, probe=router_probe, kind="claim")
+
+
+async def idle_record(pair: Pair, pairs: list[Pair], seconds: float = IDLE_SECONDS) -> Record:
+    """What the router's probe counts with no traffic at all (Ray's background, the idle workers)."""
+    probe = router_probe(pair, pairs)
+    cpu0, started = probe.cpu_seconds(), time.perf_counter()
+    await asyncio.sleep(seconds)
+    elapsed = time.perf_counter() - started
+    return {
+        "kind": "claims-idle",
+        "contender": pair.contender.name,
+        "processes": len(probe.processes),
+        "pids": [process.pid for process in probe.processes],
+        "cpu_share_of_core": (probe.cpu_seconds() - cpu0) / elapsed,
+        "seconds": elapsed,
+    }
+
+
+async def run_claims_to_file(
+    cases: list[Case],
+    contenders: list[Started],
+    clients: list[str],
+    repeats: int,
+    timeout: float,
+    path: Path,
+    stamp: dict[str, Any],
+    show_progress: bool = True,
+) -> None:
+    """In the load process: the idle background, then every case on every pair, to ``path``."""
+    quiet_client_logs()
+    pairs = claim_pairs(list(contenders), clients)
+    with record_sink(path, stamp) as emit:
+        first = next((p for p in pairs if p.contender.ray_session), None)
+        if first is not None:
+            emit(await idle_record(first, pairs))
+        pool = ClientPool()
+        try:
+            await run_suite(cases, pairs, repeats, timeout, emit, show_progress, harness=claims_harness(pool))
+        finally:
+            await pool.close()
+        emit({"kind": "claims-end", "load_average": [round(x, 2) for x in os.getloadavg()]})
+
+
+def select_cases(suite: Suite, patterns: list[str] | None) -> list[Case]:
+    return [c for c in suite.cases() if not patterns or any(s in c.id for s in patterns)]
+
+
+def run_claims(
+    load: LoadProcess,
+    suite: Suite,
+    repeats: int,
+    path: Path,
+    stamp: dict[str, Any],
+    contenders: list[Contender],
+    clients: list[str],
+    cases: list[Case],
+) -> list[str]:
+    """Start the contenders, run the claims in the load process, stop them; returns start-up notes."""
+    notes: list[str] = []
+    started = start_contenders(contenders, notes)
+    try:
+        if started and cases:
+            load.run(
+                run_claims_to_file,
+                cases,
+                [Started(c) for c in started],
+                clients,
+                repeats,
+                suite.run_timeout,
+                path,
+                stamp,
+            )
+    finally:
+        for contender in started:
+            contender.stop()
+    return notes
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--suite", choices=sorted(CLAIM_SUITES), default="quick")
+    parser.add_argument("--repeats", type=int, help="override the suite's repeat count (>= 5 for the table)")
+    parser.add_argument("--cases", nargs="+", help="only cases whose id contains one of these (e.g. small burst)")
+    parser.add_argument("--clients", nargs="+", default=list(CLIENTS), choices=list(CLIENTS))
+    parser.add_argument("--no-hypha", action="store_true", help="skip the real Hypha server even if installed")
+    parser.add_argument("--hypha-python", help="the interpreter that runs the Hypha server (e.g. its own venv)")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR)
+    args = parser.parse_args(argv)
+
+    suite = CLAIM_SUITES[args.suite]
+    repeats = args.repeats or suite.repeats
+    run_id = time.strftime("%Y%m%d-%H%M%S") + f"-claims-{args.suite}"
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"{run_id}.jsonl"
+
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    quiet_client_logs()
+    from benchmarks.machine import machine_info
+    from rhizomorph import ensure_ray
+
+    ray_dir = tempfile.mkdtemp(prefix="rb-", dir="/tmp")  # never join someone else's Ray
+    ray_started = ensure_ray(num_cpus=os.cpu_count() or 1, _temp_dir=ray_dir)
+    notes: list[str] = []
+    contenders = claim_contenders() + hypha_contender(notes, not args.no_hypha, args.hypha_python)
+    stamp = {"run_id": run_id, "suite": f"claims-{suite.name}"}
+    meta = {
+        "kind": "meta",
+        "machine": machine_info(),
+        "repeats": repeats,
+        "claims_repeats": repeats,
+        "notes": notes,
+        "contenders": [c.name for c in contenders],
+        "clients": args.clients,
+        "run_timeout_s": suite.run_timeout,
+        "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
+    path.write_text(json.dumps({**stamp, **meta}) + "\n")
+    try:
+        with LoadProcess() as load:
+            cases = select_cases(suite, args.cases)
+            late = run_claims(load, suite, repeats, path, stamp, contenders, args.clients, cases)
+        with record_sink(path, stamp) as emit:
+            for note in late:
+                emit({"kind": "note", "text": note})
+    finally:
+        if ray_started:
+            import ray
+
+            ray.shutdown()
+            shutil.rmtree(ray_dir, ignore_errors=True)
+    print(f"results: {path}")
+
+    from benchmarks import report
+
+    print(report.claims_markdown(*report.load_claims(path)))
+    outputs = report.write_reports(path, None, plots=False)
+    for output in outputs:
+        print(f"wrote {output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
