@@ -21,6 +21,7 @@ settings.load_profile("rhizomorph")
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # embedded Ray on 127.0.0.1 only
 
+from benchmarks.wire import RawPeer  # noqa: E402
 from rhizomorph import Config, Deployment, ensure_ray  # noqa: E402
 
 
@@ -81,6 +82,23 @@ async def connect(router):
             await asyncio.wait_for(server.disconnect(), 5)
         except Exception:
             pass
+
+
+@pytest.fixture
+async def raw(router):
+    """Connect raw protocol clients (``benchmarks.wire.RawPeer``) to ``router``, at ``path``, with
+    the auth fields given (``token``, ``workspace``, ``reconnection_token``, ``wire_protocol``);
+    all are closed after the test."""
+    clients: list[RawPeer] = []
+
+    async def _connect(path: str = "/", **auth: Any) -> RawPeer:
+        client = await RawPeer.connect(router.url + path, timeout=10, **auth)
+        clients.append(client)
+        return client
+
+    yield _connect
+    for client in clients:
+        await client.close()
 
 
 async def eventually(

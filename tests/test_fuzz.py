@@ -27,13 +27,13 @@ import websockets
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from benchmarks.wire import RawPeer
 from rhizomorph import Config, Deployment
 from rhizomorph.protocol import envelope, handshake
 from rhizomorph.protocol import frames as v4frames
 from rhizomorph.protocol.envelope import EnvelopeError, encode
 from rhizomorph.protocol.handshake import HandshakeError, TokenIssuer
 from tests.conftest import eventually
-from tests.test_wire import RawClient
 from tests.wire_oracle import routable_header
 
 PROPERTY = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -364,7 +364,7 @@ class Tally:
     error_messages: set[str] = field(default_factory=set)
 
 
-async def _read_all(client: RawClient, tally: Tally) -> None:
+async def _read_all(client: RawPeer, tally: Tally) -> None:
     try:
         async for frame in client.ws:
             if isinstance(frame, str):
@@ -380,7 +380,7 @@ async def _read_all(client: RawClient, tally: Tally) -> None:
         pass
 
 
-async def _flood(client: RawClient, frames: list[bytes | str], tally: Tally) -> None:
+async def _flood(client: RawPeer, frames: list[bytes | str], tally: Tally) -> None:
     for frame in frames:
         await client.ws.send(frame)
         tally.sent += 1
@@ -469,7 +469,7 @@ async def _bad_handshake(url: str, auth: str | bytes, results: list[tuple[int | 
 
 
 async def _oversized(url: str, results: list[int | None]) -> None:
-    client = await RawClient.connect(url)
+    client = await RawPeer.connect(url)
     try:
         await client.ws.send(b"\x81\xa2to\xa1x" + b"\x00" * MAX_MESSAGE_SIZE)
         while True:
@@ -504,23 +504,16 @@ async def test_gateway_survives_a_flood_of_bad_frames_while_serving_good_calls(f
     echo = await caller.get_service(f"{provider.config.workspace}/echo")
 
     # Raw peers: garbage, deterministic, read-only broadcaster.
-    garbage = [await RawClient.connect(fuzzed.url) for _ in range(GARBAGE_CONNECTIONS)]
-    steady = await RawClient.connect(fuzzed.url)
-    admin = await RawClient.connect(fuzzed.url)
-    call = {
-        "type": "method",
-        "to": f"*/{admin.info['manager_id']}",
-        "method": "services.default.generate_token",
-        "session": "tok",
-    }
-    await admin.ws.send(encode(call, {"args": [{"permission": "r"}], "promise": "*"}))
-    read_only_token = (await admin.next_binary())["args"][0]
-    reader = await RawClient.connect(fuzzed.url, token=read_only_token, workspace=admin.info["workspace"])
-    v4 = await RawClient.connect(fuzzed.url, wire_protocol=4)
+    garbage = [await RawPeer.connect(fuzzed.url) for _ in range(GARBAGE_CONNECTIONS)]
+    steady = await RawPeer.connect(fuzzed.url)
+    admin = await RawPeer.connect(fuzzed.url)
+    read_only_token = await admin.call_manager("generate_token", {"permission": "r"})
+    reader = await RawPeer.connect(fuzzed.url, token=read_only_token, workspace=admin.info["workspace"])
+    v4 = await RawPeer.connect(fuzzed.url, wire_protocol=4)
     assert v4.info.get("wire_protocol") == 4
 
     tallies = [Tally() for _ in garbage]
-    plans: list[tuple[RawClient, list, Tally]] = [
+    plans: list[tuple[RawPeer, list, Tally]] = [
         (client, _garbage_plan(rng, tally), tally) for client, tally in zip(garbage, tallies)
     ]
     steady_tally = Tally()
