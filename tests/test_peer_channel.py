@@ -4,23 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from hypothesis import given
-from hypothesis import strategies as st
-
 from rhizomorph import Config, Deployment
 from rhizomorph.actors import channel
-
-
-@given(
-    st.lists(
-        st.tuples(st.text(max_size=30), st.one_of(st.none(), st.text(max_size=10)), st.binary(max_size=500)),
-        max_size=20,
-    )
-)
-def test_channel_batches_round_trip(items):
-    data = channel.encode_batch(items)
-    assert int.from_bytes(data[:4], "big") == len(data) - 4
-    assert channel.decode_batch(data[4:]) == items
 
 
 async def test_channel_delivers_batches_in_order_over_a_unix_socket():
