@@ -14,6 +14,7 @@ test can check that none is left.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import secrets
@@ -48,27 +49,15 @@ from ray.cluster_utils import Cluster  # noqa: E402
 
 from rhizomorph import Config, Deployment  # noqa: E402
 from rhizomorph.client import connect_to_server as connect_v4  # noqa: E402
+from tests import helpers  # noqa: E402
+from tests.helpers import address  # noqa: E402
 
 NODES = 3
 MARKER = "CLUSTER_RESULTS "
 
 
-async def eventually(check: Callable[[], Any], timeout: float = 15.0, interval: float = 0.1) -> float:
-    """Wait until ``check()`` (sync or async) is truthy; returns the seconds it took."""
-    started = time.monotonic()
-    while True:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return time.monotonic() - started
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"condition not met within {timeout} s")
-        await asyncio.sleep(interval)
-
-
-def address(server: Any) -> str:
-    return f"{server.config.workspace}/{server.config.client_id}"
+# The scenarios' defaults: a longer wait, polled less often, on a 3-node cluster on 2 cores.
+eventually = functools.partial(helpers.eventually, timeout=15.0, interval=0.1)
 
 
 async def emit(server: Any, message: dict[str, Any]) -> None:

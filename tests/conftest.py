@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -66,12 +64,15 @@ def router2_ray(ray_runtime):
 
 @pytest.fixture
 async def connect(router):
-    """Connect real hypha-rpc clients to ``router`` (or another URL); all are closed after the test."""
-    from hypha_rpc import connect_to_server
-
+    """Connect real hypha-rpc clients (``v4=True``: rhizomorph's v4 client) to ``router`` (or
+    another URL); all are closed after the test."""
     clients = []
 
-    async def _connect(url: str | None = None, **options: Any):
+    async def _connect(url: str | None = None, *, v4: bool = False, **options: Any):
+        if v4:
+            from rhizomorph.client import connect_to_server
+        else:
+            from hypha_rpc import connect_to_server
         server = await connect_to_server({"server_url": url or router.url, "method_timeout": 20, **options})
         clients.append(server)
         return server
@@ -99,33 +100,3 @@ async def raw(router):
     yield _connect
     for client in clients:
         await client.close()
-
-
-async def eventually(
-    check: Callable[[], Awaitable[bool] | bool], timeout: float = 10.0, interval: float = 0.05
-) -> None:
-    """Wait until ``check()`` is true; fail with a clear message after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        await asyncio.sleep(interval)
-
-
-async def on_two_workers(connect_one: Callable[[], Awaitable[Any]], attempts: int = 40) -> tuple[Any, Any]:
-    """Connect clients (``connect_one()``) until two sit on different gateway workers; returns
-    them ordered by worker id. The kernel spreads connections over the shared port, so 40 tries
-    fail to reach both workers with probability 2**-39."""
-    by_worker: dict[str, Any] = {}
-    for _ in range(attempts):
-        server = await connect_one()
-        by_worker.setdefault(server.config.rhizomorph_worker, server)
-        if len(by_worker) == 2:
-            first, second = sorted(by_worker)
-            return by_worker[first], by_worker[second]
-    raise AssertionError(f"{attempts} connections never reached two workers")

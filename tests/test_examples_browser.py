@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import eventually
+from tests.helpers import eventually
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"

@@ -24,8 +24,8 @@ import websockets
 from benchmarks.wire import RawPeer
 from rhizomorph import Config, Deployment
 from rhizomorph.protocol.envelope import encode
-from tests.conftest import eventually
 from tests.fuzz_frames import AUTH_KEYS, NON_MAP_PREFIXES, garbage_frame, v4_frame
+from tests.helpers import eventually
 from tests.wire_oracle import expected_v4_errors, expects_error
 
 # -- text and auth frames for the flood ---------------------------------------------------------------

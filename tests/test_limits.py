@@ -18,7 +18,7 @@ import websockets
 from benchmarks.wire import RawPeer
 from rhizomorph import Config, Deployment
 from rhizomorph.protocol.envelope import decode, encode
-from tests.conftest import eventually
+from tests.helpers import eventually
 
 # -- helpers --------------------------------------------------------------------------------------
 
