@@ -26,11 +26,9 @@ import asyncio
 import json
 import multiprocessing
 import os
-import secrets
 import shutil
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -39,6 +37,7 @@ from typing import Any
 if __name__ == "__main__":  # run as a script: the repository root on the path, for benchmarks.wire
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.local_cluster import peer_traffic, private_environment, start_cluster
 from benchmarks.wire import RawPeer
 
 EVENT = "fanout"
@@ -124,21 +123,6 @@ def subscriber_process(conn: Any, urls: list[str], workspace: str, token: str, v
 
 
 # -- the run ----------------------------------------------------------------------------------
-def setup_environment() -> str:
-    """Loopback only, a private Ray temp dir (other ``ray.init()`` calls on this machine must not
-    find and join this cluster), Ray token auth with a token of our own. Returns the directory."""
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    os.environ.pop("RAY_ADDRESS", None)
-    directory = tempfile.mkdtemp(prefix="rzb-", dir="/tmp")
-    os.environ["RAY_TMPDIR"] = directory
-    path = os.path.join(directory, "auth_token")
-    with open(path, "w") as handle:
-        handle.write(secrets.token_hex(32))
-    os.environ["RAY_AUTH_MODE"] = "token"
-    os.environ["RAY_AUTH_TOKEN_PATH"] = path
-    return directory
-
-
 def worker_usage(deployment: Any) -> dict[str, dict[str, float]]:
     import psutil
 
@@ -156,11 +140,6 @@ def worker_usage(deployment: Any) -> dict[str, dict[str, float]]:
         except psutil.Error:
             pass
     return usage
-
-
-def peer_calls(deployment: Any) -> tuple[int, int]:
-    stats = deployment.stats()
-    return (sum(sum(s["peer_calls"].values()) for s in stats), sum(sum(s["peer_frames"].values()) for s in stats))
 
 
 async def measure(args: argparse.Namespace, deployment: Any) -> dict[str, Any]:
@@ -205,7 +184,7 @@ async def measure(args: argparse.Namespace, deployment: Any) -> dict[str, Any]:
     }
     sent = 0
     # paced: one event at a time
-    calls0, items0 = peer_calls(deployment)
+    calls0, items0 = peer_traffic(deployment)
     usage0 = worker_usage(deployment)
     latencies = []
     phase_start = time.time()
@@ -215,7 +194,7 @@ async def measure(args: argparse.Namespace, deployment: Any) -> dict[str, Any]:
         sent += 1
         latencies.append(await wait_all(sent) - t)
     elapsed = time.time() - phase_start
-    calls1, items1 = peer_calls(deployment)
+    calls1, items1 = peer_traffic(deployment)
     results["paced"] = {
         "broadcasts": args.paced,
         "deliveries_per_s": round(args.subscribers * args.paced / elapsed),
@@ -232,7 +211,7 @@ async def measure(args: argparse.Namespace, deployment: Any) -> dict[str, Any]:
     sent += args.burst
     done = await wait_all(sent)
     elapsed = done - phase_start
-    calls2, items2 = peer_calls(deployment)
+    calls2, items2 = peer_traffic(deployment)
     usage2 = worker_usage(deployment)
     results["burst"] = {
         "broadcasts": args.burst,
@@ -274,25 +253,14 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print the raw results as JSON too")
     args = parser.parse_args()
 
-    token_dir = setup_environment()
+    token_dir = private_environment("rzb-")
     import ray
-    from ray.cluster_utils import Cluster
 
     from rhizomorph import Config, Deployment
 
-    node_args = {
-        "num_cpus": 1,
-        "node_ip_address": "127.0.0.1",
-        "include_dashboard": False,
-        "object_store_memory": 80 * 1024 * 1024,
-    }
-    cluster = Cluster(initialize_head=True, head_node_args=dict(node_args))
-    deployment = None
+    cluster = deployment = None
     try:
-        for _ in range(args.nodes - 1):
-            cluster.add_node(**node_args)
-        cluster.wait_for_nodes()
-        ray.init(address=cluster.address, include_dashboard=False, logging_level="WARNING")
+        cluster, _ = start_cluster(args.nodes)
         config = Config(
             port=0,
             workers=args.workers_per_node,
@@ -306,7 +274,8 @@ def main() -> None:
         if deployment is not None:
             deployment.stop()
         ray.shutdown()
-        cluster.shutdown()
+        if cluster is not None:
+            cluster.shutdown()
         shutil.rmtree(token_dir, ignore_errors=True)
 
     print(
