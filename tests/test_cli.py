@@ -60,7 +60,7 @@ async def test_cli_serves_hypha_clients_and_ctrl_c_leaves_no_process():
 
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "serve", "--port", str(port), "--workers", "2"],
+        [sys.executable, "-m", "rhizomorph", "serve", "--port", str(port), "--workers", "2"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
