@@ -23,17 +23,13 @@ import asyncio
 import os
 import statistics
 import time
-from typing import Any
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-
-import json
-
-import websockets
 
 from benchmarks.clients import event_burst
 from benchmarks.contenders import BareRelay
 from benchmarks.loadgen import LoadProcess
+from benchmarks.wire import RawPeer
 from rhizomorph import Config, Deployment, ensure_ray
 from rhizomorph.client import connect_to_server
 from rhizomorph.protocol import envelope, frames
@@ -51,34 +47,24 @@ async def one_run(url: str, batching: bool, messages: int, size: int) -> float:
     return rate
 
 
-async def _raw_peer(url: str, v4: bool) -> tuple[Any, str]:
-    ws = await websockets.connect(url, max_size=None, compression=None)
-    await ws.send(json.dumps({"client_id": None, **({"wire_protocol": 4} if v4 else {})}))
-    info = json.loads(await ws.recv())
-    assert info.get("wire_protocol") == 4 or not v4, info
-    return ws, f"{info['workspace']}/{info['client_id']}"
+async def _raw_peer(url: str, v4: bool) -> RawPeer:
+    peer = await RawPeer.connect(url, wire_protocol=4 if v4 else 3)
+    assert peer.v4 or not v4, peer.info
+    return peer
 
 
 async def raw_run(url: str, batching: bool, messages: int, size: int, per_frame: int, v4: bool = True) -> float:
     """Pre-encoded messages from a bare socket to another (v4 handshake unless ``v4`` is false,
     e.g. for the bare relay); returns msgs/s until the last arrived."""
-    target, address = await _raw_peer(url, v4)
-    sender, _ = await _raw_peer(url, v4)
-    message = envelope.encode({"type": "bench", "to": address}, {"data": b"x" * size})
+    target = await _raw_peer(url, v4)
+    sender = await _raw_peer(url, v4)
+    message = envelope.encode({"type": "bench", "to": target.address}, {"data": b"x" * size})
     group = per_frame if batching else 1
     outgoing = [frames.encode_batch([message] * group) if group > 1 else message for _ in range(messages // group)]
 
-    async def receive() -> None:
-        count = 0
-        while count < len(outgoing) * group:
-            frame = await target.recv()
-            if isinstance(frame, bytes):
-                count += len(frames.decode_batch(frame)) if frames.is_v4(frame) else 1
-
     started = time.perf_counter()
-    receiving = asyncio.ensure_future(receive())
-    for frame in outgoing:
-        await sender.send(frame)
+    receiving = asyncio.ensure_future(target.receive_count(len(outgoing) * group))
+    await sender.send_frames(outgoing)
     await asyncio.wait_for(receiving, 120)
     rate = len(outgoing) * group / (time.perf_counter() - started)
     await sender.close()

@@ -26,134 +26,51 @@ import asyncio
 import json
 import multiprocessing
 import os
-import secrets
 import shutil
 import statistics
 import sys
-import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
-import msgpack
+if __name__ == "__main__":  # run as a script: the repository root on the path, for benchmarks.wire
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks.local_cluster import peer_traffic, private_environment, start_cluster
+from benchmarks.wire import RawPeer
 
 EVENT = "fanout"
 
 
-def _pack(obj: Any) -> bytes:
-    return msgpack.packb(obj, use_bin_type=True)
+class Subscriber:
+    """Counts the events one listening peer receives (every message once it has subscribed: no
+    header is decoded, so the clients are not the bottleneck of the measurement)."""
 
-
-class Peer:
-    """A bare client: the v3 (or v4) handshake, manager calls, and a count of received events."""
-
-    def __init__(self, ws: Any, info: dict[str, Any]) -> None:
-        self.ws = ws
-        self.info = info
-        self.address = f"{info['workspace']}/{info['client_id']}"
-        self.manager = f"*/{info['manager_id']}"
-        self.v4 = info.get("wire_protocol") == 4
+    def __init__(self, peer: RawPeer, arrived: Callable[[Subscriber], None]) -> None:
+        self.peer = peer
         self.events = 0
-        self.on_event: Any = None
-        self._replies: dict[str, asyncio.Future] = {}
-        self._sessions = 0
-        self._reader = asyncio.get_running_loop().create_task(self._read())
+        self._arrived = arrived
 
-    @classmethod
-    async def connect(
-        cls, url: str, *, workspace: str | None = None, token: str | None = None, v4: bool = False
-    ) -> Peer:
-        import websockets
+    def __call__(self, message: bytes) -> None:
+        self.events += 1
+        self._arrived(self)
 
-        ws = await websockets.connect(url, max_size=None, compression=None, open_timeout=60)
-        auth = {
-            "client_id": f"b{uuid.uuid4().hex[:14]}",
-            "workspace": workspace,
-            "token": token,
-            "reconnection_token": None,
-        }
-        if v4:
-            auth["wire_protocol"] = 4
-        await ws.send(json.dumps(auth))
-        while True:
-            reply = await asyncio.wait_for(ws.recv(), 60)
-            if isinstance(reply, str):
-                break
-        info = json.loads(reply)
-        if info.get("type") != "connection_info":
-            await ws.close()
-            raise ConnectionError(f"handshake refused: {info}")
-        return cls(ws, info)
 
-    async def call_manager(self, method: str, *args: Any) -> Any:
-        self._sessions += 1
-        session = f"s{self._sessions}"
-        reply = asyncio.get_running_loop().create_future()
-        self._replies[session] = reply
-        header = {
-            "type": "method",
-            "to": self.manager,
-            "from": self.address,
-            "method": f"services.default.{method}",
-            "session": session,
-        }
-        await self.ws.send(_pack(header) + _pack({"args": list(args), "promise": "*"}))
-        kind, payload = await asyncio.wait_for(reply, 60)
-        value = (payload.get("args") or [None])[0]
-        if kind != "resolve":
-            raise RuntimeError(f"{method} failed: {value}")
-        return value
+async def connect_peer(url: str, *, v4: bool, workspace: str | None = None, token: str | None = None) -> RawPeer:
+    peer = await RawPeer.connect(
+        url,
+        client_id=f"b{uuid.uuid4().hex[:14]}",
+        workspace=workspace,
+        token=token,
+        wire_protocol=4 if v4 else 3,
+        timeout=60,
+    )
+    return peer.listen()
 
-    async def publish(self, data: bytes) -> None:
-        await self.ws.send(_pack({"type": EVENT, "to": "*", "from": self.address, "data": data}))
 
-    def _message(self, message: bytes) -> None:
-        if not self._replies and self.on_event is not None:
-            # Subscribed and no call pending: every message is one of the events (cheap count,
-            # so the clients are not the bottleneck of the measurement).
-            self.events += 1
-            self.on_event()
-            return
-        unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
-        unpacker.feed(message)
-        header = unpacker.unpack()
-        if header.get("type") == EVENT:
-            self.events += 1
-            if self.on_event is not None:
-                self.on_event()
-            return
-        method = header.get("method")
-        if isinstance(method, str):
-            session, _, kind = method.rpartition(".")
-            future = self._replies.pop(session, None)
-            if future is not None and not future.done():
-                try:
-                    payload = unpacker.unpack()
-                except msgpack.OutOfData:
-                    payload = {}
-                future.set_result((kind, payload))
-
-    async def _read(self) -> None:
-        from rhizomorph.protocol import frames
-
-        try:
-            async for message in self.ws:
-                if isinstance(message, str):
-                    continue
-                if self.v4 and frames.is_v4(message):
-                    for inner in frames.decode_batch(message):
-                        self._message(inner)
-                else:
-                    self._message(message)
-        except Exception:
-            pass
-
-    async def close(self) -> None:
-        self._reader.cancel()
-        try:
-            await asyncio.wait_for(self.ws.close(), 5)
-        except Exception:
-            pass
+async def publish(publisher: RawPeer, data: bytes) -> None:
+    await publisher.send({"type": EVENT, "to": "*", "data": data})
 
 
 # -- subscriber processes ---------------------------------------------------------------------
@@ -165,13 +82,13 @@ def subscriber_process(conn: Any, urls: list[str], workspace: str, token: str, v
         loop = asyncio.get_running_loop()
         gate = asyncio.Semaphore(50)
 
-        async def one(url: str) -> Peer:
+        async def one(url: str) -> RawPeer:
             async with gate:
-                peer = await Peer.connect(url, workspace=workspace, token=token, v4=v4)
-                await peer.call_manager("subscribe", EVENT)
+                peer = await connect_peer(url, workspace=workspace, token=token, v4=v4)
+                await peer.call_manager("subscribe", EVENT, timeout=60)
                 return peer
 
-        peers = await asyncio.gather(*(one(url) for url in urls))
+        connected = await asyncio.gather(*(one(url) for url in urls))
         state = {"target": None, "reached": asyncio.Event()}
 
         def check() -> None:
@@ -179,9 +96,14 @@ def subscriber_process(conn: Any, urls: list[str], workspace: str, token: str, v
             if target is not None and not state["reached"].is_set() and all(p.events >= target for p in peers):
                 state["reached"].set()
 
-        for peer in peers:
-            peer.on_event = lambda p=peer: p.events >= (state["target"] or 0) and check()
-        conn.send(("ready", [p.info["rhizomorph_worker"] for p in peers]))
+        def arrived(subscriber: Subscriber) -> None:
+            if subscriber.events >= (state["target"] or 0):
+                check()
+
+        peers = [Subscriber(peer, arrived) for peer in connected]
+        for subscriber in peers:
+            subscriber.peer.on_message = subscriber
+        conn.send(("ready", [p.info["rhizomorph_worker"] for p in connected]))
         while True:
             command = await loop.run_in_executor(None, conn.recv)
             if command == "stop":
@@ -194,28 +116,13 @@ def subscriber_process(conn: Any, urls: list[str], workspace: str, token: str, v
                 conn.send(("reached", time.time(), [p.events for p in peers]))
             except TimeoutError:
                 conn.send(("timeout", time.time(), [p.events for p in peers]))
-        await asyncio.gather(*(p.close() for p in peers))
+        await asyncio.gather(*(p.close() for p in connected))
 
     asyncio.run(main())
     conn.close()
 
 
 # -- the run ----------------------------------------------------------------------------------
-def setup_environment() -> str:
-    """Loopback only, a private Ray temp dir (other ``ray.init()`` calls on this machine must not
-    find and join this cluster), Ray token auth with a token of our own. Returns the directory."""
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    os.environ.pop("RAY_ADDRESS", None)
-    directory = tempfile.mkdtemp(prefix="rzb-", dir="/tmp")
-    os.environ["RAY_TMPDIR"] = directory
-    path = os.path.join(directory, "auth_token")
-    with open(path, "w") as handle:
-        handle.write(secrets.token_hex(32))
-    os.environ["RAY_AUTH_MODE"] = "token"
-    os.environ["RAY_AUTH_TOKEN_PATH"] = path
-    return directory
-
-
 def worker_usage(deployment: Any) -> dict[str, dict[str, float]]:
     import psutil
 
@@ -235,16 +142,11 @@ def worker_usage(deployment: Any) -> dict[str, dict[str, float]]:
     return usage
 
 
-def peer_calls(deployment: Any) -> tuple[int, int]:
-    stats = deployment.stats()
-    return (sum(sum(s["peer_calls"].values()) for s in stats), sum(sum(s["peer_frames"].values()) for s in stats))
-
-
 async def measure(args: argparse.Namespace, deployment: Any) -> dict[str, Any]:
     urls = deployment.node_urls
-    publisher = await Peer.connect(urls[0], v4=args.wire == "v4")
+    publisher = await connect_peer(urls[0], v4=args.wire == "v4")
     workspace = publisher.info["workspace"]
-    token = await publisher.call_manager("generate_token")
+    token = await publisher.call_manager("generate_token", timeout=60)
     subscriber_urls = [urls[i % len(urls)] for i in range(args.subscribers)]
     shares = [subscriber_urls[i :: args.client_procs] for i in range(args.client_procs)]
     context = multiprocessing.get_context("spawn")
@@ -282,17 +184,17 @@ async def measure(args: argparse.Namespace, deployment: Any) -> dict[str, Any]:
     }
     sent = 0
     # paced: one event at a time
-    calls0, items0 = peer_calls(deployment)
+    calls0, items0 = peer_traffic(deployment)
     usage0 = worker_usage(deployment)
     latencies = []
     phase_start = time.time()
     for _ in range(args.paced):
         t = time.time()
-        await publisher.publish(payload)
+        await publish(publisher, payload)
         sent += 1
         latencies.append(await wait_all(sent) - t)
     elapsed = time.time() - phase_start
-    calls1, items1 = peer_calls(deployment)
+    calls1, items1 = peer_traffic(deployment)
     results["paced"] = {
         "broadcasts": args.paced,
         "deliveries_per_s": round(args.subscribers * args.paced / elapsed),
@@ -305,11 +207,11 @@ async def measure(args: argparse.Namespace, deployment: Any) -> dict[str, Any]:
     usage1 = worker_usage(deployment)
     phase_start = time.time()
     for _ in range(args.burst):
-        await publisher.publish(payload)
+        await publish(publisher, payload)
     sent += args.burst
     done = await wait_all(sent)
     elapsed = done - phase_start
-    calls2, items2 = peer_calls(deployment)
+    calls2, items2 = peer_traffic(deployment)
     usage2 = worker_usage(deployment)
     results["burst"] = {
         "broadcasts": args.burst,
@@ -351,25 +253,14 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print the raw results as JSON too")
     args = parser.parse_args()
 
-    token_dir = setup_environment()
+    token_dir = private_environment("rzb-")
     import ray
-    from ray.cluster_utils import Cluster
 
     from rhizomorph import Config, Deployment
 
-    node_args = {
-        "num_cpus": 1,
-        "node_ip_address": "127.0.0.1",
-        "include_dashboard": False,
-        "object_store_memory": 80 * 1024 * 1024,
-    }
-    cluster = Cluster(initialize_head=True, head_node_args=dict(node_args))
-    deployment = None
+    cluster = deployment = None
     try:
-        for _ in range(args.nodes - 1):
-            cluster.add_node(**node_args)
-        cluster.wait_for_nodes()
-        ray.init(address=cluster.address, include_dashboard=False, logging_level="WARNING")
+        cluster, _ = start_cluster(args.nodes)
         config = Config(
             port=0,
             workers=args.workers_per_node,
@@ -383,7 +274,8 @@ def main() -> None:
         if deployment is not None:
             deployment.stop()
         ray.shutdown()
-        cluster.shutdown()
+        if cluster is not None:
+            cluster.shutdown()
         shutil.rmtree(token_dir, ignore_errors=True)
 
     print(
@@ -410,5 +302,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     main()

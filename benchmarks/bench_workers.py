@@ -16,69 +16,53 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
 import time
-from typing import Any
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
-import websockets
-
 from benchmarks.contenders import ProcessProbe
 from benchmarks.loadgen import LoadProcess
+from benchmarks.wire import RawPeer
 from rhizomorph import Config, Deployment, ensure_ray
 from rhizomorph.protocol import envelope, frames
 
 
-async def _v4_socket(url: str) -> tuple[Any, dict[str, Any]]:
-    ws = await websockets.connect(url, max_size=None, compression=None)
-    await ws.send(json.dumps({"client_id": None, "wire_protocol": 4}))
-    info = json.loads(await ws.recv())
-    assert info.get("wire_protocol") == 4, info
-    return ws, info
+async def _v4_peer(url: str) -> RawPeer:
+    peer = await RawPeer.connect(url, wire_protocol=4)
+    assert peer.v4, peer.info
+    return peer
 
 
 async def run_pairs(
     url: str, pairs: int, messages: int, size: int, per_frame: int, placement: str = "kernel"
 ) -> tuple[float, int]:
     """Burst ``messages`` events over each pair at once; returns (msgs/s, pairs across workers)."""
-    sockets = [await _v4_socket(url) for _ in range(2 * pairs)]
+    peers = [await _v4_peer(url) for _ in range(2 * pairs)]
     if placement == "local":  # partners on the same worker wherever the draw allows
-        sockets.sort(key=lambda s: str(s[1].get("rhizomorph_worker")))
-        senders, receivers = sockets[0::2], sockets[1::2]
+        peers.sort(key=lambda p: str(p.info.get("rhizomorph_worker")))
+        senders, receivers = peers[0::2], peers[1::2]
     elif placement == "cross":  # partners on different workers wherever the draw allows
-        sockets.sort(key=lambda s: str(s[1].get("rhizomorph_worker")))
-        senders, receivers = sockets[:pairs], sockets[pairs:]
+        peers.sort(key=lambda p: str(p.info.get("rhizomorph_worker")))
+        senders, receivers = peers[:pairs], peers[pairs:]
     else:
-        senders, receivers = sockets[0::2], sockets[1::2]
-    crossed = sum(s[1].get("rhizomorph_worker") != r[1].get("rhizomorph_worker") for s, r in zip(senders, receivers))
+        senders, receivers = peers[0::2], peers[1::2]
+    crossed = sum(
+        s.info.get("rhizomorph_worker") != r.info.get("rhizomorph_worker") for s, r in zip(senders, receivers)
+    )
     bursts = []
-    for _, info in receivers:
-        message = envelope.encode(
-            {"type": "bench", "to": f"{info['workspace']}/{info['client_id']}"}, {"data": b"x" * size}
-        )
+    for receiver in receivers:
+        message = envelope.encode({"type": "bench", "to": receiver.address}, {"data": b"x" * size})
         bursts.append([frames.encode_batch([message] * per_frame)] * (messages // per_frame))
-
-    async def receive(ws: Any, expected: int) -> None:
-        count = 0
-        while count < expected:
-            data = await ws.recv()
-            if isinstance(data, bytes):
-                count += len(frames.decode_batch(data)) if frames.is_v4(data) else 1
-
-    async def send(ws: Any, burst: list[bytes]) -> None:
-        for frame in burst:
-            await ws.send(frame)
 
     expected = (messages // per_frame) * per_frame
     started = time.perf_counter()
-    receiving = [asyncio.ensure_future(receive(ws, expected)) for ws, _ in receivers]
-    await asyncio.gather(*(send(ws, burst) for (ws, _), burst in zip(senders, bursts)))
+    receiving = [asyncio.ensure_future(receiver.receive_count(expected)) for receiver in receivers]
+    await asyncio.gather(*(sender.send_frames(burst) for sender, burst in zip(senders, bursts)))
     await asyncio.wait_for(asyncio.gather(*receiving), 180)
     rate = pairs * expected / (time.perf_counter() - started)
-    await asyncio.gather(*(ws.close() for ws, _ in sockets))
+    await asyncio.gather(*(peer.close() for peer in peers))
     return rate, crossed
 
 

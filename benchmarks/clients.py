@@ -13,6 +13,7 @@ import json
 import os
 import sys
 import time
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Sequence
 from subprocess import PIPE
@@ -169,6 +170,12 @@ async def close_all(clients: Sequence[Any], close: Callable[[Any], Awaitable[Non
 
 
 # -- raw v3 frames ---------------------------------------------------------------------------------
+async def _raw_peer(url: str, **auth: Any) -> RawPeer:
+    """A raw peer with a name of its own and its reader task running."""
+    peer = await RawPeer.connect(url, client_id=f"raw-{uuid.uuid4().hex[:12]}", **auth)
+    return peer.listen()
+
+
 async def _close_raw(peer: RawPeer) -> None:
     await peer.close()
 
@@ -181,7 +188,7 @@ class RawEchoRig(EchoRig):
     def __init__(self, provider: RawPeer, callers: list[RawPeer], extras: list[bytes]) -> None:
         self.provider, self.peers, self.extras = provider, callers, extras
         self.callers = len(callers)
-        provider.on_frame = self._echo_back
+        provider.listen(on_frame=self._echo_back)
 
     def _echo_back(self, header: dict[str, Any], frame: bytes, offset: int) -> None:
         session = header.get("session")
@@ -207,7 +214,7 @@ class RawEventRig(EventRig):
         self.receivers = len(receivers)
         self.target = "*" if broadcast else receivers[0].address
         for peer in receivers:
-            peer.on_frame = self._on_frame
+            peer.listen(on_frame=self._on_frame)
 
     def _on_frame(self, header: dict[str, Any], frame: bytes, offset: int) -> None:
         if header.get("type") == EVENT_TYPE:
@@ -229,12 +236,12 @@ class RawClients(ClientKind):
 
     async def echo_rig(self, url: str, payloads: list[Any], callers: int, apart: bool = False) -> EchoRig:
         extras = [pack({"args": [p]}) for p in payloads]
-        provider = await RawPeer.connect(url)
+        provider = await _raw_peer(url)
         try:
             if callers == 1 and apart:
-                peers = [await connect_apart(lambda: RawPeer.connect(url), _raw_worker, provider, _close_raw)]
+                peers = [await connect_apart(lambda: _raw_peer(url), _raw_worker, provider, _close_raw)]
             else:
-                peers = await connect_many(lambda: RawPeer.connect(url), callers, _close_raw)
+                peers = await connect_many(lambda: _raw_peer(url), callers, _close_raw)
         except BaseException:
             await provider.close()
             raise
@@ -244,10 +251,10 @@ class RawClients(ClientKind):
         self, url: str, payloads: list[Any], receivers: int, broadcast: bool, apart: bool = False
     ) -> EventRig:
         extras = [pack({"data": p}) for p in payloads]
-        publisher = await RawPeer.connect(url)
+        publisher = await _raw_peer(url)
         try:
             token = await publisher.call_manager("generate_token")
-            connect = lambda: RawPeer.connect(url, workspace=publisher.workspace, token=token)  # noqa: E731
+            connect = lambda: _raw_peer(url, workspace=publisher.workspace, token=token)  # noqa: E731
             if broadcast or not apart:
                 peers = await connect_many(connect, receivers, _close_raw)
             else:

@@ -104,11 +104,11 @@ class Rhizomorph(Contender):
 
     def server_pids(self) -> list[int]:
         pids = [info["pid"] for info in self.deployment.worker_info.values()]
-        registry = _actor_pid(self.deployment.registry)
+        registry = actor_pid(self.deployment.registry)
         return pids + ([registry] if registry else [])
 
 
-def _actor_pid(handle: Any) -> int | None:
+def actor_pid(handle: Any) -> int | None:
     """The pid of a Ray actor, from the GCS actor table (no dashboard needed)."""
     try:
         from ray._private.state import actors

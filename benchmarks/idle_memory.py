@@ -38,9 +38,11 @@ from typing import Any
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 try:
-    from benchmarks.soak import LeanClient, actor_pid, close_all, connect_many, raise_nofile
+    from benchmarks.contenders import actor_pid
+    from benchmarks.soak import LeanClient, close_all, connect_many, raise_nofile
 except ImportError:  # run as a script: benchmarks/ is sys.path[0]
-    from soak import LeanClient, actor_pid, close_all, connect_many, raise_nofile  # type: ignore[no-redef]
+    from contenders import actor_pid  # type: ignore[no-redef]
+    from soak import LeanClient, close_all, connect_many, raise_nofile  # type: ignore[no-redef]
 
 _ = LeanClient
 

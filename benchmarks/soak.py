@@ -54,6 +54,11 @@ from websockets.client import ClientProtocol
 from websockets.frames import Frame, Opcode
 from websockets.uri import parse_uri
 
+try:
+    from benchmarks.contenders import actor_pid
+except ImportError:  # run as a script: benchmarks/ is sys.path[0]
+    from contenders import actor_pid  # type: ignore[no-redef]
+
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 # -- the message tail: msgpack map {"pad": <bin>, "soak": <bin 16>}, the 16 bytes last -----------
@@ -410,15 +415,6 @@ async def _client_main(
 
 
 # -- the router side -------------------------------------------------------------------------------
-def actor_pid(handle: Any) -> int | None:
-    try:
-        from ray._private.state import actors
-
-        return int(actors(handle._actor_id.hex())["Pid"]) or None
-    except Exception:
-        return None
-
-
 class Probe:
     """RSS and CPU seconds of named processes."""
 

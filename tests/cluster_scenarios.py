@@ -14,61 +14,38 @@ test can check that none is left.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
-import secrets
 import shutil
 import signal
 import sys
-import tempfile
 import time
 import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-# Before Ray is imported: loopback only; a private Ray temp dir (a Cluster records its address
-# in <temp dir>/ray/ray_current_cluster, where any plain ``ray.init()`` on this machine would
-# find it and join); token auth with a token of our own (as a joining node or driver gets it:
-# RAY_AUTH_MODE=token plus RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN).
-os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-os.environ.pop("RAY_ADDRESS", None)
+from benchmarks.local_cluster import peer_traffic, private_environment, start_cluster
+
+# Before Ray is imported (see private_environment).
 os.environ.setdefault("HYPHA_LOGLEVEL", "ERROR")
-_PRIVATE_DIR = tempfile.mkdtemp(prefix="rzc-", dir="/tmp")  # short: Ray's socket paths live under it
-os.environ["RAY_TMPDIR"] = _PRIVATE_DIR
-_TOKEN_PATH = os.path.join(_PRIVATE_DIR, "auth_token")
-with open(_TOKEN_PATH, "w") as _handle:
-    _handle.write(secrets.token_hex(32))
-os.environ["RAY_AUTH_MODE"] = "token"
-os.environ["RAY_AUTH_TOKEN_PATH"] = _TOKEN_PATH
+_PRIVATE_DIR = private_environment("rzc-")
 
 import psutil  # noqa: E402
 import ray  # noqa: E402
 from hypha_rpc import connect_to_server as connect_v3  # noqa: E402
-from ray.cluster_utils import Cluster  # noqa: E402
 
 from rhizomorph import Config, Deployment  # noqa: E402
 from rhizomorph.client import connect_to_server as connect_v4  # noqa: E402
+from tests import helpers  # noqa: E402
+from tests.helpers import address  # noqa: E402
 
 NODES = 3
 MARKER = "CLUSTER_RESULTS "
 
 
-async def eventually(check: Callable[[], Any], timeout: float = 15.0, interval: float = 0.1) -> float:
-    """Wait until ``check()`` (sync or async) is truthy; returns the seconds it took."""
-    started = time.monotonic()
-    while True:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return time.monotonic() - started
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"condition not met within {timeout} s")
-        await asyncio.sleep(interval)
-
-
-def address(server: Any) -> str:
-    return f"{server.config.workspace}/{server.config.client_id}"
+# The scenarios' defaults: a longer wait, polled less often, on a 3-node cluster on 2 cores.
+eventually = functools.partial(helpers.eventually, timeout=15.0, interval=0.1)
 
 
 async def emit(server: Any, message: dict[str, Any]) -> None:
@@ -132,7 +109,7 @@ class Run:
     """The cluster, the router on it, the clients of the scenarios and what they saw."""
 
     def __init__(self) -> None:
-        self.cluster: Cluster | None = None
+        self.cluster: Any = None  # ray.cluster_utils.Cluster
         self.nodes: list[Any] = []  # ray._private.node.Node, head first
         self.deployment: Deployment | None = None
         self.clients: list[Any] = []
@@ -141,18 +118,7 @@ class Run:
     # -- setup ---------------------------------------------------------------------------------
     def start(self) -> None:
         started = time.monotonic()
-        node_args = {
-            "num_cpus": 1,
-            "node_ip_address": "127.0.0.1",
-            "include_dashboard": False,
-            "object_store_memory": 80 * 1024 * 1024,
-        }
-        self.cluster = Cluster(initialize_head=True, head_node_args=dict(node_args))
-        self.nodes = [self.cluster.head_node]
-        for _ in range(NODES - 1):
-            self.nodes.append(self.cluster.add_node(**node_args))
-        self.cluster.wait_for_nodes()
-        ray.init(address=self.cluster.address, include_dashboard=False, logging_level="WARNING")
+        self.cluster, self.nodes = start_cluster(NODES)
         self.results["cluster_start_s"] = round(time.monotonic() - started, 2)
         config = Config(port=0, workers=1, distinct_node_ports=True, health_check_interval=0.5, log_level="WARNING")
         self.deployment = Deployment(config).start()
@@ -186,12 +152,6 @@ class Run:
         except BaseException:
             seen["error"] = traceback.format_exc()
         seen["duration_s"] = round(time.monotonic() - started, 2)
-
-    def peer_calls(self) -> tuple[int, int]:
-        """Ray calls and frames between workers so far, summed over every worker."""
-        assert self.deployment is not None
-        stats = self.deployment.stats()
-        return (sum(sum(s["peer_calls"].values()) for s in stats), sum(sum(s["peer_frames"].values()) for s in stats))
 
     # -- scenarios -----------------------------------------------------------------------------
     async def placement(self, seen: dict[str, Any]) -> None:
@@ -308,12 +268,12 @@ class Run:
         seen["peer_workers"] = len(self.deployment.workers) - 1
 
         await asyncio.sleep(0.5)  # let subscription traffic settle
-        calls0, frames0 = self.peer_calls()
+        calls0, frames0 = peer_traffic(self.deployment)
         paced = 10
         for i in range(paced):
             await emit(owner, {"type": "tick", "to": "*", "data": i})
             await eventually(lambda i=i: all(i in got for _, got in subscribers), timeout=10, interval=0.02)
-        calls1, frames1 = self.peer_calls()
+        calls1, frames1 = peer_traffic(self.deployment)
         seen["paced"] = {"broadcasts": paced, "ray_calls": calls1 - calls0, "items": frames1 - frames0}
 
         burst = 200
@@ -321,7 +281,7 @@ class Run:
         total = paced + burst
         await eventually(lambda: all(len(got) >= total for _, got in subscribers), timeout=30)
         await asyncio.sleep(0.3)  # a duplicate would show up now
-        calls2, frames2 = self.peer_calls()
+        calls2, frames2 = peer_traffic(self.deployment)
         seen["burst"] = {"broadcasts": burst, "ray_calls": calls2 - calls1, "items": frames2 - frames1}
         seen["exactly_once_in_order"] = all(got == list(range(total)) for _, got in subscribers)
         seen["bystanders_received"] = sum(len(got) for got in bystanders)

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -21,6 +19,7 @@ settings.load_profile("rhizomorph")
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # embedded Ray on 127.0.0.1 only
 
+from benchmarks.wire import RawPeer  # noqa: E402
 from rhizomorph import Config, Deployment, ensure_ray  # noqa: E402
 
 
@@ -65,12 +64,15 @@ def router2_ray(ray_runtime):
 
 @pytest.fixture
 async def connect(router):
-    """Connect real hypha-rpc clients to ``router`` (or another URL); all are closed after the test."""
-    from hypha_rpc import connect_to_server
-
+    """Connect real hypha-rpc clients (``v4=True``: rhizomorph's v4 client) to ``router`` (or
+    another URL); all are closed after the test."""
     clients = []
 
-    async def _connect(url: str | None = None, **options: Any):
+    async def _connect(url: str | None = None, *, v4: bool = False, **options: Any):
+        if v4:
+            from rhizomorph.client import connect_to_server
+        else:
+            from hypha_rpc import connect_to_server
         server = await connect_to_server({"server_url": url or router.url, "method_timeout": 20, **options})
         clients.append(server)
         return server
@@ -83,31 +85,18 @@ async def connect(router):
             pass
 
 
-async def eventually(
-    check: Callable[[], Awaitable[bool] | bool], timeout: float = 10.0, interval: float = 0.05
-) -> None:
-    """Wait until ``check()`` is true; fail with a clear message after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        await asyncio.sleep(interval)
+@pytest.fixture
+async def raw(router):
+    """Connect raw protocol clients (``benchmarks.wire.RawPeer``) to ``router``, at ``path``, with
+    the auth fields given (``token``, ``workspace``, ``reconnection_token``, ``wire_protocol``);
+    all are closed after the test."""
+    clients: list[RawPeer] = []
 
+    async def _connect(path: str = "/", **auth: Any) -> RawPeer:
+        client = await RawPeer.connect(router.url + path, timeout=10, **auth)
+        clients.append(client)
+        return client
 
-async def on_two_workers(connect_one: Callable[[], Awaitable[Any]], attempts: int = 40) -> tuple[Any, Any]:
-    """Connect clients (``connect_one()``) until two sit on different gateway workers; returns
-    them ordered by worker id. The kernel spreads connections over the shared port, so 40 tries
-    fail to reach both workers with probability 2**-39."""
-    by_worker: dict[str, Any] = {}
-    for _ in range(attempts):
-        server = await connect_one()
-        by_worker.setdefault(server.config.rhizomorph_worker, server)
-        if len(by_worker) == 2:
-            first, second = sorted(by_worker)
-            return by_worker[first], by_worker[second]
-    raise AssertionError(f"{attempts} connections never reached two workers")
+    yield _connect
+    for client in clients:
+        await client.close()

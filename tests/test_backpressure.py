@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import json
 
 import psutil
 import pytest
 import websockets
 
+from benchmarks.wire import RawPeer
 from rhizomorph import Config, Deployment
 from rhizomorph.protocol.envelope import encode
-from tests.test_wire import RawClient
 
 QUEUE_BOUND = 4 * 1024 * 1024
 FRAME = 64 * 1024
@@ -27,10 +26,8 @@ def tight_router(ray_runtime):
 
 async def sleeping_client(url: str) -> tuple[websockets.ClientConnection, str]:
     """A client that stops reading after the handshake (websockets then stops reading the socket)."""
-    ws = await websockets.connect(url, max_queue=1, max_size=None)
-    await ws.send(json.dumps({"client_id": None}))
-    info = json.loads(await ws.recv())
-    return ws, f"{info['workspace']}/{info['client_id']}"
+    sleeper = await RawPeer.connect(url, max_queue=1)
+    return sleeper.ws, sleeper.address
 
 
 def rss(deployment: Deployment) -> int:
@@ -42,7 +39,7 @@ async def test_slow_consumer_is_evicted_senders_are_told_and_memory_stays_flat(t
 
     url = tight_router.url
     sleeper_ws, target = await sleeping_client(url)
-    sender = await RawClient.connect(url)
+    sender = await RawPeer.connect(url)
     bystander = await connect_to_server({"server_url": url})
     await bystander.register_service({"id": "echo", "config": {"visibility": "public"}, "echo": lambda x: x})
     bystander_echo = await bystander.get_service(f"{bystander.config.workspace}/{bystander.config.client_id}:echo")
@@ -86,7 +83,7 @@ async def test_stalled_write_is_evicted_by_the_write_deadline(tight_router):
     the write deadline (3 s here) evicts it."""
     url = tight_router.url
     sleeper_ws, target = await sleeping_client(url)
-    sender = await RawClient.connect(url)
+    sender = await RawPeer.connect(url)
     evicted_before = tight_router.stats()[0]["evicted"]
     # Enough to fill the socket buffers (so a write blocks) but stay under the queue bound.
     for _ in range(40):

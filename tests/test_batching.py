@@ -6,15 +6,9 @@ import asyncio
 import time
 
 import pytest
-from hypha_rpc import connect_to_server as connect_v3
 
-from rhizomorph.client import connect_to_server as connect_v4
 from rhizomorph.client import wire_protocol
-from tests.conftest import eventually, on_two_workers
-
-
-def address(server) -> str:
-    return f"{server.config.workspace}/{server.config.client_id}"
+from tests.helpers import address, eventually, on_two_workers
 
 
 def target_metrics(deployment, target: str) -> dict:
@@ -31,21 +25,10 @@ async def emit_all(server, target: str, count: int, event_type: str = "seq") -> 
 
 
 @pytest.fixture
-async def clients():
-    opened = []
-
-    async def _open(url: str, v4: bool):
-        connect = connect_v4 if v4 else connect_v3
-        server = await connect({"server_url": url, "method_timeout": 30})
-        opened.append(server)
-        return server
-
-    yield _open
-    for server in opened:
-        try:
-            await asyncio.wait_for(server.disconnect(), 5)
-        except Exception:
-            pass
+def clients(connect):
+    """``clients(url, v4)``: a hypha-rpc (v3) or rhizomorph (v4) client with a 30 s method
+    timeout, closed after the test."""
+    return lambda url, v4: connect(url, v4=v4, method_timeout=30)
 
 
 async def test_v4_is_negotiated_and_v3_stays_v3(router, clients):

@@ -23,7 +23,7 @@ import pytest
 
 from rhizomorph import Config, Deployment
 from rhizomorph.launcher import workers_for_node
-from tests.conftest import eventually
+from tests.helpers import eventually
 
 ROOT = Path(__file__).resolve().parent.parent
 MARKER = "CLUSTER_RESULTS "  # as printed by tests/cluster_scenarios.py (not imported: it sets up Ray auth)

@@ -6,7 +6,7 @@ import asyncio
 
 from rhizomorph.actors.chunking import relay_name
 from rhizomorph.client import connect_to_server as connect_v4
-from tests.conftest import eventually, on_two_workers
+from tests.helpers import eventually, on_two_workers
 
 
 async def test_chunking_actor_crash_fails_the_stream_and_the_next_one_works(router2_ray):

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tests.conftest import eventually, on_two_workers
+from tests.helpers import eventually, on_two_workers
 
 
 def echo_service(service_id: str = "echo", visibility: str = "public") -> dict:

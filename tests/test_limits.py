@@ -8,7 +8,6 @@ Close codes and defaults are documented in docs/protocol.md and docs/security.md
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import time
 from typing import Any
@@ -16,64 +15,26 @@ from typing import Any
 import pytest
 import websockets
 
+from benchmarks.wire import RawPeer
 from rhizomorph import Config, Deployment
-from rhizomorph.protocol.envelope import encode
-from tests.conftest import eventually
-from tests.test_wire import RawClient
-
-_sessions = itertools.count()
-
+from rhizomorph.protocol.envelope import decode, encode
+from tests.helpers import eventually
 
 # -- helpers --------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-async def raw(router):
-    """Raw protocol clients on ``router`` (or another URL); all closed after the test."""
-    clients: list[RawClient] = []
-
-    async def _connect(url: str | None = None, **auth: Any) -> RawClient:
-        client = await RawClient.connect(url or router.url, **auth)
-        clients.append(client)
-        return client
-
-    yield _connect
-    for client in clients:
-        await client.ws.close()
-
-
-async def call_manager(client: RawClient, method: str, *args: Any) -> dict:
+async def call_manager(client: RawPeer, method: str, *args: Any) -> dict:
     """Call the manager from a raw client; returns the ``<session>.resolve|reject`` message."""
-    session = f"limits{next(_sessions)}"
-    await client.ws.send(
-        encode(
-            {
-                "type": "method",
-                "to": f"*/{client.info['manager_id']}",
-                "method": f"services.default.{method}",
-                "session": session,
-            },
-            {"args": list(args), "promise": "*"},
-        )
-    )
-    while True:
-        message = await client.next_binary(timeout=10)
-        if message.get("method") in (f"{session}.resolve", f"{session}.reject"):
-            return message
+    _, reply, _ = await client.manager_reply(method, *args, timeout=10)
+    return decode(reply)
 
 
-async def manager_result(client: RawClient, method: str, *args: Any) -> Any:
-    reply = await call_manager(client, method, *args)
-    assert reply["method"].endswith(".resolve"), reply
-    return reply["args"][0]
+async def token_for(client: RawPeer, permission: str) -> str:
+    return await client.call_manager("generate_token", {"permission": permission})
 
 
-async def token_for(client: RawClient, permission: str) -> str:
-    return await manager_result(client, "generate_token", {"permission": permission})
-
-
-async def subscribe(client: RawClient, event_type: str) -> None:
-    assert await manager_result(client, "subscribe", event_type) is True
+async def subscribe(client: RawPeer, event_type: str) -> None:
+    assert await client.call_manager("subscribe", event_type) is True
 
 
 async def expect_refusal(ws, *, code: int, error: str | None) -> str:
@@ -118,7 +79,7 @@ async def test_read_only_client_cannot_register_a_service(raw):
     accepted = await call_manager(writer, "register_service", service)
     assert accepted["method"].endswith(".resolve")
 
-    listed = {s["id"] for s in await manager_result(alice, "list_services")}
+    listed = {s["id"] for s in await alice.call_manager("list_services")}
     assert f"{alice.info['workspace']}/{writer.info['client_id']}:notes" in listed
     assert not any(s.startswith(f"{alice.info['workspace']}/{reader.info['client_id']}:") for s in listed)
 
@@ -126,8 +87,8 @@ async def test_read_only_client_cannot_register_a_service(raw):
 async def test_read_only_client_can_still_call_the_manager(raw):
     alice = await raw()
     reader = await raw(token=await token_for(alice, "r"), workspace=alice.info["workspace"])
-    assert await manager_result(reader, "echo", "hi") == "hi"
-    assert {"id": reader.address} in await manager_result(reader, "list_clients")
+    assert await reader.call_manager("echo", "hi") == "hi"
+    assert {"id": reader.address} in await reader.call_manager("list_clients")
 
 
 async def test_read_only_client_cannot_broadcast(raw):
@@ -171,7 +132,7 @@ async def test_generate_token_refuses_malformed_requests(raw):
         refused = await call_manager(alice, "generate_token", config)
         assert refused["method"].endswith(".reject"), config
         assert message in refused["args"][0]["_rvalue"], (config, refused["args"][0]["_rvalue"])
-    assert await manager_result(alice, "generate_token", {"expires_in": "60", "permission": "read"})
+    assert await alice.call_manager("generate_token", {"expires_in": "60", "permission": "read"})
 
 
 # -- isolation between workspaces -------------------------------------------------------------------
@@ -272,7 +233,7 @@ async def test_handshake_timeout_closes_1008_with_an_error(strict):
 
 
 async def test_frame_over_max_message_size_closes_1009(strict):
-    client = await RawClient.connect(strict.url)
+    client = await RawPeer.connect(strict.url)
     try:
         limit = STRICT["max_message_size"]
         ok = encode(
@@ -286,12 +247,12 @@ async def test_frame_over_max_message_size_closes_1009(strict):
     finally:
         await client.ws.close()
     # The worker is fine and serves the next client.
-    again = await RawClient.connect(strict.url)
+    again = await RawPeer.connect(strict.url)
     await again.ws.close()
 
 
 async def test_message_rate_over_the_bucket_closes_1008_with_an_error(strict):
-    client = await RawClient.connect(strict.url)
+    client = await RawPeer.connect(strict.url)
     try:
         ping = json.dumps({"type": "ping"})
         for _ in range(60):  # under the burst (100): all answered
@@ -319,7 +280,7 @@ async def test_message_rate_over_the_bucket_closes_1008_with_an_error(strict):
 
 
 async def test_a_client_under_the_rate_is_never_cut(strict):
-    client = await RawClient.connect(strict.url)
+    client = await RawPeer.connect(strict.url)
     try:
         for _ in range(40):  # 40 frames at ~100/s: the bucket refills at 50/s from 100
             await client.ws.send(json.dumps({"type": "ping"}))
@@ -330,7 +291,7 @@ async def test_a_client_under_the_rate_is_never_cut(strict):
 
 
 async def test_services_per_client_limit(strict):
-    client = await RawClient.connect(strict.url)
+    client = await RawPeer.connect(strict.url)
     try:
         replies = [
             await call_manager(client, "register_service", {"id": f"svc{i}", "type": "functions"}) for i in range(4)
@@ -372,8 +333,8 @@ def tiny(ray_runtime):
 
 
 async def test_max_connections_per_worker_refuses_with_1013(tiny):
-    first = await RawClient.connect(tiny.url)
-    second = await RawClient.connect(tiny.url)
+    first = await RawPeer.connect(tiny.url)
+    second = await RawPeer.connect(tiny.url)
     try:
         async with websockets.connect(tiny.url) as ws:
             await ws.send(json.dumps({}))
@@ -386,7 +347,7 @@ async def test_max_connections_per_worker_refuses_with_1013(tiny):
             await connect_to_server({"server_url": tiny.url, "method_timeout": 10})
 
         # A client replacing its own live socket is not a new connection: allowed when full.
-        replacement = await RawClient.connect(tiny.url, reconnection_token=second.info["reconnection_token"])
+        replacement = await RawPeer.connect(tiny.url, reconnection_token=second.info["reconnection_token"])
         await expect_refusal(second.ws, code=4000, error=None)
         second = replacement
 
@@ -395,13 +356,13 @@ async def test_max_connections_per_worker_refuses_with_1013(tiny):
         token = first.info["reconnection_token"]
         await first.ws.close()
         await _wait_connections(tiny, 1)
-        newcomer = await RawClient.connect(tiny.url)
+        newcomer = await RawPeer.connect(tiny.url)
         async with websockets.connect(tiny.url) as ws:
             await ws.send(json.dumps({"reconnection_token": token}))
             await expect_refusal(ws, code=1013, error=None)
         await newcomer.ws.close()
         await _wait_connections(tiny, 1)
-        back = await RawClient.connect(tiny.url, reconnection_token=token)  # room again: welcome back
+        back = await RawPeer.connect(tiny.url, reconnection_token=token)  # room again: welcome back
         assert back.address == first.address
         await back.ws.close()
     finally:
@@ -428,7 +389,7 @@ def sleepy(ray_runtime):
 
 
 async def test_idle_connection_is_closed_1001_with_an_error(sleepy):
-    client = await RawClient.connect(sleepy.url)
+    client = await RawPeer.connect(sleepy.url)
     started = time.monotonic()
     reason = await expect_refusal(client.ws, code=1001, error="idle timeout (1 s without a message)")
     assert "idle timeout" in reason
@@ -437,7 +398,7 @@ async def test_idle_connection_is_closed_1001_with_an_error(sleepy):
 
 
 async def test_any_data_frame_keeps_a_connection_alive(sleepy):
-    client = await RawClient.connect(sleepy.url)
+    client = await RawPeer.connect(sleepy.url)
     try:
         for _ in range(8):  # 2.4 s of text pings every 0.3 s: more than twice the timeout
             await asyncio.sleep(0.3)

@@ -4,23 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-from hypothesis import given
-from hypothesis import strategies as st
-
 from rhizomorph import Config, Deployment
 from rhizomorph.actors import channel
-
-
-@given(
-    st.lists(
-        st.tuples(st.text(max_size=30), st.one_of(st.none(), st.text(max_size=10)), st.binary(max_size=500)),
-        max_size=20,
-    )
-)
-def test_channel_batches_round_trip(items):
-    data = channel.encode_batch(items)
-    assert int.from_bytes(data[:4], "big") == len(data) - 4
-    assert channel.decode_batch(data[4:]) == items
+from tests.helpers import on_two_workers
 
 
 async def test_channel_delivers_batches_in_order_over_a_unix_socket():
@@ -54,14 +40,13 @@ async def test_ray_channel_still_routes_across_workers(ray_runtime):
     clients = []
     try:
         assert [k for s in deployment.stats() for k in s["peer_channels"].values()] == ["ray", "ray"]
-        by_worker = {}
-        for _ in range(40):
+
+        async def connect_one():
             server = await connect_to_server({"server_url": deployment.url})
             clients.append(server)
-            by_worker.setdefault(server.config.rhizomorph_worker, server)
-            if len(by_worker) == 2:
-                break
-        a, b = by_worker.values()
+            return server
+
+        a, b = await on_two_workers(connect_one)
         await a.register_service({"id": "echo", "config": {"visibility": "public"}, "echo": lambda x: x})
         echo = await b.get_service(f"{a.config.workspace}/{a.config.client_id}:echo")
         assert await asyncio.gather(*(echo.echo(i) for i in range(20))) == list(range(20))

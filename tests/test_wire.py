@@ -1,4 +1,5 @@
-"""Wire-level behaviour of the gateway, checked with raw WebSocket clients."""
+"""Wire-level behaviour of the gateway, checked with raw WebSocket clients (``benchmarks.wire.RawPeer``,
+through the ``raw`` fixture of conftest.py)."""
 
 from __future__ import annotations
 
@@ -9,52 +10,7 @@ import msgpack
 import pytest
 import websockets
 
-from rhizomorph.protocol.envelope import decode, encode
-
-
-class RawClient:
-    """A bare WebSocket peer that speaks just enough of the protocol to poke the gateway."""
-
-    def __init__(self, ws, info):
-        self.ws = ws
-        self.info = info
-        self.address = f"{info['workspace']}/{info['client_id']}"
-
-    @classmethod
-    async def connect(cls, url: str, path: str = "/", **auth):
-        ws = await websockets.connect(url + path, max_size=None)
-        await ws.send(
-            json.dumps({"client_id": None, "workspace": None, "token": None, "reconnection_token": None, **auth})
-        )
-        info = json.loads(await asyncio.wait_for(ws.recv(), 10))
-        assert info["type"] == "connection_info", info
-        return cls(ws, info)
-
-    async def next_binary(self, timeout: float = 5.0) -> dict:
-        while True:
-            frame = await asyncio.wait_for(self.ws.recv(), timeout)
-            if isinstance(frame, bytes):
-                return decode(frame)
-
-    async def next_text(self, timeout: float = 5.0) -> dict:
-        while True:
-            frame = await asyncio.wait_for(self.ws.recv(), timeout)
-            if isinstance(frame, str):
-                return json.loads(frame)
-
-
-@pytest.fixture
-async def raw(router):
-    clients = []
-
-    async def _connect(path: str = "/", url: str | None = None, **auth):
-        client = await RawClient.connect(url or router.url, path, **auth)
-        clients.append(client)
-        return client
-
-    yield _connect
-    for client in clients:
-        await client.ws.close()
+from rhizomorph.protocol.envelope import encode
 
 
 async def test_upgrade_on_slash_ws_and_query_parameters_ignored(raw):
@@ -133,20 +89,9 @@ async def test_too_many_fragments_close_the_connection_with_1009(raw):
 
 async def test_bare_target_is_resolved_in_the_senders_workspace(raw, router):
     alice = await raw()
-    token_reply = None
     # A second client in alice's workspace needs a token from the manager; use a raw call.
-    call = {
-        "type": "method",
-        "to": f"*/{alice.info['manager_id']}",
-        "method": "services.default.generate_token",
-        "session": "tok",
-    }
-    await alice.ws.send(encode(call, {"args": [], "promise": "*"}))
-    while token_reply is None:
-        message = await alice.next_binary()
-        if message["method"] == "tok.resolve":
-            token_reply = message["args"][0]
-    bob = await raw(token=token_reply, workspace=alice.info["workspace"])
+    token = await alice.call_manager("generate_token")
+    bob = await raw(token=token, workspace=alice.info["workspace"])
     await alice.ws.send(encode({"type": "method", "to": bob.info["client_id"], "method": "hello"}))
     got = await bob.next_binary()
     assert got["to"] == bob.address and got["from"] == alice.address
@@ -238,14 +183,7 @@ async def test_reconnection_token_restores_identity_and_supersedes_old_socket(ra
 
 async def test_duplicate_live_client_id_is_refused(raw, router):
     alice = await raw()
-    call = {
-        "type": "method",
-        "to": f"*/{alice.info['manager_id']}",
-        "method": "services.default.generate_token",
-        "session": "tok",
-    }
-    await alice.ws.send(encode(call, {"args": [], "promise": "*"}))
-    token = (await alice.next_binary())["args"][0]
+    token = await alice.call_manager("generate_token")
     async with websockets.connect(router.url) as ws:
         await ws.send(
             json.dumps({"client_id": alice.info["client_id"], "workspace": alice.info["workspace"], "token": token})

@@ -6,10 +6,22 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rhizomorph.actors.channel import MAX_BATCH_BYTES, _BatchReader, encode_batch
+from rhizomorph.actors.channel import MAX_BATCH_BYTES, _BatchReader, decode_batch, encode_batch
 
 ITEMS = st.tuples(st.text(max_size=20), st.none() | st.text(max_size=8), st.binary(max_size=300))
 BATCHES = st.lists(st.lists(ITEMS, min_size=1, max_size=5), min_size=1, max_size=6)
+
+
+@given(
+    st.lists(
+        st.tuples(st.text(max_size=30), st.one_of(st.none(), st.text(max_size=10)), st.binary(max_size=500)),
+        max_size=20,
+    )
+)
+def test_channel_batches_round_trip(items):
+    data = encode_batch(items)
+    assert int.from_bytes(data[:4], "big") == len(data) - 4
+    assert decode_batch(data[4:]) == items
 
 
 class _Transport:
