@@ -14,7 +14,6 @@ import ast
 from dataclasses import dataclass
 from pathlib import Path
 
-
 REPO = Path(__file__).resolve().parents[2]
 PACKAGE = REPO / "rhizomorph"
 UNIT = REPO / "tests" / "unit"
