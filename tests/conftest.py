@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -100,3 +101,12 @@ async def raw(router):
     yield _connect
     for client in clients:
         await client.close()
+
+
+REPO_UNIT = Path(__file__).resolve().parent / "unit"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Pure unit tests first: they fail fast, and they run before the session's Ray runtime
+    starts its threads and processes (the README's order)."""
+    items.sort(key=lambda item: REPO_UNIT not in item.path.parents)
