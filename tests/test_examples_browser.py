@@ -1,8 +1,9 @@
 """The example pages in a real browser, and the gateway's static file serving.
 
 Headless Debian Chromium, driven by selenium through Debian's chromedriver, opens the pages the
-router serves; the page talks to the router with the released hypha-rpc JavaScript client from
-npm. Missing pieces are installed (apt as root, npm); a test is skipped only when they cannot be.
+router serves; the page talks to the router with rhizomorph-client (clients/js: the released
+hypha-rpc JavaScript client from npm on API v4; ``?wire=3`` keeps it on v3). Missing pieces are
+installed or built (apt as root, npm, tests/js_build.py); a test is skipped only when they cannot be.
 
 ``RHIZOMORPH_SAVE_SCREENSHOTS=1`` also writes ``examples/<name>/screenshot.png`` (for the READMEs).
 """
@@ -24,10 +25,8 @@ import pytest
 
 from rhizomorph.gateway import http as gateway_http
 from tests.conftest import eventually
+from tests.js_build import EXAMPLES, REPO, ensure_browser_build, run
 
-REPO = Path(__file__).resolve().parent.parent
-EXAMPLES = REPO / "examples"
-CLIENT_JS = EXAMPLES / "node_modules" / "hypha-rpc" / "dist" / "hypha-rpc-websocket.min.js"
 CHROMIUM_FLAGS = [
     "--headless",
     "--no-sandbox",
@@ -58,6 +57,13 @@ def site(tmp_path: Path) -> Path:
     dist = root / "node_modules" / "hypha-rpc" / "dist"
     dist.mkdir(parents=True)
     (dist / "hypha-rpc-websocket.min.js").write_text("var hyphaWebsocketClient;")
+    (dist.parent / "package.json").write_text('{"secret": 1}')
+    # npm links rhizomorph-client (file:../clients/js): a symlink to a folder outside the root.
+    linked = tmp_path / "clients-js"
+    (linked / "dist").mkdir(parents=True)
+    (linked / "dist" / "rhizomorph-client.mjs").write_text('import "./hypha-rpc-websocket.mjs";')
+    (linked / "package.json").write_text('{"secret": 2}')
+    (root / "node_modules" / "rhizomorph-client").symlink_to(linked)
     (tmp_path / "outside.html").write_text("outside")
     (root / "demo" / "link.html").symlink_to(tmp_path / "outside.html")
     return root
@@ -79,6 +85,9 @@ def test_static_serves_pages_console_and_js_client(site: Path) -> None:
     assert script.headers["Content-Type"].startswith("text/javascript")
     client = _get(site, "/lib/hypha-rpc-websocket.min.js")
     assert (client.status_code, client.body) == (200, b"var hyphaWebsocketClient;")
+    v4_client = _get(site, "/lib/rhizomorph-client.mjs")
+    assert (v4_client.status_code, v4_client.body) == (200, b'import "./hypha-rpc-websocket.mjs";')
+    assert v4_client.headers["Content-Type"].startswith("text/javascript")
     moved = _get(site, "/demo")
     assert (moved.status_code, moved.headers["Location"]) == (301, "/demo/")
     # "//demo" must not redirect to a host named demo.
@@ -101,6 +110,9 @@ def test_static_serves_pages_console_and_js_client(site: Path) -> None:
         "/demo/producer.py",
         "/lib/../../../console/index.html",
         "/lib/%2e%2e/%2e%2e/%2e%2e/console/index.html",
+        "/lib/../package.json",
+        "/lib/%2e%2e/package.json",
+        "/lib/package.json",
         "/missing.html",
         "/etc/passwd",
         "//etc/passwd",
@@ -164,30 +176,15 @@ async def test_fanout_example_delivers_everything(router) -> None:
 # -- the browser ----------------------------------------------------------------------------------
 
 
-def _run(command: list[str], cwd: Path | None = None, timeout: float = 600) -> tuple[bool, str]:
-    try:
-        done = subprocess.run(
-            command,
-            cwd=cwd,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return False, str(exc)
-    return done.returncode == 0, (done.stdout + done.stderr)[-2000:]
-
-
 def ensure_browser() -> tuple[str, str]:
     """Debian's chromium and chromedriver, installed with apt when missing (never a downloaded build)."""
     found = shutil.which("chromium"), shutil.which("chromedriver")
     if not all(found):
         if os.geteuid() != 0 or not shutil.which("apt-get"):
             pytest.skip("chromium/chromium-driver are missing and cannot be installed here (needs apt-get as root)")
-        ok, output = _run(["apt-get", "update", "-q"])
+        ok, output = run(["apt-get", "update", "-q"])
         if ok:
-            ok, output = _run(["apt-get", "install", "-y", "-q", "chromium", "chromium-driver"])
+            ok, output = run(["apt-get", "install", "-y", "-q", "chromium", "chromium-driver"])
         if not ok:
             pytest.skip(f"cannot install chromium/chromium-driver with apt-get: {output}")
         found = shutil.which("chromium"), shutil.which("chromedriver")
@@ -196,21 +193,10 @@ def ensure_browser() -> tuple[str, str]:
     return found[0], found[1]
 
 
-def ensure_client_js() -> Path:
-    """The released hypha-rpc browser client: ``npm install`` in examples/ (what ``make serve`` runs)."""
-    if not CLIENT_JS.is_file():
-        if not shutil.which("npm"):
-            pytest.skip("npm is missing: cannot install the hypha-rpc JavaScript client the pages load")
-        ok, output = _run(["npm", "install", "--no-audit", "--no-fund", "--no-package-lock"], cwd=EXAMPLES)
-        if not ok or not CLIENT_JS.is_file():
-            pytest.skip(f"npm install hypha-rpc failed: {output}")
-    return CLIENT_JS
-
-
 @pytest.fixture(scope="module")
 def browser():
     chromium, chromedriver = ensure_browser()
-    ensure_client_js()
+    ensure_browser_build()
     try:
         from selenium import webdriver
         from selenium.webdriver.chrome.service import Service
@@ -310,12 +296,16 @@ return { seq: Number(f('seq')), state: f('state'), temperature: f('temperature')
 """
 
 
-@pytest.mark.timeout(600)  # a first run may install chromium and the npm package
-async def test_live_monitor_page_shows_what_the_producer_sent(router, browser, producer, tmp_path) -> None:
+@pytest.mark.timeout(600)  # a first run may install chromium and build the npm package
+@pytest.mark.parametrize("wire", [4, 3])
+async def test_live_monitor_page_shows_what_the_producer_sent(router, browser, producer, tmp_path, wire) -> None:
     base = router.url.replace("ws://", "http://")
-    await asyncio.to_thread(browser.get, f"{base}/live-monitor/")
+    await asyncio.to_thread(browser.get, f"{base}/live-monitor/" + ("?wire=3" if wire == 3 else ""))
     await _wait_for(browser, "window.liveMonitor && liveMonitor.counts.series >= 3 && liveMonitor.counts.status >= 6")
     assert await asyncio.to_thread(browser.execute_script, "return liveMonitor.service") == producer["id"]
+    shown = await asyncio.to_thread(browser.execute_script, "return liveMonitor.wire")
+    assert shown["protocol"] == wire
+    assert await _text(browser, '[data-field="wire"]') == f"v{wire}"
 
     first = await asyncio.to_thread(browser.execute_script, LIVE_SNAPSHOT)
     await asyncio.sleep(1.5)
@@ -344,9 +334,21 @@ async def test_live_monitor_page_shows_what_the_producer_sent(router, browser, p
             shown = [float(cell) for cell in row["cells"][1:]]
             assert shown == pytest.approx([expected["min"], expected["max"], expected["mean"]], abs=6e-5)
 
-    if os.environ.get("RHIZOMORPH_SAVE_SCREENSHOTS"):
-        await asyncio.sleep(10)  # let the history chart fill for the README picture
-    await _screenshot(browser, tmp_path, "live-monitor")
+    # What the page counted: on v4 the router's batch frames carry more messages than there are
+    # frames; on v3 every message is a frame of its own. The table shows the same counts.
+    counted = await asyncio.to_thread(browser.execute_script, "return liveMonitor.wire")
+    assert counted["messagesIn"] >= 40
+    if wire == 4:
+        assert counted["framesIn"] < counted["messagesIn"], counted
+    else:
+        assert counted["framesIn"] == counted["messagesIn"], counted
+    frames_in, messages_in = (int(n) for n in (await _text(browser, '[data-field="frames_in"]')).split(" / "))
+    assert frames_in <= messages_in and (frames_in < messages_in) == (wire == 4)
+
+    if wire == 4:
+        if os.environ.get("RHIZOMORPH_SAVE_SCREENSHOTS"):
+            await asyncio.sleep(10)  # let the history chart fill for the README picture
+        await _screenshot(browser, tmp_path, "live-monitor")
 
 
 async def _text(browser, selector: str) -> str | None:
@@ -361,6 +363,9 @@ async def test_console_page_shows_the_router_live(router, browser, connect, tmp_
     await asyncio.to_thread(browser.get, f"{base}/")
     await _wait_for(browser, "window.routerConsole && routerConsole.polls >= 2")
     source = await asyncio.to_thread(browser.execute_script, "return routerConsole.source")
+    wire = await asyncio.to_thread(browser.execute_script, "return routerConsole.wire")
+    assert wire["protocol"] == 4 and wire["messagesIn"] >= 4, wire  # the page's own client, on v4
+    assert await _text(browser, '[data-field="wire"]') == "v4"
 
     # A public service registered now appears in the console, and goes when unregistered.
     provider = await connect()
