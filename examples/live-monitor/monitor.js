@@ -14,7 +14,9 @@ const monitor = (window.liveMonitor = {
   counts: { status: 0, series: 0, meta: 0 },
   lastArrival: 0,
   requestedWire, wire: null, // frames and messages each way (wireSummary), refreshed on render
+  latencies: [], // ms from the producer's send to arrival, of the last LATENCIES status updates
 });
+const LATENCIES = 1000;
 let server = null;
 const history = { temperature: [], load: [] };
 const arrivals = []; // [time ms, bytes] of recent messages, for the rate figures
@@ -39,6 +41,8 @@ function arrived(bytes) {
 function onStatus(status) {
   monitor.status = status;
   monitor.counts.status += 1;
+  monitor.latencies.push(Date.now() - status.time * 1000);
+  if (monitor.latencies.length > LATENCIES) monitor.latencies.shift();
   history.temperature.push(status.temperature);
   history.load.push(status.load);
   for (const values of Object.values(history)) if (values.length > HISTORY) values.shift();

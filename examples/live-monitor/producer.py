@@ -77,8 +77,9 @@ def series_for(seq: int) -> dict[str, Any]:
 
 
 class Producer:
-    def __init__(self, rate: float) -> None:
+    def __init__(self, rate: float, max_in_flight: int = MAX_IN_FLIGHT) -> None:
         self.rate = rate
+        self.max_in_flight = max_in_flight
         self.started = time.time()
         self.subscribers: dict[int, dict[str, Any]] = {}
         self.in_flight: dict[int, int] = {}
@@ -134,7 +135,7 @@ class Producer:
     # -- the stream ----------------------------------------------------------------------------
     def _send(self, subscriber: int, callback: str, payload: Any) -> None:
         """Fire a callback without waiting for it: one slow page must not slow the others."""
-        if self.in_flight.get(subscriber, MAX_IN_FLIGHT) >= MAX_IN_FLIGHT:
+        if self.in_flight.get(subscriber, self.max_in_flight) >= self.max_in_flight:
             self.dropped += 1
             return
         self.in_flight[subscriber] += 1
@@ -188,10 +189,13 @@ async def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--server-url", default="ws://127.0.0.1:9527")
     parser.add_argument("--rate", type=float, default=20.0, help="status updates per second")
     parser.add_argument("--ticks", type=int, default=None, help="stop after this many (default: run forever)")
+    parser.add_argument(
+        "--max-in-flight", type=int, default=MAX_IN_FLIGHT, help="unanswered calls per page before dropping"
+    )
     args = parser.parse_args(argv)
 
     server = await connect_to_server({"server_url": args.server_url})
-    producer = Producer(args.rate)
+    producer = Producer(args.rate, args.max_in_flight)
     info = await server.register_service(producer.service())
     page = args.server_url.replace("ws://", "http://").replace("wss://", "https://").rstrip("/")
     print(f"registered {info['id']}", flush=True)
