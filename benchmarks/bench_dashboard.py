@@ -2,13 +2,13 @@
 
     python -m benchmarks.bench_dashboard [--rate 200] [--seconds 20] [--repeats 3] [--workers 1]
 
-The live monitor's producer (examples/live-monitor/producer.py, the released hypha-rpc Python
-client) runs at ``--rate`` ticks per second, 10x the example's 20 Hz by default: per tick a
-~100-byte status, every second tick a 16 KiB series, every 100th the metadata, each a call the
-page answers. One headless Debian Chromium tab (selenium, Debian's chromedriver) opens the page
-with rhizomorph-client on v4, then with ``?wire=3`` (the same client on v3, one message per
-frame), alternating for ``--repeats`` rounds. Over each ``--seconds`` window (after a warm-up)
-it reports:
+The live monitor's producer (examples/live-monitor/producer.py, on rhizomorph's Python v4 client;
+``--producer-wire 3``: the released one) runs at ``--rate`` ticks per second, 10x the example's
+20 Hz by default: per tick a ~100-byte status, every second tick a 16 KiB series, every 100th
+the metadata, each a call the page answers. One headless Debian Chromium tab (selenium,
+Debian's chromedriver) opens the page with rhizomorph-client on v4, then with ``?wire=3`` (the
+same client on v3, one message per frame), alternating for ``--repeats`` rounds. Over each
+``--seconds`` window (after a warm-up) it reports:
 
 - the producer's achieved ticks/s (it falls behind ``--rate`` on a busy machine), the
   messages/s the page handled (its callbacks) and the frames/s it received and sent;
@@ -220,6 +220,7 @@ async def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--repeats", type=int, default=3, help="rounds of (v4 page, v3 page)")
     parser.add_argument("--workers", type=int, default=1, help="gateway workers")
     parser.add_argument("--max-in-flight", type=int, default=64, help="the producer's unanswered calls per page")
+    parser.add_argument("--producer-wire", type=int, choices=(3, 4), default=4, help="the producer's client")
     parser.add_argument("--json", type=Path, help="also write every window's numbers here")
     args = parser.parse_args(argv)
     if not BUILD.is_file():
@@ -229,7 +230,7 @@ async def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     deployment = Deployment(Config(port=0, workers=args.workers)).start()
     producer = subprocess.Popen(
         [sys.executable, str(PRODUCER), "--server-url", deployment.url, "--rate", str(args.rate)]
-        + ["--max-in-flight", str(args.max_in_flight)],
+        + ["--max-in-flight", str(args.max_in_flight), "--wire", str(args.producer_wire)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.STDOUT,
     )
@@ -257,7 +258,10 @@ async def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                 results.append(result)
                 print(json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in result.items()}))
                 await asyncio.sleep(2)  # the producer forgets the page at its first failed call
-        print(f"\nlive monitor at {args.rate:g} Hz, {args.seconds:g} s windows, median (min–max) of {args.repeats}:\n")
+        print(
+            f"\nlive monitor at {args.rate:g} Hz (producer on v{args.producer_wire}), {args.seconds:g} s windows, "
+            f"median (min–max) of {args.repeats}:\n"
+        )
         print_table(results)
         if args.json:
             args.json.write_text(

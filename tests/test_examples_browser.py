@@ -234,6 +234,10 @@ async def producer(router, tmp_path_factory):
                 router.url,
                 "--rate",
                 "20",
+                # A v4 producer sends each tick's calls in one batch frame, so a v4 page gets them
+                # in one frame too (a v3 page: one each), however fast the machine is.
+                "--wire",
+                "4",
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
