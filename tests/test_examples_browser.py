@@ -422,3 +422,21 @@ async def _keep_busy(caller: Any, service_id: str, seconds: float) -> None:
     while time.monotonic() < deadline:
         await asyncio.gather(*(echo.echo(i) for i in range(int(20 + 15 * (time.monotonic() % 4)))))
         await asyncio.sleep(0.1)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+async def test_dashboard_benchmark_smoke(ray_runtime) -> None:
+    """benchmarks/bench_dashboard.py at a tiny scale: it runs, and its counts add up."""
+    ensure_browser()
+    ensure_browser_build()
+    from benchmarks import bench_dashboard
+
+    results = await bench_dashboard.main(["--rate", "40", "--seconds", "3", "--warmup", "1", "--repeats", "1"])
+    by_wire = {r["wire"]: r for r in results}
+    assert set(by_wire) == {3, 4}
+    for result in results:
+        assert result["messages_per_s"] > 0 and result["cpu_renderer_pct"] > 0 and result["cpu_router_pct"] > 0
+    v3, v4 = by_wire[3], by_wire[4]
+    assert v3["frames_in_per_s"] == pytest.approx(v3["messages_in_per_s"])
+    assert v4["frames_in_per_s"] < v4["messages_in_per_s"]

@@ -105,12 +105,12 @@ export class RhizomorphWebSocket {
       return;
     }
     const bytes = frames.asBytes(data);
-    this.stats.messagesOut += 1;
     if (this._outbox === null) {
       this._write(bytes);
     } else if (!this._outbox.put(bytes)) {
       throw new Error("Connection is closed");
     }
+    this.stats.messagesOut += 1;
   }
 
   /** Send one large message as a chunk stream (v4 only). A chunk is queued only once the
