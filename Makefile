@@ -5,7 +5,11 @@ STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 LINT_STAMP := $(VENV)/.installed-lint
 
-EXAMPLES_JS := examples/node_modules/hypha-rpc/package.json
+# Stamps: npm gives installed files a fixed 1985 mtime, useless to make.
+EXAMPLES_JS := examples/node_modules/.installed
+CLIENT_JS := clients/js
+CLIENT_JS_DEPS := $(CLIENT_JS)/node_modules/.installed
+CLIENT_JS_BUILD := $(CLIENT_JS)/dist/rhizomorph-client.mjs
 
 .PHONY: install examples serve lint test test-fast bench bench-full clean
 
@@ -17,12 +21,21 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# The example pages load the released hypha-rpc browser client from npm (served at /lib/).
+# The example pages load rhizomorph-client's browser build (clients/js, API v4 on the released
+# hypha-rpc from npm) and hypha-rpc itself, both served at /lib/ from examples/node_modules
+# (examples/package.json links ../clients/js). The build is esbuild's WebAssembly package, from npm.
+$(CLIENT_JS_DEPS): $(CLIENT_JS)/package.json
+	@if command -v npm >/dev/null; then cd $(CLIENT_JS) && npm install --no-audit --no-fund --no-package-lock && touch node_modules/.installed; \
+	else echo "npm not found: cannot build the rhizomorph-client JavaScript package (apt-get install npm)"; fi
+
+$(CLIENT_JS_BUILD): $(CLIENT_JS_DEPS) $(wildcard $(CLIENT_JS)/src/*.js) $(CLIENT_JS)/build.mjs
+	@if [ -f $(CLIENT_JS_DEPS) ]; then cd $(CLIENT_JS) && npm run --silent build; fi
+
 $(EXAMPLES_JS): examples/package.json
-	@if command -v npm >/dev/null; then cd examples && npm install --no-audit --no-fund --no-package-lock; \
+	@if command -v npm >/dev/null; then cd examples && npm install --no-audit --no-fund --no-package-lock && touch node_modules/.installed; \
 	else echo "npm not found: the example pages cannot load the hypha-rpc client (apt-get install npm)"; fi
 
-examples: $(EXAMPLES_JS)
+examples: $(EXAMPLES_JS) $(CLIENT_JS_BUILD)
 
 serve: $(STAMP) examples
 	@echo "router console on the router's port, by default http://127.0.0.1:9527/ (examples/README.md)"
@@ -39,10 +52,11 @@ lint: $(LINT_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-test: $(STAMP)
+# The JavaScript client and the pages are tested too (tests/test_js_client.py, test_examples_browser.py).
+test: $(STAMP) examples
 	$(BIN)/python -m pytest -q
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) examples
 	$(BIN)/python -m pytest -q -m 'not slow'
 
 $(BENCH_STAMP): $(STAMP) pyproject.toml

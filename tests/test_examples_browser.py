@@ -1,8 +1,9 @@
 """The example pages in a real browser, and the router's static file serving.
 
 Headless Debian Chromium, driven by selenium through Debian's chromedriver, opens the pages the
-router serves; the page talks to the router with the released hypha-rpc JavaScript client from
-npm. Missing pieces are installed (apt as root, npm); a test is skipped only when they cannot be.
+router serves; the page talks to the router with rhizomorph-client (clients/js: the released
+hypha-rpc JavaScript client from npm on API v4; ``?wire=3`` keeps it on v3). Missing pieces are
+installed or built (apt as root, npm, tests/js_build.py); a test is skipped only when they cannot be.
 
 ``RHIZOMORPH_SAVE_SCREENSHOTS=1`` also writes ``examples/<name>/screenshot.png`` (for the READMEs).
 """
@@ -23,10 +24,8 @@ from typing import Any
 import pytest
 
 from tests.helpers import eventually
+from tests.js_build import EXAMPLES, REPO, ensure_browser_build, run
 
-REPO = Path(__file__).resolve().parent.parent
-EXAMPLES = REPO / "examples"
-CLIENT_JS = EXAMPLES / "node_modules" / "hypha-rpc" / "dist" / "hypha-rpc-websocket.min.js"
 CHROMIUM_FLAGS = [
     "--headless",
     "--no-sandbox",
@@ -90,30 +89,15 @@ async def test_fanout_example_delivers_everything(router) -> None:
 # -- the browser ----------------------------------------------------------------------------------
 
 
-def _run(command: list[str], cwd: Path | None = None, timeout: float = 600) -> tuple[bool, str]:
-    try:
-        done = subprocess.run(
-            command,
-            cwd=cwd,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return False, str(exc)
-    return done.returncode == 0, (done.stdout + done.stderr)[-2000:]
-
-
 def ensure_browser() -> tuple[str, str]:
     """Debian's chromium and chromedriver, installed with apt when missing (never a downloaded build)."""
     found = shutil.which("chromium"), shutil.which("chromedriver")
     if not all(found):
         if os.geteuid() != 0 or not shutil.which("apt-get"):
             pytest.skip("chromium/chromium-driver are missing and cannot be installed here (needs apt-get as root)")
-        ok, output = _run(["apt-get", "update", "-q"])
+        ok, output = run(["apt-get", "update", "-q"])
         if ok:
-            ok, output = _run(["apt-get", "install", "-y", "-q", "chromium", "chromium-driver"])
+            ok, output = run(["apt-get", "install", "-y", "-q", "chromium", "chromium-driver"])
         if not ok:
             pytest.skip(f"cannot install chromium/chromium-driver with apt-get: {output}")
         found = shutil.which("chromium"), shutil.which("chromedriver")
@@ -122,21 +106,10 @@ def ensure_browser() -> tuple[str, str]:
     return found[0], found[1]
 
 
-def ensure_client_js() -> Path:
-    """The released hypha-rpc browser client: ``npm install`` in examples/ (what ``make serve`` runs)."""
-    if not CLIENT_JS.is_file():
-        if not shutil.which("npm"):
-            pytest.skip("npm is missing: cannot install the hypha-rpc JavaScript client the pages load")
-        ok, output = _run(["npm", "install", "--no-audit", "--no-fund", "--no-package-lock"], cwd=EXAMPLES)
-        if not ok or not CLIENT_JS.is_file():
-            pytest.skip(f"npm install hypha-rpc failed: {output}")
-    return CLIENT_JS
-
-
 @pytest.fixture(scope="module")
 def browser():
     chromium, chromedriver = ensure_browser()
-    ensure_client_js()
+    ensure_browser_build()
     try:
         from selenium import webdriver
         from selenium.webdriver.chrome.service import Service
@@ -174,6 +147,10 @@ async def producer(router, tmp_path_factory):
                 router.url,
                 "--rate",
                 "20",
+                # A v4 producer sends each tick's calls in one batch frame, so a v4 page gets them
+                # in one frame too (a v3 page: one each), however fast the machine is.
+                "--wire",
+                "4",
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -236,12 +213,16 @@ return { seq: Number(f('seq')), state: f('state'), temperature: f('temperature')
 """
 
 
-@pytest.mark.timeout(600)  # a first run may install chromium and the npm package
-async def test_live_monitor_page_shows_what_the_producer_sent(router, browser, producer, tmp_path) -> None:
+@pytest.mark.timeout(600)  # a first run may install chromium and build the npm package
+@pytest.mark.parametrize("wire", [4, 3])
+async def test_live_monitor_page_shows_what_the_producer_sent(router, browser, producer, tmp_path, wire) -> None:
     base = router.url.replace("ws://", "http://")
-    await asyncio.to_thread(browser.get, f"{base}/live-monitor/")
+    await asyncio.to_thread(browser.get, f"{base}/live-monitor/" + ("?wire=3" if wire == 3 else ""))
     await _wait_for(browser, "window.liveMonitor && liveMonitor.counts.series >= 3 && liveMonitor.counts.status >= 6")
     assert await asyncio.to_thread(browser.execute_script, "return liveMonitor.service") == producer["id"]
+    shown = await asyncio.to_thread(browser.execute_script, "return liveMonitor.wire")
+    assert shown["protocol"] == wire
+    assert await _text(browser, '[data-field="wire"]') == f"v{wire}"
 
     first = await asyncio.to_thread(browser.execute_script, LIVE_SNAPSHOT)
     await asyncio.sleep(1.5)
@@ -270,9 +251,21 @@ async def test_live_monitor_page_shows_what_the_producer_sent(router, browser, p
             shown = [float(cell) for cell in row["cells"][1:]]
             assert shown == pytest.approx([expected["min"], expected["max"], expected["mean"]], abs=6e-5)
 
-    if os.environ.get("RHIZOMORPH_SAVE_SCREENSHOTS"):
-        await asyncio.sleep(10)  # let the history chart fill for the README picture
-    await _screenshot(browser, tmp_path, "live-monitor")
+    # What the page counted: on v4 the router's batch frames carry more messages than there are
+    # frames; on v3 every message is a frame of its own. The table shows the same counts.
+    counted = await asyncio.to_thread(browser.execute_script, "return liveMonitor.wire")
+    assert counted["messagesIn"] >= 40
+    if wire == 4:
+        assert counted["framesIn"] < counted["messagesIn"], counted
+    else:
+        assert counted["framesIn"] == counted["messagesIn"], counted
+    frames_in, messages_in = (int(n) for n in (await _text(browser, '[data-field="frames_in"]')).split(" / "))
+    assert frames_in <= messages_in and (frames_in < messages_in) == (wire == 4)
+
+    if wire == 4:
+        if os.environ.get("RHIZOMORPH_SAVE_SCREENSHOTS"):
+            await asyncio.sleep(10)  # let the history chart fill for the README picture
+        await _screenshot(browser, tmp_path, "live-monitor")
 
 
 async def _text(browser, selector: str) -> str | None:
@@ -287,6 +280,9 @@ async def test_console_page_shows_the_router_live(router, browser, connect, tmp_
     await asyncio.to_thread(browser.get, f"{base}/")
     await _wait_for(browser, "window.routerConsole && routerConsole.polls >= 2")
     source = await asyncio.to_thread(browser.execute_script, "return routerConsole.source")
+    wire = await asyncio.to_thread(browser.execute_script, "return routerConsole.wire")
+    assert wire["protocol"] == 4 and wire["messagesIn"] >= 4, wire  # the page's own client, on v4
+    assert await _text(browser, '[data-field="wire"]') == "v4"
 
     # A public service registered now appears in the console, and goes when unregistered.
     provider = await connect()
@@ -339,3 +335,21 @@ async def _keep_busy(caller: Any, service_id: str, seconds: float) -> None:
     while time.monotonic() < deadline:
         await asyncio.gather(*(echo.echo(i) for i in range(int(20 + 15 * (time.monotonic() % 4)))))
         await asyncio.sleep(0.1)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+async def test_dashboard_benchmark_smoke(ray_runtime) -> None:
+    """benchmarks/bench_dashboard.py at a tiny scale: it runs, and its counts add up."""
+    ensure_browser()
+    ensure_browser_build()
+    from benchmarks import bench_dashboard
+
+    results = await bench_dashboard.main(["--rate", "40", "--seconds", "3", "--warmup", "1", "--repeats", "1"])
+    by_wire = {r["wire"]: r for r in results}
+    assert set(by_wire) == {3, 4}
+    for result in results:
+        assert result["messages_per_s"] > 0 and result["cpu_renderer_pct"] > 0 and result["cpu_router_pct"] > 0
+    v3, v4 = by_wire[3], by_wire[4]
+    assert v3["frames_in_per_s"] == pytest.approx(v3["messages_in_per_s"])
+    assert v4["frames_in_per_s"] < v4["messages_in_per_s"]

@@ -1,7 +1,8 @@
 // Router console: polls the workspace manager once a second and shows rhizomorph itself.
 // With `get_router_stats` (per-worker connections, batching counters, queue depths) it shows
-// rates and batching; without it, what `list_services` / `list_clients` tell.
-"use strict";
+// rates and batching; without it, what `list_services` / `list_clients` tell. The page connects
+// with rhizomorph-client on API v4 (`?wire=3`: on v3).
+import { connect, requestedWire, wireSummary } from "../common/client.js";
 
 const POLL_MS = 1000;
 const HISTORY = 120; // polls kept for the traffic chart
@@ -10,6 +11,7 @@ const HISTORY = 120; // polls kept for the traffic chart
 const routerConsole = (window.routerConsole = {
   connected: false, source: null, polls: 0, error: null,
   stats: null, totals: null, rates: null, services: [], clients: 0, rtt: null,
+  requestedWire, wire: null,
 });
 const traffic = { messages: [], flushes: [] };
 let previous = null; // {time, perWorker: {id: totals}} of the last poll, for the rates
@@ -139,13 +141,16 @@ async function poll(server) {
       `clients of this workspace: ${(await server.listClients()).length}.`;
   }
   renderServices(await server.listServices({ workspace: "*" }));
+  const wire = (routerConsole.wire = wireSummary(server));
+  field("wire").textContent = `v${wire.protocol}`;
+  field("frames_in").textContent = `${wire.framesIn} / ${wire.messagesIn}`;
   routerConsole.polls += 1;
 }
 
 async function main() {
   let server;
   try {
-    server = await hyphaWebsocketClient.connectToServer({ server_url: routerUrl(), method_timeout: 15 });
+    server = await connect({ server_url: routerUrl(), method_timeout: 15 });
   } catch (err) {
     routerConsole.error = String(err);
     setConnection(`cannot connect to ${routerUrl()}: ${err}`, false);

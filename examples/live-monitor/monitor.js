@@ -1,7 +1,8 @@
 // Live monitor page: subscribes to the producer's public `live-monitor` service and renders
 // what arrives. The producer calls our callbacks (an `_rintf` object: it stays callable after
-// `subscribe` returns), which works across workspaces.
-"use strict";
+// `subscribe` returns), which works across workspaces. The page connects with rhizomorph-client
+// on API v4 (`?wire=3`: on v3) and shows how many frames carried how many messages.
+import { connect, requestedWire, wireSummary } from "../common/client.js";
 
 const HISTORY = 200;
 const STALE_MS = 5000; // no status for this long: the producer is gone, find one again
@@ -12,7 +13,11 @@ const monitor = (window.liveMonitor = {
   status: null, series: null, meta: null,
   counts: { status: 0, series: 0, meta: 0 },
   lastArrival: 0,
+  requestedWire, wire: null, // frames and messages each way (wireSummary), refreshed on render
+  latencies: [], // ms from the producer's send to arrival, of the last LATENCIES status updates
 });
+const LATENCIES = 1000;
+let server = null;
 const history = { temperature: [], load: [] };
 const arrivals = []; // [time ms, bytes] of recent messages, for the rate figures
 
@@ -36,6 +41,8 @@ function arrived(bytes) {
 function onStatus(status) {
   monitor.status = status;
   monitor.counts.status += 1;
+  monitor.latencies.push(Date.now() - status.time * 1000);
+  if (monitor.latencies.length > LATENCIES) monitor.latencies.shift();
   history.temperature.push(status.temperature);
   history.load.push(status.load);
   for (const values of Object.values(history)) if (values.length > HISTORY) values.shift();
@@ -79,6 +86,12 @@ function scheduleRender() {
 
 function render() {
   renderPending = false;
+  if (server) {
+    const wire = (monitor.wire = wireSummary(server));
+    field("wire").textContent = `v${wire.protocol}`;
+    field("frames_in").textContent = `${wire.framesIn} / ${wire.messagesIn}`;
+    field("frames_out").textContent = `${wire.framesOut} / ${wire.messagesOut}`;
+  }
   const s = monitor.status;
   if (s) {
     field("seq").textContent = s.seq;
@@ -131,7 +144,7 @@ function render() {
   }
 }
 
-async function findProducer(server) {
+async function findProducer() {
   const pinned = new URL(location.href).searchParams.get("service");
   if (pinned) return pinned;
   // Public services of every workspace; the producer is anonymous, so its workspace is random.
@@ -139,8 +152,8 @@ async function findProducer(server) {
   return found.length ? found[0].id : null;
 }
 
-async function subscribe(server) {
-  const id = await findProducer(server);
+async function subscribe() {
+  const id = await findProducer();
   if (!id) {
     setConnection("connected; waiting for a producer (python examples/live-monitor/producer.py)", false);
     return;
@@ -154,14 +167,14 @@ async function subscribe(server) {
 
 async function main() {
   try {
-    const server = await hyphaWebsocketClient.connectToServer({ server_url: routerUrl(), method_timeout: 15 });
+    server = await connect({ server_url: routerUrl(), method_timeout: 15 });
     monitor.connected = true;
-    setConnection(`connected as ${server.config.workspace}/${server.config.client_id}`, true);
+    setConnection(`connected as ${server.config.workspace}/${server.config.client_id} (v${wireSummary(server).protocol})`, true);
     for (;;) {
       if (!monitor.service || Date.now() - monitor.lastArrival > STALE_MS) {
         monitor.service = null;
         try {
-          await subscribe(server);
+          await subscribe();
         } catch (err) {
           monitor.error = String(err);
           setConnection(`subscribe failed: ${err}`, false);

@@ -1,6 +1,6 @@
 """Live monitor producer: publishes a dashboard stream through rhizomorph.
 
-    python examples/live-monitor/producer.py [--server-url ws://127.0.0.1:9527] [--rate 20]
+    python examples/live-monitor/producer.py [--server-url ws://127.0.0.1:9527] [--rate 20] [--wire 3|4]
 
 It registers the public service ``live-monitor``. A page (or any hypha-rpc client) subscribes by
 calling ``subscribe`` with an ``_rintf`` object of callbacks; the producer then calls them at a
@@ -14,6 +14,10 @@ Calling the subscriber's callbacks works across workspaces: anonymous pages each
 workspace, where a workspace broadcast (``emit``) would not reach them. The values are pure
 functions of the sequence number, and ``sent(seq)`` returns exactly what went out, so a test can
 check what a page shows.
+
+``--wire 3`` (the default) connects with the released hypha-rpc client; ``--wire 4`` with
+rhizomorph's v4 client, whose sends of one tick leave in one batch frame: the router then hands
+a v4 page the tick's calls in one frame too, and a v3 page one frame per call.
 """
 
 from __future__ import annotations
@@ -77,8 +81,9 @@ def series_for(seq: int) -> dict[str, Any]:
 
 
 class Producer:
-    def __init__(self, rate: float) -> None:
+    def __init__(self, rate: float, max_in_flight: int = MAX_IN_FLIGHT) -> None:
         self.rate = rate
+        self.max_in_flight = max_in_flight
         self.started = time.time()
         self.subscribers: dict[int, dict[str, Any]] = {}
         self.in_flight: dict[int, int] = {}
@@ -134,7 +139,7 @@ class Producer:
     # -- the stream ----------------------------------------------------------------------------
     def _send(self, subscriber: int, callback: str, payload: Any) -> None:
         """Fire a callback without waiting for it: one slow page must not slow the others."""
-        if self.in_flight.get(subscriber, MAX_IN_FLIGHT) >= MAX_IN_FLIGHT:
+        if self.in_flight.get(subscriber, self.max_in_flight) >= self.max_in_flight:
             self.dropped += 1
             return
         self.in_flight[subscriber] += 1
@@ -188,10 +193,19 @@ async def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--server-url", default="ws://127.0.0.1:9527")
     parser.add_argument("--rate", type=float, default=20.0, help="status updates per second")
     parser.add_argument("--ticks", type=int, default=None, help="stop after this many (default: run forever)")
+    parser.add_argument("--wire", type=int, choices=(3, 4), default=3, help="the producer's wire protocol")
+    parser.add_argument(
+        "--max-in-flight", type=int, default=MAX_IN_FLIGHT, help="unanswered calls per page before dropping"
+    )
     args = parser.parse_args(argv)
 
-    server = await connect_to_server({"server_url": args.server_url})
-    producer = Producer(args.rate)
+    if args.wire == 4:
+        from rhizomorph.client import connect_to_server as connect_v4
+
+        server = await connect_v4({"server_url": args.server_url})
+    else:
+        server = await connect_to_server({"server_url": args.server_url})
+    producer = Producer(args.rate, args.max_in_flight)
     info = await server.register_service(producer.service())
     page = args.server_url.replace("ws://", "http://").replace("wss://", "https://").rstrip("/")
     print(f"registered {info['id']}", flush=True)

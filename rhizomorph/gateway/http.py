@@ -7,7 +7,8 @@ at ``/`` and the other examples beside it on the same port as the WebSocket endp
 
     /                       -> <examples>/console/index.html (the router console)
     /<name>/...             -> <examples>/<name>/...
-    /lib/<file>             -> <examples>/node_modules/hypha-rpc/dist/<file> (from ``npm install``)
+    /lib/<file>             -> <examples>/node_modules/rhizomorph-client/dist/<file> (the v4 client's
+                               browser build, ``make examples``), else .../hypha-rpc/dist/<file> (``npm install``)
 
 Only GET of known file types is answered; paths are resolved inside their root, so no
 ``..``, dot-file, absolute path or symlink reaches a file outside it.
@@ -27,7 +28,9 @@ from websockets.http11 import Request, Response
 EXAMPLES_ENV = "RHIZOMORPH_EXAMPLES_DIR"
 DEFAULT_EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "examples"
 CLIENT_PREFIX = "/lib/"
-CLIENT_SUBDIR = Path("node_modules") / "hypha-rpc" / "dist"
+#: The folders ``/lib/`` serves, the first that has the file wins: the rhizomorph-client browser
+#: build (examples/package.json links ../clients/js) and the released hypha-rpc client it imports.
+CLIENT_SUBDIRS = (Path("node_modules") / "rhizomorph-client" / "dist", Path("node_modules") / "hypha-rpc" / "dist")
 INDEX_PAGE = Path("console") / "index.html"
 
 # A whitelist: anything else in the folder (Python sources, lock files) is not served.
@@ -84,7 +87,12 @@ def locate(url_path: str, root: Path | None = None) -> Path | None:
     if url_path == "/":
         return resolve(root, "/" + INDEX_PAGE.as_posix())
     if url_path.startswith(CLIENT_PREFIX):
-        return resolve(root / CLIENT_SUBDIR, "/" + url_path[len(CLIENT_PREFIX) :])
+        name = "/" + url_path[len(CLIENT_PREFIX) :]
+        for subdir in CLIENT_SUBDIRS:
+            found = resolve(root / subdir, name)
+            if found is not None:
+                return found
+        return None
     return resolve(root, url_path)
 
 

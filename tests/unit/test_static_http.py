@@ -28,6 +28,13 @@ def site(tmp_path: Path) -> Path:
     dist = root / "node_modules" / "hypha-rpc" / "dist"
     dist.mkdir(parents=True)
     (dist / "hypha-rpc-websocket.min.js").write_text("var hyphaWebsocketClient;")
+    (dist.parent / "package.json").write_text('{"secret": 1}')
+    # npm links rhizomorph-client (file:../clients/js): a symlink to a folder outside the root.
+    linked = tmp_path / "clients-js"
+    (linked / "dist").mkdir(parents=True)
+    (linked / "dist" / "rhizomorph-client.mjs").write_text('import "./hypha-rpc-websocket.mjs";')
+    (linked / "package.json").write_text('{"secret": 2}')
+    (root / "node_modules" / "rhizomorph-client").symlink_to(linked)
     (tmp_path / "outside.html").write_text("outside")
     (root / "demo" / "link.html").symlink_to(tmp_path / "outside.html")
     return root
@@ -46,6 +53,9 @@ def test_static_serves_pages_console_and_js_client(site: Path) -> None:
     assert script.headers["Content-Type"].startswith("text/javascript")
     client = _get(site, "/lib/hypha-rpc-websocket.min.js")
     assert (client.status_code, client.body) == (200, b"var hyphaWebsocketClient;")
+    v4_client = _get(site, "/lib/rhizomorph-client.mjs")
+    assert (v4_client.status_code, v4_client.body) == (200, b'import "./hypha-rpc-websocket.mjs";')
+    assert v4_client.headers["Content-Type"].startswith("text/javascript")
     moved = _get(site, "/demo")
     assert (moved.status_code, moved.headers["Location"]) == (301, "/demo/")
     # "//demo" must not redirect to a host named demo.
@@ -68,6 +78,9 @@ def test_static_serves_pages_console_and_js_client(site: Path) -> None:
         "/demo/producer.py",
         "/lib/../../../console/index.html",
         "/lib/%2e%2e/%2e%2e/%2e%2e/console/index.html",
+        "/lib/../package.json",
+        "/lib/%2e%2e/package.json",
+        "/lib/package.json",
         "/missing.html",
         "/etc/passwd",
         "//etc/passwd",
