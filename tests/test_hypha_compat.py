@@ -219,3 +219,109 @@ async def test_call_in_flight_to_a_client_that_leaves_fails_at_once_in_any_works
     with pytest.raises(Exception, match="(?i)disconnected|not connected"):
         await asyncio.wait_for(call, 10)
     assert time.monotonic() - began < 3.0  # not the 20 s method timeout
+
+
+# -- the manager as Hypha's: schemas, webrtc, large calls, case conversion, modes, wording -------
+
+
+async def test_every_manager_function_carries_a_schema_named_as_its_key(connect):
+    """hypha-rpc's own test_schema: each callable of the workspace-manager proxy has a
+    ``__schema__`` whose name is its key (the manager's own and those the client adds)."""
+    server = await connect()
+    callables = [k for k in server if callable(server[k])]
+    assert {"get_service", "list_services", "echo", "generate_token", "get_router_stats"} <= set(callables)
+    for key in callables:
+        schema = getattr(server[key], "__schema__", None)
+        assert schema is not None, key
+        assert schema["name"] == key
+    get_service = server.get_service.__schema__
+    assert get_service["parameters"]["required"] == ["service_id"]
+    assert "case_conversion" in get_service["parameters"]["properties"]["config"]["properties"]
+
+
+WEBRTC_CONFIG = {"ice_servers": [{"urls": ["stun:127.0.0.1:9"]}]}  # loopback only, no public STUN server
+
+
+@pytest.mark.parametrize("webrtc", [True, "auto"])
+async def test_webrtc_clients_connect_and_get_services(connect, webrtc):
+    provider = await connect(webrtc=webrtc, webrtc_config=WEBRTC_CONFIG)
+    consumer = await connect(
+        webrtc=webrtc,
+        webrtc_config=WEBRTC_CONFIG,
+        workspace=provider.config.workspace,
+        token=await provider.generate_token(),
+    )
+    assert provider.get_service.__schema__["name"] == "get_service"
+    await provider.register_service(echo_service("rtc-echo"))
+    svc = await consumer.get_service(f"{provider.config.client_id}:rtc-echo")
+    # The offer and answer went through the router; the call itself took the peer connection.
+    assert getattr(svc, "_webrtc", False) is True
+    assert await svc.echo("over the peer link") == "over the peer link"
+
+
+def manager_cache(router) -> list[dict]:
+    return [s["message_cache"] for s in router.stats()]
+
+
+@pytest.mark.parametrize("size", [300_000, 2_000_000])
+async def test_manager_calls_larger_than_a_chunk_go_through_its_built_in_service(connect, router, size):
+    server = await connect()
+    payload = bytes(range(256)) * (size // 256)
+    assert await server.echo(payload) == payload  # chunked to the manager, and (2 MB) back
+    assert all(c == {"callers": 0, "bytes": 0} for c in manager_cache(router))
+
+
+async def test_a_service_with_large_docs_registers_and_is_fetched_whole(connect):
+    provider = await connect()
+    consumer = await connect()
+    docs = "A long manual. " * 40_000  # 600 KB: the registration, the provider's answer and the reply are chunked
+    await provider.register_service({**echo_service("manual"), "docs": docs})
+    info = await consumer.get_service_info(f"{provider.config.workspace}/manual")
+    assert info["docs"] == docs
+    svc = await consumer.get_service(f"{provider.config.workspace}/manual")
+    assert svc.docs == docs
+    assert await svc.echo("read it") == "read it"
+
+
+async def test_numpy_array_through_the_manager(connect):
+    np = pytest.importorskip("numpy")
+    server = await connect()
+    image = np.random.rand(512, 512)  # 2 MB: hypha-rpc's test_numpy_transmission
+    echoed = await server.echo(image)
+    assert isinstance(echoed, np.ndarray) and echoed.shape == (512, 512) and (echoed == image).all()
+
+
+async def test_chunks_a_caller_leaves_behind_go_when_it_disconnects(connect, router):
+    server = await connect()
+    worker = server.config.rhizomorph_worker
+    builtin = await server.rpc.get_remote_service(f"*/{server.config.manager_id}:built-in")
+    assert builtin.config.api_version == 3
+    await builtin.message_cache.create("left-behind", False)
+    await builtin.message_cache.set("left-behind", 0, b"x" * 100_000, False)
+    stats = {s["worker_id"]: s["message_cache"] for s in router.stats()}
+    assert stats[worker]["callers"] == 1 and stats[worker]["bytes"] >= 100_000
+    await server.disconnect()
+
+    def freed() -> bool:
+        return {s["worker_id"]: s["message_cache"] for s in router.stats()}[worker]["bytes"] == 0
+
+    await eventually(freed, timeout=10)
+
+
+@pytest.fixture(scope="module")
+def small_router(ray_runtime):
+    """A router whose manager holds at most 1 MB of chunks per caller (its max_message_size)."""
+    from rhizomorph import Config, Deployment
+
+    deployment = Deployment(Config(port=0, workers=1, max_message_size=1_000_000)).start()
+    yield deployment
+    deployment.stop()
+
+
+async def test_a_caller_over_the_message_cache_bound_gets_an_error(connect, small_router):
+    server = await connect(small_router.url)
+    assert await server.echo(b"y" * 600_000) == b"y" * 600_000  # under the bound: fine
+    with pytest.raises(Exception, match="message cache limit: a caller may hold at most 1000000 bytes"):
+        await server.echo(b"z" * 1_500_000)
+    assert await server.echo("still served") == "still served"
+    assert manager_cache(small_router) == [{"callers": 0, "bytes": 0}]  # the client removed its partial message
