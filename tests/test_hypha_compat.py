@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
+from collections import Counter
 
 import pytest
 
@@ -48,13 +50,27 @@ async def test_same_workspace_bare_name_list_and_unregister(connect):
         await consumer.get_service("twin")
 
 
-async def test_protected_service_is_invisible_from_another_workspace(connect):
+async def test_protected_service_is_refused_to_another_workspace(connect):
     provider = await connect()
     stranger = await connect()
+    workspace = provider.config.workspace
     await provider.register_service(echo_service("private", visibility="protected"))
-    with pytest.raises(Exception, match="(?i)not found"):
-        await stranger.get_service(f"{provider.config.workspace}/{provider.config.client_id}:private")
-    assert all(not s["id"].endswith(":private") for s in await stranger.list_services(provider.config.workspace))
+    # Hypha's words (get_service_info in hypha/core/workspace.py): permission denied, not "not found".
+    for service_id in (f"{workspace}/{provider.config.client_id}:private", f"{workspace}/private"):
+        with pytest.raises(Exception, match=f"Permission denied for non-public service in workspace {workspace}"):
+            await stranger.get_service(service_id)
+        with pytest.raises(Exception, match="Permission denied for non-public service"):
+            await stranger.get_service_info(service_id)
+    assert all(not s["id"].endswith(":private") for s in await stranger.list_services(workspace))
+
+
+async def test_service_not_found_in_hyphas_words(connect):
+    server = await connect()
+    workspace = server.config.workspace
+    with pytest.raises(Exception, match=re.escape(f"Service not found: {workspace}/*:nope@*")):
+        await server.get_service("nope")
+    with pytest.raises(Exception, match=re.escape(f"Service not found: {workspace}/someone:nope@an-app")):
+        await server.get_service(f"{workspace}/someone:nope@an-app")
 
 
 async def test_remote_error_callback_and_async_generator(connect):
@@ -325,3 +341,111 @@ async def test_a_caller_over_the_message_cache_bound_gets_an_error(connect, smal
         await server.echo(b"z" * 1_500_000)
     assert await server.echo("still served") == "still served"
     assert manager_cache(small_router) == [{"callers": 0, "bytes": 0}]  # the client removed its partial message
+
+
+async def test_case_conversion_renames_the_services_keys(connect):
+    """hypha-rpc's test_case_conversion."""
+    provider = await connect()
+
+    def hello(name, key=12, context=None):
+        """Say hello."""
+        return "Hello " + name
+
+    info = await provider.register_service(
+        {"id": "hello-world", "config": {"visibility": "protected", "run_in_executor": True}, "HelloWorld": hello}
+    )
+    svc = await provider.get_service(info["id"])
+    assert await svc.HelloWorld("world") == "Hello world"
+    svc = await provider.get_service(info["id"], case_conversion="camel")
+    assert await svc.helloWorld("world") == "Hello world"
+    assert svc.config["runInExecutor"] is True and svc.config["workspace"] == provider.config.workspace
+    svc = await provider.get_service(info["id"], {"case_conversion": "snake"})
+    assert await svc.hello_world("world") == "Hello world"
+    svc = await provider.get_service(info["id"], case_conversion="camel+snake")
+    assert await svc.helloWorld("a") == await svc.hello_world("a") == "Hello a"
+    with pytest.raises(Exception, match="case_conversion must be one of camel, snake"):
+        await provider.get_service(info["id"], case_conversion="kebab")
+
+
+async def test_get_service_modes_that_ask_the_providers(connect):
+    owner = await connect()
+    workspace, token = owner.config.workspace, await owner.generate_token()
+    providers = [await connect(workspace=workspace, token=token, client_id=f"mode-p{i}") for i in range(3)]
+    loads = [0.5, 0.1, 0.9]
+    for i, provider in enumerate(providers):
+        service = {"id": "pool", "who": lambda i=i: i, "get_load": lambda i=i: loads[i], "get_priority": lambda i=i: i}
+        if i == 2:
+            service["get_health"] = lambda: "ok"
+        await provider.register_service(service)
+
+    async def who(mode: str) -> int:
+        return await (await owner.get_service("pool", mode=mode)).who()
+
+    assert await who("min_load") == 1
+    assert await who("select:min:get_load") == 1
+    assert await who("select:max:get_priority") == 2
+    assert await who("select:first_success:get_health") == 2  # the others lack it: skipped
+    assert {await who("select:min:no_such_function") for _ in range(30)} == {0, 1, 2}  # none answers: random
+    assert {await who("native:random") for _ in range(30)} == {0, 1, 2}  # one worker: all are native
+    assert (await owner.get_service_info("pool", {"mode": "min_load"}))["id"].endswith("mode-p1:pool")
+    with pytest.raises(Exception, match="Multiple services found for pool"):
+        await owner.get_service("pool")
+    with pytest.raises(Exception, match="Invalid mode: fastest"):
+        await owner.get_service("pool", mode="fastest")
+    with pytest.raises(Exception, match="Invalid select mode format"):
+        await owner.get_service("pool", mode="select:min")
+
+
+@pytest.mark.slow
+async def test_one_name_eight_providers_spreads_a_thousand_callers(router2, connect):
+    """8 providers of one service name, 1,000 callers (each its own connection, arriving over
+    ~5 s) each fetch it with get_service and call it once: ``random`` spreads them evenly;
+    ``min_load`` (each provider's get_load: its calls in flight) steers them away from the two
+    slow providers (2 s a call, the others 20 ms). Distributions measured: benchmarks/load_spread.md."""
+    owner = await connect(router2.url)
+    workspace, token = owner.config.workspace, await owner.generate_token()
+    in_flight, probes = [0] * 8, [0] * 8
+    for i in range(8):
+        provider = await connect(router2.url, workspace=workspace, token=token, client_id=f"spread-p{i}")
+
+        async def work(i=i, delay=2.0 if i < 2 else 0.02):
+            in_flight[i] += 1
+            try:
+                await asyncio.sleep(delay)
+                return i
+            finally:
+                in_flight[i] -= 1
+
+        def get_load(i=i):
+            probes[i] += 1
+            return in_flight[i]
+
+        await provider.register_service(
+            {"id": "spread", "config": {"visibility": "public"}, "work": work, "get_load": get_load}
+        )
+    window = asyncio.Semaphore(50)
+
+    async def caller():
+        async with window:
+            return await connect(router2.url, method_timeout=120)
+
+    callers = await asyncio.gather(*(caller() for _ in range(1000)))
+
+    async def one_call(index: int, server, mode: str) -> int:
+        await asyncio.sleep(index * 0.005)
+        # All 1,009 clients share this process: a probe waits its turn behind everyone's calls.
+        svc = await server.get_service(f"{workspace}/spread", mode=mode, select_timeout=30)
+        return await svc.work()
+
+    spread = {}
+    for mode in ("random", "min_load"):
+        started = time.monotonic()
+        served = Counter(await asyncio.gather(*(one_call(i, c, mode) for i, c in enumerate(callers))))
+        spread[mode] = [served[i] for i in range(8)]
+        print(f"{mode}: {spread[mode]} in {time.monotonic() - started:.1f} s; get_load calls {probes}")
+    assert sum(spread["random"]) == sum(spread["min_load"]) == 1000
+    assert all(60 <= n <= 200 for n in spread["random"])  # 125 each expected; sd ~10.5
+    assert all(n > 0 for n in spread["min_load"][2:])
+    # Not none: callers probing at the same moment all see an idle slow provider (herding).
+    assert sum(spread["min_load"][:2]) < 0.8 * sum(spread["random"][:2])
+    assert min(probes) >= 900  # every min_load caller asked (nearly) every provider
