@@ -284,7 +284,7 @@ class WorkspaceManager(ServiceMethods):
         """Receive broadcast events of these types sent in the caller's workspace."""
         subscriptions = self._host.subscriptions(caller.address)
         if subscriptions is None:
-            raise ManagerError("the caller is not connected")
+            raise ManagerError(f"Connection not found for client {caller.address}")  # Hypha's words
         subscriptions.update(_event_types(event_type))
         return True
 
@@ -302,9 +302,14 @@ class WorkspaceManager(ServiceMethods):
     async def ping(self, caller: Identity, client_id: str, timeout: float = 5, **_: Any) -> str:
         """Ping a client of the caller's workspace through its built-in service."""
         target = client_id if "/" in client_id else f"{caller.workspace}/{client_id}"
-        if not caller.can(target.split("/", 1)[0], "r"):
-            raise ManagerError(f"Permission denied for {target}")
-        return await self.call_client(target, "services.built-in.ping", ["ping"], timeout=float(timeout))
+        workspace = target.split("/", 1)[0]
+        # As Hypha's ping_client, a failure is the answer, not an error.
+        if not caller.can(workspace, "r"):
+            return f"Failed to ping client {target}: Permission denied for workspace {workspace}"
+        try:
+            return await self.call_client(target, "services.built-in.ping", ["ping"], timeout=float(timeout))
+        except ManagerError as exc:
+            return f"Failed to ping client {target}: {exc}"
 
     async def log(self, caller: Identity, msg: Any = None, **_: Any) -> None:
         """Write a message to the router's log."""

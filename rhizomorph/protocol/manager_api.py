@@ -139,7 +139,7 @@ METHODS: dict[str, Method] = {
     "unsubscribe": Method("Stop receiving events of these types.", (EVENT_TYPE,)),
     "echo": Method("Return the argument unchanged.", (Param("data", {}, "Any value", required=True),)),
     "ping": Method(
-        "Ping a client of the caller's workspace through its built-in service.",
+        "Ping a client through its built-in service: `pong`, or `Failed to ping client …` with the reason.",
         (
             Param("client_id", STRING, "`client` or `workspace/client`", required=True),
             Param("timeout", {"type": "number"}, "Seconds to wait for the answer", default=5),
