@@ -27,6 +27,15 @@ async def call_registry(ref: Awaitable[dict[str, Any]]) -> dict[str, Any]:
     return result
 
 
+def _request(service_id: Any, config: Any, kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """The id (a service info dict stands for its id) and the options, keyword ones included."""
+    if isinstance(service_id, dict):
+        service_id = service_id.get("id")
+    options = dict(config) if isinstance(config, dict) else {}
+    options.update(kwargs)
+    return service_id, options
+
+
 class ServiceMethods:
     if TYPE_CHECKING:  # provided by WorkspaceManager
         _host: Any
@@ -65,10 +74,7 @@ class ServiceMethods:
 
     async def get_service(self, caller: Identity, service_id: Any, config: Any = None, **kwargs: Any) -> dict:
         """Get a service by id: ``name``, ``ws/name``, ``client:name`` or ``ws/client:name``."""
-        if isinstance(service_id, dict):
-            service_id = service_id.get("id")
-        config = dict(config or {}) if isinstance(config, dict) else {}
-        config.update(kwargs)
+        service_id, config = _request(service_id, config, kwargs)
         if service_id in ("~", "default") or (isinstance(service_id, str) and service_id.endswith("/~")):
             return self.service_dict()
         case = config.get("case_conversion")
@@ -94,10 +100,7 @@ class ServiceMethods:
 
     async def get_service_info(self, caller: Identity, service_id: Any, config: Any = None, **kwargs: Any) -> dict:
         """The registered info of a service (no call to its provider)."""
-        if isinstance(service_id, dict):
-            service_id = service_id.get("id")
-        config = dict(config or {}) if isinstance(config, dict) else {}
-        config.update(kwargs)
+        service_id, config = _request(service_id, config, kwargs)
         return (await self._find(caller, service_id, config))["info"]
 
     async def _find(self, caller: Identity, service_id: Any, config: dict[str, Any]) -> dict[str, Any]:
