@@ -57,7 +57,7 @@ def _bad_auth_frames(rng: random.Random, count: int) -> list[str | bytes]:
         lambda: json.dumps({"client_id": rng.choice(["a/b", "a:b", "*", "a b", "x" * 300])}),
         lambda: json.dumps({"token": rng.choice(["garbage", "a.b.c", other_secret])}),
         lambda: json.dumps({"reconnection_token": "x" * rng.randrange(1, 200)}),
-        # Permission denied for a workspace named in 2-byte characters: the close reason must be
+        # A refused workspace named in 2-byte characters: the close reason must be
         # cut to 123 bytes, not 123 characters.
         lambda: json.dumps({"workspace": "é" * rng.randrange(100, 250)}),
         lambda: json.dumps({"pad": "x" * 17000}),  # over the 16 KiB auth frame limit

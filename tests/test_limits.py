@@ -116,7 +116,7 @@ async def test_read_only_token_cannot_mint_tokens_or_reach_other_workspaces(raw,
     eve = await raw()
     async with websockets.connect(router.url) as ws:  # a token of alice's cannot enter eve's workspace
         await ws.send(json.dumps({"token": await token_for(alice, "rw"), "workspace": eve.info["workspace"]}))
-        await expect_refusal(ws, code=1008, error="Permission denied")
+        await expect_refusal(ws, code=1008, error="does not exist or is not accessible")
 
 
 async def test_generate_token_refuses_malformed_requests(raw):

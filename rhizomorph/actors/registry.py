@@ -183,6 +183,18 @@ class Registry:
             return {"error": str(exc)}
         return {"info": record.info, "owner": record.owner, "worker_id": self._table.locate(record.owner)}
 
+    async def find_services(self, service_id: str, workspace: str, readable: list[str]) -> dict[str, Any]:
+        """Every service ``service_id`` names that the caller may see (for the manager's probing modes)."""
+        try:
+            records = self._table.candidates(service_id, workspace, set(readable))
+        except RegistryError as exc:
+            return {"error": str(exc)}
+        return {
+            "candidates": [
+                {"info": r.info, "owner": r.owner, "worker_id": self._table.locate(r.owner)} for r in records
+            ]
+        }
+
     async def list_services(self, workspace: str, readable: list[str], query: Any = None) -> dict[str, Any]:
         try:
             return {"services": self._table.list(workspace, set(readable), query)}

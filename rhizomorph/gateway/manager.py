@@ -15,17 +15,18 @@ from typing import Any, Protocol
 
 import shortuuid
 
-from rhizomorph.protocol import envelope, rpc
+from rhizomorph.gateway.manager_builtin import BuiltinService
+from rhizomorph.gateway.manager_services import ManagerError, ServiceMethods
+from rhizomorph.protocol import envelope, manager_api, rpc
 from rhizomorph.protocol.handshake import ACCESS, PERMISSION_LEVELS, Identity, TokenIssuer, hypha_user
+from rhizomorph.protocol.message_cache import CacheError, needs_chunks
+
+__all__ = ["SERVER_VERSION", "ManagerError", "ManagerHost", "WorkspaceManager", "server_user"]
 
 log = logging.getLogger("rhizomorph.manager")
 
 SERVER_VERSION = "0.21.135"  # the Hypha server version whose wire behaviour we match
 PERMISSION_ALIASES = {"read": "r", "read_write": "rw", "admin": "a"}
-
-
-class ManagerError(Exception):
-    """Refused call; the message reaches the caller as a RemoteException."""
 
 
 class ManagerHost(Protocol):
@@ -58,14 +59,7 @@ def server_user(server_id: str) -> dict[str, Any]:
     )
 
 
-async def _call_registry(ref: Any) -> dict[str, Any]:
-    result = await ref
-    if "error" in result:
-        raise ManagerError(result["error"])
-    return result
-
-
-class WorkspaceManager:
+class WorkspaceManager(ServiceMethods):
     def __init__(
         self,
         host: ManagerHost,
@@ -75,6 +69,7 @@ class WorkspaceManager:
         base_url: str,
         issuer: TokenIssuer,
         call_timeout: float,
+        max_cache_bytes: int = 16 * 1024 * 1024,
     ) -> None:
         self._host = host
         self.manager_id = manager_id
@@ -86,21 +81,12 @@ class WorkspaceManager:
         self.user = server_user(server_id)
         self._pending: dict[str, asyncio.Future] = {}
         self._tasks: set[asyncio.Task] = set()
+        #: One method per entry of the API table (rhizomorph/protocol/manager_api.py).
         self._methods: dict[str, Callable[..., Awaitable[Any]]] = {
-            "register_service": self.register_service,
-            "unregister_service": self.unregister_service,
-            "get_service": self.get_service,
-            "get_service_info": self.get_service_info,
-            "list_services": self.list_services,
-            "list_clients": self.list_clients,
-            "subscribe": self.subscribe,
-            "unsubscribe": self.unsubscribe,
-            "echo": self.echo,
-            "ping": self.ping,
-            "log": self.log,
-            "generate_token": self.generate_token,
-            "get_router_stats": self.get_router_stats,
+            name: getattr(self, name) for name in manager_api.METHODS
         }
+        #: Chunked messages from callers, bounded per caller by the largest frame the router accepts.
+        self.builtin = BuiltinService(self, max_bytes_per_caller=max_cache_bytes)
 
     # -- entry point -----------------------------------------------------------------------------
     def owns_session(self, method: str) -> str | None:
@@ -127,6 +113,17 @@ class WorkspaceManager:
         else:
             self._on_callback(method, message)
 
+    def send(self, target: str, frame: bytes) -> None:
+        self._host.send(target, frame)
+
+    def cache_stats(self) -> dict[str, int]:
+        """Chunked messages waiting for ``process``: callers holding some, and bytes held."""
+        return {"callers": self.builtin.cache.callers, "bytes": self.builtin.cache.total}
+
+    def client_left(self, address: str) -> None:
+        """A caller disconnected: what it left in the message cache goes."""
+        self.builtin.forget(address)
+
     def close(self) -> None:
         for task in self._tasks:
             task.cancel()
@@ -144,7 +141,7 @@ class WorkspaceManager:
             return  # the caller is gone; nobody to answer
         replies = rpc.reply_methods(message)
         args, kwargs = rpc.call_arguments(message)
-        work = asyncio.ensure_future(self._dispatch(identity, method, args, kwargs))
+        work = asyncio.ensure_future(self._dispatch(identity, message, method, args, kwargs))
         session = message.get("session")
         interval = message.get("t")
         if message.get("promise") == "*" and isinstance(session, str) and isinstance(interval, (int, float)):
@@ -160,34 +157,52 @@ class WorkspaceManager:
                     )
         try:
             value, method_id = await work, replies[0] if replies else None
-        except ManagerError as exc:
+        except (ManagerError, CacheError) as exc:
             value, method_id = rpc.error_value(str(exc)), replies[1] if replies else None
         except Exception as exc:  # a bug must still answer the caller, not leave it to time out
             log.exception("manager method %s failed", method)
             value, method_id = rpc.error_value(f"{type(exc).__name__}: {exc}"), replies[1] if replies else None
-        if method_id is not None:
-            self._host.send(
-                caller,
-                rpc.callback_frame(
-                    sender=self.address,
-                    target=caller,
-                    method=method_id,
-                    value=value,
-                    workspace=workspace,
-                    user=self.user,
-                    parent=session if isinstance(session, str) else None,
-                ),
+        if method_id is None:
+            return
+        parent = session if isinstance(session, str) else None
+
+        def reply(value: Any, method_id: str) -> bytes:
+            return rpc.callback_frame(
+                sender=self.address,
+                target=caller,
+                method=method_id,
+                value=value,
+                workspace=workspace,
+                user=self.user,
+                parent=parent,
             )
 
-    async def _dispatch(self, identity: Identity, method: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
+        frame = reply(value, method_id)
+        if not needs_chunks(len(frame)):
+            self._host.send(caller, frame)
+            return
+        try:
+            await self.builtin.send_in_chunks(caller, frame, self._call_timeout)
+        except Exception as exc:  # tell the caller rather than leave it to time out
+            log.info("a %d-byte reply to %s could not be sent in chunks: %s", len(frame), caller, exc)
+            if replies and method_id == replies[0]:
+                self._host.send(caller, reply(rpc.error_value(f"the reply could not be delivered: {exc}"), replies[1]))
+
+    async def _dispatch(
+        self, identity: Identity, message: dict[str, Any], method: str, args: list[Any], kwargs: dict[str, Any]
+    ) -> Any:
         path = method.split(".")
         if path[1:3] == ["built-in", "get_service"]:
             name = (args or [kwargs.get("service_id", "default")])[0]
+            if name == "built-in":
+                return self.builtin.service_dict(self._server_config())
             if name != "default":
                 raise ManagerError(f"the manager has no service {name!r}")
             return self.service_dict()
         if path[1:3] == ["built-in", "ping"]:
             return "pong"
+        if path[1:3] == ["built-in", "message_cache"]:
+            return self.builtin.call(message, identity.address, ".".join(path[2:]), args, kwargs)
         if len(path) == 3 and path[1] == "default" and path[2] in self._methods:
             try:
                 return await self._methods[path[2]](identity, *args, **kwargs)
@@ -195,32 +210,31 @@ class WorkspaceManager:
                 raise ManagerError(f"bad arguments for {path[2]}: {exc}") from None
         raise ManagerError(f"Method not found: {method}")
 
+    def _server_config(self) -> dict[str, Any]:
+        return {
+            "require_context": True,
+            "visibility": "public",
+            "workspace": "*",
+            "server_id": self._server_id,
+            "hypha_version": SERVER_VERSION,
+            "public_base_url": self._base_url,
+            "local_base_url": self._base_url,
+        }
+
     def service_dict(self) -> dict[str, Any]:
-        """What ``get_service("default")`` returns: the manager as a hypha-rpc service."""
+        """What ``get_service("default")`` returns: the manager as a hypha-rpc service, each
+        function with its ``_rschema`` (``__schema__`` to the client) from the API table."""
         service: dict[str, Any] = {
             "id": "default",
             "name": "Workspace manager (rhizomorph)",
             "description": "Register, find and list services; subscribe to events.",
             "type": "functions",
-            "config": {
-                "require_context": True,
-                "visibility": "public",
-                "workspace": "*",
-                "server_id": self._server_id,
-                "hypha_version": SERVER_VERSION,
-                "public_base_url": self._base_url,
-                "local_base_url": self._base_url,
-            },
+            "config": self._server_config(),
         }
-        for name, function in self._methods.items():
-            service[name] = {
-                "_rtype": "method",
-                "_rtarget": self.address,
-                "_rmethod": f"services.default.{name}",
-                "_rpromise": "*",
-                "_rname": name,
-                "_rdoc": (function.__doc__ or "").strip() or None,
-            }
+        for name, spec in manager_api.METHODS.items():
+            service[name] = rpc.method_ref(
+                self.address, f"services.default.{name}", name, spec.description, spec.schema(name)
+            )
         return service
 
     # -- calls the manager makes to clients ----------------------------------------------------
@@ -257,81 +271,8 @@ class WorkspaceManager:
         finally:
             self._pending.pop(session, None)
 
-    # -- the manager's methods (each gets the caller's identity first) -------------------------
-    async def register_service(self, caller: Identity, service: dict[str, Any], config: Any = None, **_: Any) -> None:
-        """Register a service of the calling client."""
-        if not isinstance(service, dict):
-            raise ManagerError("register_service needs a service info dict")
-        if not caller.can(caller.workspace, "rw"):
-            raise ManagerError(f"Permission denied: read-only access to workspace {caller.workspace}")
-        name = str(service.get("id", "")).rsplit(":", 1)[-1]
-        if name.startswith("_rintf_"):
-            return None  # per-call interface services stay between the two clients, as in Hypha
-        result = await _call_registry(self._host.registry.register_service(caller.address, service))
-        info = result["info"]
-        if result["replaced"] is not None:
-            self._host.broadcast_event(caller.workspace, "service_removed", result["replaced"])
-        if info.get("type") == "built-in":
-            self._host.broadcast_event(
-                caller.workspace, "client_connected", {"id": caller.address, "workspace": caller.workspace}
-            )
-        else:
-            self._host.broadcast_event(caller.workspace, "service_added", info)
-        return None
-
-    async def unregister_service(self, caller: Identity, service_id: str, **_: Any) -> None:
-        """Unregister a service of the calling client."""
-        result = await _call_registry(self._host.registry.unregister_service(caller.address, service_id))
-        self._host.broadcast_event(caller.workspace, "service_removed", result["info"])
-        return None
-
-    async def get_service(self, caller: Identity, service_id: Any, config: Any = None, **kwargs: Any) -> dict:
-        """Get a service by id: ``name``, ``ws/name``, ``client:name`` or ``ws/client:name``."""
-        if isinstance(service_id, dict):
-            service_id = service_id.get("id")
-        config = dict(config or {}) if isinstance(config, dict) else {}
-        config.update(kwargs)
-        if service_id in ("~", "default") or (isinstance(service_id, str) and service_id.endswith("/~")):
-            return self.service_dict()
-        found = await self._find(caller, service_id, config.get("mode"))
-        owner: str = found["owner"]
-        full_id: str = found["info"]["id"]
-        provider_ws, provider_client = owner.split("/", 1)
-        name = full_id.rsplit(":", 1)[1]
-        service = await self.call_client(owner, "services.built-in.get_service", [name], timeout=config.get("timeout"))
-        if not isinstance(service, dict):
-            raise ManagerError(f"provider {owner} returned no service for {name}")
-        service = rpc.absolutize_targets(service, provider_ws)
-        service["id"] = full_id
-        service_config = dict(service.get("config") or {})
-        service_config["workspace"] = provider_ws
-        service_config["url"] = f"{self._base_url}/{provider_ws}/services/{provider_client}:{name}"
-        service["config"] = service_config
-        return service
-
-    async def get_service_info(self, caller: Identity, service_id: Any, config: Any = None, **_: Any) -> dict:
-        """The registered info of a service (no call to its provider)."""
-        if isinstance(service_id, dict):
-            service_id = service_id.get("id")
-        return (await self._find(caller, service_id, config.get("mode") if isinstance(config, dict) else None))["info"]
-
-    async def _find(self, caller: Identity, service_id: Any, mode: str | None) -> dict[str, Any]:
-        """Resolve a service id for the caller through the registry (visibility applied there)."""
-        return await _call_registry(
-            self._host.registry.find_service(service_id, caller.workspace, list(caller.workspaces), mode)
-        )
-
-    async def list_services(self, caller: Identity, query: Any = None, **kwargs: Any) -> list:
-        """List services: of the caller's workspace, another workspace by name, a pattern, or a query dict."""
-        if query is None and kwargs:
-            query = {
-                k: v for k, v in kwargs.items() if k in ("workspace", "client_id", "service_id", "type", "visibility")
-            } or None
-        result = await _call_registry(
-            self._host.registry.list_services(caller.workspace, list(caller.workspaces), query)
-        )
-        return result["services"]
-
+    # -- the manager's methods (each gets the caller's identity first; the service ones are in
+    # -- manager_services.py) ------------------------------------------------------------------
     async def list_clients(self, caller: Identity, workspace: str | None = None, **_: Any) -> list:
         """The clients connected to a workspace (default: the caller's)."""
         workspace = workspace or caller.workspace
@@ -343,7 +284,7 @@ class WorkspaceManager:
         """Receive broadcast events of these types sent in the caller's workspace."""
         subscriptions = self._host.subscriptions(caller.address)
         if subscriptions is None:
-            raise ManagerError("the caller is not connected")
+            raise ManagerError(f"Connection not found for client {caller.address}")  # Hypha's words
         subscriptions.update(_event_types(event_type))
         return True
 
@@ -361,9 +302,14 @@ class WorkspaceManager:
     async def ping(self, caller: Identity, client_id: str, timeout: float = 5, **_: Any) -> str:
         """Ping a client of the caller's workspace through its built-in service."""
         target = client_id if "/" in client_id else f"{caller.workspace}/{client_id}"
-        if not caller.can(target.split("/", 1)[0], "r"):
-            raise ManagerError(f"Permission denied for {target}")
-        return await self.call_client(target, "services.built-in.ping", ["ping"], timeout=float(timeout))
+        workspace = target.split("/", 1)[0]
+        # As Hypha's ping_client, a failure is the answer, not an error.
+        if not caller.can(workspace, "r"):
+            return f"Failed to ping client {target}: Permission denied for workspace {workspace}"
+        try:
+            return await self.call_client(target, "services.built-in.ping", ["ping"], timeout=float(timeout))
+        except ManagerError as exc:
+            return f"Failed to ping client {target}: {exc}"
 
     async def log(self, caller: Identity, msg: Any = None, **_: Any) -> None:
         """Write a message to the router's log."""

@@ -68,6 +68,7 @@ class Router:
             base_url=config.base_url,
             issuer=self.issuer,
             call_timeout=config.manager_call_timeout,
+            max_cache_bytes=config.max_message_size,
         )
 
     @property
@@ -111,6 +112,8 @@ class Router:
     async def disconnect(self, conn: ClientConnection) -> None:
         """Clean up after a socket closed: undelivered calls are rejected, services removed."""
         self.clients.remove(conn)
+        if conn.address not in self.clients:  # not when a newer socket of the client took over here
+            self.manager.client_left(conn.address)
         self.streams.sender_left(conn)
         for frame in conn.queue.close():
             self.undeliverable(conn.address, frame)
@@ -393,7 +396,7 @@ class Router:
         return await self.clients.probe(address)
 
     def stats(self) -> dict[str, Any]:
-        return stats.snapshot(
+        snapshot = stats.snapshot(
             self.worker_id,
             self.counters,
             self.clients,
@@ -401,3 +404,5 @@ class Router:
             batch_policy=self.batch_policy,
             streams_opened=self.streams.ids.issued,
         )
+        snapshot["message_cache"] = self.manager.cache_stats()
+        return snapshot

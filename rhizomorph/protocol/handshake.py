@@ -219,7 +219,8 @@ def authenticate(request: AuthRequest, issuer: TokenIssuer) -> tuple[Identity, b
 
     if request.workspace and request.workspace != identity.workspace:
         if not identity.can(request.workspace, "r"):
-            raise HandshakeError(f"Permission denied for workspace {request.workspace}")
+            # Hypha's words (hypha/core/store.py); the router cannot tell the two cases apart.
+            raise HandshakeError(f"Workspace {request.workspace} does not exist or is not accessible")
         identity.workspace = request.workspace
     return identity, False
 

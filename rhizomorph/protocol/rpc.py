@@ -123,3 +123,73 @@ def remote_error_message(value: Any) -> str:
     if isinstance(value, dict) and value.get("_rtype") == "error":
         return str(value.get("_rvalue"))
     return str(value)
+
+
+def method_ref(
+    target: str, method: str, name: str, doc: str | None = None, schema: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """An encoded function of the router's own services, as hypha-rpc encodes one it serves."""
+    ref: dict[str, Any] = {
+        "_rtype": "method",
+        "_rtarget": target,
+        "_rmethod": method,
+        "_rpromise": "*",
+        "_rname": name,
+        "_rdoc": doc,
+    }
+    if schema is not None:
+        ref["_rschema"] = schema
+    return ref
+
+
+CASE_CONVERSIONS = ("camel", "snake", "camel+snake", "snake+camel")
+
+
+def camel_case(key: str) -> str:
+    """hypha-rpc's rule: without ``_`` only the first letter is lowered; with it, the parts
+    after the first are title-cased (``get_load`` -> ``getLoad``, ``HelloWorld`` -> ``helloWorld``)."""
+    if "_" not in key:
+        return key[:1].lower() + key[1:]
+    first, *rest = key.split("_")
+    return first + "".join(part.title() for part in rest)
+
+
+def snake_case(key: str) -> str:
+    """hypha-rpc's rule: ``_`` before every capital, lowered, leading ``_`` stripped
+    (``getLoad`` -> ``get_load``, ``HelloWorld`` -> ``hello_world``)."""
+    return "".join(f"_{c.lower()}" if c.isupper() else c for c in key).lstrip("_")
+
+
+def convert_case(value: Any, case: str) -> Any:
+    """Rename the keys of an encoded service as Hypha's ``get_service(..., case_conversion=...)``.
+
+    Keys of plain dicts are renamed, recursively; lists are left as they are, as are encoded
+    objects (``_rtype``), whose keys are the protocol's. A renamed function also gets the new
+    name in ``_rname`` and its ``_rschema``, as hypha-rpc's own client-side conversion does.
+    ``camel+snake`` keeps both spellings.
+    """
+    if case not in CASE_CONVERSIONS:
+        raise ValueError(f"case_conversion must be one of {', '.join(CASE_CONVERSIONS)}, not {case!r}")
+    if not isinstance(value, dict) or "_rtype" in value:
+        return value
+    cases = [case] if case in _SPELLINGS else list(_SPELLINGS)  # both: camel first, then snake
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        for each in cases:
+            new_key = _SPELLINGS[each](key) if isinstance(key, str) and key else key
+            out[new_key] = _renamed(convert_case(item, each), new_key)
+    return out
+
+
+_SPELLINGS = {"camel": camel_case, "snake": snake_case}
+
+
+def _renamed(item: Any, key: Any) -> Any:
+    if not (isinstance(item, dict) and item.get("_rtype") == "method" and isinstance(key, str)):
+        return item
+    if item.get("_rname") == key:
+        return item
+    item = {**item, "_rname": key}
+    if isinstance(item.get("_rschema"), dict):
+        item["_rschema"] = {**item["_rschema"], "name": key}
+    return item

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import fnmatch
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,10 +56,25 @@ class ServiceQuery:
     workspace: str
     client: str
     name: str
+    #: An ``@app`` suffix: accepted, shown in errors as Hypha shows it, otherwise ignored.
+    app: str = field(default="*", compare=False)
 
     @property
     def exact(self) -> bool:
         return self.client != "*"
+
+    def __str__(self) -> str:
+        return f"{self.workspace}/{self.client}:{self.name}@{self.app}"
+
+
+def not_found(query: ServiceQuery | str) -> str:
+    """Hypha's wording (``get_service_info`` in hypha/core/workspace.py)."""
+    return f"Service not found: {query}"
+
+
+def permission_denied(workspace: str) -> str:
+    """Hypha's wording for a protected service the caller may not see."""
+    return f"Permission denied for non-public service in workspace {workspace}"
 
 
 def parse_service_id(service_id: str, caller_workspace: str) -> ServiceQuery:
@@ -67,7 +83,7 @@ def parse_service_id(service_id: str, caller_workspace: str) -> ServiceQuery:
     The rules are listed in docs/protocol.md (Manager)."""
     if not isinstance(service_id, str) or not service_id:
         raise RegistryError("service id must be a non-empty string")
-    service_id = service_id.split("@", 1)[0]  # an "@app_id" suffix is accepted and ignored
+    service_id, _, app = service_id.partition("@")  # an "@app_id" suffix is accepted and ignored
     if "/" in service_id:
         workspace, rest = service_id.split("/", 1)
     else:
@@ -77,7 +93,78 @@ def parse_service_id(service_id: str, caller_workspace: str) -> ServiceQuery:
     client, name = rest.split(":", 1) if ":" in rest else ("*", rest)
     if not name or "/" in rest:
         raise RegistryError(f"invalid service id: {service_id}")
-    return ServiceQuery(workspace, client or "*", name)
+    return ServiceQuery(workspace, client or "*", name, app or "*")
+
+
+#: Modes the registry cannot decide alone: they ask the providers (``select:…``, ``min_load``)
+#: or need the caller's gateway worker (``native:random``); the manager picks among candidates.
+PROBING_MODES = ("min_load", "native:random")
+SIMPLE_MODES = ("exact", "random", "first", "last")
+SELECT_CRITERIA = ("min", "max", "first_success")
+INVALID_MODE = (
+    "Invalid mode: {mode}. Mode must be 'random', 'first', 'last', 'exact', 'min_load', 'native:random', "
+    "or 'select:criteria:function' format (e.g., 'select:min:get_load')"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """A parsed ``get_service`` mode."""
+
+    kind: str  # one of SIMPLE_MODES, PROBING_MODES or "select"
+    criteria: str | None = None  # select: min, max or first_success (min_load: min)
+    function: str | None = None  # select: the function each provider is asked (min_load: get_load)
+
+    @property
+    def probing(self) -> bool:
+        return self.function is not None or self.kind == "native:random"
+
+
+def parse_mode(mode: Any, workspace: str) -> Selection:
+    """Hypha's modes; without one, ``random`` in workspace ``public`` and ``exact`` elsewhere."""
+    if mode is None:
+        return Selection("random" if workspace == "public" else "exact")
+    if mode in SIMPLE_MODES or mode == "native:random":
+        return Selection(mode)
+    if mode == "min_load":
+        return Selection("min_load", "min", "get_load")
+    if isinstance(mode, str) and mode.startswith("select:"):
+        parts = mode.split(":")
+        if len(parts) != 3 or not parts[2]:
+            raise RegistryError(f"Invalid select mode format: {mode}. Expected 'select:criteria:function'")
+        if parts[1] not in SELECT_CRITERIA:
+            raise RegistryError(f"Unknown selection criteria: {parts[1]} (use min, max or first_success)")
+        return Selection("select", parts[1], parts[2])
+    raise RegistryError(INVALID_MODE.format(mode=mode))
+
+
+def is_probing(mode: Any) -> bool:
+    return mode in PROBING_MODES or (isinstance(mode, str) and mode.startswith("select:"))
+
+
+def pick_by_values(values: Sequence[Any], criteria: str, rng: random.Random | None = None) -> int | None:
+    """The index chosen among candidates that answered ``values`` (``MISSING`` for those that
+    did not): the lowest or highest number, ties broken at random so that equal providers share
+    the traffic; ``first_success`` takes the first answer. ``None`` when no candidate answered
+    usefully (the caller then picks at random, as Hypha does)."""
+    pick = rng.choice if rng is not None else random.choice
+    if criteria == "first_success":
+        return next((i for i, v in enumerate(values) if v is not MISSING), None)
+    numbers = [(float(v), i) for i, v in enumerate(values) if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    numbers = [(v, i) for v, i in numbers if v == v]  # NaN orders nowhere
+    if not numbers:
+        return None
+    best = min(v for v, _ in numbers) if criteria == "min" else max(v for v, _ in numbers)
+    return pick([i for v, i in numbers if v == best])
+
+
+class _Missing:
+    def __repr__(self) -> str:
+        return "MISSING"
+
+
+#: A provider that did not answer a probe (timeout, error, no such function).
+MISSING: Any = _Missing()
 
 
 def full_service_id(info: dict[str, Any], owner: str) -> str:
@@ -175,33 +262,37 @@ class ServiceTable:
         self.by_owner.get(owner, set()).discard(full_id)
         return record
 
-    def find(
-        self, service_id: str, caller_workspace: str, readable: set[str], mode: str | None = None
-    ) -> ServiceRecord:
-        """Resolve ``service_id`` for a caller; raises ``RegistryError`` when not found or not allowed."""
+    def candidates(self, service_id: str, caller_workspace: str, readable: set[str]) -> list[ServiceRecord]:
+        """The services ``service_id`` names that the caller may see, ordered by full id.
+
+        Raises ``RegistryError``: not found when none matches, permission denied (Hypha's
+        wording) when some match and the caller may see none of them."""
         query = parse_service_id(service_id, caller_workspace)
         if query.exact:
             record = self.services.get(f"{query.workspace}/{query.client}:{query.name}")
-            candidates = [record] if record else []
+            matches = [record] if record else []
         else:
             prefix = f"{query.workspace}/"
             suffix = f":{query.name}"
-            candidates = [r for sid, r in self.services.items() if sid.startswith(prefix) and sid.endswith(suffix)]
-        candidates = [r for r in candidates if r.visible_to(caller_workspace, readable)]
-        if not candidates:
-            raise RegistryError(f"Service not found: {service_id}")
-        if len(candidates) == 1:
-            return candidates[0]
-        mode = mode or ("random" if query.workspace == "public" else "exact")
-        candidates.sort(key=lambda r: r.full_id)
-        if mode == "random":
-            return random.choice(candidates)
-        if mode == "first":
-            return candidates[0]
-        if mode == "last":
-            return candidates[-1]
-        ids = ", ".join(r.full_id for r in candidates)
-        raise RegistryError(f"Multiple services found for {service_id}: {ids}; pass config mode random/first/last")
+            matches = [r for sid, r in self.services.items() if sid.startswith(prefix) and sid.endswith(suffix)]
+        if not matches:
+            raise RegistryError(not_found(query))
+        visible = [r for r in matches if r.visible_to(caller_workspace, readable)]
+        if not visible:
+            raise RegistryError(permission_denied(query.workspace))
+        visible.sort(key=lambda r: r.full_id)
+        return visible
+
+    def find(
+        self, service_id: str, caller_workspace: str, readable: set[str], mode: str | None = None
+    ) -> ServiceRecord:
+        """Resolve ``service_id`` for a caller; raises ``RegistryError`` when not found or not allowed.
+
+        A probing mode (``min_load``, ``select:…``, ``native:random``) is the manager's to
+        decide among ``candidates``; here it falls back to ``random``."""
+        candidates = self.candidates(service_id, caller_workspace, readable)
+        query = parse_service_id(service_id, caller_workspace)
+        return choose(candidates, parse_mode(mode, query.workspace), service_id)
 
     def list(self, caller_workspace: str, readable: set[str], query: Any = None) -> list[dict[str, Any]]:
         """``list_services``: a workspace name, a glob over full ids, or a dict of filters."""
@@ -246,3 +337,20 @@ class ServiceTable:
 
     def get(self, full_id: str) -> ServiceRecord | None:
         return self.services.get(full_id)
+
+
+def choose(candidates: Sequence[ServiceRecord], selection: Selection, service_id: str) -> ServiceRecord:
+    """One of ``candidates`` (ordered by full id) by a simple mode."""
+    if len(candidates) == 1:
+        return candidates[0]
+    if selection.kind == "first":
+        return candidates[0]
+    if selection.kind == "last":
+        return candidates[-1]
+    if selection.kind == "exact":
+        ids = ", ".join(r.full_id for r in candidates)
+        raise RegistryError(
+            f"Multiple services found for {service_id}: {ids}; pass config mode random/first/last, "
+            "min_load or select:criteria:function"
+        )
+    return random.choice(list(candidates))

@@ -276,7 +276,7 @@ def test_anonymous_without_client_id_gets_a_generated_one():
 
 
 def test_anonymous_may_not_join_another_workspace():
-    with pytest.raises(HandshakeError, match="Permission denied for workspace team"):
+    with pytest.raises(HandshakeError, match="Workspace team does not exist or is not accessible"):
         authenticate(AuthRequest(client_id="c1", workspace="team"), issuer())
 
 
@@ -372,7 +372,7 @@ def test_access_token_with_workspace_permission_joins_that_workspace():
 
 def test_access_token_without_permission_for_requested_workspace_is_refused():
     token = issuer().issue(user_identity(workspaces={"ws-alice": "a"}), kind=ACCESS, lifetime=60)
-    with pytest.raises(HandshakeError, match="Permission denied for workspace team"):
+    with pytest.raises(HandshakeError, match="Workspace team does not exist or is not accessible"):
         authenticate(AuthRequest(client_id="c1", workspace="team", token=token), issuer())
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from rhizomorph.protocol import envelope, rpc
 
@@ -250,3 +252,79 @@ def test_remote_error_message():
     assert rpc.remote_error_message({"_rtype": "error", "_rvalue": 42}) == "42"
     assert rpc.remote_error_message("plain") == "plain"
     assert rpc.remote_error_message({"_rtype": "method"}) == "{'_rtype': 'method'}"
+
+
+# -- case conversion --------------------------------------------------------------------------
+
+IDENTIFIERS = st.text(alphabet="abcXYZ_09", min_size=1, max_size=12)
+
+
+@given(IDENTIFIERS)
+def test_key_spelling_matches_hypha_rpc(key):
+    from hypha_rpc.utils import to_camel_case, to_snake_case
+
+    assert rpc.camel_case(key) == to_camel_case(key)
+    assert rpc.snake_case(key) == to_snake_case(key)
+
+
+def function_ref(name, schema=True):
+    ref = {"_rtype": "method", "_rtarget": "ws/p", "_rmethod": f"services.s.{name}", "_rname": name}
+    if schema:
+        ref["_rschema"] = {"name": name, "description": "d", "parameters": {"type": "object"}}
+    return ref
+
+
+SERVICE = {
+    "id": "ws/p:s",
+    "config": {"require_context": True, "visibility": "public"},
+    "HelloWorld": function_ref("HelloWorld"),
+    "nested_tools": {"get_load": function_ref("get_load", schema=False), "items": [{"some_key": 1}]},
+    "an_array": function_ref("an_array"),
+}
+
+
+def test_convert_case_camel():
+    out = rpc.convert_case(SERVICE, "camel")
+    assert set(out) == {"id", "config", "helloWorld", "nestedTools", "anArray"}
+    assert out["config"] == {"requireContext": True, "visibility": "public"}
+    assert out["helloWorld"]["_rname"] == "helloWorld" and out["helloWorld"]["_rschema"]["name"] == "helloWorld"
+    assert out["helloWorld"]["_rmethod"] == "services.s.HelloWorld"  # the provider still knows it by its name
+    assert set(out["nestedTools"]) == {"getLoad", "items"}
+    assert out["nestedTools"]["items"] == [{"some_key": 1}]  # lists are left alone, as in hypha-rpc
+    assert "_rschema" not in out["nestedTools"]["getLoad"]
+
+
+def test_convert_case_snake_and_both():
+    snake = rpc.convert_case(SERVICE, "snake")
+    assert set(snake) == {"id", "config", "hello_world", "nested_tools", "an_array"}
+    both = rpc.convert_case(SERVICE, "camel+snake")
+    assert {"helloWorld", "hello_world", "nestedTools", "nested_tools", "anArray", "an_array"} <= set(both)
+    assert both["hello_world"]["_rname"] == "hello_world" and both["helloWorld"]["_rname"] == "helloWorld"
+    assert rpc.convert_case(SERVICE, "snake+camel") == both
+
+
+def test_convert_case_leaves_encoded_objects_and_input_alone():
+    before = copy.deepcopy(SERVICE)
+    encoded = {"_rtype": "ndarray", "_rvalue": b"", "_rshape": [1]}
+    assert rpc.convert_case(encoded, "camel") is encoded
+    rpc.convert_case(SERVICE, "camel")
+    assert SERVICE == before
+
+
+def test_convert_case_refuses_unknown_cases():
+    with pytest.raises(ValueError, match="case_conversion must be one of"):
+        rpc.convert_case(SERVICE, "kebab")
+
+
+def test_method_ref():
+    ref = rpc.method_ref("*/m", "services.default.echo", "echo", "Echo.", {"name": "echo"})
+    assert ref == {
+        "_rtype": "method",
+        "_rtarget": "*/m",
+        "_rmethod": "services.default.echo",
+        "_rpromise": "*",
+        "_rname": "echo",
+        "_rdoc": "Echo.",
+        "_rschema": {"name": "echo"},
+    }
+    assert "_rschema" not in rpc.method_ref("*/m", "services.x.y", "y")

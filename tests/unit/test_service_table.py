@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from rhizomorph.protocol.service_table import (
+    MISSING,
     ClientRecord,
     RegistryError,
+    Selection,
     ServiceQuery,
     ServiceTable,
     full_service_id,
+    is_probing,
+    parse_mode,
     parse_service_id,
+    pick_by_values,
 )
 
 
@@ -333,10 +340,11 @@ def test_find_exact_and_by_name_in_own_workspace(multi):
     assert multi.find("prot", "ws2", set()).full_id == "ws2/q:prot"
 
 
-def test_find_protected_from_another_workspace_is_not_found(multi):
+def test_find_protected_from_another_workspace_is_denied_in_hyphas_words(multi):
     for service_id in ("ws1/p1:prot", "ws1/prot"):
-        with pytest.raises(RegistryError, match="Service not found"):
+        with pytest.raises(RegistryError) as refused:
             multi.find(service_id, "ws2", set())
+        assert str(refused.value) == "Permission denied for non-public service in workspace ws1"
 
 
 def test_find_protected_with_read_access(multi):
@@ -346,7 +354,7 @@ def test_find_protected_with_read_access(multi):
 
 def test_find_protected_with_authorized_workspaces(multi):
     assert multi.find("ws1/p1:auth", "ws3", set()).full_id == "ws1/p1:auth"
-    with pytest.raises(RegistryError, match="Service not found"):
+    with pytest.raises(RegistryError, match="Permission denied for non-public service in workspace ws1"):
         multi.find("ws1/p1:auth", "ws2", set())
 
 
@@ -363,11 +371,17 @@ def test_find_unlisted_by_id_from_another_workspace(multi):
     assert multi.find("ws1/p1:unl", "ws2", set()).full_id == "ws1/p1:unl"
 
 
-def test_find_unknown_service(multi):
-    with pytest.raises(RegistryError, match="Service not found: ws1/p1:nope"):
-        multi.find("ws1/p1:nope", "ws1", set())
-    with pytest.raises(RegistryError, match="Service not found"):
-        multi.find("nope", "ws1", set())
+def test_find_unknown_service_in_hyphas_words(multi):
+    # Hypha normalises the id: workspace, client (or *), name, @app (or *).
+    cases = {
+        ("ws1/p1:nope", "ws1"): "Service not found: ws1/p1:nope@*",
+        ("nope", "ws1"): "Service not found: ws1/*:nope@*",
+        ("ws9/nope@my-app", "ws1"): "Service not found: ws9/*:nope@my-app",
+    }
+    for (service_id, workspace), message in cases.items():
+        with pytest.raises(RegistryError) as refused:
+            multi.find(service_id, workspace, set())
+        assert str(refused.value) == message
 
 
 def test_find_multiple_matches_is_an_error_in_exact_mode(multi):
@@ -494,3 +508,82 @@ def test_list_hides_unlisted_even_in_own_workspace(multi):
 def test_list_rejects_bad_query(multi, query):
     with pytest.raises(RegistryError, match="list_services query"):
         multi.list("ws1", set(), query)
+
+
+# -- modes ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("mode", "workspace", "expected"),
+    [
+        (None, "ws1", Selection("exact")),
+        (None, "public", Selection("random")),
+        ("first", "ws1", Selection("first")),
+        ("native:random", "ws1", Selection("native:random")),
+        ("min_load", "ws1", Selection("min_load", "min", "get_load")),
+        ("select:max:get_capacity", "ws1", Selection("select", "max", "get_capacity")),
+        ("select:first_success:get_health", "ws1", Selection("select", "first_success", "get_health")),
+    ],
+)
+def test_parse_mode(mode, workspace, expected):
+    assert parse_mode(mode, workspace) == expected
+
+
+@pytest.mark.parametrize(
+    ("mode", "message"),
+    [
+        ("fastest", "Invalid mode: fastest"),
+        (3, "Invalid mode: 3"),
+        ("select:min", "Invalid select mode format"),
+        ("select:min:", "Invalid select mode format"),
+        ("select:median:get_load", "Unknown selection criteria: median"),
+    ],
+)
+def test_parse_mode_refuses(mode, message):
+    with pytest.raises(RegistryError, match=message):
+        parse_mode(mode, "ws1")
+
+
+def test_probing_modes_are_the_managers():
+    assert [is_probing(m) for m in ("min_load", "native:random", "select:min:f")] == [True] * 3
+    assert [is_probing(m) for m in (None, "random", "first", "last", "exact", "bogus")] == [False] * 6
+    assert parse_mode("min_load", "w").probing and parse_mode("native:random", "w").probing
+    assert not parse_mode("random", "w").probing
+
+
+def test_find_refuses_an_invalid_mode_even_with_one_candidate(multi):
+    with pytest.raises(RegistryError, match="Invalid mode: fastest"):
+        multi.find("ws1/p1:prot", "ws1", set(), mode="fastest")
+    # ... but a missing service is reported first, as Hypha does.
+    with pytest.raises(RegistryError, match="Service not found"):
+        multi.find("nope", "ws1", set(), mode="fastest")
+
+
+def test_candidates_are_the_visible_matches_in_id_order(multi):
+    assert [r.full_id for r in multi.candidates("dup", "ws1", set())] == ["ws1/p1:dup", "ws1/p2:dup"]
+    assert [r.full_id for r in multi.candidates("public/shared", "ws2", set())] == [
+        "public/r1:shared",
+        "public/r2:shared",
+    ]
+    with pytest.raises(RegistryError, match="Permission denied"):
+        multi.candidates("ws1/dup", "ws2", set())
+
+
+def test_pick_by_values_min_max_and_ties_at_random():
+    rng = random.Random(7)
+    assert pick_by_values([3, 1.5, 2], "min", rng) == 1
+    assert pick_by_values([3, 1.5, 2], "max", rng) == 0
+    ties = {pick_by_values([0, 5, 0, 0], "min", rng) for _ in range(200)}
+    assert ties == {0, 2, 3}
+
+
+def test_pick_by_values_skips_what_is_not_a_number():
+    rng = random.Random(1)
+    assert pick_by_values([MISSING, "low", True, None, float("nan"), 4], "min", rng) == 5
+    assert pick_by_values([MISSING, "x", None], "min", rng) is None
+    assert pick_by_values([], "max", rng) is None
+
+
+def test_pick_by_values_first_success_takes_the_first_answer_of_any_kind():
+    assert pick_by_values([MISSING, "ok", 0], "first_success") == 1
+    assert pick_by_values([MISSING, MISSING], "first_success") is None
