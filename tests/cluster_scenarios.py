@@ -48,84 +48,11 @@ from ray.cluster_utils import Cluster  # noqa: E402
 
 from rhizomorph import Config, Deployment  # noqa: E402
 from rhizomorph.client import connect_to_server as connect_v4  # noqa: E402
+from tests import cluster_control  # noqa: E402
+from tests.cluster_support import FailoverProxy, address, emit, eventually  # noqa: E402
 
 NODES = 3
 MARKER = "CLUSTER_RESULTS "
-
-
-async def eventually(check: Callable[[], Any], timeout: float = 15.0, interval: float = 0.1) -> float:
-    """Wait until ``check()`` (sync or async) is truthy; returns the seconds it took."""
-    started = time.monotonic()
-    while True:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return time.monotonic() - started
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"condition not met within {timeout} s")
-        await asyncio.sleep(interval)
-
-
-def address(server: Any) -> str:
-    return f"{server.config.workspace}/{server.config.client_id}"
-
-
-async def emit(server: Any, message: dict[str, Any]) -> None:
-    result = server.emit(message)
-    if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):
-        await result
-
-
-class FailoverProxy:
-    """A TCP load balancer in miniature: each connection goes to the first backend that accepts.
-
-    Stands for HAProxy/nginx in front of the nodes: when a node is gone, reconnecting clients
-    land on the next one.
-    """
-
-    def __init__(self, ports: list[int]) -> None:
-        self.ports = ports
-        self.choices: list[int] = []
-        self._server: asyncio.AbstractServer | None = None
-        self._tasks: set[asyncio.Task] = set()
-
-    async def start(self) -> FailoverProxy:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-        return self
-
-    @property
-    def url(self) -> str:
-        assert self._server is not None
-        return f"ws://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        for port in self.ports:
-            try:
-                backend_reader, backend_writer = await asyncio.open_connection("127.0.0.1", port)
-                break
-            except OSError:
-                continue
-        else:
-            writer.close()
-            return
-        self.choices.append(port)
-        await asyncio.gather(self._pipe(reader, backend_writer), self._pipe(backend_reader, writer))
-
-    @staticmethod
-    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        except Exception:
-            pass
-        finally:
-            writer.close()
-
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
 
 
 class Run:
@@ -137,20 +64,20 @@ class Run:
         self.deployment: Deployment | None = None
         self.clients: list[Any] = []
         self.results: dict[str, Any] = {}
-
-    # -- setup ---------------------------------------------------------------------------------
-    def start(self) -> None:
-        started = time.monotonic()
-        node_args = {
+        self.node_args = {
             "num_cpus": 1,
             "node_ip_address": "127.0.0.1",
             "include_dashboard": False,
             "object_store_memory": 80 * 1024 * 1024,
         }
-        self.cluster = Cluster(initialize_head=True, head_node_args=dict(node_args))
+
+    # -- setup ---------------------------------------------------------------------------------
+    def start(self) -> None:
+        started = time.monotonic()
+        self.cluster = Cluster(initialize_head=True, head_node_args=dict(self.node_args))
         self.nodes = [self.cluster.head_node]
         for _ in range(NODES - 1):
-            self.nodes.append(self.cluster.add_node(**node_args))
+            self.nodes.append(self.cluster.add_node(**self.node_args))
         self.cluster.wait_for_nodes()
         ray.init(address=self.cluster.address, include_dashboard=False, logging_level="WARNING")
         self.results["cluster_start_s"] = round(time.monotonic() - started, 2)
@@ -177,12 +104,12 @@ class Run:
         self.clients.append(server)
         return server
 
-    async def scenario(self, name: str, body: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
+    async def scenario(self, name: str, body: Callable[[dict[str, Any]], Awaitable[None]], timeout: float = 90) -> None:
         seen: dict[str, Any] = {}
         self.results[name] = seen
         started = time.monotonic()
         try:
-            await asyncio.wait_for(body(seen), 90)
+            await asyncio.wait_for(body(seen), timeout)
         except BaseException:
             seen["error"] = traceback.format_exc()
         seen["duration_s"] = round(time.monotonic() - started, 2)
@@ -209,8 +136,8 @@ class Run:
         seen["registry"] = await deployment.registry.summary.remote()
 
     async def cli_join(self, seen: dict[str, Any]) -> None:
-        """``rhizomorph serve --address <cluster>``: a second router joins the running cluster
-        (inheriting RAY_AUTH_MODE and the token path), serves, and leaves on Ctrl-C."""
+        """``rhizomorph serve --address <cluster> --server-id joined``: a second router joins the
+        running cluster (inheriting RAY_AUTH_MODE and the token path), serves, and leaves on Ctrl-C."""
         assert self.cluster is not None
         env = dict(os.environ, RHIZOMORPH_DISTINCT_NODE_PORTS="1", RHIZOMORPH_WORKERS="1")
         proc = await asyncio.create_subprocess_exec(
@@ -220,6 +147,8 @@ class Run:
             "serve",
             "--address",
             self.cluster.address,
+            "--server-id",
+            "joined",  # else it attaches to the router already running (the only one)
             "--port",
             "0",
             "--log-level",
@@ -519,6 +448,8 @@ async def main() -> dict[str, Any]:
         await run.scenario("broadcast", run.broadcast)
         await run.scenario("worker_restart", run.worker_restart)
         await run.scenario("node_loss", run.node_loss)
+        await run.scenario("launcher_killed", lambda seen: cluster_control.launcher_killed(run, seen), 180)
+        await run.scenario("control_plane_loss", lambda seen: cluster_control.control_plane_loss(run, seen), 180)
     except BaseException:
         run.results["error"] = traceback.format_exc()
     finally:
