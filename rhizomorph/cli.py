@@ -170,7 +170,12 @@ def look(command: str, address: str, server_id: str | None, as_json: bool) -> in
 
     from rhizomorph.launcher import Deployment, ensure_ray, routers, stop_router
 
-    ensure_ray(address)
+    connected_before = ray.is_initialized()
+    try:
+        ensure_ray(address)
+    except Exception as exc:  # no cluster there: say so, not a traceback
+        print(f"rhizomorph: no Ray cluster at {address}: {exc}", file=sys.stderr)
+        return 1
     try:
         running = routers()
         chosen = [server_id] if server_id else running
@@ -193,7 +198,8 @@ def look(command: str, address: str, server_id: str | None, as_json: bool) -> in
             print(json.dumps(status, default=str) if as_json else _status_text(status), flush=True)
         return 0
     finally:
-        ray.shutdown()
+        if not connected_before:
+            ray.shutdown()
 
 
 def _status_text(status: dict[str, Any]) -> str:

@@ -120,17 +120,8 @@ class Deployment:
 
         from rhizomorph.actors.controller import Controller
 
-        self.controller = (
-            actor_class(Controller)
-            .options(
-                name=naming.controller_name(self.config.server_id),
-                namespace=naming.NAMESPACE,
-                lifetime="detached",
-                get_if_exists=True,
-                **control_plane(self.config),
-            )
-            .remote(self.config)
-        )
+        name = naming.controller_name(self.config.server_id)
+        self.controller = actor_class(Controller).options(**control_plane(self.config, name)).remote(self.config)
         try:
             self._state = ray.get(self.controller.start.remote(), timeout=START_TIMEOUT)
         except BaseException:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import sys
 import time
 from typing import Any
 
@@ -17,7 +16,7 @@ import ray
 
 from rhizomorph import Config, Deployment
 from rhizomorph.actors import naming
-from tests.cluster_support import address, eventually
+from tests.cluster_support import address, eventually, rhizomorph, serving
 
 LAUNCHER_ID = "clikill"
 CONTROL_LOSS_ID = "ctlloss"
@@ -34,15 +33,7 @@ async def port_open(port: int) -> bool:
 
 async def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 90) -> tuple[int, str, str]:
     """Run ``python -m rhizomorph <args>`` to the end: (exit code, stdout, stderr)."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "rhizomorph",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=env,
-    )
+    proc = await rhizomorph(*args, env=env)
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout)
     finally:
@@ -68,28 +59,9 @@ async def launcher_killed(run: Any, seen: dict[str, Any]) -> None:
         RHIZOMORPH_HEALTH_CHECK_INTERVAL="0.5",
     )
     common = ("--address", cluster_address, "--server-id", LAUNCHER_ID)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "rhizomorph",
-        "serve",
-        *common,
-        "--port",
-        "0",
-        "--log-level",
-        "WARNING",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        env=env,
-    )
+    proc = await rhizomorph("serve", *common, "--port", "0", "--log-level", "WARNING", env=env, merged=True)
     try:
-        lines: list[str] = []
-        while not lines or "rhizomorph: serving" not in lines[-1]:
-            line = (await asyncio.wait_for(proc.stdout.readline(), 90)).decode()
-            if not line:
-                raise AssertionError("the CLI exited: " + "".join(lines[-20:]))
-            lines.append(line)
-        seen["banner"] = lines[-1].strip()
+        seen["banner"] = await serving(proc)
         url = seen["banner"].split("serving ", 1)[1].split(" ", 1)[0]
         provider = await run.connect(url)
         await provider.register_service({"id": "kept", "config": {"visibility": "public"}, "echo": lambda x: x})
@@ -116,7 +88,13 @@ async def launcher_killed(run: Any, seen: dict[str, Any]) -> None:
     victim = naming.worker_name(LAUNCHER_ID, "n1w0")
     ray.kill(naming.get(victim), no_restart=True)
     router = Deployment.attach(LAUNCHER_ID)
-    seen["replaced_after_s"] = round(await eventually(lambda: "n1w1" in router.workers, timeout=60), 2)
+    seen["replaced_after_s"] = round(
+        await eventually(
+            lambda: any(e["event"] == "workers_started" and "n1w1" in e["workers"] for e in router.events),
+            timeout=60,
+        ),
+        2,
+    )
     seen["events"] = [e["event"] for e in router.events]
 
     code, _, err = await cli("start", "--address", cluster_address, env=env)  # two routers run: which?

@@ -49,7 +49,7 @@ from ray.cluster_utils import Cluster  # noqa: E402
 from rhizomorph import Config, Deployment  # noqa: E402
 from rhizomorph.client import connect_to_server as connect_v4  # noqa: E402
 from tests import cluster_control  # noqa: E402
-from tests.cluster_support import FailoverProxy, address, emit, eventually  # noqa: E402
+from tests.cluster_support import FailoverProxy, address, emit, eventually, rhizomorph, serving  # noqa: E402
 
 NODES = 3
 MARKER = "CLUSTER_RESULTS "
@@ -140,10 +140,7 @@ class Run:
         running cluster (inheriting RAY_AUTH_MODE and the token path), serves, and leaves on Ctrl-C."""
         assert self.cluster is not None
         env = dict(os.environ, RHIZOMORPH_DISTINCT_NODE_PORTS="1", RHIZOMORPH_WORKERS="1")
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "rhizomorph.cli",
+        proc = await rhizomorph(
             "serve",
             "--address",
             self.cluster.address,
@@ -153,20 +150,11 @@ class Run:
             "0",
             "--log-level",
             "WARNING",
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
             env=env,
+            merged=True,
         )
         try:
-            lines: list[str] = []
-            while True:
-                line = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode()
-                if not line:
-                    raise AssertionError("the CLI exited: " + "".join(lines[-20:]))
-                lines.append(line)
-                if "rhizomorph: serving" in line:
-                    break
-            seen["banner"] = line.strip()
+            line = seen["banner"] = await serving(proc, 60)
             url = line.split("serving ", 1)[1].split(" ", 1)[0]
             server = await connect_v3({"server_url": url, "method_timeout": 30})
             seen["worker"] = server.config.rhizomorph_worker

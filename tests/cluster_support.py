@@ -6,6 +6,7 @@ No side effects on import: the scenario process sets up Ray's environment before
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -84,3 +85,29 @@ class FailoverProxy:
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
+
+
+async def rhizomorph(*args: str, env: dict[str, str] | None, merged: bool = False) -> asyncio.subprocess.Process:
+    """``python -m rhizomorph <args>`` with its stdout (and stderr, ``merged``) piped."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "rhizomorph",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT if merged else asyncio.subprocess.PIPE,
+        env=env,
+    )
+
+
+async def serving(proc: asyncio.subprocess.Process, timeout: float = 90) -> str:
+    """Read ``rhizomorph serve``'s output until it says it serves; returns that line."""
+    assert proc.stdout is not None
+    lines: list[str] = []
+    while True:
+        line = (await asyncio.wait_for(proc.stdout.readline(), timeout)).decode()
+        if not line:
+            raise AssertionError("the CLI exited: " + "".join(lines[-20:]))
+        lines.append(line)
+        if "rhizomorph: serving" in line:
+            return line.strip()

@@ -1,4 +1,5 @@
-"""The router on a multi-node Ray cluster: placement, cross-node routing, fan-out, lost workers and nodes.
+"""The router on a multi-node Ray cluster: placement, cross-node routing, fan-out, lost workers and nodes;
+its control plane: a killed launcher, the lost node of the controller and registry.
 
 The multi-node tests run ``python -m tests.cluster_scenarios`` once, in a subprocess: it builds a
 3-node cluster on 127.0.0.1 with ``ray.cluster_utils.Cluster`` (a Cluster and this session's
@@ -238,6 +239,7 @@ def test_a_killed_launcher_leaves_the_router_serving_and_status_start_stop_reach
     assert seen["ports_closed_after_s"] < 30
     assert seen["actors_left"] == []
     assert seen["status_after_stop"]["exit"] == 1 and "no router clikill" in seen["status_after_stop"]["out"]
+    print(f"launcher killed: a worker killed afterwards was replaced in {seen['replaced_after_s']} s")
 
 
 @pytest.mark.slow
@@ -260,6 +262,10 @@ def test_losing_the_control_plane_node_loses_no_service_of_the_surviving_nodes(c
     controller = seen["controller"]
     assert controller["moved"] and controller["workers"] == ["n1w0", "n2w0", "n3w0"]
     assert "controller_recovered" in controller["events"]
+    print(
+        f"control plane node lost: get_service answered after {seen['lookup_answered_after_s']} s, "
+        f"rebuild took {registry['last_rebuild']['took_s']} s, controller back after {controller['back_after_s']} s"
+    )
 
 
 @pytest.mark.slow

@@ -112,3 +112,21 @@ async def test_kill_9_of_the_registry_keeps_every_service_of_connected_clients(r
     with pytest.raises(Exception, match="not found"):
         await consumer.get_service(ids["two"])
     print(f"get_service answered {looked_up_after:.2f} s after the kill; rebuild {summary['last_rebuild']}")
+
+
+@pytest.mark.slow
+async def test_a_registry_killed_for_good_is_replaced_and_rebuilt(ray_runtime, deployment, clients):
+    import ray
+
+    provider = await clients()
+    await provider.register_service(public("kept"))
+    consumer = await clients()
+    old = deployment.registry
+    ray.kill(old, no_restart=True)  # Ray will not restart it: the controller's health check makes a new one
+    await eventually(lambda: any(e["event"] == "registry_replaced" for e in deployment.events), timeout=30)
+    assert await (await consumer.get_service(full_id(provider, "kept"))).echo("back") == "back"
+    summary = await deployment.registry.summary.remote()
+    assert summary["last_rebuild"]["workers"] == sorted(deployment.workers) and summary["clients"] == 2
+    newcomer = await clients()  # claims and directory pushes of the new registry reach every worker
+    await newcomer.register_service(public("fresh"))
+    assert await (await provider.get_service(full_id(newcomer, "fresh"))).echo(1) == 1

@@ -97,13 +97,7 @@ class Controller:
 
         return (
             actor_class(Registry)
-            .options(
-                name=naming.registry_name(self.config.server_id),
-                namespace=naming.NAMESPACE,
-                lifetime="detached",
-                get_if_exists=True,
-                **control_plane(self.config),
-            )
+            .options(**control_plane(self.config, naming.registry_name(self.config.server_id)))
             .remote(self.config.max_services_per_client, self.config.server_id)
         )
 
@@ -164,6 +158,8 @@ class Controller:
 
     # -- what it runs --------------------------------------------------------------------------
     async def describe(self) -> dict[str, Any]:
+        """What runs; a restarted controller answers once it has taken the router back."""
+        await self._recovery
         return {
             "server_id": self.config.server_id,
             "config": self.config,
@@ -216,10 +212,12 @@ class Controller:
         return [f"ws://{url_host(self.config.host)}:{port}" for _, port in ports]
 
     async def stats(self) -> list[dict[str, Any]]:
+        await self._recovery
         return list((await answers({w: h.stats.remote() for w, h in self.workers.items()}, CONTROL_TIMEOUT)).values())
 
     async def set_batching(self, preset: str | None, fields: dict[str, Any]) -> Config:
         """Change batching on every worker at run time (a preset and/or Config batch fields)."""
+        await self._recovery
         async with self._lock:
             config = self.config.with_preset(preset) if preset else self.config
             self.config = config.replace(**fields)
@@ -229,6 +227,7 @@ class Controller:
 
     async def shutdown(self) -> None:
         """Stop the workers and the registry; the caller then kills this actor."""
+        await self._recovery
         self._stopping = True
         if self._watchdog is not None:
             self._watchdog.cancel()
@@ -249,6 +248,7 @@ class Controller:
 
     # -- placement -----------------------------------------------------------------------------
     async def reconcile(self) -> list[str]:
+        await self._recovery
         async with self._lock:
             return await self._reconcile()
 

@@ -37,8 +37,17 @@ def on_node(node_id: str) -> Any:
 HEAD_NODE = "node:__internal_head__"
 
 
-def control_plane(config: Config) -> dict[str, Any]:
-    """Actor options that place the controller and the registry: on a node with
-    ``control_resource`` if set, else on the head node. A resource, not a node id: when the
-    node is lost, Ray restarts them on another node that has it."""
-    return {"resources": {config.control_resource or HEAD_NODE: 0.001}}
+def control_plane(config: Config, name: str) -> dict[str, Any]:
+    """Actor options of the controller and the registry: detached, named in the namespace
+    (an existing one is attached to), on a node with ``control_resource`` if set, else on the
+    head node. A resource, not a node id: when the node is lost, Ray restarts them on another
+    node that has it."""
+    from rhizomorph.actors.naming import NAMESPACE
+
+    return {
+        "name": name,
+        "namespace": NAMESPACE,
+        "lifetime": "detached",
+        "get_if_exists": True,
+        "resources": {config.control_resource or HEAD_NODE: 0.001},
+    }
