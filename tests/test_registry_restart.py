@@ -34,22 +34,13 @@ async def deployment(ray_runtime):
 
 
 @pytest.fixture
-async def clients(deployment):
-    from hypha_rpc import connect_to_server
+def clients(deployment, connect):
+    """Released hypha-rpc clients of ``deployment`` (closed after the test by ``connect``)."""
 
-    made = []
+    async def to_deployment(**options):
+        return await connect(deployment.url, method_timeout=60, **options)
 
-    async def connect(**options):
-        server = await connect_to_server({"server_url": deployment.url, "method_timeout": 60, **options})
-        made.append(server)
-        return server
-
-    yield connect
-    for server in made:
-        try:
-            await asyncio.wait_for(server.disconnect(), 5)
-        except Exception:
-            pass
+    return to_deployment
 
 
 async def test_kill_9_of_the_registry_keeps_every_service_of_connected_clients(ray_runtime, deployment, clients):
