@@ -123,7 +123,11 @@ class Config:
     #: If set, gateway workers run only on nodes advertising this Ray custom resource
     #: (``ray start --resources='{"gateway": 4}'``), one worker per unit (``workers`` caps it).
     worker_resource: str = ""
-    #: Seconds between the launcher's health checks (``ray.nodes()`` and a ping per worker): a
+    #: If set, the router's controller and registry run only on nodes advertising this Ray
+    #: custom resource, and move to another such node if theirs is lost; by default they run on
+    #: the head node, whose loss ends the cluster anyway (docs/deploy.md).
+    control_resource: str = ""
+    #: Seconds between the controller's health checks (``ray.nodes()`` and a ping per worker): a
     #: dead worker's clients are released and announced, its peers told; missing workers are
     #: started on alive nodes, including nodes that joined later. ``0`` disables the watchdog.
     health_check_interval: float = 1.0

@@ -14,111 +14,72 @@ test can check that none is left.
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import os
+import secrets
 import shutil
 import signal
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from benchmarks.local_cluster import peer_traffic, private_environment, start_cluster
-
-# Before Ray is imported (see private_environment).
+# Before Ray is imported: loopback only; a private Ray temp dir (a Cluster records its address
+# in <temp dir>/ray/ray_current_cluster, where any plain ``ray.init()`` on this machine would
+# find it and join); token auth with a token of our own (as a joining node or driver gets it:
+# RAY_AUTH_MODE=token plus RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN).
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+os.environ.pop("RAY_ADDRESS", None)
 os.environ.setdefault("HYPHA_LOGLEVEL", "ERROR")
-_PRIVATE_DIR = private_environment("rzc-")
+_PRIVATE_DIR = tempfile.mkdtemp(prefix="rzc-", dir="/tmp")  # short: Ray's socket paths live under it
+os.environ["RAY_TMPDIR"] = _PRIVATE_DIR
+_TOKEN_PATH = os.path.join(_PRIVATE_DIR, "auth_token")
+with open(_TOKEN_PATH, "w") as _handle:
+    _handle.write(secrets.token_hex(32))
+os.environ["RAY_AUTH_MODE"] = "token"
+os.environ["RAY_AUTH_TOKEN_PATH"] = _TOKEN_PATH
 
 import psutil  # noqa: E402
 import ray  # noqa: E402
 from hypha_rpc import connect_to_server as connect_v3  # noqa: E402
+from ray.cluster_utils import Cluster  # noqa: E402
 
 from rhizomorph import Config, Deployment  # noqa: E402
 from rhizomorph.client import connect_to_server as connect_v4  # noqa: E402
-from tests import helpers  # noqa: E402
-from tests.helpers import address  # noqa: E402
+from tests import cluster_control  # noqa: E402
+from tests.cluster_support import FailoverProxy, address, emit, eventually, rhizomorph, serving  # noqa: E402
 
 NODES = 3
 MARKER = "CLUSTER_RESULTS "
-
-
-# The scenarios' defaults: a longer wait, polled less often, on a 3-node cluster on 2 cores.
-eventually = functools.partial(helpers.eventually, timeout=15.0, interval=0.1)
-
-
-async def emit(server: Any, message: dict[str, Any]) -> None:
-    result = server.emit(message)
-    if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):
-        await result
-
-
-class FailoverProxy:
-    """A TCP load balancer in miniature: each connection goes to the first backend that accepts.
-
-    Stands for HAProxy/nginx in front of the nodes: when a node is gone, reconnecting clients
-    land on the next one.
-    """
-
-    def __init__(self, ports: list[int]) -> None:
-        self.ports = ports
-        self.choices: list[int] = []
-        self._server: asyncio.AbstractServer | None = None
-        self._tasks: set[asyncio.Task] = set()
-
-    async def start(self) -> FailoverProxy:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-        return self
-
-    @property
-    def url(self) -> str:
-        assert self._server is not None
-        return f"ws://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        for port in self.ports:
-            try:
-                backend_reader, backend_writer = await asyncio.open_connection("127.0.0.1", port)
-                break
-            except OSError:
-                continue
-        else:
-            writer.close()
-            return
-        self.choices.append(port)
-        await asyncio.gather(self._pipe(reader, backend_writer), self._pipe(backend_reader, writer))
-
-    @staticmethod
-    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        except Exception:
-            pass
-        finally:
-            writer.close()
-
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
 
 
 class Run:
     """The cluster, the router on it, the clients of the scenarios and what they saw."""
 
     def __init__(self) -> None:
-        self.cluster: Any = None  # ray.cluster_utils.Cluster
+        self.cluster: Cluster | None = None
         self.nodes: list[Any] = []  # ray._private.node.Node, head first
         self.deployment: Deployment | None = None
         self.clients: list[Any] = []
         self.results: dict[str, Any] = {}
+        self.node_args = {
+            "num_cpus": 1,
+            "node_ip_address": "127.0.0.1",
+            "include_dashboard": False,
+            "object_store_memory": 80 * 1024 * 1024,
+        }
 
     # -- setup ---------------------------------------------------------------------------------
     def start(self) -> None:
         started = time.monotonic()
-        self.cluster, self.nodes = start_cluster(NODES)
+        self.cluster = Cluster(initialize_head=True, head_node_args=dict(self.node_args))
+        self.nodes = [self.cluster.head_node]
+        for _ in range(NODES - 1):
+            self.nodes.append(self.cluster.add_node(**self.node_args))
+        self.cluster.wait_for_nodes()
+        ray.init(address=self.cluster.address, include_dashboard=False, logging_level="WARNING")
         self.results["cluster_start_s"] = round(time.monotonic() - started, 2)
         config = Config(port=0, workers=1, distinct_node_ports=True, health_check_interval=0.5, log_level="WARNING")
         self.deployment = Deployment(config).start()
@@ -143,15 +104,21 @@ class Run:
         self.clients.append(server)
         return server
 
-    async def scenario(self, name: str, body: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
+    async def scenario(self, name: str, body: Callable[[dict[str, Any]], Awaitable[None]], timeout: float = 90) -> None:
         seen: dict[str, Any] = {}
         self.results[name] = seen
         started = time.monotonic()
         try:
-            await asyncio.wait_for(body(seen), 90)
+            await asyncio.wait_for(body(seen), timeout)
         except BaseException:
             seen["error"] = traceback.format_exc()
         seen["duration_s"] = round(time.monotonic() - started, 2)
+
+    def peer_calls(self) -> tuple[int, int]:
+        """Ray calls and frames between workers so far, summed over every worker."""
+        assert self.deployment is not None
+        stats = self.deployment.stats()
+        return (sum(sum(s["peer_calls"].values()) for s in stats), sum(sum(s["peer_frames"].values()) for s in stats))
 
     # -- scenarios -----------------------------------------------------------------------------
     async def placement(self, seen: dict[str, Any]) -> None:
@@ -169,35 +136,25 @@ class Run:
         seen["registry"] = await deployment.registry.summary.remote()
 
     async def cli_join(self, seen: dict[str, Any]) -> None:
-        """``rhizomorph serve --address <cluster>``: a second router joins the running cluster
-        (inheriting RAY_AUTH_MODE and the token path), serves, and leaves on Ctrl-C."""
+        """``rhizomorph serve --address <cluster> --server-id joined``: a second router joins the
+        running cluster (inheriting RAY_AUTH_MODE and the token path), serves, and leaves on Ctrl-C."""
         assert self.cluster is not None
         env = dict(os.environ, RHIZOMORPH_DISTINCT_NODE_PORTS="1", RHIZOMORPH_WORKERS="1")
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "rhizomorph.cli",
+        proc = await rhizomorph(
             "serve",
             "--address",
             self.cluster.address,
+            "--server-id",
+            "joined",  # else it attaches to the router already running (the only one)
             "--port",
             "0",
             "--log-level",
             "WARNING",
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
             env=env,
+            merged=True,
         )
         try:
-            lines: list[str] = []
-            while True:
-                line = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode()
-                if not line:
-                    raise AssertionError("the CLI exited: " + "".join(lines[-20:]))
-                lines.append(line)
-                if "rhizomorph: serving" in line:
-                    break
-            seen["banner"] = line.strip()
+            line = seen["banner"] = await serving(proc, 60)
             url = line.split("serving ", 1)[1].split(" ", 1)[0]
             server = await connect_v3({"server_url": url, "method_timeout": 30})
             seen["worker"] = server.config.rhizomorph_worker
@@ -268,12 +225,12 @@ class Run:
         seen["peer_workers"] = len(self.deployment.workers) - 1
 
         await asyncio.sleep(0.5)  # let subscription traffic settle
-        calls0, frames0 = peer_traffic(self.deployment)
+        calls0, frames0 = self.peer_calls()
         paced = 10
         for i in range(paced):
             await emit(owner, {"type": "tick", "to": "*", "data": i})
             await eventually(lambda i=i: all(i in got for _, got in subscribers), timeout=10, interval=0.02)
-        calls1, frames1 = peer_traffic(self.deployment)
+        calls1, frames1 = self.peer_calls()
         seen["paced"] = {"broadcasts": paced, "ray_calls": calls1 - calls0, "items": frames1 - frames0}
 
         burst = 200
@@ -281,7 +238,7 @@ class Run:
         total = paced + burst
         await eventually(lambda: all(len(got) >= total for _, got in subscribers), timeout=30)
         await asyncio.sleep(0.3)  # a duplicate would show up now
-        calls2, frames2 = peer_traffic(self.deployment)
+        calls2, frames2 = self.peer_calls()
         seen["burst"] = {"broadcasts": burst, "ray_calls": calls2 - calls1, "items": frames2 - frames1}
         seen["exactly_once_in_order"] = all(got == list(range(total)) for _, got in subscribers)
         seen["bystanders_received"] = sum(len(got) for got in bystanders)
@@ -479,6 +436,8 @@ async def main() -> dict[str, Any]:
         await run.scenario("broadcast", run.broadcast)
         await run.scenario("worker_restart", run.worker_restart)
         await run.scenario("node_loss", run.node_loss)
+        await run.scenario("launcher_killed", lambda seen: cluster_control.launcher_killed(run, seen), 180)
+        await run.scenario("control_plane_loss", lambda seen: cluster_control.control_plane_loss(run, seen), 180)
     except BaseException:
         run.results["error"] = traceback.format_exc()
     finally:

@@ -110,3 +110,115 @@ async def test_cli_serves_hypha_clients_and_ctrl_c_leaves_no_process():
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         proc.stdout.close()
+
+
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+async def wait_gone(pids: set[int], timeout: float) -> tuple[list[int], float]:
+    """Wait until none of ``pids`` runs; returns those still running and the seconds waited."""
+    started = time.monotonic()
+    while any(alive(pid) for pid in pids) and time.monotonic() - started < timeout:
+        await asyncio.sleep(0.2)
+    return sorted(pid for pid in pids if alive(pid)), time.monotonic() - started
+
+
+# A stand-in for a driver: a child that would outlive it (as Ray's agents did), then the watcher.
+FAKE_DRIVER = """
+import subprocess, sys, time
+from rhizomorph import reaper
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+watcher = reaper.start()
+print(child.pid, watcher.pid, flush=True)
+if sys.argv[1] == "exit":
+    sys.exit(0)
+time.sleep(600)
+"""
+
+
+@pytest.mark.parametrize("ending", ["kill", "exit"])
+async def test_the_watcher_kills_what_a_killed_driver_left_and_spares_a_clean_exit(ending):
+    driver = subprocess.Popen(
+        [sys.executable, "-c", FAKE_DRIVER, ending], stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
+    child, watcher = map(int, (await asyncio.to_thread(driver.stdout.readline)).split())
+    try:
+        if ending == "kill":
+            driver.kill()
+            left, waited = await wait_gone({child, watcher}, 10)
+            assert left == [], f"left behind after {waited:.1f} s"
+        else:
+            assert await asyncio.to_thread(driver.wait, 10) == 0
+            left, _ = await wait_gone({watcher}, 10)
+            assert left == [] and alive(child)  # told "stop": it ends and touches nothing
+    finally:
+        for pid in (driver.pid, child):
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        driver.wait()
+        driver.stdout.close()
+
+
+def test_start_needs_an_address():
+    from rhizomorph.cli import main
+
+    assert main(["start", "--port", "0"]) == 2
+
+
+async def start_cli(*args: str) -> tuple[subprocess.Popen, str]:
+    """``python -m rhizomorph serve <args>`` until it says it serves: (process, banner)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rhizomorph", "serve", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    lines: list[str] = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        line = await asyncio.to_thread(proc.stdout.readline)
+        lines.append(line)
+        if "rhizomorph: serving" in line:
+            return proc, line
+        if not line and proc.poll() is not None:
+            break
+    proc.kill()
+    proc.wait()
+    proc.stdout.close()
+    pytest.fail("the router did not start: " + "".join(lines))
+
+
+@pytest.mark.slow
+async def test_kill_9_of_the_embedded_cli_leaves_no_process():
+    """The embedded Ray lives as long as ``rhizomorph serve``: a kill -9 takes everything down,
+    the raylet's agents included (they used to stay 60-90 s: rhizomorph/reaper.py)."""
+    from hypha_rpc import connect_to_server
+
+    port = free_port()
+    proc, banner = await start_cli("--port", str(port), "--workers", "1")
+    try:
+        server = await connect_to_server({"server_url": f"ws://127.0.0.1:{port}"})
+        assert await server.echo("up") == "up"
+        await asyncio.sleep(1.5)  # the watcher has noted every process by now
+        family = descendants(proc.pid)
+        names = {psutil.Process(pid).name() for pid in family if alive(pid)}
+        assert {"raylet", "gcs_server"} <= names and any("Agent" in n for n in names), names
+        proc.kill()
+        assert await asyncio.to_thread(proc.wait, 10) == -signal.SIGKILL
+        left, waited = await wait_gone(family, 30)
+        assert left == [], f"left behind {waited:.1f} s after the kill: {left}"
+        print(f"every process of the embedded router gone {waited:.1f} s after kill -9")
+        try:
+            await asyncio.wait_for(server.disconnect(), 5)
+        except Exception:
+            pass
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        proc.stdout.close()

@@ -1,4 +1,5 @@
-"""The router on a multi-node Ray cluster: placement, cross-node routing, fan-out, lost workers and nodes.
+"""The router on a multi-node Ray cluster: placement, cross-node routing, fan-out, lost workers and nodes;
+its control plane: a killed launcher, the lost node of the controller and registry.
 
 The multi-node tests run ``python -m tests.cluster_scenarios`` once, in a subprocess: it builds a
 3-node cluster on 127.0.0.1 with ``ray.cluster_utils.Cluster`` (a Cluster and this session's
@@ -22,12 +23,13 @@ import psutil
 import pytest
 
 from rhizomorph import Config, Deployment
+from rhizomorph.cli import _status_text
 from rhizomorph.launcher import workers_for_node
 from tests.helpers import eventually
 
 ROOT = Path(__file__).resolve().parent.parent
 MARKER = "CLUSTER_RESULTS "  # as printed by tests/cluster_scenarios.py (not imported: it sets up Ray auth)
-SCENARIO_TIMEOUT = 240
+SCENARIO_TIMEOUT = 600
 
 
 # -- how many workers a node gets -------------------------------------------------------------
@@ -206,6 +208,64 @@ def test_node_loss_clients_reconnect_through_another_node_and_dead_services_are_
     assert seen["workers_after"] == ["n0w0", "n1w1"]
     assert seen["registry_after"]["workers"] == ["n0w0", "n1w1"]
     assert "n2w0" not in seen["registry_after"]["clients_per_worker"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(SCENARIO_TIMEOUT + 60)
+def test_a_killed_launcher_leaves_the_router_serving_and_status_start_stop_reach_it(cluster):
+    seen = scenario(cluster, "launcher_killed")
+    # Node 2 was removed by the node-loss scenario: two nodes remain.
+    assert "with 2 gateway worker(s) on 2 nodes" in seen["banner"] and "keeps serving" in seen["banner"]
+    assert seen["launcher_exit"] == -signal.SIGKILL
+    assert seen["echo_after_kill"] == "after" and seen["newcomer_echo"] == "new"
+    status = seen["status"]
+    assert status["server_id"] == "clikill" and len(status["urls"]) == 2
+    # Every client came in through the banner's URL, node 0.
+    assert [(w["worker_id"], w["connections"]) for w in status["workers"]] == [("n0w0", 3), ("n1w0", 0)]
+    assert status["connections"] == 3
+    assert status["registry"]["state"] == "ready" and status["registry"]["clients"] == 3
+    assert status["registry"]["services"] == 3 + 1  # a built-in per client, and "kept"
+    text = _status_text(status)
+    assert "router clikill: 2 gateway worker(s), 3 connection(s)" in text and "n1w0" in text
+    # The watchdog lives in the controller: it replaced a worker killed after the launcher died.
+    assert seen["replaced_after_s"] < 30
+    assert seen["events"][-2:] == ["worker_lost", "workers_started"]
+    assert seen["ambiguous_start"]["exit"] == 2 and "choose one with --server-id" in seen["ambiguous_start"]["err"]
+    assert seen["attach"]["exit"] == 0
+    assert "attached to the running router clikill" in seen["attach"]["banner"]
+    assert "left running" in seen["attach"]["banner"]
+    assert seen["ports_open_before_stop"] == [True, True]
+    assert seen["stop"] == {"exit": 0, "out": "rhizomorph: stopped router clikill", "err": ""}
+    assert seen["ports_closed_after_s"] < 30
+    assert seen["actors_left"] == []
+    assert seen["status_after_stop"]["exit"] == 1 and "no router clikill" in seen["status_after_stop"]["out"]
+    print(f"launcher killed: a worker killed afterwards was replaced in {seen['replaced_after_s']} s")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(SCENARIO_TIMEOUT + 60)
+def test_losing_the_control_plane_node_loses_no_service_of_the_surviving_nodes(cluster):
+    seen = scenario(cluster, "control_plane_loss")
+    assert seen["control_on_doomed_node"]
+    assert seen["workers_before"] == ["n0w0", "n1w0", "n2w0", "n3w0"]  # n0: the controller's node
+    # A lookup made right after the loss waited for the new registry and found the service.
+    assert seen["echo"] == "survived" and seen["lookup_answered_after_s"] < 60
+    assert seen["found_all"] == [True, True] and set(seen["ids"]) <= set(seen["listed"])
+    assert seen["fresh"] == "fresh"
+    # The client of the lost node is gone with it: not resurrected by the rebuild.
+    assert "not found" in seen["doomed_lookup"].lower()
+    assert not any(sid.endswith(":doomed") for sid in seen["listed"])
+    registry = seen["registry"]
+    assert registry["moved"] and registry["state"] == "ready"
+    assert registry["epoch_after"] > registry["epoch_before"]
+    assert registry["last_rebuild"]["workers"] == ["n1w0", "n2w0", "n3w0"]
+    controller = seen["controller"]
+    assert controller["moved"] and controller["workers"] == ["n1w0", "n2w0", "n3w0"]
+    assert "controller_recovered" in controller["events"]
+    print(
+        f"control plane node lost: get_service answered after {seen['lookup_answered_after_s']} s, "
+        f"rebuild took {registry['last_rebuild']['took_s']} s, controller back after {controller['back_after_s']} s"
+    )
 
 
 @pytest.mark.slow

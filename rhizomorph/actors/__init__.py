@@ -1,9 +1,11 @@
-"""The Ray actors of a router and the links between them: gateway worker shell, registry,
-chunking actor, peer links and channels."""
+"""The Ray actors of a router and the links between them: controller, gateway worker shell,
+registry, chunking actor, peer links and channels; and two helpers for handling actors."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, TypeVar, cast
+import asyncio
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 if TYPE_CHECKING:
     from ray.actor import ActorClass
@@ -19,3 +21,23 @@ def actor_class(decorated: type[_T]) -> ActorClass[_T]:
     than a ``type: ignore`` at every actor creation. It returns its argument unchanged.
     """
     return cast("ActorClass[_T]", decorated)
+
+
+async def answers(refs: Mapping[str, Any], timeout: float) -> dict[str, Any]:
+    """Await Ray calls by key, all at once, for at most ``timeout`` seconds: each key maps to
+    its result, or to the exception it raised (``TimeoutError`` if still running)."""
+
+    async def one(ref: Any) -> Any:
+        return await ref
+
+    tasks = {key: asyncio.ensure_future(one(ref)) for key, ref in refs.items()}
+    if tasks:
+        await asyncio.wait(tasks.values(), timeout=timeout)
+    results: dict[str, Any] = {}
+    for key, task in tasks.items():
+        if not task.done():
+            task.cancel()
+            results[key] = TimeoutError(f"no answer within {timeout:g} s")
+        else:
+            results[key] = task.exception() or task.result()
+    return results

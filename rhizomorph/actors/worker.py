@@ -3,7 +3,12 @@
 Each worker listens on the shared port (``rhizomorph/gateway/server.py``), hosts a ``Router``
 (``rhizomorph/gateway/router.py``) and its workspace manager, and keeps a replica of the
 directory pushed by the registry. Peers on the same node reach it over a Unix socket
-(``channel.py``), other peers and the launcher over Ray calls (the methods below).
+(``channel.py``), other peers, the registry and the controller over Ray calls (the methods
+below). It also keeps its clients' share of the registry (``RegistryCalls.owned``), which a
+restarted registry rebuilds itself from (``owned_state``, ``replace_directory``).
+
+Workers are detached named actors (rhizomorph/actors/naming.py): they serve on whether or not
+the process that started the router, or the controller, is alive.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from rhizomorph.actors import actor_class
 from rhizomorph.actors.channel import ChannelServer
 from rhizomorph.actors.chunking import ChunkRelay, relay_name
 from rhizomorph.actors.peer_link import Item
-from rhizomorph.actors.registry import RegistryCalls
+from rhizomorph.actors.registry_calls import RegistryCalls
 from rhizomorph.config import Config
 from rhizomorph.gateway import server
 from rhizomorph.gateway.router import Router
@@ -36,11 +41,15 @@ class GatewayWorker:
         logs.configure(config.log_level, config.log_format)
         self._config = config
         self._registry = registry
-        self._router = Router(config, worker_id, RegistryCalls(registry))
+        self._calls = RegistryCalls(registry)
+        self._router = Router(config, worker_id, self._calls)
         self._channel: ChannelServer | None = None
         self._node_id = ""
         self._server: Server | None = None
         self._write_watch: asyncio.Task[None] | None = None
+        #: The registry epoch of the directory this worker holds: older updates are dropped.
+        self._epoch = 0
+        self._info: dict[str, Any] = {}
 
     async def start(self) -> dict[str, Any]:
         config = self._config
@@ -53,15 +62,24 @@ class GatewayWorker:
         self._router.peers.chunk_relay = (
             actor_class(ChunkRelay).options(name=relay_name(config.server_id, node_id), get_if_exists=True).remote()
         )
-        snapshot = await self._registry.add_worker.remote(self._router.worker_id, self._self_handle())
-        self._router.update_directory(list(snapshot.items()))
+        await self._hello()
         self._write_watch = asyncio.ensure_future(self._router.clients.watch_writes(config.write_timeout))
-        return {
+        self._info = {
             "worker_id": self._router.worker_id,
             "pid": os.getpid(),
             "node_id": node_id,
             "port": sock.getsockname()[1],
         }
+        return self._info
+
+    async def _hello(self) -> None:
+        hello = await self._registry.add_worker.remote(self._router.worker_id, self._self_handle())
+        self._epoch = max(self._epoch, hello["epoch"])
+        self._router.update_directory(list(hello["directory"].items()))
+
+    async def info(self) -> dict[str, Any]:
+        """What ``start`` returned (empty until then): how a restarted controller finds it again."""
+        return self._info
 
     def _self_handle(self) -> Any:
         return ray.get_runtime_context().current_actor
@@ -83,14 +101,42 @@ class GatewayWorker:
         self._router.peers.set_peers(peers, channels)
 
     async def ping(self) -> str:
-        """Liveness check of the launcher's watchdog."""
+        """Liveness check of the controller's watchdog."""
         return self._router.worker_id
 
     async def forget_clients(self, removed: dict[str, list[dict[str, Any]]]) -> None:
         self._router.forget_clients(removed)
+        self._calls.owned.forget(removed)
 
-    async def update_directory(self, updates: list[tuple[str, str | None]]) -> None:
+    async def update_directory(self, updates: list[tuple[str, str | None]], epoch: int | None = None) -> None:
+        if epoch is not None and epoch < self._epoch:
+            return  # from a registry that has been replaced since
         self._router.update_directory(updates)
+
+    # -- a registry that starts again ----------------------------------------------------------
+    async def owned_state(self) -> dict[str, Any]:
+        """This worker's share of the registry, for a restarted registry to rebuild from."""
+        held = {conn.address: (conn.generation, conn.identity.user_id) for conn in self._router.clients}
+        return {"worker_id": self._router.worker_id, "epoch": self._epoch, **self._calls.owned.snapshot(held)}
+
+    async def replace_directory(self, epoch: int, directory: dict[str, str]) -> None:
+        """The whole directory of a rebuilt registry: the replica becomes it (local clients stay)."""
+        if epoch < self._epoch:
+            return
+        self._epoch = epoch
+        me = self._router.worker_id
+        owners = self._router.replica.owners
+        updates: list[tuple[str, str | None]] = [(a, w) for a, w in directory.items() if owners.get(a) != w]
+        updates += [(a, None) for a in list(owners) if a not in directory and a not in self._router.clients]
+        self._router.update_directory(updates)
+        owned = self._calls.owned
+        owned.forget([a for a, record in owned.clients.items() if record.leaving and directory.get(a) != me])
+
+    async def set_registry(self, registry: Any) -> None:
+        """A registry that replaces a lost one (the controller made it): use it from now on."""
+        self._registry = registry
+        self._calls.handle = registry
+        await self._hello()
 
     async def deliver(self, items: list[Item]) -> None:
         self._router.deliver(items)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import fnmatch
 import random
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -337,6 +337,17 @@ class ServiceTable:
 
     def get(self, full_id: str) -> ServiceRecord | None:
         return self.services.get(full_id)
+
+    # -- rebuilding after a restart ------------------------------------------------------------
+    def restore(self, address: str, record: ClientRecord, services: Iterable[dict[str, Any]]) -> None:
+        """Put back a client and the services it had (infos as ``register`` stored them), as its
+        worker reported them to a restarted registry (rhizomorph/protocol/ownership.py)."""
+        self.clients[address] = record
+        owned = self.by_owner.setdefault(address, set())
+        for info in services:
+            full_id = info["id"]
+            self.services[full_id] = ServiceRecord(full_id, address, info)
+            owned.add(full_id)
 
 
 def choose(candidates: Sequence[ServiceRecord], selection: Selection, service_id: str) -> ServiceRecord:

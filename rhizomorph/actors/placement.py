@@ -1,0 +1,53 @@
+"""Where a router's actors go: gateway workers, how many per node; the controller and registry.
+
+The controller (rhizomorph/actors/controller.py) applies these to Ray's view of the cluster
+(``ray.nodes()``); docs/deploy.md explains the choices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from rhizomorph.config import Config
+
+
+def workers_for_node(config: Config, resources: Mapping[str, float]) -> int:
+    """How many gateway workers a node with these Ray resources gets.
+
+    ``worker_resource`` set: one per unit of that resource (``workers`` caps it), none on nodes
+    without it. Otherwise ``workers`` if set, else ``workers_per_cpu`` per CPU (at least one).
+    """
+    if config.worker_resource:
+        units = int(resources.get(config.worker_resource, 0))
+        return min(units, config.workers) if config.workers > 0 else units
+    if config.workers > 0:
+        return config.workers
+    return max(1, int(resources.get("CPU", 0) * config.workers_per_cpu))
+
+
+def on_node(node_id: str) -> Any:
+    """Pinned to the node: a worker serves its node's port, nowhere else."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return NodeAffinitySchedulingStrategy(node_id=node_id, soft=False)
+
+
+#: A resource only Ray's head node has.
+HEAD_NODE = "node:__internal_head__"
+
+
+def control_plane(config: Config, name: str) -> dict[str, Any]:
+    """Actor options of the controller and the registry: detached, named in the namespace
+    (an existing one is attached to), on a node with ``control_resource`` if set, else on the
+    head node. A resource, not a node id: when the node is lost, Ray restarts them on another
+    node that has it."""
+    from rhizomorph.actors.naming import NAMESPACE
+
+    return {
+        "name": name,
+        "namespace": NAMESPACE,
+        "lifetime": "detached",
+        "get_if_exists": True,
+        "resources": {config.control_resource or HEAD_NODE: 0.001},
+    }
