@@ -15,7 +15,7 @@ import time
 import pytest
 
 from rhizomorph import Config, Deployment
-from tests.conftest import eventually, on_two_workers
+from tests.helpers import eventually, on_two_workers
 
 
 def public(name: str) -> dict:
