@@ -32,7 +32,7 @@ import xml.etree.ElementTree as ET
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 REPO = Path(__file__).resolve().parents[1]
 HARNESS = Path(__file__).resolve().parent
@@ -212,8 +212,7 @@ def write_summary(out: Path, args: argparse.Namespace, status: int, wall: float,
     known = read_known_failures(HARNESS / "known_failures.toml")
     collected = set(collection.get("collected", []))
     stale_known = sorted(set(known) - collected) if collected and not args.pytest_args else []
-    starts: list[dict[str, float]] = _read_json(out / "server_starts.json", [])
-    start_seconds = [s["seconds"] for s in starts]
+    starts: list[dict[str, Any]] = _read_json(out / "server_starts.json", [])
     lines = [
         f"# hypha-rpc {args.version} test suite against rhizomorph ({args.workers} gateway worker"
         + ("s" if args.workers != 1 else "")
@@ -227,10 +226,23 @@ def write_summary(out: Path, args: argparse.Namespace, status: int, wall: float,
         + "`",
         f"- per-test timeout {args.timeout} s (unless a test sets its own); JUnit XML: `{junit.name}`",
     ]
-    if start_seconds:
+    if starts:
+        served = [s["seconds"] for s in starts if s.get("served")]
+        failed = [s for s in starts if not s.get("served")]
         lines.append(
-            f"- rhizomorph server starts: {len(start_seconds)} (1 + restarts), from process start to serving: "
-            f"{min(start_seconds):.1f}-{max(start_seconds):.1f} s, mean {sum(start_seconds) / len(start_seconds):.1f} s"
+            f"- rhizomorph server starts (the first, then one per restart): {len(starts)}"
+            + (
+                f"; process start to serving {min(served):.1f}-{max(served):.1f} s, "
+                f"mean {sum(served) / len(served):.1f} s"
+                if served
+                else ""
+            )
+            + (
+                "; **not serving in time**: "
+                + ", ".join(f"{s['log']} after {s.get('seconds', 0):.0f} s" for s in failed)
+                if failed
+                else ""
+            )
         )
     lines += [
         "",
