@@ -61,6 +61,10 @@ def _port_open(port: int) -> bool:
         return False
 
 
+class ServerExited(RuntimeError):
+    """The server process ended before it served."""
+
+
 class RhizomorphServer:
     """One ``rhizomorph serve`` process on a fixed port; ``restart()`` replaces the process."""
 
@@ -77,6 +81,15 @@ class RhizomorphServer:
         return self.process is not None and self.process.poll() is None
 
     def start(self, timeout: float = START_TIMEOUT) -> None:
+        """Start the server; one more try if the process died before serving (embedded Ray's own
+        start can time out when the machine is overloaded). Every try is recorded."""
+        try:
+            self._start_once(timeout)
+        except ServerExited:
+            self.stop()  # whatever of its process group is left
+            self._start_once(timeout)
+
+    def _start_once(self, timeout: float) -> None:
         if self.alive:
             return
         if _port_open(self.port):
@@ -116,13 +129,15 @@ class RhizomorphServer:
         try:
             while True:
                 if self.process.poll() is not None:
-                    raise RuntimeError(
+                    record["failure"] = f"exited with {self.process.returncode}"
+                    raise ServerExited(
                         f"rhizomorph exited with {self.process.returncode} before serving; see {log_path}"
                     )
                 if READY_LINE in log_path.read_text(errors="replace") and _port_open(self.port):
                     break
                 if time.monotonic() - started > timeout:
                     record["seconds"] = round(time.monotonic() - started, 2)
+                    record["failure"] = f"not serving within {timeout:.0f} s"
                     self.stop()
                     raise RuntimeError(f"rhizomorph did not serve within {timeout:.0f} s; see {log_path}")
                 time.sleep(0.1)

@@ -238,8 +238,8 @@ def write_summary(out: Path, args: argparse.Namespace, status: int, wall: float,
                 else ""
             )
             + (
-                "; **not serving in time**: "
-                + ", ".join(f"{s['log']} after {s.get('seconds', 0):.0f} s" for s in failed)
+                "; **did not serve**: "
+                + ", ".join(f"{s['log']} ({s.get('failure', '?')}, {s.get('seconds', 0):.0f} s)" for s in failed)
                 if failed
                 else ""
             )
