@@ -4,6 +4,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 LINT_STAMP := $(VENV)/.installed-lint
+COMPAT_STAMP := $(VENV)/.installed-compat
 
 # Stamps: npm gives installed files a fixed 1985 mtime, useless to make.
 EXAMPLES_JS := examples/node_modules/.installed
@@ -11,7 +12,7 @@ CLIENT_JS := clients/js
 CLIENT_JS_DEPS := $(CLIENT_JS)/node_modules/.installed
 CLIENT_JS_BUILD := $(CLIENT_JS)/dist/rhizomorph-client.mjs
 
-.PHONY: install examples serve lint test test-fast bench bench-full clean
+.PHONY: install examples serve lint test test-fast bench bench-full compat clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -73,6 +74,19 @@ bench: $(BENCH_STAMP)
 
 bench-full: $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks.run --suite full $(HYPHA_FLAG)
+
+$(COMPAT_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/pip install --quiet -e '.[test,compat]'
+	touch $(COMPAT_STAMP)
+
+# hypha-rpc's own test suite (from its PyPI sdist, downloaded at run time into build/compat/cache)
+# against rhizomorph on 127.0.0.1:3828 with WORKERS gateway workers; writes
+# build/compat/workers-$(WORKERS)/{summary.md,junit.xml,pytest.log} (compat/run.py).
+HYPHA_RPC_VERSION ?= 0.21.47
+WORKERS ?= 1
+COMPAT_MIN_PASSED ?= 0
+compat: $(COMPAT_STAMP)
+	$(BIN)/python -m compat.run --version $(HYPHA_RPC_VERSION) --workers $(WORKERS) --min-passed $(COMPAT_MIN_PASSED)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
