@@ -296,6 +296,19 @@ async def test_manager_calls_larger_than_a_chunk_go_through_its_built_in_service
     assert all(c == {"callers": 0, "bytes": 0} for c in manager_cache(router))
 
 
+async def test_a_v4_client_sends_large_manager_calls_the_same_way(router):
+    from rhizomorph.client import connect_to_server as connect_v4
+    from rhizomorph.client import wire_protocol
+
+    server = await connect_v4({"server_url": router.url, "method_timeout": 20})
+    try:
+        assert wire_protocol(server) == 4  # v4 streams go to v4 peers only: the manager gets message_cache
+        payload = b"v4" * 400_000
+        assert await server.echo(payload) == payload
+    finally:
+        await server.disconnect()
+
+
 async def test_a_service_with_large_docs_registers_and_is_fetched_whole(connect):
     provider = await connect()
     consumer = await connect()
