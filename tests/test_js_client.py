@@ -166,7 +166,8 @@ async def python_peers(router):
 
     async def close_client(address: str) -> bool:
         """Close ``address``'s socket from the router side, as a worker restart would."""
-        for worker in router.workers.values():
+        workers = await asyncio.to_thread(lambda: router.workers)  # asks the controller: not on this loop
+        for worker in workers.values():
             if await worker.close_client.remote(address):
                 return True
         return False
