@@ -5,6 +5,11 @@ socket (``connection.py``) -> ``Router.route`` -> the target's ``DeliveryQueue``
 its peer link (``rhizomorph/actors/peers.py``) and comes back in through ``Router.deliver``.
 Where a frame goes is decided by ``rhizomorph/protocol/routing.py``; a frame that cannot be
 delivered is answered to its sender through one entry point, ``Router.undeliverable``.
+Broadcasts go through ``broadcasts.py``, to the peers that have subscribers for them.
+
+What one client can make a worker hold is bounded: the targets it called that are remembered
+(``DirectoryReplica``), and the registry lookups its calls to unknown targets cost
+(``rhizomorph/protocol/lookups.py``: a budget per connection, negative answers cached).
 """
 
 from __future__ import annotations
@@ -14,10 +19,11 @@ from collections.abc import Awaitable
 from typing import Any, Protocol
 
 from rhizomorph.actors.peer_link import Item
-from rhizomorph.actors.peers import Peers
+from rhizomorph.actors.peers import CONTROL, INTEREST, Peers
 from rhizomorph.background import spawn
 from rhizomorph.config import Config
 from rhizomorph.gateway import stats
+from rhizomorph.gateway.broadcasts import Broadcasts
 from rhizomorph.gateway.clients import ClientRegistry, Clients
 from rhizomorph.gateway.connection import ClientConnection
 from rhizomorph.gateway.manager import SERVER_VERSION, WorkspaceManager
@@ -28,12 +34,15 @@ from rhizomorph.protocol.batching import BatchPolicy
 from rhizomorph.protocol.close_codes import CloseCode
 from rhizomorph.protocol.directory import DirectoryReplica
 from rhizomorph.protocol.handshake import Identity, TokenIssuer
+from rhizomorph.protocol.lookups import Lookup, UnknownTargets
 from rhizomorph.protocol.routing import Via
 
 log = logging.getLogger("rhizomorph.router")
 
 #: A frame waiting for the registry: (frame, its header if parsed, whether a peer forwarded it).
 Waiting = tuple[bytes, "dict[str, Any] | None", bool]
+#: Frames that may wait behind one registry lookup; more are refused (the lookup is slow).
+MAX_WAITING_PER_LOOKUP = 1000
 
 
 class RouterRegistry(ClientRegistry, Protocol):
@@ -53,10 +62,21 @@ class Router:
         self.registry = registry
         self.issuer = TokenIssuer(config.jwt_secret)
         self.batch_policy = config.batch_policy()
-        self.peers = Peers(worker_id, on_failure=self._peer_failed, on_bulk_failure=self._bulk_failed)
+        self.peers = Peers(
+            worker_id,
+            on_failure=self._peer_failed,
+            on_bulk_failure=self._bulk_failed,
+            greeting=lambda: self.broadcasts.greeting(),
+        )
         self.streams = ChunkStreams(self, self.peers)
         self.clients = Clients(worker_id, registry, self.peers)
-        self.replica = DirectoryReplica()
+        self.broadcasts = Broadcasts(worker_id, self.clients, self.peers)
+        self.replica = DirectoryReplica(config.max_tracked_targets_per_client)
+        self.unknown = UnknownTargets(
+            rate=config.unknown_target_lookup_rate,
+            burst=config.unknown_target_lookup_burst,
+            ttl=config.unknown_target_cache_ttl,
+        )
         self.counters = Counters()
         #: Targets missing from the replica that the registry is being asked about: frames for
         #: them wait here, in order, behind that one lookup (a burst makes one call, not one each).
@@ -83,12 +103,16 @@ class Router:
         conn = self.clients.get(address)
         return conn.subscriptions if conn else None
 
+    async def subscriptions_changed(self, address: str) -> None:
+        """The manager changed the set ``subscriptions(address)`` returned: tell the peers."""
+        await self.broadcasts.subscriptions_changed(address)
+
     def send(self, target: str, frame: bytes) -> None:
         """Route a frame the router made itself (manager replies, calls, rejects)."""
         self._dispatch(target, frame, None)
 
     def broadcast_event(self, workspace: str, event_type: str, data: Any, forward: bool = True) -> None:
-        self._broadcast(f"{workspace}/*", event_type, envelope.event_frame(event_type, data), forward=forward)
+        self.broadcasts.event(workspace, event_type, data, forward=forward)
 
     async def cluster_stats(self) -> list[dict[str, Any]]:
         """Stats of this worker and of every peer (the manager's ``get_router_stats``)."""
@@ -105,26 +129,36 @@ class Router:
         self.counters.evicted += 1
 
     async def admit(self, conn: ClientConnection, is_reconnect: bool) -> None:
+        address = conn.address
+        # A write that fails leaves frames no socket will take: their senders are told.
+        conn.queue.on_unwritten = lambda unwritten: self._unwritten(address, unwritten)
         await self.clients.admit(conn, is_reconnect)
-        self.replica.set_owner(conn.address, self.worker_id)
+        self.replica.set_owner(address, self.worker_id)
+        if address in self.broadcasts.local:
+            self.broadcasts.changed(address)  # it replaced its own socket here, subscriptions and all
 
     async def disconnect(self, conn: ClientConnection) -> None:
         """Clean up after a socket closed: undelivered calls are rejected, services removed."""
         self.clients.remove(conn)
+        address = conn.address
+        if address not in self.clients:  # else a newer socket of the client took over here
+            self.replica.forget_caller(address)
+            self.unknown.forget_sender(address)
+            self.broadcasts.changed(address)
         self.streams.sender_left(conn)
         for frame in conn.queue.close():
-            self.undeliverable(conn.address, frame)
+            self.undeliverable(address, frame)
         self.counters.departed.merge(conn.queue.batch_metrics)
         self.counters.disconnects[str(conn.close_code or "none")] += 1
         try:
             removed = await self.clients.release(conn)
         except Exception as exc:  # registry restarting; its state is rebuilt from reconnects
-            log.warning("could not release %s: %s", conn.address, exc)
+            log.warning("could not release %s: %s", address, exc)
             return
         if removed is None:
             return  # a newer socket of this client took over: it is not gone
-        self.replica.forget(conn.address, self.worker_id)
-        self._announce_departure(conn.address, removed, forward=True)
+        self.replica.forget(address, self.worker_id)
+        self.broadcasts.departure(address, removed, forward=True)
 
     # -- the directory -------------------------------------------------------------------------
     def update_directory(self, updates: list[tuple[str, str | None]]) -> None:
@@ -145,18 +179,7 @@ class Router:
         """Clients of a lost worker, released by the launcher's watchdog: tell this worker's
         subscribers (each surviving worker is told, so nothing is forwarded)."""
         for address, services in removed.items():
-            self._announce_departure(address, services, forward=False)
-
-    def _announce_departure(self, address: str, services: list[dict[str, Any]], *, forward: bool) -> None:
-        """``service_removed`` for each of a departed client's services, then ``client_disconnected``
-        (with the bare client id, as hypha-rpc expects), to the subscribers of its workspace."""
-        workspace, client_id = address.split("/", 1)
-        for info in services:
-            if info.get("type") != "built-in":
-                self.broadcast_event(workspace, "service_removed", info, forward=forward)
-        self.broadcast_event(
-            workspace, "client_disconnected", {"id": client_id, "workspace": workspace}, forward=forward
-        )
+            self.broadcasts.departure(address, services, forward=False)
 
     def set_batch_policy(self, policy: BatchPolicy) -> None:
         """Change batching at run time, for every current and future target of this worker."""
@@ -254,7 +277,7 @@ class Router:
             self._to_manager(frame, header)
         elif envelope.is_broadcast(target):
             event_type = (header or envelope.parse(frame).header).get("type", "")
-            self._broadcast(target, event_type, frame, forward=True)
+            self.broadcasts.send(target, event_type, frame, forward=True)
         else:
             self.to_client(target, frame, header)
 
@@ -297,20 +320,43 @@ class Router:
         elif via is Via.PEER and route.owner is not None:
             self.peers.send(route.owner, (target, None, frame))
         elif via is Via.WAIT:  # frames sent before this one wait for the registry: keep the order
-            self._locating[target].append((frame, header, forwarded))
+            waiting = self._locating[target]
+            if len(waiting) < MAX_WAITING_PER_LOOKUP:
+                waiting.append((frame, header, forwarded))
+            else:
+                self.undeliverable(target, frame, header, f"too many messages wait for the lookup of {target}")
         elif via is Via.LOCATE:
-            self._locating[target] = [(frame, header, forwarded)]
-            spawn(self._locate(target))
+            self._lookup(target, frame, header, forwarded)
         else:
             self.undeliverable(target, frame, header)
+
+    def _lookup(self, target: str, frame: bytes, header: dict[str, Any] | None, forwarded: bool) -> None:
+        """``target`` is in no replica: ask the registry, unless it said "nobody" a moment ago or
+        the sending connection is over its budget of lookups (then the sender is told now)."""
+        # A header is only at hand for a local client's frame (stamped: ``from`` is its address).
+        verdict = self.unknown.check(target, header.get("from") if header is not None else None)
+        if verdict is Lookup.ASK:
+            self._locating[target] = [(frame, header, forwarded)]
+            spawn(self._locate(target))
+        elif verdict is Lookup.KNOWN_MISSING:
+            self.counters.lookups_cached += 1
+            self.undeliverable(target, frame, header)
+        else:
+            self.counters.lookups_denied += 1
+            self.undeliverable(target, frame, header, self.unknown.over_budget(target))
 
     async def _locate(self, target: str) -> None:
         """Ask the registry who owns ``target``, then send what waited for the answer, in order."""
         self.counters.registry_lookups += 1
         try:
             owner = await self.registry.locate(target)
-        except Exception:
-            owner = None
+        except Exception:  # the registry is unreachable: refused, but not remembered as missing
+            owner = self.replica.owner(target)
+        else:
+            # The directory update of a client that just connected may have overtaken the answer.
+            owner = owner or self.replica.owner(target)
+            if owner is None and target not in self.clients:
+                self.unknown.answered(target, found=False)
         peer = routing.remote_owner(owner, self_id=self.worker_id, reachable=self.peers)
         if peer is not None:
             self.replica.set_owner(target, peer)
@@ -321,19 +367,15 @@ class Router:
             )
             self._carry_out(route, conn, target, frame, header, forwarded)
 
-    def _broadcast(self, target: str, event_type: str, frame: bytes, *, forward: bool) -> None:
-        """Deliver to the subscribed clients of this worker, then once to every peer worker."""
-        for conn in self.clients.in_workspace(target[:-2]):
-            if event_type in conn.subscriptions:
-                conn.queue.put(frame)
-        if forward:
-            self.peers.broadcast((target, event_type, frame))
-
     def deliver(self, items: list[Item]) -> None:
         """A batch from a peer worker: deliver each frame locally, in order."""
         for target, event_type, frame in items:
             if event_type is not None:
-                self._broadcast(target, event_type, frame, forward=False)
+                if target == CONTROL:
+                    if event_type == INTEREST:
+                        self.peers.apply_interest(frame)
+                    continue
+                self.broadcasts.send(target, event_type, frame, forward=False)
             elif target == self.manager.address:
                 self.manager.handle(frame)
             else:
@@ -360,11 +402,15 @@ class Router:
             if header is None:
                 return  # a later chunk (chunk 0 answered for its stream), or unreadable
         self.counters.dropped += 1
+        if sender is None:
+            sender = header.get("from")
+        if isinstance(sender, str):
+            self.replica.forget_call(sender, target)  # the caller is told now: nothing to remember
         told = refusals.answer(
             header,
             target,
             reason or refusals.not_connected(target),
-            sender=header.get("from") if sender is None else sender,
+            sender=sender,
             manager=self.manager.address,
             server_user=self.manager.user,
         )
@@ -375,6 +421,11 @@ class Router:
             self._to_manager(told.frame, None)
         elif told.to in self.clients or told.to in self.replica:
             self.to_client(told.to, told.frame, None)
+
+    def _unwritten(self, address: str, unwritten: list[bytes]) -> None:
+        """A write to ``address`` failed: what it carried, and what waited behind it."""
+        for frame in unwritten:
+            self.undeliverable(address, frame)
 
     def _bulk_failed(self, items: list[Item]) -> None:
         self.streams.bulk_failed(items)
