@@ -29,6 +29,7 @@ from rhizomorph.gateway.connection import ClientConnection
 from rhizomorph.gateway.manager import SERVER_VERSION, WorkspaceManager
 from rhizomorph.gateway.stats import Counters
 from rhizomorph.gateway.streams import ChunkStreams
+from rhizomorph.gateway.throttle import Throttle
 from rhizomorph.protocol import envelope, frames, refusals, routing
 from rhizomorph.protocol.batching import BatchPolicy
 from rhizomorph.protocol.close_codes import CloseCode
@@ -77,6 +78,8 @@ class Router:
             burst=config.unknown_target_lookup_burst,
             ttl=config.unknown_target_cache_ttl,
         )
+        self.throttle = Throttle(self._route_held)
+        self._held = self.throttle.backlogs  # read on every frame: one attribute less
         self.counters = Counters()
         #: Targets missing from the replica that the registry is being asked about: frames for
         #: them wait here, in order, behind that one lookup (a burst makes one call, not one each).
@@ -140,6 +143,7 @@ class Router:
     async def disconnect(self, conn: ClientConnection) -> None:
         """Clean up after a socket closed: undelivered calls are rejected, services removed."""
         self.clients.remove(conn)
+        self.throttle.release(conn)  # what it sent while held is routed now, before its state goes
         address = conn.address
         if address not in self.clients:  # else a newer socket of the client took over here
             self.replica.forget_caller(address)
@@ -193,10 +197,20 @@ class Router:
         counters = self.counters
         counters.frames_in += 1
         counters.bytes_in += len(frame)
+        held = self._held
+        if held and conn in held:
+            held[conn].append(frame)  # routed in turn with other clients' frames (throttle.py)
+            return
         if frames.is_v4(frame):
             self._route_v4(conn, frame)
             return
         self._route_message(conn, frame)
+
+    def _route_held(self, conn: ClientConnection, frame: bytes) -> None:
+        if frames.is_v4(frame):
+            self._route_v4(conn, frame)
+        else:
+            self._route_message(conn, frame)
 
     def _route_message(self, conn: ClientConnection, frame: bytes) -> None:
         """One (non-v4) message: stamp it; a direct message to a local client goes straight to
@@ -343,6 +357,9 @@ class Router:
             self.undeliverable(target, frame, header)
         else:
             self.counters.lookups_denied += 1
+            conn = self.clients.get(header["from"])  # only a local connection has a budget to be over
+            if conn is not None:
+                self.throttle.hold(conn)
             self.undeliverable(target, frame, header, self.unknown.over_budget(target))
 
     async def _locate(self, target: str) -> None:

@@ -458,8 +458,13 @@ async def test_a_flood_of_calls_to_unknown_targets_costs_a_bounded_number_of_loo
 
     for i in range(2000):
         router.route(flooder, call(f"nobody-{i}", session=f"s{i}"))
-    router.route(other, call("nobody-else", session="mine"))
+    router.route(other, call("nobody-else", session="mine"))  # not held up by the flooder's backlog
     await settle()
+    assert [h["method"] for h in other_socket.headers()] == ["mine.reject"]
+    assert len(router.throttle.backlogs[flooder]) > 1900  # held: routed later, in slices
+    while router.throttle.backlogs:
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)  # the last batch's timer
 
     assert 20 <= len(registry.lookups) <= 23  # the burst, and what the rate refilled meanwhile
     assert "ws/nobody-else" in registry.lookups  # another connection's budget is its own
