@@ -348,7 +348,8 @@ class Router:
         """``target`` is in no replica: ask the registry, unless it said "nobody" a moment ago or
         the sending connection is over its budget of lookups (then the sender is told now)."""
         # A header is only at hand for a local client's frame (stamped: ``from`` is its address).
-        verdict = self.unknown.check(target, header.get("from") if header is not None else None)
+        sender = header.get("from") if header is not None else None
+        verdict = self.unknown.check(target, sender)
         if verdict is Lookup.ASK:
             self._locating[target] = [(frame, header, forwarded)]
             spawn(self._locate(target))
@@ -357,7 +358,7 @@ class Router:
             self.undeliverable(target, frame, header)
         else:
             self.counters.lookups_denied += 1
-            conn = self.clients.get(header["from"])  # only a local connection has a budget to be over
+            conn = self.clients.get(str(sender))  # only a local connection has a budget to be over
             if conn is not None:
                 self.throttle.hold(conn)
             self.undeliverable(target, frame, header, self.unknown.over_budget(target))
