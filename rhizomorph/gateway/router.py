@@ -9,23 +9,22 @@ Broadcasts go through ``broadcasts.py``, to the peers that have subscribers for 
 
 What one client can make a worker hold is bounded: the targets it called that are remembered
 (``DirectoryReplica``), and the registry lookups its calls to unknown targets cost
-(``rhizomorph/protocol/lookups.py``: a budget per connection, negative answers cached).
+(``locating.py``: a budget per connection, negative answers cached).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable
-from typing import Any, Protocol
+from typing import Any
 
 from rhizomorph.actors.peer_link import Item
 from rhizomorph.actors.peers import CONTROL, INTEREST, Peers
-from rhizomorph.background import spawn
 from rhizomorph.config import Config
 from rhizomorph.gateway import stats
 from rhizomorph.gateway.broadcasts import Broadcasts
-from rhizomorph.gateway.clients import ClientRegistry, Clients
+from rhizomorph.gateway.clients import Clients
 from rhizomorph.gateway.connection import ClientConnection
+from rhizomorph.gateway.locating import Locating, RouterRegistry
 from rhizomorph.gateway.manager import SERVER_VERSION, WorkspaceManager
 from rhizomorph.gateway.stats import Counters
 from rhizomorph.gateway.streams import ChunkStreams
@@ -35,21 +34,10 @@ from rhizomorph.protocol.batching import BatchPolicy
 from rhizomorph.protocol.close_codes import CloseCode
 from rhizomorph.protocol.directory import DirectoryReplica
 from rhizomorph.protocol.handshake import Identity, TokenIssuer
-from rhizomorph.protocol.lookups import Lookup, UnknownTargets
+from rhizomorph.protocol.lookups import UnknownTargets
 from rhizomorph.protocol.routing import Via
 
 log = logging.getLogger("rhizomorph.router")
-
-#: A frame waiting for the registry: (frame, its header if parsed, whether a peer forwarded it).
-Waiting = tuple[bytes, "dict[str, Any] | None", bool]
-#: Frames that may wait behind one registry lookup; more are refused (the lookup is slow).
-MAX_WAITING_PER_LOOKUP = 1000
-
-
-class RouterRegistry(ClientRegistry, Protocol):
-    """The registry as the router calls it (``rhizomorph.actors.registry.RegistryCalls``)."""
-
-    def locate(self, address: str) -> Awaitable[str | None]: ...
 
 
 class Router:
@@ -78,12 +66,11 @@ class Router:
             burst=config.unknown_target_lookup_burst,
             ttl=config.unknown_target_cache_ttl,
         )
+        self.locating = Locating(self, self.unknown)
+        self._locating = self.locating.waiting  # read on every frame
         self.throttle = Throttle(self._route_held)
         self._held = self.throttle.backlogs  # read on every frame: one attribute less
         self.counters = Counters()
-        #: Targets missing from the replica that the registry is being asked about: frames for
-        #: them wait here, in order, behind that one lookup (a burst makes one call, not one each).
-        self._locating: dict[str, list[Waiting]] = {}
         self.manager = WorkspaceManager(
             self,
             manager_id=config.manager_id,
@@ -314,9 +301,9 @@ class Router:
             forwarded=forwarded,
             locating=bool(self._locating) and target in self._locating,
         )
-        self._carry_out(route, conn, target, frame, header, forwarded)
+        self.carry_out(route, conn, target, frame, header, forwarded)
 
-    def _carry_out(
+    def carry_out(
         self,
         route: routing.Route,
         conn: ClientConnection | None,
@@ -334,56 +321,11 @@ class Router:
         elif via is Via.PEER and route.owner is not None:
             self.peers.send(route.owner, (target, None, frame))
         elif via is Via.WAIT:  # frames sent before this one wait for the registry: keep the order
-            waiting = self._locating[target]
-            if len(waiting) < MAX_WAITING_PER_LOOKUP:
-                waiting.append((frame, header, forwarded))
-            else:
-                self.undeliverable(target, frame, header, f"too many messages wait for the lookup of {target}")
+            self.locating.wait(target, frame, header, forwarded)
         elif via is Via.LOCATE:
-            self._lookup(target, frame, header, forwarded)
+            self.locating.start(target, frame, header, forwarded)
         else:
             self.undeliverable(target, frame, header)
-
-    def _lookup(self, target: str, frame: bytes, header: dict[str, Any] | None, forwarded: bool) -> None:
-        """``target`` is in no replica: ask the registry, unless it said "nobody" a moment ago or
-        the sending connection is over its budget of lookups (then the sender is told now)."""
-        # A header is only at hand for a local client's frame (stamped: ``from`` is its address).
-        sender = header.get("from") if header is not None else None
-        verdict = self.unknown.check(target, sender)
-        if verdict is Lookup.ASK:
-            self._locating[target] = [(frame, header, forwarded)]
-            spawn(self._locate(target))
-        elif verdict is Lookup.KNOWN_MISSING:
-            self.counters.lookups_cached += 1
-            self.undeliverable(target, frame, header)
-        else:
-            self.counters.lookups_denied += 1
-            conn = self.clients.get(str(sender))  # only a local connection has a budget to be over
-            if conn is not None:
-                self.throttle.hold(conn)
-            self.undeliverable(target, frame, header, self.unknown.over_budget(target))
-
-    async def _locate(self, target: str) -> None:
-        """Ask the registry who owns ``target``, then send what waited for the answer, in order."""
-        self.counters.registry_lookups += 1
-        try:
-            owner = await self.registry.locate(target)
-        except Exception:  # the registry is unreachable: refused, but not remembered as missing
-            owner = self.replica.owner(target)
-        else:
-            # The directory update of a client that just connected may have overtaken the answer.
-            owner = owner or self.replica.owner(target)
-            if owner is None and target not in self.clients:
-                self.unknown.answered(target, found=False)
-        peer = routing.remote_owner(owner, self_id=self.worker_id, reachable=self.peers)
-        if peer is not None:
-            self.replica.set_owner(target, peer)
-        for frame, header, forwarded in self._locating.pop(target, ()):
-            conn = self.clients.get(target)
-            route = routing.after_locate(
-                local=conn is not None, owner=owner, self_id=self.worker_id, reachable=self.peers, forwarded=forwarded
-            )
-            self._carry_out(route, conn, target, frame, header, forwarded)
 
     def deliver(self, items: list[Item]) -> None:
         """A batch from a peer worker: deliver each frame locally, in order."""
