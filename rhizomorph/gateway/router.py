@@ -26,6 +26,7 @@ from rhizomorph.gateway.clients import Clients
 from rhizomorph.gateway.connection import ClientConnection
 from rhizomorph.gateway.locating import Locating, RouterRegistry
 from rhizomorph.gateway.manager import SERVER_VERSION, WorkspaceManager
+from rhizomorph.gateway.memory import Reclaimer
 from rhizomorph.gateway.stats import Counters
 from rhizomorph.gateway.streams import ChunkStreams
 from rhizomorph.gateway.throttle import Throttle
@@ -71,6 +72,7 @@ class Router:
         self.throttle = Throttle(self._route_held)
         self._held = self.throttle.backlogs  # read on every frame: one attribute less
         self.counters = Counters()
+        self.reclaimer = Reclaimer()  # memory back after a wave of departures
         self.manager = WorkspaceManager(
             self,
             manager_id=config.manager_id,
@@ -139,6 +141,8 @@ class Router:
         self.streams.sender_left(conn)
         for frame in conn.queue.close():
             self.undeliverable(address, frame)
+        conn.queue.on_overflow = None  # conn -> queue -> conn.evict: a cycle only the collector breaks
+        self.reclaimer.departed()
         self.counters.departed.merge(conn.queue.batch_metrics)
         self.counters.disconnects[str(conn.close_code or "none")] += 1
         try:
