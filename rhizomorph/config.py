@@ -114,6 +114,18 @@ class Config:
     message_rate: float = 20000.0
     #: Token bucket capacity: frames a connection may send at once before the rate applies.
     message_burst: int = 40000
+    #: Registry lookups per second one connection may cause by calling targets missing from the
+    #: worker's directory replica (targets that do not exist, mostly); over it such calls are
+    #: rejected without a lookup (docs/protocol.md). ``0`` disables the budget.
+    unknown_target_lookup_rate: float = 50.0
+    #: ... and how many such lookups it may cause at once before the rate applies.
+    unknown_target_lookup_burst: int = 200
+    #: Seconds a worker remembers that the registry found no owner for a target: calls to it
+    #: are rejected meanwhile without asking again. ``0``: never remembered.
+    unknown_target_cache_ttl: float = 1.0
+    #: Targets remembered per client for telling it at once when one of them leaves for good
+    #: (``peer_not_found``); past it the oldest is forgotten (a call to it then ends at its timeout).
+    max_tracked_targets_per_client: int = 1000
     #: Seconds without any inbound data frame before the router closes the socket (1001), as
     #: Hypha; hypha-rpc clients send a text ping every 20-30 s. ``0`` disables it.
     idle_timeout: float = 600.0

@@ -5,6 +5,11 @@ same node, else Ray calls. A peer reached over Ray calls also gets a bulk link t
 node's chunking actor for the chunks of large messages, so they never hold up small messages;
 a same-node peer on the socket takes chunks on its ordered link, in turn with small messages,
 as a local target does (benchmarks/targets.md has the numbers behind this choice).
+
+Broadcasts go only to the peers with a subscriber for their (workspace, event type):
+``interest`` holds what each peer said it has (``rhizomorph/protocol/interest.py``). A
+worker says it as control items on its ordered links, in order with its frames: its whole set
+first on every new link (``greeting``), then each change (``announce``).
 """
 
 from __future__ import annotations
@@ -16,10 +21,22 @@ from typing import Any
 
 from rhizomorph.actors.channel import Channel
 from rhizomorph.actors.peer_link import Call, Item, PeerLink
+from rhizomorph.protocol.interest import InterestUpdate, PeerInterest
 
 log = logging.getLogger("rhizomorph.peers")
 
 OnFailure = Callable[[list[Item]], None]
+
+#: The target of a control item on a peer link: no client address is empty.
+CONTROL = ""
+#: The event type of a control item carrying an ``InterestUpdate``.
+INTEREST = "interest"
+#: Seconds before a peer that may have missed an interest update is sent the whole set again.
+RESEND_INTEREST_AFTER = 1.0
+
+
+def interest_item(update: InterestUpdate) -> Item:
+    return (CONTROL, INTEREST, update.encode())
 
 
 def _same_actor(a: Any, b: Any) -> bool:
@@ -27,7 +44,13 @@ def _same_actor(a: Any, b: Any) -> bool:
 
 
 class Peers:
-    def __init__(self, worker_id: str, on_failure: OnFailure, on_bulk_failure: OnFailure) -> None:
+    def __init__(
+        self,
+        worker_id: str,
+        on_failure: OnFailure,
+        on_bulk_failure: OnFailure,
+        greeting: Callable[[], InterestUpdate] | None = None,
+    ) -> None:
         self.worker_id = worker_id
         self.links: dict[str, PeerLink] = {}
         #: Chunk frames to peers reached over Ray calls, through the node's chunking actor.
@@ -36,6 +59,11 @@ class Peers:
         self._channels: dict[str, Channel] = {}
         self._on_failure = on_failure
         self._on_bulk_failure = on_bulk_failure
+        #: This worker's whole interest set, sent first on every new link.
+        self._greeting = greeting
+        #: What each peer has subscribers for, as the peers said.
+        self.interest = PeerInterest()
+        self._resending: set[str] = set()
 
     def __contains__(self, worker_id: object) -> bool:
         return worker_id in self.links
@@ -51,14 +79,16 @@ class Peers:
             if link is not None and _same_actor(link.handle, handle):
                 continue
             self._close_channel(worker_id)
+            on_failure = self._link_failed(worker_id)
             if worker_id in channels:
                 channel = self._channels[worker_id] = Channel(channels[worker_id])
                 link = PeerLink(
-                    worker_id, handle, self._on_failure, call=channel.send, try_call=channel.try_send, kind="socket"
+                    worker_id, handle, on_failure, call=channel.send, try_call=channel.try_send, kind="socket"
                 )
             else:
-                link = PeerLink(worker_id, handle, self._on_failure)
+                link = PeerLink(worker_id, handle, on_failure)
             self.links[worker_id] = link
+            self._greet(link)
             self.bulk.pop(worker_id, None)
             if self.chunk_relay is not None and worker_id not in channels:
                 self.bulk[worker_id] = PeerLink(
@@ -73,6 +103,68 @@ class Peers:
                 del self.links[worker_id]
                 self.bulk.pop(worker_id, None)
                 self._close_channel(worker_id)
+                self.interest.forget(worker_id)
+
+    # -- interest ------------------------------------------------------------------------------
+    def _greet(self, link: PeerLink) -> None:
+        if self._greeting is not None:
+            link.send(interest_item(self._greeting()))
+
+    def _link_failed(self, worker_id: str) -> OnFailure:
+        def failed(items: list[Item]) -> None:
+            if any(target == CONTROL for target, _, _ in items):
+                self._resend_interest(worker_id)
+            self._on_failure(items)
+
+        return failed
+
+    def _resend_interest(self, worker_id: str) -> None:
+        """A call that carried an interest update failed. If the peer is only unreachable for
+        a moment it would keep a stale view of this worker: it gets the whole set again soon
+        (a peer that is gone leaves ``links`` meanwhile, or fails once more a second later)."""
+        if worker_id in self._resending:
+            return
+        self._resending.add(worker_id)
+        link = self.links.get(worker_id)
+
+        def resend() -> None:
+            self._resending.discard(worker_id)
+            if link is not None and self.links.get(worker_id) is link:
+                self._greet(link)
+
+        asyncio.get_running_loop().call_later(RESEND_INTEREST_AFTER, resend)
+
+    def announce(self, update: InterestUpdate) -> None:
+        """A change of this worker's interest, to every peer, in order with its frames."""
+        if update:
+            self.broadcast(interest_item(update))
+
+    def apply_interest(self, data: bytes) -> None:
+        """A peer's interest update (a control item it sent)."""
+        try:
+            update = InterestUpdate.decode(data)
+        except ValueError as exc:
+            log.warning("ignoring a bad interest update: %s", exc)
+            return
+        if update.worker_id != self.worker_id:
+            self.interest.apply(update)
+
+    async def flushed(self, timeout: float) -> None:
+        """Wait (at most ``timeout`` s) until every link has carried what was sent on it so far."""
+        waiting = [link.idle() for link in self.links.values()]
+        if waiting:
+            await asyncio.wait(waiting, timeout=timeout)
+
+    def send_event(self, workspace: str, item: Item) -> None:
+        """A broadcast of ``workspace``: to the peers with a subscriber for its event type."""
+        event_type = item[1]
+        if event_type is None:
+            return
+        links = self.links
+        for worker_id in self.interest.peers_for(workspace, event_type):
+            link = links.get(worker_id)
+            if link is not None:
+                link.send(item)
 
     def _through_chunk_relay(self, peer: Any) -> Call:
         def call(items: list[Item]) -> Awaitable[Any]:
@@ -139,4 +231,5 @@ class Peers:
             "peer_calls": {w: link.calls for w, link in self.links.items()},
             "peer_channels": {w: link.kind for w, link in self.links.items()},
             "peer_frames": {w: link.frames for w, link in self.links.items()},
+            "peer_interest": self.interest.stats(),
         }

@@ -5,6 +5,12 @@ Ray hop. It owns the target's batch buffer (``rhizomorph/protocol/batching.py`` 
 one writer task, which keeps frames in the order they were queued and means a slow socket
 never blocks the sender. A flush goes out as consecutive frames to a v3 client (in one socket
 write when the connection offers ``send_frames``), and as one batch frame to a v4 client.
+
+Nothing queued is lost without its sender being told: frames never written come back from
+``close``, and when a write fails (the socket went away under it) the frames of that flush and
+everything still buffered go to ``on_unwritten`` at once (the router answers them as it
+answers any undeliverable message). Frames of a failed write may have reached the client in
+part: their senders are told anyway, as a client that lost its socket cannot answer them.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ class DeliveryQueue:
         send_frames: SendFrames | None = None,
         max_bytes: int = 0,
         on_overflow: Callable[[str], None] | None = None,
+        on_unwritten: Callable[[list[bytes]], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.address = address
@@ -51,6 +58,10 @@ class DeliveryQueue:
         #: stalls: the connection evicts the slow consumer.
         self.max_bytes = max_bytes
         self.on_overflow = on_overflow
+        #: Gets the frames of a failed write and what was buffered behind them (else ``close``
+        #: returns them).
+        self.on_unwritten = on_unwritten
+        self._unwritten: list[bytes] = []
         self._write_started: float | None = None
 
     @property
@@ -87,6 +98,7 @@ class DeliveryQueue:
 
     async def _drain(self) -> None:
         batcher = self.batcher
+        flush = None
         try:
             while not self._closed:
                 flush = batcher.take(self._clock())
@@ -108,13 +120,20 @@ class DeliveryQueue:
                         await self._send(frame)
                     self.frames_written += len(flush.frames)
                 self._write_started = None
+                flush = None  # written: not for ``on_unwritten``
                 batcher.written()
                 self._progress.set()
         except Exception as exc:  # the socket closed under us; the connection's cleanup follows
             log.debug("delivery to %s stopped: %s", self.address, exc)
             self._closed = True
+            unwritten = (flush.frames if flush is not None else []) + batcher.drain()
+            if self.on_unwritten is not None:
+                self.on_unwritten(unwritten)
+            else:
+                self._unwritten.extend(unwritten)
         finally:
             self._writer = None
+            self._write_started = None
 
     async def _wait_until(self, deadline: float) -> None:
         """Sleep until the batch timer expires, or a new message may complete the batch."""
@@ -149,7 +168,8 @@ class DeliveryQueue:
         self._closed = True
         self._nudge()
         self._progress.set()
-        return self.batcher.drain()
+        unwritten, self._unwritten = self._unwritten, []
+        return unwritten + self.batcher.drain()
 
     def metrics(self) -> dict:
         stats = self.batcher.metrics.as_dict()

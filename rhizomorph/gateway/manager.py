@@ -42,6 +42,8 @@ class ManagerHost(Protocol):
 
     def subscriptions(self, address: str) -> set[str] | None: ...
 
+    async def subscriptions_changed(self, address: str) -> None: ...
+
     def broadcast_event(self, workspace: str, event_type: str, data: Any) -> None: ...
 
     async def cluster_stats(self) -> list[dict[str, Any]]: ...
@@ -286,6 +288,7 @@ class WorkspaceManager(ServiceMethods):
         if subscriptions is None:
             raise ManagerError(f"Connection not found for client {caller.address}")  # Hypha's words
         subscriptions.update(_event_types(event_type))
+        await self._host.subscriptions_changed(caller.address)
         return True
 
     async def unsubscribe(self, caller: Identity, event_type: Any, **_: Any) -> bool:
@@ -293,6 +296,7 @@ class WorkspaceManager(ServiceMethods):
         subscriptions = self._host.subscriptions(caller.address)
         if subscriptions is not None:
             subscriptions.difference_update(_event_types(event_type))
+        await self._host.subscriptions_changed(caller.address)
         return True
 
     async def echo(self, caller: Identity, data: Any = None, **_: Any) -> Any:

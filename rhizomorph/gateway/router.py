@@ -5,41 +5,40 @@ socket (``connection.py``) -> ``Router.route`` -> the target's ``DeliveryQueue``
 its peer link (``rhizomorph/actors/peers.py``) and comes back in through ``Router.deliver``.
 Where a frame goes is decided by ``rhizomorph/protocol/routing.py``; a frame that cannot be
 delivered is answered to its sender through one entry point, ``Router.undeliverable``.
+Broadcasts go through ``broadcasts.py``, to the peers that have subscribers for them.
+
+What one client can make a worker hold is bounded: the targets it called that are remembered
+(``DirectoryReplica``), and the registry lookups its calls to unknown targets cost
+(``locating.py``: a budget per connection, negative answers cached).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable
-from typing import Any, Protocol
+from typing import Any
 
 from rhizomorph.actors.peer_link import Item
-from rhizomorph.actors.peers import Peers
-from rhizomorph.background import spawn
+from rhizomorph.actors.peers import CONTROL, INTEREST, Peers
 from rhizomorph.config import Config
 from rhizomorph.gateway import stats
-from rhizomorph.gateway.clients import ClientRegistry, Clients
+from rhizomorph.gateway.broadcasts import Broadcasts
+from rhizomorph.gateway.clients import Clients
 from rhizomorph.gateway.connection import ClientConnection
+from rhizomorph.gateway.locating import Locating, RouterRegistry
 from rhizomorph.gateway.manager import SERVER_VERSION, WorkspaceManager
+from rhizomorph.gateway.memory import Reclaimer
 from rhizomorph.gateway.stats import Counters
 from rhizomorph.gateway.streams import ChunkStreams
+from rhizomorph.gateway.throttle import Throttle
 from rhizomorph.protocol import envelope, frames, refusals, routing
 from rhizomorph.protocol.batching import BatchPolicy
 from rhizomorph.protocol.close_codes import CloseCode
 from rhizomorph.protocol.directory import DirectoryReplica
 from rhizomorph.protocol.handshake import Identity, TokenIssuer
+from rhizomorph.protocol.lookups import UnknownTargets
 from rhizomorph.protocol.routing import Via
 
 log = logging.getLogger("rhizomorph.router")
-
-#: A frame waiting for the registry: (frame, its header if parsed, whether a peer forwarded it).
-Waiting = tuple[bytes, "dict[str, Any] | None", bool]
-
-
-class RouterRegistry(ClientRegistry, Protocol):
-    """The registry as the router calls it (``rhizomorph.actors.registry.RegistryCalls``)."""
-
-    def locate(self, address: str) -> Awaitable[str | None]: ...
 
 
 class Router:
@@ -53,14 +52,27 @@ class Router:
         self.registry = registry
         self.issuer = TokenIssuer(config.jwt_secret)
         self.batch_policy = config.batch_policy()
-        self.peers = Peers(worker_id, on_failure=self._peer_failed, on_bulk_failure=self._bulk_failed)
+        self.peers = Peers(
+            worker_id,
+            on_failure=self._peer_failed,
+            on_bulk_failure=self._bulk_failed,
+            greeting=lambda: self.broadcasts.greeting(),
+        )
         self.streams = ChunkStreams(self, self.peers)
         self.clients = Clients(worker_id, registry, self.peers)
-        self.replica = DirectoryReplica()
+        self.broadcasts = Broadcasts(worker_id, self.clients, self.peers)
+        self.replica = DirectoryReplica(config.max_tracked_targets_per_client)
+        self.unknown = UnknownTargets(
+            rate=config.unknown_target_lookup_rate,
+            burst=config.unknown_target_lookup_burst,
+            ttl=config.unknown_target_cache_ttl,
+        )
+        self.locating = Locating(self, self.unknown)
+        self._locating = self.locating.waiting  # read on every frame
+        self.throttle = Throttle(self._route_held)
+        self._held = self.throttle.backlogs  # read on every frame: one attribute less
         self.counters = Counters()
-        #: Targets missing from the replica that the registry is being asked about: frames for
-        #: them wait here, in order, behind that one lookup (a burst makes one call, not one each).
-        self._locating: dict[str, list[Waiting]] = {}
+        self.reclaimer = Reclaimer()  # memory back after a wave of departures
         self.manager = WorkspaceManager(
             self,
             manager_id=config.manager_id,
@@ -84,12 +96,16 @@ class Router:
         conn = self.clients.get(address)
         return conn.subscriptions if conn else None
 
+    async def subscriptions_changed(self, address: str) -> None:
+        """The manager changed the set ``subscriptions(address)`` returned: tell the peers."""
+        await self.broadcasts.subscriptions_changed(address)
+
     def send(self, target: str, frame: bytes) -> None:
         """Route a frame the router made itself (manager replies, calls, rejects)."""
         self._dispatch(target, frame, None)
 
     def broadcast_event(self, workspace: str, event_type: str, data: Any, forward: bool = True) -> None:
-        self._broadcast(f"{workspace}/*", event_type, envelope.event_frame(event_type, data), forward=forward)
+        self.broadcasts.event(workspace, event_type, data, forward=forward)
 
     async def cluster_stats(self) -> list[dict[str, Any]]:
         """Stats of this worker and of every peer (the manager's ``get_router_stats``)."""
@@ -106,28 +122,40 @@ class Router:
         self.counters.evicted += 1
 
     async def admit(self, conn: ClientConnection, is_reconnect: bool) -> None:
+        address = conn.address
+        # A write that fails leaves frames no socket will take: their senders are told.
+        conn.queue.on_unwritten = lambda unwritten: self._unwritten(address, unwritten)
         await self.clients.admit(conn, is_reconnect)
-        self.replica.set_owner(conn.address, self.worker_id)
+        self.replica.set_owner(address, self.worker_id)
+        if address in self.broadcasts.local:
+            self.broadcasts.changed(address)  # it replaced its own socket here, subscriptions and all
 
     async def disconnect(self, conn: ClientConnection) -> None:
         """Clean up after a socket closed: undelivered calls are rejected, services removed."""
         self.clients.remove(conn)
-        if conn.address not in self.clients:  # not when a newer socket of the client took over here
-            self.manager.client_left(conn.address)
+        self.throttle.release(conn)  # what it sent while held is routed now, before its state goes
+        address = conn.address
+        if address not in self.clients:  # else a newer socket of the client took over here
+            self.replica.forget_caller(address)
+            self.unknown.forget_sender(address)
+            self.broadcasts.changed(address)
+            self.manager.client_left(address)
         self.streams.sender_left(conn)
         for frame in conn.queue.close():
-            self.undeliverable(conn.address, frame)
+            self.undeliverable(address, frame)
+        conn.queue.on_overflow = None  # conn -> queue -> conn.evict: a cycle only the collector breaks
+        self.reclaimer.departed()
         self.counters.departed.merge(conn.queue.batch_metrics)
         self.counters.disconnects[str(conn.close_code or "none")] += 1
         try:
             removed = await self.clients.release(conn)
         except Exception as exc:  # registry restarting; its state is rebuilt from reconnects
-            log.warning("could not release %s: %s", conn.address, exc)
+            log.warning("could not release %s: %s", address, exc)
             return
         if removed is None:
             return  # a newer socket of this client took over: it is not gone
-        self.replica.forget(conn.address, self.worker_id)
-        self._announce_departure(conn.address, removed, forward=True)
+        self.replica.forget(address, self.worker_id)
+        self.broadcasts.departure(address, removed, forward=True)
 
     # -- the directory -------------------------------------------------------------------------
     def update_directory(self, updates: list[tuple[str, str | None]]) -> None:
@@ -148,18 +176,7 @@ class Router:
         """Clients of a lost worker, released by the launcher's watchdog: tell this worker's
         subscribers (each surviving worker is told, so nothing is forwarded)."""
         for address, services in removed.items():
-            self._announce_departure(address, services, forward=False)
-
-    def _announce_departure(self, address: str, services: list[dict[str, Any]], *, forward: bool) -> None:
-        """``service_removed`` for each of a departed client's services, then ``client_disconnected``
-        (with the bare client id, as hypha-rpc expects), to the subscribers of its workspace."""
-        workspace, client_id = address.split("/", 1)
-        for info in services:
-            if info.get("type") != "built-in":
-                self.broadcast_event(workspace, "service_removed", info, forward=forward)
-        self.broadcast_event(
-            workspace, "client_disconnected", {"id": client_id, "workspace": workspace}, forward=forward
-        )
+            self.broadcasts.departure(address, services, forward=False)
 
     def set_batch_policy(self, policy: BatchPolicy) -> None:
         """Change batching at run time, for every current and future target of this worker."""
@@ -173,10 +190,20 @@ class Router:
         counters = self.counters
         counters.frames_in += 1
         counters.bytes_in += len(frame)
+        held = self._held
+        if held and conn in held:
+            held[conn].append(frame)  # routed in turn with other clients' frames (throttle.py)
+            return
         if frames.is_v4(frame):
             self._route_v4(conn, frame)
             return
         self._route_message(conn, frame)
+
+    def _route_held(self, conn: ClientConnection, frame: bytes) -> None:
+        if frames.is_v4(frame):
+            self._route_v4(conn, frame)
+        else:
+            self._route_message(conn, frame)
 
     def _route_message(self, conn: ClientConnection, frame: bytes) -> None:
         """One (non-v4) message: stamp it; a direct message to a local client goes straight to
@@ -257,7 +284,7 @@ class Router:
             self._to_manager(frame, header)
         elif envelope.is_broadcast(target):
             event_type = (header or envelope.parse(frame).header).get("type", "")
-            self._broadcast(target, event_type, frame, forward=True)
+            self.broadcasts.send(target, event_type, frame, forward=True)
         else:
             self.to_client(target, frame, header)
 
@@ -280,9 +307,9 @@ class Router:
             forwarded=forwarded,
             locating=bool(self._locating) and target in self._locating,
         )
-        self._carry_out(route, conn, target, frame, header, forwarded)
+        self.carry_out(route, conn, target, frame, header, forwarded)
 
-    def _carry_out(
+    def carry_out(
         self,
         route: routing.Route,
         conn: ClientConnection | None,
@@ -300,43 +327,21 @@ class Router:
         elif via is Via.PEER and route.owner is not None:
             self.peers.send(route.owner, (target, None, frame))
         elif via is Via.WAIT:  # frames sent before this one wait for the registry: keep the order
-            self._locating[target].append((frame, header, forwarded))
+            self.locating.wait(target, frame, header, forwarded)
         elif via is Via.LOCATE:
-            self._locating[target] = [(frame, header, forwarded)]
-            spawn(self._locate(target))
+            self.locating.start(target, frame, header, forwarded)
         else:
             self.undeliverable(target, frame, header)
-
-    async def _locate(self, target: str) -> None:
-        """Ask the registry who owns ``target``, then send what waited for the answer, in order."""
-        self.counters.registry_lookups += 1
-        try:
-            owner = await self.registry.locate(target)
-        except Exception:
-            owner = None
-        peer = routing.remote_owner(owner, self_id=self.worker_id, reachable=self.peers)
-        if peer is not None:
-            self.replica.set_owner(target, peer)
-        for frame, header, forwarded in self._locating.pop(target, ()):
-            conn = self.clients.get(target)
-            route = routing.after_locate(
-                local=conn is not None, owner=owner, self_id=self.worker_id, reachable=self.peers, forwarded=forwarded
-            )
-            self._carry_out(route, conn, target, frame, header, forwarded)
-
-    def _broadcast(self, target: str, event_type: str, frame: bytes, *, forward: bool) -> None:
-        """Deliver to the subscribed clients of this worker, then once to every peer worker."""
-        for conn in self.clients.in_workspace(target[:-2]):
-            if event_type in conn.subscriptions:
-                conn.queue.put(frame)
-        if forward:
-            self.peers.broadcast((target, event_type, frame))
 
     def deliver(self, items: list[Item]) -> None:
         """A batch from a peer worker: deliver each frame locally, in order."""
         for target, event_type, frame in items:
             if event_type is not None:
-                self._broadcast(target, event_type, frame, forward=False)
+                if target == CONTROL:
+                    if event_type == INTEREST:
+                        self.peers.apply_interest(frame)
+                    continue
+                self.broadcasts.send(target, event_type, frame, forward=False)
             elif target == self.manager.address:
                 self.manager.handle(frame)
             else:
@@ -363,11 +368,15 @@ class Router:
             if header is None:
                 return  # a later chunk (chunk 0 answered for its stream), or unreadable
         self.counters.dropped += 1
+        if sender is None:
+            sender = header.get("from")
+        if isinstance(sender, str):
+            self.replica.forget_call(sender, target)  # the caller is told now: nothing to remember
         told = refusals.answer(
             header,
             target,
             reason or refusals.not_connected(target),
-            sender=header.get("from") if sender is None else sender,
+            sender=sender,
             manager=self.manager.address,
             server_user=self.manager.user,
         )
@@ -378,6 +387,11 @@ class Router:
             self._to_manager(told.frame, None)
         elif told.to in self.clients or told.to in self.replica:
             self.to_client(told.to, told.frame, None)
+
+    def _unwritten(self, address: str, unwritten: list[bytes]) -> None:
+        """A write to ``address`` failed: what it carried, and what waited behind it."""
+        for frame in unwritten:
+            self.undeliverable(address, frame)
 
     def _bulk_failed(self, items: list[Item]) -> None:
         self.streams.bulk_failed(items)

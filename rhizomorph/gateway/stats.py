@@ -18,6 +18,10 @@ class Counters:
     dropped: int = 0
     evicted: int = 0
     registry_lookups: int = 0
+    #: Calls to unknown targets refused without a lookup: the registry just said "nobody"
+    #: (``lookups_cached``), or the sending connection was over its lookup budget (``lookups_denied``).
+    lookups_cached: int = 0
+    lookups_denied: int = 0
     refused: Counter[str] = dataclasses.field(default_factory=Counter)  # undeliverable answered, by kind
     disconnects: Counter[str] = dataclasses.field(default_factory=Counter)  # closed connections, by code
     #: Delivery counts of clients that left, so totals stay monotonic.
@@ -46,6 +50,8 @@ def snapshot(
         "batch_policy": dataclasses.asdict(batch_policy),
         "frames_in": counters.frames_in,
         "registry_lookups": counters.registry_lookups,
+        "lookups_cached": counters.lookups_cached,
+        "lookups_denied": counters.lookups_denied,
         "bytes_in": counters.bytes_in,
         "refused": dict(counters.refused),
         "disconnects": dict(counters.disconnects),

@@ -9,12 +9,14 @@ from typing import Any
 import msgpack
 import pytest
 
+from rhizomorph.actors.peers import CONTROL, interest_item
 from rhizomorph.config import Config
 from rhizomorph.gateway.connection import ClientConnection
 from rhizomorph.gateway.router import Router
 from rhizomorph.protocol import envelope, frames
 from rhizomorph.protocol.close_codes import CloseCode
 from rhizomorph.protocol.handshake import Identity
+from rhizomorph.protocol.interest import InterestUpdate
 
 
 class FakeSocket:
@@ -36,6 +38,10 @@ class FakeSocket:
 
     def headers(self) -> list[dict[str, Any]]:
         return [next(iter(_unpacker(f))) for f in self.sent if isinstance(f, bytes) and not frames.is_v4(f)]
+
+    def messages(self) -> list[dict[str, Any]]:
+        """Whole messages (header and the second segment), as a client decodes them."""
+        return [envelope.decode(f) for f in self.sent if isinstance(f, bytes) and not frames.is_v4(f)]
 
     def texts(self) -> list[str]:
         return [f for f in self.sent if isinstance(f, str)]
@@ -72,17 +78,23 @@ class FakeRemote:
 
 
 class FakePeer:
-    """A peer worker's actor handle as the links call it: ``deliver.remote(items)``."""
+    """A peer worker's actor handle as the links call it: ``deliver.remote(items)``. Control
+    items (interest updates) are kept apart from the frames."""
 
     def __init__(self, fail: bool = False) -> None:
         self.delivered: list[tuple[str, str | None, bytes]] = []
+        self.control: list[InterestUpdate] = []
         self.fail = fail
         self.deliver = FakeRemote(self._deliver)
 
     async def _deliver(self, items):
         if self.fail:
             raise ConnectionError("peer died")
-        self.delivered.extend(items)
+        for target, event_type, frame in items:
+            if target == CONTROL:
+                self.control.append(InterestUpdate.decode(frame))
+            else:
+                self.delivered.append((target, event_type, frame))
 
 
 async def settle(rounds: int = 10) -> None:
@@ -240,10 +252,16 @@ async def test_callers_of_a_client_that_leaves_for_good_are_told_at_once():
     assert (header["type"], header["peer_id"]) == ("peer_not_found", "ws/c")
 
 
-async def test_a_broadcast_reaches_subscribed_local_clients_and_every_peer():
+async def test_a_broadcast_reaches_subscribed_local_clients_and_only_the_peers_with_subscribers():
     router = make_router()
-    peer = FakePeer()
-    router.peers.set_peers({"w2": peer})
+    interested, other_type, uninterested = FakePeer(), FakePeer(), FakePeer()
+    router.peers.set_peers({"w2": interested, "w3": other_type, "w4": uninterested})
+    router.deliver(
+        [
+            interest_item(InterestUpdate("w2", (("ws", "news"),), full=True)),
+            interest_item(InterestUpdate("w3", (("ws", "weather"), ("elsewhere", "news")), full=True)),
+        ]
+    )
     a, _ = await join(router, "a")
     b, b_socket = await join(router, "b")
     _, c_socket = await join(router, "c")
@@ -254,7 +272,78 @@ async def test_a_broadcast_reaches_subscribed_local_clients_and_every_peer():
 
     assert [h["type"] for h in b_socket.headers()] == ["news"]
     assert c_socket.headers() == []
-    assert [(t, e) for t, e, _ in peer.delivered] == [("ws/*", "news")]
+    assert [(t, e) for t, e, _ in interested.delivered] == [("ws/*", "news")]
+    assert other_type.delivered == [] and uninterested.delivered == []
+    assert router.stats()["peer_interest"] == {"w2": 1, "w3": 2}
+
+
+async def test_a_peer_that_says_it_lost_its_subscribers_gets_no_more_broadcasts():
+    router = make_router()
+    peer = FakePeer()
+    router.peers.set_peers({"w2": peer})
+    router.deliver([interest_item(InterestUpdate("w2", (("ws", "news"),), full=True))])
+    a, _ = await join(router, "a")
+
+    router.route(a, envelope.encode({"type": "news", "to": "*", "n": 1}))
+    router.deliver([interest_item(InterestUpdate("w2", removed=(("ws", "news"),)))])
+    router.route(a, envelope.encode({"type": "news", "to": "*", "n": 2}))
+    await settle()
+
+    assert [envelope.parse(f).header["n"] for _, _, f in peer.delivered] == [1]
+
+
+async def test_local_subscriptions_are_announced_to_peers_and_a_new_peer_gets_the_whole_set():
+    router = make_router()
+    early = FakePeer()
+    router.peers.set_peers({"w2": early})
+    b, _ = await join(router, "b")
+    c, _ = await join(router, "c")
+
+    b.subscriptions.update({"news", "weather"})
+    await router.subscriptions_changed(b.address)
+    c.subscriptions.add("news")  # a second subscriber of a pair the peers know: nothing new
+    await router.subscriptions_changed(c.address)
+    b.subscriptions.discard("weather")
+    await router.subscriptions_changed(b.address)
+    late = FakePeer()
+    router.peers.set_peers({"w2": early, "w3": late})
+    await router.disconnect(b)  # c still subscribes to news: still nothing to say
+    await router.disconnect(c)
+    await settle()
+
+    assert early.control == [
+        InterestUpdate("w1", full=True),
+        InterestUpdate("w1", added=(("ws", "news"), ("ws", "weather"))),
+        InterestUpdate("w1", removed=(("ws", "weather"),)),
+        InterestUpdate("w1", removed=(("ws", "news"),)),
+    ]
+    assert late.control == [
+        InterestUpdate("w1", (("ws", "news"),), full=True),
+        InterestUpdate("w1", removed=(("ws", "news"),)),
+    ]
+
+
+async def test_subscribe_returns_once_the_peer_links_carried_the_update():
+    router = make_router()
+    gate = asyncio.Event()
+    peer = FakePeer()
+    slow = peer._deliver
+
+    async def deliver_after_the_gate(items):
+        await gate.wait()
+        await slow(items)
+
+    peer.deliver = FakeRemote(deliver_after_the_gate)
+    router.peers.set_peers({"w2": peer})
+    b, _ = await join(router, "b")
+    b.subscriptions.add("news")
+
+    announced = asyncio.ensure_future(router.subscriptions_changed(b.address))
+    await settle()
+    assert not announced.done()
+    gate.set()
+    await asyncio.wait_for(announced, 1)
+    assert InterestUpdate("w1", added=(("ws", "news"),)) in peer.control
 
 
 async def test_a_broadcast_to_another_workspace_is_refused():
@@ -356,3 +445,150 @@ async def test_a_v4_frame_never_reaches_a_v3_client(wire_v4):
         assert [h["from"] for h in a_socket.headers()] == ["ws/a"]  # a batch of one call to itself
     else:
         assert "v4 frame on a v3 connection" in a_socket.texts()[0]
+
+
+# -- bounded work per client -------------------------------------------------------------------
+
+
+async def test_a_flood_of_calls_to_unknown_targets_costs_a_bounded_number_of_lookups_and_each_is_rejected():
+    registry = FakeRegistry()
+    router = make_router(registry, unknown_target_lookup_rate=1.0, unknown_target_lookup_burst=20)
+    flooder, flooder_socket = await join(router, "flooder")
+    other, other_socket = await join(router, "other")
+
+    for i in range(2000):
+        router.route(flooder, call(f"nobody-{i}", session=f"s{i}"))
+    router.route(other, call("nobody-else", session="mine"))  # not held up by the flooder's backlog
+    await settle()
+    assert [h["method"] for h in other_socket.headers()] == ["mine.reject"]
+    assert len(router.throttle.backlogs[flooder]) > 1900  # held: routed later, in slices
+    while router.throttle.backlogs:
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)  # the last batch's timer
+
+    assert 20 <= len(registry.lookups) <= 23  # the burst, and what the rate refilled meanwhile
+    assert "ws/nobody-else" in registry.lookups  # another connection's budget is its own
+    methods = [h["method"] for h in flooder_socket.headers()]
+    assert sorted(methods) == sorted(f"s{i}.reject" for i in range(2000))  # nobody left unanswered
+    assert [h["method"] for h in other_socket.headers()] == ["mine.reject"]
+    stats = router.stats()
+    assert stats["lookups_denied"] == 2000 - (len(registry.lookups) - 1)
+    assert router.replica.callers_of == {} and router.replica.targets_of == {}  # refused: nothing kept
+    budgeted = [m for m in flooder_socket.messages() if "budget of lookups" in m["args"][0]["_rvalue"]]
+    assert budgeted and len(budgeted) == stats["lookups_denied"]
+
+
+async def test_a_target_the_registry_does_not_know_is_not_asked_about_again_for_a_while():
+    registry = FakeRegistry()
+    router = make_router(registry)
+    a, a_socket = await join(router, "a")
+
+    router.route(a, call("nobody", session="s1"))
+    await settle()
+    router.route(a, call("nobody", session="s2"))
+    router.route(a, call("nobody", session="s3"))
+    await settle()
+
+    assert registry.lookups == ["ws/nobody"]
+    assert [h["method"] for h in a_socket.headers()] == ["s1.reject", "s2.reject", "s3.reject"]
+    assert router.stats()["lookups_cached"] == 2
+
+
+async def test_a_target_that_connects_after_a_negative_answer_is_reached_at_once():
+    registry = FakeRegistry()
+    router = make_router(registry, unknown_target_cache_ttl=60.0)
+    a, _ = await join(router, "a")
+    router.route(a, call("late", session="s1"))
+    await settle()
+
+    _, late_socket = await join(router, "late")
+    router.route(a, call("late", session="s2"))
+    await settle()
+
+    assert [h["session"] for h in late_socket.headers()] == ["s2"]
+
+
+async def test_frames_behind_one_lookup_are_bounded():
+    registry = FakeRegistry()
+    router = make_router(registry, unknown_target_lookup_burst=10)
+    a, a_socket = await join(router, "a")
+
+    for i in range(1005):
+        router.route(a, call("nobody", session=f"s{i}"))
+    await settle()
+
+    assert registry.lookups == ["ws/nobody"]
+    assert len(a_socket.headers()) == 1005
+    assert "too many messages wait" in a_socket.messages()[0]["args"][0]["_rvalue"]
+
+
+async def test_the_targets_a_client_called_are_forgotten_when_it_leaves_and_bounded_meanwhile():
+    router = make_router(max_tracked_targets_per_client=5)
+    router.peers.set_peers({"w2": FakePeer()})
+    router.update_directory([(f"ws/t{i}", "w2") for i in range(8)])
+    a, _ = await join(router, "a")
+    b, _ = await join(router, "b")
+
+    for i in range(8):
+        router.route(a, call(f"t{i}"))
+    router.route(b, call("t0"))
+    assert len(router.replica.targets_of["ws/a"]) == 5
+
+    await router.disconnect(a)
+
+    assert router.replica.targets_of == {"ws/b": {"ws/t0": None}}
+    assert router.replica.callers_of == {"ws/t0": {"ws/b"}}
+    assert router.unknown.senders == 0
+
+
+class FailingSocket(FakeSocket):
+    """A socket that breaks: every write raises, as a write to a connection that went away."""
+
+    async def send(self, data: bytes | str) -> None:
+        await asyncio.sleep(0)
+        raise ConnectionResetError("the socket went away")
+
+
+async def test_the_frames_of_a_failed_write_are_answered_to_their_senders():
+    router = make_router()
+    a, a_socket = await join(router, "a")
+    b, b_socket = await join(router, "b")
+    b.queue._send = FailingSocket().send
+
+    router.route(a, call("b", session="s1"))
+    router.route(a, call("b", session="s2"))
+    router.route(a, envelope.encode({"type": "method", "to": "b", "method": "s0.resolve"}))  # no session
+    await settle()
+    router.route(a, call("b", session="s3"))  # after the failure: refused at once
+    await settle()
+
+    headers = a_socket.headers()
+    assert [h["method"] for h in headers if h["type"] == "method"] == ["s1.reject", "s2.reject", "s3.reject"]
+    assert [(h["type"], h["peer_id"]) for h in headers if h["type"] != "method"] == [("peer_not_found", "ws/b")]
+    assert router.stats()["refused"] == {"reject": 3, "peer_not_found": 1}
+    await router.disconnect(b)
+    await settle()
+    assert [h["method"] for h in a_socket.headers() if h["type"] == "method"] == ["s1.reject", "s2.reject", "s3.reject"]
+
+
+async def test_a_write_that_fails_after_the_disconnect_cleanup_is_still_answered():
+    router = make_router(enable_message_batching=False)
+    a, a_socket = await join(router, "a")
+    b, _ = await join(router, "b")
+    broken = asyncio.Event()
+
+    async def send_until_it_breaks(data: bytes | str) -> None:
+        await broken.wait()
+        raise ConnectionResetError("the socket went away")
+
+    b.queue._send = send_until_it_breaks
+    router.route(a, call("b", session="s1"))
+    router.route(a, call("b", session="s2"))
+    await settle()  # s1 is being written, s2 waits behind it
+    await router.disconnect(b)
+    await settle()
+    assert [h["method"] for h in a_socket.headers() if h["type"] == "method"] == ["s2.reject"]
+
+    broken.set()  # the write under way fails now
+    await settle()
+    assert [h["method"] for h in a_socket.headers() if h["type"] == "method"] == ["s2.reject", "s1.reject"]

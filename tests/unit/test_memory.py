@@ -1,0 +1,54 @@
+"""rhizomorph/gateway/memory.py: one reclaim after a wave of departures, not one per client."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from rhizomorph.gateway.memory import Reclaimer
+
+
+def reclaimer(runs: list[int], **timing: Any) -> Reclaimer:
+    return Reclaimer(collect=lambda: runs.append(1), **timing)
+
+
+async def test_a_wave_of_departures_is_reclaimed_once_after_it_ends():
+    runs: list[int] = []
+    waves = reclaimer(runs, threshold=3, delay=0.02, max_wait=5.0, min_interval=0.0)
+
+    for _ in range(2):
+        waves.departed()
+    await asyncio.sleep(0.1)
+    assert runs == []  # under the threshold: nothing to give back
+
+    for _ in range(10):
+        waves.departed()
+        await asyncio.sleep(0.005)  # still departing: not yet
+    assert runs == []
+    await asyncio.sleep(0.1)
+    assert runs == [1] and waves.departed_since == 0
+
+
+async def test_departures_that_never_stop_are_reclaimed_after_max_wait():
+    runs: list[int] = []
+    waves = reclaimer(runs, threshold=1, delay=0.05, max_wait=0.1, min_interval=0.0)
+
+    for _ in range(40):  # 0.2 s of departures, 5 ms apart
+        waves.departed()
+        await asyncio.sleep(0.005)
+    assert len(runs) >= 1
+    waves.close()
+
+
+async def test_reclaims_are_spaced_by_the_minimum_interval():
+    runs: list[int] = []
+    waves = reclaimer(runs, threshold=1, delay=0.0, max_wait=1.0, min_interval=0.2)
+
+    waves.departed()
+    await asyncio.sleep(0.05)
+    assert runs == [1]
+    waves.departed()  # the last run was just now: this one waits out the interval
+    await asyncio.sleep(0.05)
+    assert runs == [1]
+    await asyncio.sleep(0.25)
+    assert runs == [1, 1]
