@@ -29,6 +29,8 @@ from rhizomorph.protocol.http_api import ApiRoute, cors_headers, query_params, s
 log = logging.getLogger("rhizomorph.http")
 
 TEXT = [("Content-Type", "text/plain; charset=utf-8")]
+#: Seconds an app may take to end after its client left (it is told ``http.disconnect``).
+DISCONNECT_GRACE = 5.0
 
 
 async def serve_app(caller: Caller, request: HttpRequest, reply: Reply, route: ApiRoute, timeout: float) -> None:
@@ -87,6 +89,8 @@ async def _asgi(
         return {"type": "http.disconnect"}
 
     async def send(message: dict[str, Any]) -> None:
+        if reply.lost.done():
+            return  # the client left: what the app still sends goes nowhere (as uvicorn does)
         kind = message.get("type")
         if kind == "http.response.start":
             headers = [(_text(name), _text(value)) for name, value in message.get("headers") or []]
@@ -109,7 +113,8 @@ async def _asgi(
             return
         await asyncio.wait({serving, reply.lost}, return_when=asyncio.FIRST_COMPLETED)
         if not serving.done():
-            serving.cancel()  # the client left: the remote call ends with the caller's session
+            # The client left: the app hears http.disconnect from receive() and may end itself.
+            await asyncio.wait({serving}, timeout=DISCONNECT_GRACE)
             return
         exc = serving.exception()
         if exc is not None and not reply.started:

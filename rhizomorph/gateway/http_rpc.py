@@ -234,7 +234,8 @@ class HttpTransport:
     async def post(self, request: HttpRequest, reply: Reply) -> None:
         params = query_params(request.query)
         client_id, workspace = params.get("client_id"), params.get("workspace")
-        cors = cors_headers(request.header("origin") or None)
+        # Which worker took the POST (the stream's may be another): for operators and tests.
+        cors = [("X-Rhizomorph-Worker", self._router.worker_id), *cors_headers(request.header("origin") or None)]
         if not client_id or not workspace:
             await reply.send_error(400, "client_id and workspace are required", cors)
             return

@@ -25,6 +25,12 @@ log = logging.getLogger("rhizomorph.http")
 
 #: Bytes a client may send ahead (pipelined) while its request is being answered.
 MAX_AHEAD = 1024 * 1024
+#: Seconds a handler may go on after its client left before it is cancelled.
+LOST_GRACE = 10.0
+
+
+class ClientGone(ConnectionResetError):
+    """The HTTP client went away: its response cannot be written."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +105,7 @@ class Reply:
 
     def write_nowait(self, data: bytes) -> None:
         if self.lost.done():
-            raise ConnectionResetError("the client went away")
+            raise ClientGone("the client went away")
         if data and not self._head_only:
             self._conn.write_event(h11.Data(data=data))
 
@@ -171,10 +177,12 @@ class HttpConnection(asyncio.Protocol):
         if not self.lost.done():
             self.lost.set_result(None)
         if self._task is not None and not self._task.done():
-            self._task.cancel()
+            # The handler sees ``lost`` and ends (an ASGI app is told ``http.disconnect`` first);
+            # one that does not is cancelled after a while.
+            asyncio.get_running_loop().call_later(LOST_GRACE, self._task.cancel)
         for waiter in self._drain_waiters:
             if not waiter.done():
-                waiter.set_exception(ConnectionResetError("the client went away"))
+                waiter.set_exception(ClientGone("the client went away"))
         self._on_close(self)
 
     def pause_writing(self) -> None:
@@ -190,7 +198,7 @@ class HttpConnection(asyncio.Protocol):
     # -- writing ---------------------------------------------------------------------------------
     def write_event(self, event: Any) -> None:
         if self._transport is None or self._transport.is_closing():
-            raise ConnectionResetError("the client went away")
+            raise ClientGone("the client went away")
         data = self._h11.send(event)
         if data:
             self._transport.write(data)
@@ -255,7 +263,7 @@ class HttpConnection(asyncio.Protocol):
                 self.write_event(h11.Response(status_code=status, headers=[*headers, ("Connection", "close")]))
                 self.write_event(h11.Data(data=body))
                 self.write_event(h11.EndOfMessage())
-        except (h11.LocalProtocolError, ConnectionResetError):
+        except (h11.LocalProtocolError, ClientGone):
             pass
         self.close()
 
@@ -297,7 +305,7 @@ class HttpConnection(asyncio.Protocol):
             if not reply.started:
                 raise RuntimeError("the handler sent no response")
             await reply.end()
-        except (ConnectionError, asyncio.CancelledError):
+        except (ClientGone, asyncio.CancelledError):
             self.close()
             return
         except Exception as exc:
@@ -366,10 +374,11 @@ class FrontDoor(asyncio.Protocol):
         assert transport is not None
         self._buffer += data
         end = head_end(self._buffer)
+        if end > MAX_HEAD or (end < 0 and len(self._buffer) > MAX_HEAD):
+            transport.write(b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\n\r\n")
+            transport.close()
+            return
         if end < 0:
-            if len(self._buffer) > MAX_HEAD:
-                transport.write(b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\n\r\n")
-                transport.close()
             return
         if self._timer is not None:
             self._timer.cancel()

@@ -25,7 +25,7 @@ import msgpack
 from hypha_rpc.rpc import RPC
 
 from rhizomorph.gateway.http_callers import Caller, Callers, _keep_exception_handler
-from rhizomorph.gateway.http_server import HttpRequest, Reply
+from rhizomorph.gateway.http_server import ClientGone, HttpRequest, Reply
 from rhizomorph.protocol.handshake import HandshakeError
 from rhizomorph.protocol.http_api import (
     JSON,
@@ -161,7 +161,7 @@ class HttpServices:
             await reply.send_error(400, str(exc), cors)
         except TimeoutError:
             await reply.send_error(504, f"the service did not answer within {self._timeout:g} s", cors)
-        except ConnectionError:
+        except ClientGone:
             raise
         except Exception as exc:
             if reply.started:
@@ -235,7 +235,7 @@ class HttpServices:
                     break
                 value = rpc.encode(item)
                 await reply.write(msgpack.packb(value, use_bin_type=True) if use_msgpack else sse_event(value))
-        except ConnectionError:
+        except ClientGone:
             raise
         except Exception as exc:  # the items so far are sent: the error is the last item
             log.info("HTTP stream of a generator failed: %s", exc)

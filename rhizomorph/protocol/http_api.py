@@ -12,7 +12,6 @@ import hashlib
 import json
 import math
 import zlib
-from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -265,7 +264,7 @@ def status_for_error(message: str) -> int:
     lower = message.lower()
     if lower.startswith("method call timed out") or "did not answer" in lower or "timed out after" in lower:
         return 504
-    if "is not connected" in lower:
+    if "is not connected" in lower or "client disconnected:" in lower:
         return 502
     if "keyerror:" in lower or "not found" in lower:
         return 404
@@ -287,11 +286,3 @@ def cors_headers(origin: str | None, requested_headers: str = "") -> list[tuple[
     if origin:
         headers += [("Access-Control-Allow-Credentials", "true"), ("Vary", "Origin")]
     return headers
-
-
-def header_value(headers: Iterable[tuple[str, str]] | Mapping[str, str], name: str) -> str:
-    items = headers.items() if isinstance(headers, Mapping) else headers
-    for key, value in items:
-        if key.lower() == name:
-            return value
-    return ""
