@@ -220,3 +220,19 @@ async def test_a_provider_that_leaves_mid_call_is_a_502(served, base, connect) -
         await leaving.disconnect()
         answer = await call
     assert answer.status_code == 502 and "disconnected" in answer.json()["detail"], answer.text
+
+
+async def test_a_browsers_preflight_is_answered(base) -> None:
+    async with httpx.AsyncClient() as http:
+        answer = await http.options(
+            f"{base}/ws/services/calc/add",
+            headers={
+                "Origin": "http://localhost:3000",
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "authorization,content-type,x-extra",
+            },
+        )
+    assert answer.status_code == 204
+    assert answer.headers["access-control-allow-origin"] == "http://localhost:3000"
+    assert answer.headers["access-control-allow-headers"] == "authorization,content-type,x-extra"
+    assert "POST" in answer.headers["access-control-allow-methods"]

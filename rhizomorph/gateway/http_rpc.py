@@ -120,6 +120,13 @@ def _refusal_status(exc: HandshakeError) -> int:
     return 401
 
 
+def _reconnection_token(router: Any, identity: handshake.Identity) -> str:
+    lifetime = router.config.reconnection_token_lifetime
+    return str(
+        router.issuer.issue(identity, kind=handshake.RECONNECTION, lifetime=lifetime, client_id=identity.client_id)
+    )
+
+
 def _keep_alive(transport: asyncio.Transport | None) -> None:
     sock = transport.get_extra_info("socket") if transport is not None else None
     if sock is None:
@@ -203,9 +210,7 @@ class HttpTransport:
             ),
             *cors,
         ]
-        token = router.issuer.issue(
-            identity, kind=handshake.RECONNECTION, lifetime=lifetime, client_id=identity.client_id
-        )
+        token = _reconnection_token(router, identity)
         info = handshake.connection_info(
             identity,
             manager_id=config.manager_id,
@@ -297,12 +302,7 @@ class HttpTransport:
         if kind == "ping":
             spawn(_quietly(sock.send(PONG)))
         elif kind == "refresh_token":
-            token = router.issuer.issue(
-                conn.identity,
-                kind=handshake.RECONNECTION,
-                lifetime=router.config.reconnection_token_lifetime,
-                client_id=conn.identity.client_id,
-            )
+            token = _reconnection_token(router, conn.identity)
             message = msgpack.packb({"type": "reconnection_token", "reconnection_token": token})
             spawn(_quietly(sock.send(message)))
         else:
