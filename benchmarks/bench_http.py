@@ -99,7 +99,8 @@ def main() -> None:
     finally:
         deployment.stop()
     machine = machine_info()
-    print(f"{args.workers} worker(s); {machine['cpu_model']}, {machine['logical_cores']} cores, load {machine['load_average_at_start']}\n")
+    cores, load = machine["logical_cores"], machine["load_average_at_start"]
+    print(f"{args.workers} worker(s); {machine['cpu_model']}, {cores} cores, load {load}\n")
     print("| path | calls | p50 ms | p99 ms | mean ms |\n|---|---|---|---|---|")
     print("\n".join(rows))
 

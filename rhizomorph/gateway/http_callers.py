@@ -201,9 +201,7 @@ class Callers:
             self._opening.pop(key, None)
         future.set_result(caller)
         self._callers[key] = caller
-        while len(self._callers) > self._max_callers:
-            old_key, old = next(iter(self._callers.items()))
-            self._drop(old_key, old)
+        self._trim()
         if self._reaper is None or self._reaper.done():
             self._reaper = asyncio.get_running_loop().create_task(self._reap())
         return caller
@@ -244,9 +242,21 @@ class Callers:
         log.debug("HTTP caller %s opened", caller.address)
         return caller
 
+    def _trim(self) -> None:
+        """Past ``max_callers``, close the least recently used callers that no request holds."""
+        excess = len(self._callers) - self._max_callers
+        for key, caller in list(self._callers.items())[:-1]:  # never the one just opened
+            if excess <= 0:
+                break
+            if caller.active == 0:
+                self._drop(key, caller)
+                excess -= 1
+
     def _drop(self, key: tuple[str | None, str | None], caller: Caller) -> None:
         if self._callers.get(key) is caller:
             del self._callers[key]
+        if caller.link.close_code is None:
+            caller.link.close_code = 1000  # closed from now on; the release follows
         spawn(self._release(caller))
 
     async def _release(self, caller: Caller) -> None:
