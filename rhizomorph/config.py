@@ -78,6 +78,9 @@ class Config:
     max_message_size: int = 16 * 1024 * 1024
     #: How long the manager waits for a client to answer (e.g. the provider in ``get_service``), s.
     manager_call_timeout: float = 30.0
+    #: Longest an HTTP service call (``/{ws}/services/{sid}/{fn}``) or an app's first answer
+    #: may take, seconds; then 504. hypha-rpc's heartbeats keep a slow call alive, not past this.
+    http_call_timeout: float = 120.0
     #: Seconds a client has to send its auth frame after the WebSocket opens.
     handshake_timeout: float = 10.0
     #: Services one client may register (Hypha's HYPHA_MAX_SERVICES_PER_CLIENT).

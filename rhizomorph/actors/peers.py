@@ -219,6 +219,18 @@ class Peers:
         if link is not None:
             link.handle.close_client.remote(address, code, generation)
 
+    async def http_post(self, worker_id: str, address: str, user_id: str, body: bytes) -> Any:
+        """A message POSTed over hypha-rpc's HTTP transport for a client whose stream the peer
+        holds (``rhizomorph/gateway/http_rpc.py``): the peer's ``(status, detail)``, or ``None``."""
+        link = self.links.get(worker_id)
+        if link is None:
+            return None
+        try:
+            return await link.handle.http_post.remote(address, user_id, body)
+        except Exception as exc:
+            log.info("forwarding an HTTP post to %s failed: %s", worker_id, exc)
+            return None
+
     async def stats(self) -> list[dict[str, Any]]:
         """Stats of every peer that answers."""
         results = await asyncio.gather(

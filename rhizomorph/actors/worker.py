@@ -18,7 +18,6 @@ import os
 from typing import Any
 
 import ray
-from websockets.asyncio.server import Server
 
 from rhizomorph import logs
 from rhizomorph.actors import actor_class
@@ -45,7 +44,7 @@ class GatewayWorker:
         self._router = Router(config, worker_id, self._calls)
         self._channel: ChannelServer | None = None
         self._node_id = ""
-        self._server: Server | None = None
+        self._server: server.Listener | None = None
         self._write_watch: asyncio.Task[None] | None = None
         #: The registry epoch of the directory this worker holds: older updates are dropped.
         self._epoch = 0
@@ -146,6 +145,12 @@ class GatewayWorker:
 
     async def probe_client(self, address: str) -> bool:
         return await self._router.probe(address)
+
+    async def http_post(self, address: str, user_id: str, body: bytes) -> tuple[int, str]:
+        """A message POSTed on another worker for an HTTP-transport client of this one."""
+        if self._server is None:
+            return 503, "the gateway worker is starting"
+        return self._server.transport.accept(address, user_id, body)
 
     async def stats(self) -> dict[str, Any]:
         return self._router.stats()

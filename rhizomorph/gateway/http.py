@@ -1,7 +1,7 @@
 """Plain HTTP on the gateway port: the example pages and the hypha-rpc browser client.
 
-The gateway's websockets server hands every request that is not a WebSocket upgrade to
-``respond``. It serves files read-only from one folder, the examples (``RHIZOMORPH_EXAMPLES_DIR``,
+The gateway's HTTP dispatch (``rhizomorph/gateway/server.py``) hands every GET that no other
+endpoint takes to ``respond``. It serves files read-only from one folder, the examples (``RHIZOMORPH_EXAMPLES_DIR``,
 default: the ``examples/`` folder of this checkout), so ``make serve`` shows the router console
 at ``/`` and the other examples beside it on the same port as the WebSocket endpoint:
 
@@ -100,7 +100,6 @@ def response(status: HTTPStatus, body: bytes, content_type: str, extra: tuple[tu
     headers = Headers(
         [
             ("Date", email.utils.formatdate(usegmt=True)),
-            ("Connection", "close"),
             ("Content-Length", str(len(body))),
             ("Content-Type", content_type),
             # Pages change while someone edits them; the browser should ask each time.
@@ -113,7 +112,7 @@ def response(status: HTTPStatus, body: bytes, content_type: str, extra: tuple[tu
 
 
 def respond(request: Request, root: Path | None = None) -> Response:
-    """Answer one plain-HTTP request (websockets only parses GET requests)."""
+    """Answer one GET for a static file."""
     path = request.path.split("?", 1)[0].split("#", 1)[0]
     root = root or examples_dir()
     target = locate(path, root)
