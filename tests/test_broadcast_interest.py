@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from tests.conftest import eventually
+from tests.helpers import eventually
 
 
 async def emit(server: Any, message: dict[str, Any]) -> None:

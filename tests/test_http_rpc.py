@@ -15,7 +15,7 @@ import msgpack
 import numpy as np
 import pytest
 
-from tests.conftest import eventually
+from tests.helpers import eventually
 
 
 def _http(router: Any) -> str:
