@@ -16,7 +16,8 @@ import ray
 
 from rhizomorph import Config, Deployment
 from rhizomorph.actors import naming
-from tests.cluster_support import address, eventually, rhizomorph, serving
+from tests.cluster_support import eventually, rhizomorph, serving
+from tests.helpers import address
 
 LAUNCHER_ID = "clikill"
 CONTROL_LOSS_ID = "ctlloss"

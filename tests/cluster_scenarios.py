@@ -49,7 +49,8 @@ from ray.cluster_utils import Cluster  # noqa: E402
 from rhizomorph import Config, Deployment  # noqa: E402
 from rhizomorph.client import connect_to_server as connect_v4  # noqa: E402
 from tests import cluster_control  # noqa: E402
-from tests.cluster_support import FailoverProxy, address, emit, eventually, rhizomorph, serving  # noqa: E402
+from tests.cluster_support import FailoverProxy, emit, eventually, rhizomorph, serving  # noqa: E402
+from tests.helpers import address  # noqa: E402
 
 NODES = 3
 MARKER = "CLUSTER_RESULTS "

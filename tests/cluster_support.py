@@ -6,28 +6,14 @@ No side effects on import: the scenario process sets up Ray's environment before
 from __future__ import annotations
 
 import asyncio
+import functools
 import sys
-import time
-from collections.abc import Callable
 from typing import Any
 
+from tests import helpers
 
-async def eventually(check: Callable[[], Any], timeout: float = 15.0, interval: float = 0.1) -> float:
-    """Wait until ``check()`` (sync or async) is truthy; returns the seconds it took."""
-    started = time.monotonic()
-    while True:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return time.monotonic() - started
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"condition not met within {timeout} s")
-        await asyncio.sleep(interval)
-
-
-def address(server: Any) -> str:
-    return f"{server.config.workspace}/{server.config.client_id}"
+# The scenarios' defaults: a longer wait, polled less often, on a multi-node cluster on 2 cores.
+eventually = functools.partial(helpers.eventually, timeout=15.0, interval=0.1)
 
 
 async def emit(server: Any, message: dict[str, Any]) -> None:
