@@ -9,6 +9,7 @@ from typing import Any
 import msgpack
 import pytest
 
+from rhizomorph.actors import peers as peers_module
 from rhizomorph.actors.peers import CONTROL, interest_item
 from rhizomorph.config import Config
 from rhizomorph.gateway.connection import ClientConnection
@@ -321,6 +322,21 @@ async def test_local_subscriptions_are_announced_to_peers_and_a_new_peer_gets_th
         InterestUpdate("w1", (("ws", "news"),), full=True),
         InterestUpdate("w1", removed=(("ws", "news"),)),
     ]
+
+
+async def test_a_peer_that_missed_an_interest_update_gets_the_whole_set_again(monkeypatch):
+    monkeypatch.setattr(peers_module, "RESEND_INTEREST_AFTER", 0.01)
+    router = make_router()
+    peer = FakePeer(fail=True)  # unreachable for a moment: the greeting and the update are lost
+    router.peers.set_peers({"w2": peer})
+    b, _ = await join(router, "b")
+    b.subscriptions.add("news")
+    await router.subscriptions_changed(b.address)
+    assert peer.control == []
+
+    peer.fail = False
+    await asyncio.sleep(0.1)
+    assert peer.control == [InterestUpdate("w1", (("ws", "news"),), full=True)]
 
 
 async def test_subscribe_returns_once_the_peer_links_carried_the_update():
