@@ -160,6 +160,8 @@ class Batcher:
             reason = "count"
         elif count < len(self._frames):
             reason = "size" if self._sizes[count] < policy.max_size else "large"
+        elif size >= policy.max_size:  # exactly full: no further message could join it
+            reason = "size"
         elif self._idle:
             reason = "idle"
         elif now >= self._arrivals[0] + policy.timeout_ms / 1000.0:

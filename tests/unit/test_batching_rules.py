@@ -69,6 +69,18 @@ def test_size_limit_and_large_messages_bypass_in_order():
     assert batcher.take(0.02).reason == "timer"
 
 
+def test_a_batch_of_exactly_max_size_leaves_without_the_timer():
+    # The delivery queue wakes its writer when complete() says so; take() must then flush.
+    batcher = Batcher(POLICY)
+    fill(batcher, 10)
+    batcher.take(0.0)
+    fill(batcher, 1, 99, now=0.001)
+    batcher.written()
+    assert batcher.complete()
+    flush = batcher.take(0.001)
+    assert flush is not None and flush.reason == "size" and [len(f) for f in flush.frames] == [1, 99]
+
+
 def test_disabled_batching_flushes_one_message_each():
     batcher = Batcher(BatchPolicy(enabled=False))
     fill(batcher, 10, 10, 10)
