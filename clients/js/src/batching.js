@@ -154,6 +154,7 @@ export class Batcher {
     let reason;
     if (count === policy.maxMessages) reason = "count";
     else if (count < this.length) reason = this._sizes[head + count] < policy.maxSize ? "size" : "large";
+    else if (size >= policy.maxSize) reason = "size"; // exactly full: no further message could join it
     else if (this._idle) reason = "idle";
     else if (now >= this._arrivals[head] + policy.timeoutMs) reason = "timer";
     else return null;
