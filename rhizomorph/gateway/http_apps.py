@@ -23,8 +23,7 @@ from typing import Any
 
 from rhizomorph.gateway.http_callers import Caller
 from rhizomorph.gateway.http_server import HttpRequest, Reply
-from rhizomorph.gateway.http_services import error_detail
-from rhizomorph.protocol.http_api import ApiRoute, cors_headers, query_params, status_for_error
+from rhizomorph.protocol.http_api import ApiRoute, cors_headers, error_detail, query_params, status_for_error
 
 log = logging.getLogger("rhizomorph.http")
 

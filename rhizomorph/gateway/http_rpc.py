@@ -111,7 +111,7 @@ def _refusal_status(exc: HandshakeError) -> int:
     message = str(exc)
     if getattr(exc, "close_code", None) == CloseCode.TRY_AGAIN_LATER:
         return 503
-    if message.startswith("Permission denied"):
+    if message.startswith("Permission denied") or message.endswith("does not exist or is not accessible"):
         return 403
     if message == "Client already exists and is active":
         return 409

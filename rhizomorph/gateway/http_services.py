@@ -24,6 +24,7 @@ from typing import Any
 import msgpack
 from hypha_rpc.rpc import RPC
 
+from rhizomorph.gateway import http_apps
 from rhizomorph.gateway.http_callers import Caller, Callers, _keep_exception_handler
 from rhizomorph.gateway.http_server import ClientGone, HttpRequest, Reply
 from rhizomorph.protocol.handshake import HandshakeError
@@ -39,10 +40,10 @@ from rhizomorph.protocol.http_api import (
     body_arguments,
     cors_headers,
     decoded_body,
+    error_detail,
     json_bytes,
     query_arguments,
     query_params,
-    safe_detail,
     sse_event,
     status_for_error,
     wants_msgpack,
@@ -82,14 +83,12 @@ def serialize(value: Any) -> Any:
     return str(value)
 
 
-def error_detail(exc: BaseException) -> str:
-    return safe_detail(f"{type(exc).__name__}: {exc}")
-
-
 def caller_refusal(exc: HandshakeError) -> int:
     if getattr(exc, "close_code", None) == 1013:
         return 503
-    return 403 if "bound to another client" in str(exc) or str(exc).startswith("Permission denied") else 401
+    message = str(exc)
+    denied = message.startswith("Permission denied") or message.endswith("does not exist or is not accessible")
+    return 403 if denied or "bound to another client" in message else 401
 
 
 def lookup(service: Any, key: str) -> Any:
@@ -111,8 +110,6 @@ class HttpServices:
         self._max_body = max_body
 
     async def handle(self, request: HttpRequest, reply: Reply, route: ApiRoute) -> None:
-        from rhizomorph.gateway import http_apps  # the apps build on this module
-
         cors = cors_headers(request.header("origin") or None)
         endpoint = route.endpoint
         if endpoint is Endpoint.SERVICES_REDIRECT:

@@ -258,6 +258,11 @@ def safe_detail(message: str) -> str:
     return "An internal error occurred"
 
 
+def error_detail(exc: BaseException) -> str:
+    """An exception as the ``detail`` of an HTTP error body."""
+    return safe_detail(f"{type(exc).__name__}: {exc}")
+
+
 def status_for_error(message: str) -> int:
     """The HTTP status of a failed call, from its error message (Hypha's mapping, plus 504 for a
     call that ran out of time and 502 for a provider that is gone)."""
