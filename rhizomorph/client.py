@@ -42,6 +42,7 @@ except ModuleNotFoundError as exc:
     ) from exc
 
 from rhizomorph.gateway.delivery import DeliveryQueue
+from rhizomorph.gateway.direct_write import direct_writer
 from rhizomorph.protocol import envelope, frames
 from rhizomorph.protocol.batching import BatchPolicy
 
@@ -123,7 +124,9 @@ class BatchingWebSocket:
         info = json.loads(text)
         if info.get("type") == "connection_info" and info.get("wire_protocol") == WIRE_PROTOCOL:
             self.wire_protocol = WIRE_PROTOCOL
-            self._outbox = DeliveryQueue("router", self._websocket.send, self._policy, wire_v4=True)
+            self._outbox = DeliveryQueue(
+                "router", self._websocket.send, self._policy, wire_v4=True, direct=direct_writer(self._websocket)
+            )
 
     def batch_metrics(self) -> dict[str, Any] | None:
         return self._outbox.metrics() if self._outbox else None

@@ -134,17 +134,20 @@ class Batcher:
         if len(self._frames) > self.metrics.max_depth:
             self.metrics.max_depth = len(self._frames)
 
-    def complete(self) -> bool:
-        """Whether what is buffered already makes a flush without the timer (count, size, a
-        large or lone frame, or batching off): a waiting writer is worth waking only then."""
+    def full(self) -> bool:
+        """Whether the buffer's head is a flush no later message could join (``count``, ``size``,
+        ``large``, or batching off): it may leave at once, before the writer's turn."""
         policy = self.policy
         if not self._frames:
             return False
-        if policy.wait == "socket" or not policy.enabled:
-            return True
-        if len(self._frames) >= policy.max_messages or self._bytes >= policy.max_size:
+        if not policy.enabled or len(self._frames) >= policy.max_messages or self._bytes >= policy.max_size:
             return True
         return any(size >= policy.max_size for size in self._sizes)  # fewer than max_messages
+
+    def complete(self) -> bool:
+        """Whether what is buffered makes a flush without the timer (``full``, or anything with
+        ``wait = "socket"``): a writer waiting for the timer is worth waking only then."""
+        return bool(self._frames) and (self.policy.wait == "socket" or self.full())
 
     def deadline(self) -> float | None:
         """When the timer forces a flush of what is buffered (``None``: nothing to wait for)."""
