@@ -168,6 +168,23 @@ test("outbox: a lone message goes at once, a burst goes in batch frames, chunks 
   assert.ok(Date.now() - timed >= 9, "not before the 10 ms timer");
 });
 
+test("outbox: a full batch leaves in put and wakes a writer asleep on the timer", async () => {
+  const socket = fakeSocket();
+  const outbox = new Outbox(socket.write, socket.buffered, new BatchPolicy({ timeout_ms: 1000, max_messages: 3, wait: "timer" }));
+  outbox.put(Uint8Array.of(0x81, 0));
+  await turn(); // idle: written at once; the write is in flight until the next turn
+  outbox.put(Uint8Array.of(0x81, 1));
+  outbox.put(Uint8Array.of(0x81, 2)); // during the write: they wait for company (the 1 s timer)
+  for (let i = 0; i < 4; i++) await turn();
+  assert.equal(socket.written.length, 1);
+  outbox.put(Uint8Array.of(0x81, 3)); // full: written in put
+  assert.equal(socket.written.length, 2);
+  outbox.put(Uint8Array.of(0x81, 4)); // the buffer was empty: idle again, not behind the old timer
+  for (let i = 0; i < 4; i++) await turn();
+  const messages = socket.written.flatMap((f) => (frames.isBatch(f) ? frames.decodeBatch(f) : [f]));
+  assert.deepEqual(messages.map((m) => m[1]), [0, 1, 2, 3, 4]);
+});
+
 test("outbox: flushNow writes what waits, close refuses more and wakes paced senders", async () => {
   const socket = fakeSocket();
   const outbox = new Outbox(socket.write, socket.buffered, new BatchPolicy({ timeout_ms: 1000, wait: "timer" }));
