@@ -187,8 +187,10 @@ class _V4RPC(_hypha_ws.RPC):
     def __init__(self, connection: Any, *args: Any, **kwargs: Any) -> None:
         super().__init__(connection, *args, **kwargs)
         builtin = self._services.get("built-in")
-        if builtin is not None:
+        websocket = getattr(connection, "_websocket", None)  # open: the router has answered
+        if builtin is not None and getattr(websocket, "wire_protocol", None) == WIRE_PROTOCOL:
             # Advertised to peers in get_service("<client>:built-in"); api_version stays 3.
+            # Only once the router confirmed v4: peers stream large messages to a v4 client.
             builtin["config"]["wire_protocol"] = WIRE_PROTOCOL
 
     async def _send_chunks(self, package: bytes, target_id: str, session_id: Any) -> None:
