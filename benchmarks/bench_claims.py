@@ -71,16 +71,26 @@ from benchmarks.run import (
     start_contenders,
 )
 from benchmarks.scenarios import CLAIM_SUITES, Case, Suite
+from rhizomorph import Config
 from rhizomorph.client import wire_protocol
+from rhizomorph.protocol.batching import WAITS
 
 CLIENTS = (HYPHA_RPC, V4)
 DEFAULT, NO_BATCHING = "rhizomorph", "rhizomorph-no-batching"
 IDLE_SECONDS = 3.0
 
 
-def claim_contenders() -> list[Contender]:
-    """The router with its defaults, and with batching off (``--no-batching``)."""
-    return [Rhizomorph(0, name=DEFAULT), Rhizomorph(0, name=NO_BATCHING, enable_message_batching=False)]
+def claim_contenders(batch_waits: list[str] | None = None) -> list[Contender]:
+    """The router with its defaults, and with batching off (``--no-batching``); plus the defaults
+    with each other ``batch_wait`` rule asked for (``rhizomorph-wait-timer``: the report's rule)."""
+    contenders: list[Contender] = [
+        Rhizomorph(0, name=DEFAULT),
+        Rhizomorph(0, name=NO_BATCHING, enable_message_batching=False),
+    ]
+    for wait in batch_waits or []:
+        if wait != Config.batch_wait:
+            contenders.append(Rhizomorph(0, name=f"{DEFAULT}-wait-{wait}", batch_wait=wait))
+    return contenders
 
 
 def claim_pairs(contenders: list[Contender], clients: tuple[str, ...] | list[str] = CLIENTS) -> list[Pair]:
@@ -89,7 +99,11 @@ def claim_pairs(contenders: list[Contender], clients: tuple[str, ...] | list[str
     for contender in contenders:
         for client in clients:
             if client in contender.clients and client in CLIENTS:
-                kind = V4Clients(batching=contender.batching) if client == V4 else HyphaRpcClients()
+                kind = (
+                    V4Clients(batching=contender.batching, wait=contender.batch_wait)
+                    if client == V4
+                    else HyphaRpcClients()
+                )
                 pairs.append(Pair(contender, kind))
     return pairs
 
@@ -273,6 +287,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-hypha", action="store_true", help="skip the real Hypha server even if installed")
     parser.add_argument("--hypha-python", help="the interpreter that runs the Hypha server (e.g. its own venv)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
+    parser.add_argument(
+        "--batch-waits", nargs="+", choices=WAITS, default=[], help="also the defaults with these batch_wait rules"
+    )
     args = parser.parse_args(argv)
 
     suite = CLAIM_SUITES[args.suite]
@@ -289,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     ray_dir = tempfile.mkdtemp(prefix="rb-", dir="/tmp")  # never join someone else's Ray
     ray_started = ensure_ray(num_cpus=os.cpu_count() or 1, _temp_dir=ray_dir)
     notes: list[str] = []
-    contenders = claim_contenders() + hypha_contender(notes, not args.no_hypha, args.hypha_python)
+    contenders = claim_contenders(args.batch_waits) + hypha_contender(notes, not args.no_hypha, args.hypha_python)
     stamp = {"run_id": run_id, "suite": f"claims-{suite.name}"}
     meta = {
         "kind": "meta",

@@ -382,20 +382,21 @@ class V4Clients(HyphaRpcClients):
     """rhizomorph's v4 client (``rhizomorph.client``): hypha-rpc's RPC layer on a batching socket,
     large messages to v4 peers as chunk streams. Only rhizomorph speaks v4. Events keep
     hypha-rpc's one-frame ``emit``, hence the same payload limit. ``batching=False`` turns the
-    client's own send-side batching off (``BatchPolicy(enabled=False)``)."""
+    client's own send-side batching off (``BatchPolicy(enabled=False)``); ``wait`` is its batches'
+    ``BatchPolicy.wait``."""
 
     name = "v4"
 
-    def __init__(self, method_timeout: float = 60.0, batching: bool = True) -> None:
+    def __init__(self, method_timeout: float = 60.0, batching: bool = True, wait: str = "socket") -> None:
         super().__init__(method_timeout)
-        self.batching = batching
+        self.batching, self.wait = batching, wait
 
     async def _connect(self, url: str, **options: Any) -> Any:
         from rhizomorph.client import connect_to_server
         from rhizomorph.protocol.batching import BatchPolicy
 
         config = {"server_url": url, "method_timeout": self.method_timeout, **options}
-        return await connect_to_server(config, batching=BatchPolicy(enabled=self.batching))
+        return await connect_to_server(config, batching=BatchPolicy(enabled=self.batching, wait=self.wait))
 
 
 # -- a provider in a process of its own ------------------------------------------------------------
@@ -413,8 +414,18 @@ class ProviderProcess:
         self._probe = psutil.Process(process.pid)
 
     @classmethod
-    async def start(cls, url: str, client: str, batching: bool = True) -> ProviderProcess:
-        args = [sys.executable, "-m", "benchmarks.echo_provider", "--url", url, "--client", client]
+    async def start(cls, url: str, client: str, batching: bool = True, wait: str = "socket") -> ProviderProcess:
+        args = [
+            sys.executable,
+            "-m",
+            "benchmarks.echo_provider",
+            "--url",
+            url,
+            "--client",
+            client,
+            "--batch-wait",
+            wait,
+        ]
         process = await asyncio.create_subprocess_exec(
             *args, *([] if batching else ["--no-batching"]), stdin=PIPE, stdout=PIPE, cwd=_REPO_ROOT
         )
@@ -466,7 +477,9 @@ class SplitEchoRig(EchoRig):
 async def split_echo_rig(kind: HyphaRpcClients, url: str, payloads: list[Any], apart: bool = False) -> SplitEchoRig:
     """A provider process and a caller here, both clients of ``kind`` (v4: with its batching setting);
     with ``apart``, the caller sits on another gateway worker than the provider."""
-    provider = await ProviderProcess.start(url, kind.name, getattr(kind, "batching", True))
+    provider = await ProviderProcess.start(
+        url, kind.name, getattr(kind, "batching", True), getattr(kind, "wait", "socket")
+    )
     caller = None
     try:
 

@@ -38,6 +38,8 @@ class Contender(ABC):
     workers: int = 1
     #: Whether the server batches messages per target (a v4 client then batches its sends too).
     batching: bool = True
+    #: What a busy target's batch waits for (``Config.batch_wait``; a v4 client's sends follow it).
+    batch_wait: str = "socket"
     #: Ray's session directory when the server runs on Ray (its processes are found by it).
     ray_session: str | None = None
 
@@ -59,6 +61,7 @@ class Started(Contender):
     def __init__(self, contender: Contender) -> None:
         self.name, self.clients, self.url = contender.name, contender.clients, contender.url
         self.workers, self.batching, self.ray_session = contender.workers, contender.batching, contender.ray_session
+        self.batch_wait = contender.batch_wait
         self._pids = contender.server_pids()
 
     def start(self) -> None:
@@ -95,6 +98,7 @@ class Rhizomorph(Contender):
         self.url = self.deployment.url
         self.workers = len(self.deployment.worker_info)
         self.batching = bool(getattr(self.deployment.config, BATCHING_FIELD, True))
+        self.batch_wait = str(getattr(self.deployment.config, "batch_wait", "socket"))
         self.ray_session = ray_session_dir()
 
     def stop(self) -> None:

@@ -19,10 +19,11 @@ import sys
 from benchmarks.clients import ECHO_SERVICE, HyphaRpcClients, V4Clients, _hypha_worker
 from benchmarks.run import quiet_client_logs
 from rhizomorph.client import wire_protocol
+from rhizomorph.protocol.batching import WAITS
 
 
-async def serve(url: str, client: str, batching: bool) -> None:
-    kind = V4Clients(batching=batching) if client == "v4" else HyphaRpcClients()
+async def serve(url: str, client: str, batching: bool, wait: str = "socket") -> None:
+    kind = V4Clients(batching=batching, wait=wait) if client == "v4" else HyphaRpcClients()
     server = await kind._connect(url)
     await server.register_service({"id": ECHO_SERVICE, "config": {"visibility": "public"}, "echo": lambda x: x})
     info = {
@@ -45,9 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url", required=True)
     parser.add_argument("--client", choices=("hypha-rpc", "v4"), default="hypha-rpc")
     parser.add_argument("--no-batching", dest="batching", action="store_false", help="v4 client: no send batching")
+    parser.add_argument("--batch-wait", default="socket", choices=WAITS, help="v4 client: its batches' wait rule")
     args = parser.parse_args(argv)
     quiet_client_logs()
-    asyncio.run(serve(args.url, args.client, args.batching))
+    asyncio.run(serve(args.url, args.client, args.batching, args.batch_wait))
     return 0
 
 

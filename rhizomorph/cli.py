@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     batching.add_argument(
         "--no-batching", dest="enable_message_batching", action="store_false", help="one frame per message"
     )
+    serve.add_argument(
+        "--batch-wait", choices=("socket", "timer"), help="what a busy target's batch waits for (default: socket)"
+    )
     serve.add_argument("--batch-timeout-ms", type=float)
     serve.add_argument("--batch-max-messages", type=int)
     serve.add_argument("--batch-max-size", type=int)

@@ -42,6 +42,7 @@ except ModuleNotFoundError as exc:
     ) from exc
 
 from rhizomorph.gateway.delivery import DeliveryQueue
+from rhizomorph.gateway.direct_write import direct_writer
 from rhizomorph.protocol import envelope, frames
 from rhizomorph.protocol.batching import BatchPolicy
 
@@ -123,7 +124,9 @@ class BatchingWebSocket:
         info = json.loads(text)
         if info.get("type") == "connection_info" and info.get("wire_protocol") == WIRE_PROTOCOL:
             self.wire_protocol = WIRE_PROTOCOL
-            self._outbox = DeliveryQueue("router", self._websocket.send, self._policy, wire_v4=True)
+            self._outbox = DeliveryQueue(
+                "router", self._websocket.send, self._policy, wire_v4=True, direct=direct_writer(self._websocket)
+            )
 
     def batch_metrics(self) -> dict[str, Any] | None:
         return self._outbox.metrics() if self._outbox else None
@@ -146,6 +149,25 @@ def _decode_large(message: bytes) -> dict[str, Any]:
     return main
 
 
+class _PromiseState:
+    """What hypha-rpc's RPC asks of a call's promise manager: settled once, and which callbacks
+    end the call's session (``RPC._create_promise_manager``)."""
+
+    __slots__ = ("settled",)
+
+    def __init__(self) -> None:
+        self.settled = False
+
+    def settle(self) -> None:
+        self.settled = True
+
+    def is_settled(self) -> bool:
+        return self.settled
+
+    def should_cleanup_on_callback(self, callback_name: str) -> bool:
+        return callback_name in ("resolve", "reject")
+
+
 class _V4RPC(_hypha_ws.RPC):
     """hypha-rpc's RPC with two v4 abilities, both used only between v4 peers:
 
@@ -154,13 +176,21 @@ class _V4RPC(_hypha_ws.RPC):
     - generators stream in windows: the consumer asks for up to ``GENERATOR_WINDOW`` items per
       call and keeps the next window in flight while it consumes (back-pressure: at most two
       windows are out). v3 consumers ignore the extra key and pull item by item.
+
+    And one cost cut that leaves the bytes on the wire as they are: each call's promise state is
+    a ``_PromiseState`` (hypha-rpc defines a new class for it on every call).
     """
+
+    def _create_promise_manager(self) -> _PromiseState:
+        return _PromiseState()
 
     def __init__(self, connection: Any, *args: Any, **kwargs: Any) -> None:
         super().__init__(connection, *args, **kwargs)
         builtin = self._services.get("built-in")
-        if builtin is not None:
+        websocket = getattr(connection, "_websocket", None)  # open: the router has answered
+        if builtin is not None and getattr(websocket, "wire_protocol", None) == WIRE_PROTOCOL:
             # Advertised to peers in get_service("<client>:built-in"); api_version stays 3.
+            # Only once the router confirmed v4: peers stream large messages to a v4 client.
             builtin["config"]["wire_protocol"] = WIRE_PROTOCOL
 
     async def _send_chunks(self, package: bytes, target_id: str, session_id: Any) -> None:

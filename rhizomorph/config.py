@@ -11,7 +11,7 @@
 Every field can come from the TOML file or the environment. Only these have a command-line
 flag (``rhizomorph/cli.py``): host, port, workers, ray_address (``--address``),
 workers_per_cpu, worker_resource, server_id, log_level, log_format, enable_message_batching
-(``--batching`` / ``--no-batching``), batch_timeout_ms, batch_max_messages and
+(``--batching`` / ``--no-batching``), batch_wait, batch_timeout_ms, batch_max_messages and
 batch_max_size. Set the others in the file or the environment.
 """
 
@@ -87,7 +87,11 @@ class Config:
     max_services_per_client: int = 1000
     #: Per-target batching of small messages (see rhizomorph/protocol/batching.py for the flush rules).
     enable_message_batching: bool = True
-    #: Upper bound on how long a message waits in a busy target's batch, milliseconds.
+    #: What a busy target's batch waits for: ``socket`` (it leaves as soon as the socket is
+    #: free) or ``timer`` (it waits for ``batch_max_messages`` / ``batch_max_size`` company, at
+    #: most ``batch_timeout_ms``: the hypha-rpc batching report's rule).
+    batch_wait: str = "socket"
+    #: With ``batch_wait = "timer"``: how long a message may wait in a busy target's batch, ms.
     batch_timeout_ms: float = 10.0
     #: A busy target's batch is flushed when it holds this many messages.
     batch_max_messages: int = 10
@@ -167,6 +171,7 @@ class Config:
             timeout_ms=self.batch_timeout_ms,
             max_messages=self.batch_max_messages,
             max_size=self.batch_max_size,
+            wait=self.batch_wait,
         )
 
     def with_preset(self, name: str) -> Config:

@@ -36,6 +36,22 @@ async def test_v4_is_negotiated_and_v3_stays_v3(router, clients):
     assert wire_protocol(await clients(router.url, v4=False)) == 3
 
 
+async def test_a_v4_client_that_fell_back_to_v3_says_so_to_its_peers(ray_runtime, router, clients):
+    from rhizomorph import Config, Deployment
+
+    v3_only = Deployment(Config(port=0, workers=1, enable_v4=False)).start()
+    try:
+        fell_back, peer = await clients(v3_only.url, True), await clients(v3_only.url, False)
+        assert wire_protocol(fell_back) == 3
+        builtin = await peer.get_service(f"{fell_back.config.workspace}/{fell_back.config.client_id}:built-in")
+        assert getattr(builtin.config, "wire_protocol", 3) == 3  # peers would stream to a v4 one
+        confirmed, peer4 = await clients(router.url, True), await clients(router.url, False)
+        builtin = await peer4.get_service(f"{confirmed.config.workspace}/{confirmed.config.client_id}:built-in")
+        assert builtin.config.wire_protocol == 4
+    finally:
+        v3_only.stop()
+
+
 async def test_burst_to_v4_target_arrives_in_few_frames_intact_and_in_order(router, clients):
     target = await clients(router.url, v4=True)
     sender = await clients(router.url, v4=True)

@@ -32,7 +32,7 @@ from rhizomorph.protocol import frames
 from rhizomorph.protocol.batching import Batcher, BatchPolicy
 from tests.js_build import CLIENT_DIR, ensure_client_package, node
 
-SUITES = {"transport": 10, "interop": 14, "reconnect": 2}  # Node test file -> tests it must pass
+SUITES = {"transport": 12, "interop": 14, "reconnect": 2}  # Node test file -> tests it must pass
 
 
 class PyPeer:
@@ -90,13 +90,21 @@ class PyPeer:
 
 
 def batcher_vectors(seed: int = 15, steps: int = 400) -> list[dict[str, Any]]:
-    """A random run of the Python Batcher: what it was fed and what it answered.
+    """Random runs of the Python Batcher, one per wait rule: what it was fed and what it answered.
 
     Times are whole 1/1024 s and the timer 1/64 s, exact in binary floating point both as
     Python's seconds and as JavaScript's milliseconds, so both compare the same numbers."""
-    rng = random.Random(seed)
-    policy = BatchPolicy(timeout_ms=15.625, max_messages=5, max_size=4096)
-    batcher = Batcher(policy)
+    runs = []
+    for wait, rules in (("timer", {"idle", "count", "size", "timer", "large"}), ("socket", {"idle", "free", "large"})):
+        options = {"timeout_ms": 15.625, "max_messages": 5, "max_size": 4096, "wait": wait}
+        events = _batcher_run(Batcher(BatchPolicy(**options)), random.Random(seed), steps)
+        reasons = {event["flush"][1] for event in events if event.get("flush")}
+        assert reasons >= rules, reasons  # the run covers every rule of this wait
+        runs.append({"policy": options, "events": events})
+    return runs
+
+
+def _batcher_run(batcher: Batcher, rng: random.Random, steps: int) -> list[dict[str, Any]]:
     ticks = 0
     events: list[dict[str, Any]] = []
     for _ in range(steps):
@@ -123,9 +131,7 @@ def batcher_vectors(seed: int = 15, steps: int = 400) -> list[dict[str, Any]]:
         else:
             batcher.written()
             events.append({"op": "written"})
-    reasons = {event["flush"][1] for event in events if event.get("flush")}
-    assert reasons >= {"idle", "count", "size", "timer", "large"}, reasons  # the run covers every rule
-    return [{"policy": {"timeout_ms": 15.625, "max_messages": 5, "max_size": 4096}, "events": events}]
+    return events
 
 
 def frame_vectors() -> dict[str, Any]:

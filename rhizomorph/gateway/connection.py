@@ -21,6 +21,7 @@ from websockets.frames import Frame, Opcode
 from rhizomorph.background import spawn
 from rhizomorph.config import Config
 from rhizomorph.gateway.delivery import DeliveryQueue
+from rhizomorph.gateway.direct_write import DirectWriter
 from rhizomorph.protocol import handshake, limits
 from rhizomorph.protocol.batching import BatchPolicy
 from rhizomorph.protocol.close_codes import CloseCode
@@ -136,12 +137,14 @@ class ClientConnection:
         self.streams = SendingStreams()
         self._on_evicted = on_evicted
         send_frames = getattr(websocket, "send_frames", None)  # RouterServerConnection
+        direct = DirectWriter(websocket) if isinstance(websocket, RouterServerConnection) else None
         self.queue = DeliveryQueue(
             self.address,
             websocket.send,
             policy,
             wire_v4=wire_v4,
             send_frames=send_frames,
+            direct=direct,
             max_bytes=max_queue_bytes,
             on_overflow=self.evict,
         )

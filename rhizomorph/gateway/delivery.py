@@ -5,6 +5,9 @@ Ray hop. It owns the target's batch buffer (``rhizomorph/protocol/batching.py`` 
 one writer task, which keeps frames in the order they were queued and means a slow socket
 never blocks the sender. A flush goes out as consecutive frames to a v3 client (in one socket
 write when the connection offers ``send_frames``), and as one batch frame to a v4 client.
+A batch that is full when its last message arrives (``Batcher.full``) is written at once, in
+``put``, when the connection offers a ``DirectWrite`` that is ready: it does not wait for the
+writer's turn (``rhizomorph/gateway/direct_write.py``).
 
 Nothing queued is lost without its sender being told: frames never written come back from
 ``close``, and when a write fails (the socket went away under it) the frames of that flush and
@@ -19,6 +22,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from rhizomorph.protocol import frames as v4frames
 from rhizomorph.protocol.batching import Batcher, BatchMetrics, BatchPolicy
@@ -27,6 +31,14 @@ log = logging.getLogger("rhizomorph.delivery")
 
 Send = Callable[[bytes], Awaitable[None]]
 SendFrames = Callable[[list[bytes]], Awaitable[None]]
+
+
+class DirectWrite(Protocol):
+    """A socket that can take whole messages now, without awaiting (``DirectWriter``)."""
+
+    def ready(self) -> bool: ...
+
+    def write(self, messages: list[bytes]) -> None: ...
 
 
 class DeliveryQueue:
@@ -38,6 +50,7 @@ class DeliveryQueue:
         *,
         wire_v4: bool = False,
         send_frames: SendFrames | None = None,
+        direct: DirectWrite | None = None,
         max_bytes: int = 0,
         on_overflow: Callable[[str], None] | None = None,
         on_unwritten: Callable[[list[bytes]], None] | None = None,
@@ -49,6 +62,7 @@ class DeliveryQueue:
         self.frames_written = 0
         self._send = send
         self._send_frames = send_frames  # several v3 frames in one socket write, if the socket can
+        self._direct = direct  # full batches written in ``put``, if the socket can
         self._clock = clock
         self._writer: asyncio.Task | None = None
         self._arrived: asyncio.Future | None = None  # pending while the writer waits for the timer
@@ -85,12 +99,46 @@ class DeliveryQueue:
             self.overflow(f"delivery queue over {self.max_bytes} bytes")
             return False
         # A chunk of a stream is not a message: it never shares a batch frame (docs/protocol-v4.md).
-        self.batcher.add(frame, self._clock(), alone=frame[:1] == b"\xc1")
+        batcher = self.batcher
+        batcher.add(frame, self._clock(), alone=frame[:1] == b"\xc1")
+        direct = self._direct
+        if direct is not None and self._write_started is None and batcher.full() and direct.ready():
+            self._write_full(direct)
+            if not len(batcher):
+                return True
         if self._writer is None:
             self._writer = asyncio.get_running_loop().create_task(self._drain())
         elif self._arrived is not None and self.batcher.complete():
             self._nudge()  # else the writer sleeps on: the timer, or a later message, wakes it
         return True
+
+    def _write_full(self, direct: DirectWrite) -> None:
+        """Write the full batches at the head of the buffer now (the writer holds no flush:
+        ``_write_started`` is unset, so the order of frames is kept)."""
+        batcher = self.batcher
+        while batcher.full() and direct.ready():
+            flush = batcher.take(self._clock())
+            assert flush is not None  # a full head is always due
+            messages = [v4frames.encode_batch(flush.frames)] if self.wire_v4 and len(flush.frames) > 1 else flush.frames
+            try:
+                direct.write(messages)
+            except Exception as exc:  # as a failed write in the writer: its senders are told
+                self._fail(exc, flush.frames)
+                return
+            self.frames_written += len(messages)
+            batcher.written()
+        self._progress.set()
+        if not len(batcher):
+            self._nudge()  # a writer asleep on the timer has nothing left: it ends, the next put starts one
+
+    def _fail(self, exc: Exception, frames: list[bytes]) -> None:
+        log.debug("delivery to %s stopped: %s", self.address, exc)
+        self._closed = True
+        unwritten = frames + self.batcher.drain()
+        if self.on_unwritten is not None:
+            self.on_unwritten(unwritten)
+        else:
+            self._unwritten.extend(unwritten)
 
     def _nudge(self) -> None:
         if self._arrived is not None:
@@ -124,13 +172,7 @@ class DeliveryQueue:
                 batcher.written()
                 self._progress.set()
         except Exception as exc:  # the socket closed under us; the connection's cleanup follows
-            log.debug("delivery to %s stopped: %s", self.address, exc)
-            self._closed = True
-            unwritten = (flush.frames if flush is not None else []) + batcher.drain()
-            if self.on_unwritten is not None:
-                self.on_unwritten(unwritten)
-            else:
-                self._unwritten.extend(unwritten)
+            self._fail(exc, flush.frames if flush is not None else [])
         finally:
             self._writer = None
             self._write_started = None

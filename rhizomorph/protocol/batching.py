@@ -6,9 +6,16 @@ The rules, for one target:
   the messages queued before it, which keeps the order).
 - When the target's socket is idle (its last flush left the buffer empty), the next flush
   happens at once: a lone call pays no batching delay (reason ``idle``).
-- Messages that arrive while a write is in flight accumulate. After the write, the buffer
-  is flushed as soon as it holds ``max_messages`` messages (``count``) or ``max_size`` bytes
-  (``size``), and at the latest ``timeout`` after its oldest message arrived (``timer``).
+- Messages that arrive while a write is in flight accumulate. What happens after the write
+  is the policy's ``wait``:
+
+  - ``socket`` (the default): they leave as soon as the socket is free, in flushes of at most
+    ``max_messages`` messages and ``max_size`` bytes (``free``). The batch is what piled up
+    while the socket was busy: it grows exactly when the target is slower than the traffic,
+    and no message ever waits for a timer while the socket could take it.
+  - ``timer`` (the hypha-rpc batching report's rule): the buffer is flushed as soon as it
+    holds ``max_messages`` messages (``count``) or ``max_size`` bytes (``size``), and at the
+    latest ``timeout`` after its oldest message arrived (``timer``).
 - With batching disabled every message is flushed alone (``unbatched``).
 
 ``Batcher`` holds no I/O and takes the time as an argument, so the rules are unit-tested
@@ -21,7 +28,9 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
-FLUSH_REASONS = ("idle", "count", "size", "timer", "large", "unbatched")
+FLUSH_REASONS = ("idle", "free", "count", "size", "timer", "large", "unbatched")
+#: What a busy target's batch waits for once its socket is free (see the module docstring).
+WAITS = ("socket", "timer")
 _ALONE = 1 << 62  # the batching size of a frame that must be flushed alone
 #: Upper bounds of the batch-size histogram buckets (messages per flush).
 BATCH_SIZE_BUCKETS = (1, 2, 5, 10, 20, 50, 100)
@@ -35,9 +44,10 @@ class BatchPolicy:
     timeout_ms: float = 10.0
     max_messages: int = 10
     max_size: int = 32768
+    wait: str = "socket"
 
     def __post_init__(self) -> None:
-        if self.timeout_ms < 0 or self.max_messages < 1 or self.max_size < 1:
+        if self.timeout_ms < 0 or self.max_messages < 1 or self.max_size < 1 or self.wait not in WAITS:
             raise ValueError(f"invalid batch policy: {self}")
 
 
@@ -124,9 +134,9 @@ class Batcher:
         if len(self._frames) > self.metrics.max_depth:
             self.metrics.max_depth = len(self._frames)
 
-    def complete(self) -> bool:
-        """Whether what is buffered already makes a flush without the timer (count, size, a
-        large or lone frame, or batching off): a waiting writer is worth waking only then."""
+    def full(self) -> bool:
+        """Whether the buffer's head is a flush no later message could join (``count``, ``size``,
+        ``large``, or batching off): it may leave at once, before the writer's turn."""
         policy = self.policy
         if not self._frames:
             return False
@@ -134,9 +144,14 @@ class Batcher:
             return True
         return any(size >= policy.max_size for size in self._sizes)  # fewer than max_messages
 
+    def complete(self) -> bool:
+        """Whether what is buffered makes a flush without the timer (``full``, or anything with
+        ``wait = "socket"``): a writer waiting for the timer is worth waking only then."""
+        return bool(self._frames) and (self.policy.wait == "socket" or self.full())
+
     def deadline(self) -> float | None:
         """When the timer forces a flush of what is buffered (``None``: nothing to wait for)."""
-        if not self._frames or self._idle or not self.policy.enabled:
+        if not self._frames or self._idle or not self.policy.enabled or self.policy.wait == "socket":
             return None
         return self._arrivals[0] + self.policy.timeout_ms / 1000.0
 
@@ -164,6 +179,8 @@ class Batcher:
             reason = "size"
         elif self._idle:
             reason = "idle"
+        elif policy.wait == "socket":
+            reason = "free"
         elif now >= self._arrivals[0] + policy.timeout_ms / 1000.0:
             reason = "timer"
         else:
@@ -178,7 +195,7 @@ class Batcher:
         size = sum(len(frame) for frame in frames)
         self._bytes -= size
         self.metrics.record(count, size, reason)
-        # Until a write leaves the buffer empty, later messages wait for company (count, size or timer).
+        # Until a write leaves the buffer empty, later messages gather behind it (see ``wait``).
         self._idle = False
         return Flush(frames, reason)
 

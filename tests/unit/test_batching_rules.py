@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 from rhizomorph.protocol import frames
 from rhizomorph.protocol.batching import PRESETS, Batcher, BatchPolicy
 
-POLICY = BatchPolicy(timeout_ms=10.0, max_messages=3, max_size=100)
+POLICY = BatchPolicy(timeout_ms=10.0, max_messages=3, max_size=100, wait="timer")
+SOCKET = BatchPolicy(timeout_ms=10.0, max_messages=3, max_size=100, wait="socket")
 
 
 def fill(batcher: Batcher, *sizes: int, now: float = 0.0) -> None:
@@ -79,6 +80,47 @@ def test_a_batch_of_exactly_max_size_leaves_without_the_timer():
     assert batcher.complete()
     flush = batcher.take(0.001)
     assert flush is not None and flush.reason == "size" and [len(f) for f in flush.frames] == [1, 99]
+
+
+# -- wait="socket": a busy target's batch leaves as soon as the socket is free ----------------
+
+
+def test_the_default_policy_waits_for_the_socket_not_a_timer():
+    assert BatchPolicy().wait == "socket" and PRESETS["balanced"].wait == "socket"
+    with pytest.raises(ValueError):
+        BatchPolicy(wait="never")
+
+
+def test_messages_arriving_during_a_write_leave_together_once_it_completes():
+    batcher = Batcher(SOCKET)
+    fill(batcher, 10)
+    assert batcher.take(0.0).reason == "idle"
+    fill(batcher, 10, 10, now=0.001)  # arrive while the first write is in flight
+    assert batcher.complete() and batcher.deadline() is None  # nothing to wait for
+    batcher.written()
+    flush = batcher.take(0.001)
+    assert flush.reason == "free" and len(flush.frames) == 2
+    batcher.written()
+    fill(batcher, 10, now=0.5)
+    assert batcher.take(0.5).reason == "idle"  # that write left the buffer empty: idle again
+
+
+def test_a_free_socket_still_splits_what_piled_up_by_count_size_and_large():
+    batcher = Batcher(SOCKET)
+    fill(batcher, 10)
+    batcher.take(0.0)
+    fill(batcher, 10, 10, 10, 10, 60, 60, 200, 5, now=0.001)
+    batcher.written()
+    flushes = []
+    while (flush := batcher.take(0.001)) is not None:
+        flushes.append((flush.reason, [len(f) for f in flush.frames]))
+    assert flushes == [
+        ("count", [10, 10, 10]),
+        ("size", [10, 60]),
+        ("large", [60]),
+        ("large", [200]),
+        ("free", [5]),
+    ]
 
 
 def test_disabled_batching_flushes_one_message_each():
@@ -192,11 +234,12 @@ def test_lone_frames_never_share_a_flush():
     sizes=st.lists(st.integers(min_value=1, max_value=250), min_size=1, max_size=8),
     alone=st.lists(st.booleans(), min_size=8, max_size=8),
     enabled=st.booleans(),
+    wait=st.sampled_from(["socket", "timer"]),
 )
-def test_complete_says_whether_a_busy_target_flushes_before_its_timer(sizes, alone, enabled):
+def test_complete_says_whether_a_busy_target_flushes_before_its_timer(sizes, alone, enabled, wait):
     # The delivery queue wakes its waiting writer only when complete() is true: it must be
     # exactly "take() returns a flush now", for a target that is not idle and before the timer.
-    batcher = Batcher(BatchPolicy(enabled=enabled, timeout_ms=10.0, max_messages=3, max_size=100))
+    batcher = Batcher(BatchPolicy(enabled=enabled, timeout_ms=10.0, max_messages=3, max_size=100, wait=wait))
     fill(batcher, 10)
     batcher.take(0.0)  # a write is under way: the target is not idle
     for i, size in enumerate(sizes):

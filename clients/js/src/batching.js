@@ -5,28 +5,36 @@
 //   messages queued before it, which keeps the order).
 // - When the socket is idle (its last flush left the buffer empty), the next flush happens at
 //   once: a lone call pays no batching delay (reason "idle").
-// - Messages that arrive while a write is in flight accumulate. After the write, the buffer is
-//   flushed as soon as it holds `maxMessages` messages ("count") or `maxSize` bytes ("size"),
-//   and at the latest `timeoutMs` after its oldest message arrived ("timer").
+// - Messages that arrive while a write is in flight accumulate. What happens after the write is
+//   the policy's `wait`:
+//   - "socket" (the default): they leave as soon as the socket is free, in flushes of at most
+//     `maxMessages` messages and `maxSize` bytes ("free"); no message waits for a timer while
+//     the socket could take it.
+//   - "timer" (the hypha-rpc batching report's rule): the buffer is flushed as soon as it holds
+//     `maxMessages` messages ("count") or `maxSize` bytes ("size"), and at the latest
+//     `timeoutMs` after its oldest message arrived ("timer").
 // - With batching disabled every message is flushed alone ("unbatched").
 //
 // Times are milliseconds from any monotonic clock, passed in, so the rules are tested with a
 // fake clock; outbox.js drives a Batcher from the event loop.
 
-export const FLUSH_REASONS = ["idle", "count", "size", "timer", "large", "unbatched"];
+export const FLUSH_REASONS = ["idle", "free", "count", "size", "timer", "large", "unbatched"];
+/** What a busy target's batch waits for once its socket is free (see above). */
+export const WAITS = ["socket", "timer"];
 /** Upper bounds of the batch-size histogram buckets (messages per flush). */
 export const BATCH_SIZE_BUCKETS = [1, 2, 5, 10, 20, 50, 100];
 const ALONE = Number.MAX_SAFE_INTEGER; // the batching size of a frame that must be flushed alone
 
 export class BatchPolicy {
-  /** Accepts the Python names (`timeout_ms`, `max_messages`, `max_size`) or camelCase ones. */
+  /** Accepts the Python names (`timeout_ms`, `max_messages`, `max_size`, `wait`) or camelCase ones. */
   constructor(options = {}) {
     const pick = (snake, camel, fallback) => options[snake] ?? options[camel] ?? fallback;
     this.enabled = Boolean(options.enabled ?? true);
     this.timeoutMs = Number(pick("timeout_ms", "timeoutMs", 10));
     this.maxMessages = Number(pick("max_messages", "maxMessages", 10));
     this.maxSize = Number(pick("max_size", "maxSize", 32768));
-    if (!(this.timeoutMs >= 0) || !(this.maxMessages >= 1) || !(this.maxSize >= 1)) {
+    this.wait = String(options.wait ?? "socket");
+    if (!(this.timeoutMs >= 0) || !(this.maxMessages >= 1) || !(this.maxSize >= 1) || !WAITS.includes(this.wait)) {
       throw new RangeError(`invalid batch policy: ${JSON.stringify(options)}`);
     }
     Object.freeze(this);
@@ -117,9 +125,9 @@ export class Batcher {
     if (this.length > this.metrics.maxDepth) this.metrics.maxDepth = this.length;
   }
 
-  /** Whether what is buffered makes a flush without the timer (count, size, a large or lone
-   *  frame, or batching off): a writer waiting for the timer is worth waking only then. */
-  complete() {
+  /** Whether the buffer's head is a flush no later message could join ("count", "size",
+   *  "large", or batching off): it may leave at once, before the writer's turn. */
+  full() {
     const policy = this.policy;
     if (this.length === 0) return false;
     if (!policy.enabled || this.length >= policy.maxMessages || this._bytes >= policy.maxSize) return true;
@@ -127,9 +135,15 @@ export class Batcher {
     return false;
   }
 
+  /** Whether what is buffered makes a flush without the timer (`full`, or anything with
+   *  wait "socket"): a writer waiting for the timer is worth waking only then. */
+  complete() {
+    return this.length > 0 && (this.policy.wait === "socket" || this.full());
+  }
+
   /** When the timer forces a flush of what is buffered (null: nothing to wait for). */
   deadline() {
-    if (this.length === 0 || this._idle || !this.policy.enabled) return null;
+    if (this.length === 0 || this._idle || !this.policy.enabled || this.policy.wait === "socket") return null;
     return this._arrivals[this._head] + this.policy.timeoutMs;
   }
 
@@ -156,6 +170,7 @@ export class Batcher {
     else if (count < this.length) reason = this._sizes[head + count] < policy.maxSize ? "size" : "large";
     else if (size >= policy.maxSize) reason = "size"; // exactly full: no further message could join it
     else if (this._idle) reason = "idle";
+    else if (policy.wait === "socket") reason = "free";
     else if (now >= this._arrivals[head] + policy.timeoutMs) reason = "timer";
     else return null;
     return this._pop(count, reason);
@@ -170,7 +185,7 @@ export class Batcher {
     this._bytes -= size;
     if (this._head === this._frames.length || this._head > 1024) this._compact();
     this.metrics.record(count, size, reason);
-    // Until a write leaves the buffer empty, later messages wait for company (count, size or timer).
+    // Until a write leaves the buffer empty, later messages gather behind it (see `wait`).
     this._idle = false;
     return { frames, reason };
   }

@@ -5,7 +5,9 @@
 // once, so here a write is in flight until the next turn of the event loop (a macrotask), and
 // for as long as the socket holds more than `highWater` unsent bytes (its bufferedAmount):
 // the same thing websockets' send() waits for in Python. Messages produced meanwhile wait for
-// company, by the rules of batching.js.
+// company, by the rules of batching.js. A batch that is full when its last message arrives
+// (`Batcher.full`) is written at once in `put`, when no write is in flight and the socket is
+// below `highWater`: as in rhizomorph/gateway/delivery.py, it does not wait for the writer's turn.
 
 import { Batcher } from "./batching.js";
 import { MAGIC, encodeBatch } from "./frames.js";
@@ -47,6 +49,7 @@ export class Outbox {
     this._clock = clock;
     this._writer = null;
     this._wake = null; // set while the writer waits for the batch timer
+    this._inFlight = false; // the writer's last write has not gone out yet
     this._waiters = []; // senders pacing themselves (waitBelow)
     this._closed = false;
   }
@@ -63,13 +66,34 @@ export class Outbox {
   put(frame) {
     if (this._closed) return false;
     // A chunk of a stream is not a message: it never shares a batch frame (docs/protocol-v4.md).
-    this.batcher.add(frame, this._clock(), frame[0] === MAGIC);
+    const batcher = this.batcher;
+    batcher.add(frame, this._clock(), frame[0] === MAGIC);
+    if (!this._inFlight && batcher.full() && this._buffered() <= HIGH_WATER) {
+      this._writeFull();
+      if (batcher.length === 0 || this._closed) return true;
+    }
     if (this._writer === null) {
       this._writer = turn().then(() => this._drain());
     } else if (this._wake !== null && this.batcher.complete()) {
       this._wake(); // else the writer sleeps on: the timer, or a later message, wakes it
     }
     return true;
+  }
+
+  _writeFull() {
+    const batcher = this.batcher;
+    try {
+      while (batcher.full() && this._buffered() <= HIGH_WATER) {
+        this._send(batcher.take(this._clock()).frames);
+        batcher.written();
+      }
+    } catch (error) {
+      this._closed = true; // the socket failed under us; its close handler follows
+      return;
+    }
+    this._progress();
+    // A writer asleep on the timer has nothing left: it ends, the next put starts one.
+    if (batcher.length === 0 && this._wake !== null) this._wake();
   }
 
   async _drain() {
@@ -83,14 +107,17 @@ export class Outbox {
           await this._waitUntil(deadline);
           continue;
         }
+        this._inFlight = true;
         this._send(flush.frames);
         await this._writable();
+        this._inFlight = false;
         batcher.written();
         this._progress();
       }
     } catch (error) {
       this._closed = true; // the socket failed under us; its close handler follows
     } finally {
+      this._inFlight = false;
       this._writer = null;
       this._progress();
     }

@@ -80,8 +80,27 @@ test("broken frames and streams are errors, not guesses", () => {
   assert.equal(frames.splitStream(new Uint8Array(0), 3, 10).length, 1); // an empty message is one chunk
 });
 
+test("the default wait rule: what piles up during a write leaves once the socket is free", () => {
+  assert.equal(new BatchPolicy().wait, "socket");
+  assert.throws(() => new BatchPolicy({ wait: "never" }), RangeError);
+  const b = new Batcher(new BatchPolicy({ timeout_ms: 10, max_messages: 3, max_size: 100 }));
+  b.add(bytes(10), 0);
+  assert.equal(b.take(0).reason, "idle");
+  for (const size of [10, 10, 10, 10, 60, 40, 5]) b.add(bytes(size), 1);
+  assert.ok(b.complete());
+  assert.equal(b.deadline(), null); // nothing waits for a timer
+  b.written();
+  const flushes = [];
+  for (let flush = b.take(1); flush !== null; flush = b.take(1)) flushes.push([flush.frames.length, flush.reason]);
+  assert.deepEqual(flushes, [
+    [3, "count"],
+    [2, "size"],
+    [2, "free"],
+  ]);
+});
+
 test("batching rules with a fake clock: idle, count, size, timer, large, unbatched", () => {
-  const policy = new BatchPolicy({ timeout_ms: 10, max_messages: 3, max_size: 100 });
+  const policy = new BatchPolicy({ timeout_ms: 10, max_messages: 3, max_size: 100, wait: "timer" });
   const b = new Batcher(policy);
   b.add(bytes(10), 0);
   assert.deepEqual(b.take(0).reason, "idle"); // a lone message on an idle socket: at once
@@ -121,7 +140,7 @@ function fakeSocket() {
 
 test("outbox: a lone message goes at once, a burst goes in batch frames, chunks go alone", async () => {
   const socket = fakeSocket();
-  const outbox = new Outbox(socket.write, socket.buffered, new BatchPolicy({ max_messages: 10 }));
+  const outbox = new Outbox(socket.write, socket.buffered, new BatchPolicy({ max_messages: 10, wait: "timer" }));
   outbox.put(bytes(5, 0x81));
   await turn();
   assert.equal(socket.written.length, 1);
@@ -129,6 +148,7 @@ test("outbox: a lone message goes at once, a burst goes in batch frames, chunks 
   await turn();
   await turn();
   for (let i = 0; i < 25; i++) outbox.put(Uint8Array.of(0x81, i));
+  assert.equal(socket.written.length, 3, "full batches leave in put, before the writer's turn");
   outbox.put(frames.encodeChunk(1, 0, true, bytes(3)));
   for (let i = 0; i < 8; i++) await turn();
   const sent = socket.written.slice(1);
@@ -138,7 +158,7 @@ test("outbox: a lone message goes at once, a burst goes in batch frames, chunks 
   assert.deepEqual(messages.slice(0, 25).map((m) => m[1]), [...Array(25).keys()]); // in order
   assert.ok(frames.isStream(sent[3])); // the chunk alone, last
   // 10 + 10 (count), then the last 5 at once: a chunk waits behind them (large), then the chunk.
-  assert.deepEqual(outbox.metrics().reasons, { idle: 1, count: 2, size: 0, timer: 0, large: 2, unbatched: 0 });
+  assert.deepEqual(outbox.metrics().reasons, { idle: 1, free: 0, count: 2, size: 0, timer: 0, large: 2, unbatched: 0 });
   outbox.put(bytes(3));
   await turn();
   outbox.put(bytes(3)); // the previous write is in flight: this one waits for company or the timer
@@ -148,9 +168,26 @@ test("outbox: a lone message goes at once, a burst goes in batch frames, chunks 
   assert.ok(Date.now() - timed >= 9, "not before the 10 ms timer");
 });
 
+test("outbox: a full batch leaves in put and wakes a writer asleep on the timer", async () => {
+  const socket = fakeSocket();
+  const outbox = new Outbox(socket.write, socket.buffered, new BatchPolicy({ timeout_ms: 1000, max_messages: 3, wait: "timer" }));
+  outbox.put(Uint8Array.of(0x81, 0));
+  await turn(); // idle: written at once; the write is in flight until the next turn
+  outbox.put(Uint8Array.of(0x81, 1));
+  outbox.put(Uint8Array.of(0x81, 2)); // during the write: they wait for company (the 1 s timer)
+  for (let i = 0; i < 4; i++) await turn();
+  assert.equal(socket.written.length, 1);
+  outbox.put(Uint8Array.of(0x81, 3)); // full: written in put
+  assert.equal(socket.written.length, 2);
+  outbox.put(Uint8Array.of(0x81, 4)); // the buffer was empty: idle again, not behind the old timer
+  for (let i = 0; i < 4; i++) await turn();
+  const messages = socket.written.flatMap((f) => (frames.isBatch(f) ? frames.decodeBatch(f) : [f]));
+  assert.deepEqual(messages.map((m) => m[1]), [0, 1, 2, 3, 4]);
+});
+
 test("outbox: flushNow writes what waits, close refuses more and wakes paced senders", async () => {
   const socket = fakeSocket();
-  const outbox = new Outbox(socket.write, socket.buffered, new BatchPolicy({ timeout_ms: 1000 }));
+  const outbox = new Outbox(socket.write, socket.buffered, new BatchPolicy({ timeout_ms: 1000, wait: "timer" }));
   outbox.put(bytes(3));
   await turn();
   outbox.put(bytes(3)); // while the first is "in flight": waits for the 1 s timer

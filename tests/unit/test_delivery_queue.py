@@ -1,0 +1,135 @@
+"""The per-target delivery queue with a fake socket and a fake clock: the writer task, full
+batches written at once in ``put`` (``DirectWrite``), and failed writes handed back."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from rhizomorph.gateway.delivery import DeliveryQueue
+from rhizomorph.protocol import frames
+from rhizomorph.protocol.batching import BatchPolicy
+
+TIMER = BatchPolicy(timeout_ms=10.0, max_messages=3, max_size=100, wait="timer")
+SOCKET = BatchPolicy(timeout_ms=10.0, max_messages=3, max_size=100, wait="socket")
+
+
+class FakeSocket:
+    """Records what is written, by which path; ``ready`` can be turned off; ``fail`` breaks it."""
+
+    def __init__(self) -> None:
+        self.written: list[tuple[str, bytes]] = []
+        self.is_ready = True
+        self.fail = False
+        self.block: asyncio.Event | None = None
+
+    async def send(self, data: bytes) -> None:
+        if self.block is not None:
+            await self.block.wait()
+        if self.fail:
+            raise ConnectionError("gone")
+        self.written.append(("task", data))
+
+    def ready(self) -> bool:
+        return self.is_ready
+
+    def write(self, messages: list[bytes]) -> None:
+        if self.fail:
+            raise ConnectionError("gone")
+        self.written.extend(("direct", m) for m in messages)
+
+    def messages(self) -> list[bytes]:
+        """Every message written, batch frames split, in the order written."""
+        out: list[bytes] = []
+        for _, data in self.written:
+            out.extend(frames.decode_batch(data) if frames.is_v4(data) else [data])
+        return out
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def settle(rounds: int = 5) -> None:
+    for _ in range(rounds):
+        await asyncio.sleep(0)
+
+
+def make_queue(policy: BatchPolicy, socket: FakeSocket, clock: Clock, **kwargs) -> DeliveryQueue:
+    return DeliveryQueue("ws/c", socket.send, policy, wire_v4=True, direct=socket, clock=clock, **kwargs)
+
+
+def message(i: int, size: int = 10) -> bytes:
+    return bytes([i]) * size
+
+
+@pytest.mark.parametrize("policy", [TIMER, SOCKET], ids=["timer", "socket"])
+async def test_full_batches_leave_in_put_and_the_rest_follows_in_order(policy: BatchPolicy) -> None:
+    socket, clock = FakeSocket(), Clock()
+    queue = make_queue(policy, socket, clock)
+    sent = [message(i) for i in range(8)]
+    for m in sent:
+        queue.put(m)
+    # Before the writer's first turn: two full batches of 3 are already written.
+    assert [(path, len(frames.decode_batch(data))) for path, data in socket.written] == [("direct", 3), ("direct", 3)]
+    clock.now = 0.011  # past the timer: the rest leaves under either rule
+    await asyncio.sleep(0.02)
+    assert socket.messages() == sent
+    assert queue.depth == 0 and queue.frames_written == 3
+
+
+async def test_a_lone_message_after_a_direct_write_emptied_the_buffer_does_not_wait_for_the_timer() -> None:
+    socket, clock = FakeSocket(), Clock()
+    socket.block = asyncio.Event()
+    queue = make_queue(TIMER, socket, clock)
+    queue.put(message(0))
+    await settle()  # idle: the writer takes it at once; the write blocks
+    queue.put(message(1))
+    queue.put(message(2))  # arrive during the write: they wait for company
+    socket.block.set()
+    await settle()  # the write completes; the writer sleeps on the timer
+    assert queue.depth == 2
+    queue.put(message(3))  # full: written in put, the buffer is empty
+    assert [path for path, _ in socket.written] == ["task", "direct"] and queue.depth == 0
+    queue.put(message(4))  # the target is idle again: this one leaves at the writer's next turn
+    await settle()
+    assert socket.messages() == [message(i) for i in range(5)]  # the clock never moved: no timer ran out
+
+
+async def test_a_socket_that_is_not_ready_gets_the_full_batch_from_the_writer() -> None:
+    socket, clock = FakeSocket(), Clock()
+    socket.is_ready = False
+    queue = make_queue(TIMER, socket, clock)
+    for i in range(3):
+        queue.put(message(i))
+    assert socket.written == []
+    await settle()
+    assert [path for path, _ in socket.written] == ["task"] and socket.messages() == [message(i) for i in range(3)]
+
+
+async def test_a_large_message_and_unbatched_ones_are_written_at_once() -> None:
+    socket, clock = FakeSocket(), Clock()
+    queue = make_queue(TIMER, socket, clock)
+    queue.put(message(1, 200))
+    assert socket.written == [("direct", message(1, 200))]
+    off = make_queue(BatchPolicy(enabled=False), socket2 := FakeSocket(), clock)
+    off.put(message(2))
+    off.put(message(3))
+    assert socket2.written == [("direct", message(2)), ("direct", message(3))]
+
+
+async def test_a_failed_direct_write_hands_its_frames_and_the_rest_to_on_unwritten() -> None:
+    socket, clock = FakeSocket(), Clock()
+    unwritten: list[bytes] = []
+    queue = make_queue(TIMER, socket, clock, on_unwritten=unwritten.extend)
+    queue.put(message(0))
+    queue.put(message(1))
+    socket.fail = True
+    assert queue.put(message(2))  # full: the direct write fails
+    assert unwritten == [message(0), message(1), message(2)]
+    assert not queue.put(message(3))  # the queue is closed: the caller tells the sender
