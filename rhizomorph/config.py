@@ -72,6 +72,10 @@ class Config:
     jwt_secret: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     #: Lifetime of reconnection tokens, seconds (Hypha: 2 days).
     reconnection_token_lifetime: float = 172800.0
+    #: Seconds a worker keeps the messages that are not calls (replies above all) for a client
+    #: whose socket closed without the client closing it, waiting for hypha-rpc's reconnect
+    #: (docs/protocol.md); calls to it are refused at once all the same. ``0``: nothing kept.
+    reconnect_grace: float = 5.0
     #: URL clients are told to use for HTTP; derived from host/port when empty.
     public_base_url: str = ""
     #: Largest inbound WebSocket message, bytes (Hypha accepts 16 MiB; clients need >= 1 MiB).

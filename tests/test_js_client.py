@@ -203,17 +203,9 @@ async def python_peers(router):
             await asyncio.wait_for(server.disconnect(), 5)
 
 
-#: Since the issue-13/14 merges, the JS client's call that has the router close its own socket
-#: (control.close_client) gets no reply before its timeout; on the branch it passed. Known, in the
-#: stop's note, to fix first: not a flake to ignore.
-RECONNECT_AFTER_MERGE = pytest.mark.xfail(reason="close_client reply lost since the merges (see the stop's note)")
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(420)
-@pytest.mark.parametrize(
-    "suite", [pytest.param(s, marks=RECONNECT_AFTER_MERGE) if s == "reconnect" else s for s in sorted(SUITES)]
-)
+@pytest.mark.parametrize("suite", sorted(SUITES))
 async def test_node_suite(suite: str, router, router_v3_only, python_peers, tmp_path: Path) -> None:
     ensure_client_package()
     vectors = tmp_path / "vectors.json"

@@ -31,6 +31,9 @@ OnFailure = Callable[[list[Item]], None]
 CONTROL = ""
 #: The event type of a control item carrying an ``InterestUpdate``.
 INTEREST = "interest"
+#: The event type of an item for a client (not ``<ws>/*``): a message the sending worker kept
+#: for the client while it reconnected (``rhizomorph/gateway/reconnecting.py``).
+KEPT = "kept"
 #: Seconds before a peer that may have missed an interest update is sent the whole set again.
 RESEND_INTEREST_AFTER = 1.0
 

@@ -153,6 +153,14 @@ class ClientConnection:
     def close_code(self) -> int | None:
         return self.websocket.close_code
 
+    @property
+    def closed_by_client(self) -> bool:
+        """Whether the client closed its socket itself (its close frame came first): hypha-rpc
+        then does not reconnect. Any other end, the router's close or a lost connection, it
+        reconnects after. Sockets that do not tell (HTTP streams) count as not closed by it."""
+        protocol = getattr(self.websocket, "protocol", None)
+        return getattr(protocol, "close_rcvd_then_sent", None) is True
+
     async def send_text(self, payload: dict[str, Any]) -> None:
         await self.websocket.send(json.dumps(payload))
 

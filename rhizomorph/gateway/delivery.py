@@ -9,6 +9,9 @@ A batch that is full when its last message arrives (``Batcher.full``) is written
 ``put``, when the connection offers a ``DirectWrite`` that is ready: it does not wait for the
 writer's turn (``rhizomorph/gateway/direct_write.py``).
 
+A queue can be held (``hold``): it writes nothing until ``release``, as for a client that
+reconnected and does not listen yet (``rhizomorph/gateway/reconnecting.py``).
+
 Nothing queued is lost without its sender being told: frames never written come back from
 ``close``, and when a write fails (the socket went away under it) the frames of that flush and
 everything still buffered go to ``on_unwritten`` at once (the router answers them as it
@@ -68,6 +71,7 @@ class DeliveryQueue:
         self._arrived: asyncio.Future | None = None  # pending while the writer waits for the timer
         self._progress = asyncio.Event()  # set after every flush (for senders that pace themselves)
         self._closed = False
+        self._held = False  # writes wait for ``release`` (the client does not listen yet)
         #: Bound on buffered bytes (0: none) and what to do when a put would pass it, or a write
         #: stalls: the connection evicts the slow consumer.
         self.max_bytes = max_bytes
@@ -102,12 +106,13 @@ class DeliveryQueue:
         batcher = self.batcher
         batcher.add(frame, self._clock(), alone=frame[:1] == b"\xc1")
         direct = self._direct
-        if direct is not None and self._write_started is None and batcher.full() and direct.ready():
+        if direct is not None and not self._held and self._write_started is None and batcher.full() and direct.ready():
             self._write_full(direct)
             if not len(batcher):
                 return True
         if self._writer is None:
-            self._writer = asyncio.get_running_loop().create_task(self._drain())
+            if not self._held:
+                self._writer = asyncio.get_running_loop().create_task(self._drain())
         elif self._arrived is not None and self.batcher.complete():
             self._nudge()  # else the writer sleeps on: the timer, or a later message, wakes it
         return True
@@ -140,6 +145,16 @@ class DeliveryQueue:
         else:
             self._unwritten.extend(unwritten)
 
+    def hold(self) -> None:
+        """Write nothing until ``release``; frames queue meanwhile (bounded as ever)."""
+        self._held = True
+
+    def release(self) -> None:
+        """Write what waited, and from now on as it comes."""
+        self._held = False
+        if self._writer is None and not self._closed and len(self.batcher):
+            self._writer = asyncio.get_running_loop().create_task(self._drain())
+
     def _nudge(self) -> None:
         if self._arrived is not None:
             _wake(self._arrived)
@@ -148,7 +163,7 @@ class DeliveryQueue:
         batcher = self.batcher
         flush = None
         try:
-            while not self._closed:
+            while not self._closed and not self._held:
                 flush = batcher.take(self._clock())
                 if flush is None:
                     deadline = batcher.deadline()

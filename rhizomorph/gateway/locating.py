@@ -18,6 +18,7 @@ from rhizomorph.actors.peers import Peers
 from rhizomorph.background import spawn
 from rhizomorph.gateway.clients import ClientRegistry, Clients
 from rhizomorph.gateway.connection import ClientConnection
+from rhizomorph.gateway.reconnecting import ReconnectWaits
 from rhizomorph.gateway.stats import Counters
 from rhizomorph.gateway.throttle import Throttle
 from rhizomorph.protocol import routing
@@ -46,6 +47,7 @@ class LocatingHost(Protocol):
     peers: Peers
     counters: Counters
     throttle: Throttle
+    reconnects: ReconnectWaits
 
     def carry_out(
         self,
@@ -116,6 +118,11 @@ class Locating:
         for frame, header, forwarded in self.waiting.pop(target, ()):
             conn = host.clients.get(target)
             route = routing.after_locate(
-                local=conn is not None, owner=owner, self_id=host.worker_id, reachable=host.peers, forwarded=forwarded
+                local=conn is not None,
+                owner=owner,
+                self_id=host.worker_id,
+                reachable=host.peers,
+                forwarded=forwarded,
+                awaited=conn is None and host.reconnects.awaits(target, frame, header),
             )
             host.carry_out(route, conn, target, frame, header, forwarded)

@@ -18,7 +18,7 @@ import logging
 from typing import Any
 
 from rhizomorph.actors.peer_link import Item
-from rhizomorph.actors.peers import CONTROL, INTEREST, Peers
+from rhizomorph.actors.peers import CONTROL, INTEREST, KEPT, Peers
 from rhizomorph.config import Config
 from rhizomorph.gateway import stats
 from rhizomorph.gateway.broadcasts import Broadcasts
@@ -27,6 +27,7 @@ from rhizomorph.gateway.connection import ClientConnection
 from rhizomorph.gateway.locating import Locating, RouterRegistry
 from rhizomorph.gateway.manager import SERVER_VERSION, WorkspaceManager
 from rhizomorph.gateway.memory import Reclaimer
+from rhizomorph.gateway.reconnecting import ReconnectWaits
 from rhizomorph.gateway.stats import Counters
 from rhizomorph.gateway.streams import ChunkStreams
 from rhizomorph.gateway.throttle import Throttle
@@ -36,6 +37,7 @@ from rhizomorph.protocol.close_codes import CloseCode
 from rhizomorph.protocol.directory import DirectoryReplica
 from rhizomorph.protocol.handshake import Identity, TokenIssuer
 from rhizomorph.protocol.lookups import UnknownTargets
+from rhizomorph.protocol.reconnecting import DEFAULT_MAX_CLIENTS, Reconnecting
 from rhizomorph.protocol.routing import Via
 
 log = logging.getLogger("rhizomorph.router")
@@ -73,6 +75,12 @@ class Router:
         self._held = self.throttle.backlogs  # read on every frame: one attribute less
         self.counters = Counters()
         self.reclaimer = Reclaimer()  # memory back after a wave of departures
+        waited = Reconnecting(
+            config.reconnect_grace, config.max_queue_bytes, config.max_connections_per_worker or DEFAULT_MAX_CLIENTS
+        )
+        self.reconnects = ReconnectWaits(self, waited)  # replies for clients about to reconnect
+        self._unheard = self.reconnects.unheard  # read on every frame
+        self._waited = waited.waits  # read on every frame for a client not here
         self.manager = WorkspaceManager(
             self,
             manager_id=config.manager_id,
@@ -127,6 +135,7 @@ class Router:
         conn.queue.on_unwritten = lambda unwritten: self._unwritten(address, unwritten)
         await self.clients.admit(conn, is_reconnect)
         self.replica.set_owner(address, self.worker_id)
+        self.reconnects.returned(conn, is_reconnect)
         if address in self.broadcasts.local:
             self.broadcasts.changed(address)  # it replaced its own socket here, subscriptions and all
 
@@ -141,8 +150,8 @@ class Router:
             self.broadcasts.changed(address)
             self.manager.client_left(address)
         self.streams.sender_left(conn)
-        for frame in conn.queue.close():
-            self.undeliverable(address, frame)
+        # What it was not sent is answered, or waits for its reconnect.
+        self.reconnects.left(conn, conn.queue.close(), replaced=address in self.clients)
         conn.queue.on_overflow = None  # conn -> queue -> conn.evict: a cycle only the collector breaks
         self.reclaimer.departed()
         self.counters.departed.merge(conn.queue.batch_metrics)
@@ -159,6 +168,10 @@ class Router:
 
     # -- the directory -------------------------------------------------------------------------
     def update_directory(self, updates: list[tuple[str, str | None]]) -> None:
+        if self.reconnects.state:
+            for address, owner in updates:
+                if owner is not None and owner != self.worker_id:
+                    self.reconnects.moved(address, owner)  # it reconnected there
         for address, callers in self.replica.apply(updates):
             # A client left for good: local clients that called it are told at once, so calls
             # it will never answer fail now, not at their timeout.
@@ -190,6 +203,9 @@ class Router:
         counters = self.counters
         counters.frames_in += 1
         counters.bytes_in += len(frame)
+        unheard = self._unheard
+        if unheard and conn in unheard:
+            self.reconnects.heard(conn)  # it listens now: what was kept for it can go
         held = self._held
         if held and conn in held:
             held[conn].append(frame)  # routed in turn with other clients' frames (throttle.py)
@@ -306,6 +322,7 @@ class Router:
             reachable=self.peers,
             forwarded=forwarded,
             locating=bool(self._locating) and target in self._locating,
+            awaited=conn is None and target in self._waited and self.reconnects.awaits(target, frame, header),
         )
         self.carry_out(route, conn, target, frame, header, forwarded)
 
@@ -330,6 +347,8 @@ class Router:
             self.locating.wait(target, frame, header, forwarded)
         elif via is Via.LOCATE:
             self.locating.start(target, frame, header, forwarded)
+        elif via is Via.KEEP:
+            self.reconnects.keep(target, frame, header)
         else:
             self.undeliverable(target, frame, header)
 
@@ -340,8 +359,10 @@ class Router:
                 if target == CONTROL:
                     if event_type == INTEREST:
                         self.peers.apply_interest(frame)
-                    continue
-                self.broadcasts.send(target, event_type, frame, forward=False)
+                elif event_type == KEPT and not envelope.is_broadcast(target):
+                    self.reconnects.arrived(target, frame)
+                else:
+                    self.broadcasts.send(target, event_type, frame, forward=False)
             elif target == self.manager.address:
                 self.manager.handle(frame)
             else:
@@ -385,7 +406,7 @@ class Router:
         self.counters.refused[told.kind] += 1
         if told.to == self.manager.address:
             self._to_manager(told.frame, None)
-        elif told.to in self.clients or told.to in self.replica:
+        elif told.to in self.clients or told.to in self.replica or told.to in self.reconnects.state:
             self.to_client(told.to, told.frame, None)
 
     def _unwritten(self, address: str, unwritten: list[bytes]) -> None:
@@ -399,7 +420,7 @@ class Router:
     def _peer_failed(self, items: list[Item]) -> None:
         """A peer worker could not be reached: its frames are undeliverable."""
         for target, event_type, frame in items:
-            if event_type is None:
+            if event_type is None or (event_type == KEPT and not envelope.is_broadcast(target)):
                 self.undeliverable(target, frame)
 
     # -- operations ----------------------------------------------------------------------------

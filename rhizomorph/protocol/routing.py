@@ -23,6 +23,9 @@ class Via(Enum):
     LOCATE = "locate"
     #: A registry lookup for the target is under way: queue behind it, in order.
     WAIT = "wait"
+    #: The target lost its socket here a moment ago and may reconnect: keep it for the target
+    #: (``rhizomorph/protocol/reconnecting.py``).
+    KEEP = "keep"
     #: The target is gone: tell the sender.
     REFUSE = "refuse"
 
@@ -37,6 +40,7 @@ class Route:
 LOCAL = Route(Via.LOCAL)
 LOCATE = Route(Via.LOCATE)
 WAIT = Route(Via.WAIT)
+KEEP = Route(Via.KEEP)
 REFUSE = Route(Via.REFUSE)
 
 
@@ -46,26 +50,41 @@ def remote_owner(owner: str | None, *, self_id: str, reachable: Container[str]) 
 
 
 def to_client(
-    *, local: bool, owner: str | None, self_id: str, reachable: Container[str], forwarded: bool, locating: bool
+    *,
+    local: bool,
+    owner: str | None,
+    self_id: str,
+    reachable: Container[str],
+    forwarded: bool,
+    locating: bool,
+    awaited: bool = False,
 ) -> Route:
     """A frame for one client. ``owner`` is the directory replica's entry for the target;
     ``forwarded``: the frame came from a peer worker (it is never forwarded again);
-    ``locating``: earlier frames for the target wait for the registry (this one queues behind)."""
+    ``locating``: earlier frames for the target wait for the registry (this one queues behind);
+    ``awaited``: the target lost its socket here a moment ago, and the frame is one to keep
+    for its reconnect."""
     if locating:
         return WAIT
     if local:
         return LOCAL
     peer = None if forwarded else remote_owner(owner, self_id=self_id, reachable=reachable)
+    if peer is not None:
+        return Route(Via.PEER, peer)
     # Not in the replica, or a stale entry: the registry is asked once before giving up.
-    return Route(Via.PEER, peer) if peer is not None else LOCATE
+    return KEEP if awaited else LOCATE
 
 
-def after_locate(*, local: bool, owner: str | None, self_id: str, reachable: Container[str], forwarded: bool) -> Route:
+def after_locate(
+    *, local: bool, owner: str | None, self_id: str, reachable: Container[str], forwarded: bool, awaited: bool = False
+) -> Route:
     """A frame that waited for the registry, which answered ``owner`` (``None``: unknown)."""
     if local:
         return LOCAL
     peer = None if forwarded else remote_owner(owner, self_id=self_id, reachable=reachable)
-    return Route(Via.PEER, peer) if peer is not None else REFUSE
+    if peer is not None:
+        return Route(Via.PEER, peer)
+    return KEEP if awaited else REFUSE
 
 
 def to_manager(session_owner: str | None, *, self_id: str, reachable: Container[str]) -> Route:

@@ -107,7 +107,9 @@ def make_router(registry: FakeRegistry | None = None, **config: Any) -> Router:
     return Router(Config(port=0, **config), "w1", registry or FakeRegistry())
 
 
-async def join(router: Router, client_id: str, *, wire_v4: bool = False) -> tuple[ClientConnection, FakeSocket]:
+async def join(
+    router: Router, client_id: str, *, wire_v4: bool = False, is_reconnect: bool = False
+) -> tuple[ClientConnection, FakeSocket]:
     socket = FakeSocket()
     identity = Identity(
         workspace="ws", client_id=client_id, user_id=f"u-{client_id}", is_anonymous=True, workspaces={"ws": "rw"}
@@ -120,7 +122,7 @@ async def join(router: Router, client_id: str, *, wire_v4: bool = False) -> tupl
         max_queue_bytes=router.config.max_queue_bytes,
         on_evicted=router.on_evicted,
     )
-    await router.admit(conn, is_reconnect=False)
+    await router.admit(conn, is_reconnect=is_reconnect)
     return conn, socket
 
 

@@ -46,6 +46,14 @@ def test_frames_behind_a_lookup_wait_even_for_a_target_that_became_local():
     assert decide(local=True, locating=True) == Route(Via.WAIT)
 
 
+def test_a_frame_for_a_client_awaited_back_is_kept_unless_it_is_reachable_now():
+    assert decide(awaited=True) == Route(Via.KEEP)
+    assert decide(awaited=True, forwarded=True, owner="w2") == Route(Via.KEEP)
+    assert decide(awaited=True, owner="w2") == Route(Via.PEER, "w2")  # it reconnected there
+    assert decide(awaited=True, local=True) == Route(Via.LOCAL)
+    assert decide(awaited=True, locating=True) == Route(Via.WAIT)  # behind the frames before it
+
+
 # -- after_locate ------------------------------------------------------------------------------
 
 
@@ -68,6 +76,12 @@ def test_after_a_lookup_a_peer_owner_is_used():
 )
 def test_after_a_lookup_nobody_usable_means_refuse(facts):
     assert after(**facts) == Route(Via.REFUSE)
+
+
+def test_after_a_lookup_that_found_nobody_a_frame_for_a_client_awaited_back_is_kept():
+    assert after(awaited=True) == Route(Via.KEEP)
+    assert after(awaited=True, owner="w3") == Route(Via.PEER, "w3")
+    assert after(awaited=True, local=True) == Route(Via.LOCAL)
 
 
 # -- to_manager --------------------------------------------------------------------------------
