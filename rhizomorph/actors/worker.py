@@ -58,6 +58,7 @@ class GatewayWorker:
             self._channel = ChannelServer(self._router.deliver)
             await self._channel.start()
         self._router.peers.chunk_relay = node_relay(config.server_id, node_id)
+        self._router.peers.dead_peer_errors = (ray.exceptions.ActorDiedError,)
         await self._hello()
         self._write_watch = asyncio.ensure_future(self._router.clients.watch_writes(config.write_timeout))
         self._info = {
