@@ -247,12 +247,11 @@ async def test_windowed_generator_closes_early(router, clients):
 
 
 async def _relayed_bytes(deployment, consumer) -> tuple[object, int]:
-    import ray
-
+    from rhizomorph.actors import naming
     from rhizomorph.actors.chunking import relay_name
 
     node_id = deployment.worker_info[consumer.config.rhizomorph_worker]["node_id"]
-    relay = ray.get_actor(relay_name(deployment.config.server_id, node_id))
+    relay = naming.get(relay_name(deployment.config.server_id, node_id))
     return relay, (await relay.stats.remote())["bytes"]
 
 

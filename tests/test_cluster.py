@@ -10,13 +10,8 @@ session's embedded Ray.
 
 from __future__ import annotations
 
-import json
-import os
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import psutil
@@ -25,9 +20,8 @@ import pytest
 from rhizomorph import Config, Deployment
 from rhizomorph.cli import _status_text
 from rhizomorph.launcher import workers_for_node
-from tests.helpers import eventually
+from tests.helpers import eventually, run_for_results
 
-ROOT = Path(__file__).resolve().parent.parent
 MARKER = "CLUSTER_RESULTS "  # as printed by tests/cluster_scenarios.py (not imported: it sets up Ray auth)
 SCENARIO_TIMEOUT = 600
 
@@ -82,27 +76,7 @@ async def test_health_check_releases_a_dead_worker_and_starts_a_replacement(ray_
 # -- the multi-node scenarios -----------------------------------------------------------------
 @pytest.fixture(scope="module")
 def cluster() -> dict[str, Any]:
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.cluster_scenarios"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        out, err = proc.communicate(timeout=SCENARIO_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        for child in psutil.Process(proc.pid).children(recursive=True):
-            child.kill()
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail(f"cluster scenarios did not finish in {SCENARIO_TIMEOUT} s:\n{err[-3000:]}")
-    lines = [line for line in out.splitlines() if line.startswith(MARKER)]
-    assert lines, f"no results (exit {proc.returncode}):\n{err[-3000:]}"
-    results = json.loads(lines[-1][len(MARKER) :])
+    results = run_for_results("tests.cluster_scenarios", MARKER, SCENARIO_TIMEOUT)
     assert "error" not in results, results["error"]
     return results
 

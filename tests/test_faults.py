@@ -1,9 +1,14 @@
-"""Faults: a chunking actor that crashes mid-stream fails that stream on both ends, and the next works."""
+"""Faults of the chunking actor: a crash mid-stream fails that stream on both ends and the next
+works; the worker that started it may crash, it stays."""
 
 from __future__ import annotations
 
 import asyncio
 
+import pytest
+
+from rhizomorph import Config, Deployment
+from rhizomorph.actors import naming
 from rhizomorph.actors.chunking import relay_name
 from rhizomorph.client import connect_to_server as connect_v4
 from tests.helpers import eventually, on_two_workers
@@ -28,7 +33,7 @@ async def test_chunking_actor_crash_fails_the_stream_and_the_next_one_works(rout
             {"id": "sink", "config": {"visibility": "public"}, "take": lambda data: len(data)}
         )
         sink = await consumer.get_service(f"{provider.config.workspace}/{provider.config.client_id}:sink")
-        relay = ray.get_actor(relay_name(router2.config.server_id, router2.worker_info[first]["node_id"]))
+        relay = naming.get(relay_name(router2.config.server_id, router2.worker_info[first]["node_id"]))
         start = (await relay.stats.remote())["bytes"]
 
         transfer = asyncio.ensure_future(sink.take(b"\x02" * 96_000_000))
@@ -58,3 +63,40 @@ async def test_chunking_actor_crash_fails_the_stream_and_the_next_one_works(rout
     finally:
         for server in clients:
             await server.disconnect()
+
+
+@pytest.mark.slow
+async def test_the_chunking_actor_outlives_the_worker_that_started_it(ray_runtime):
+    """The node's chunking actor is shared by its workers and started by the first that needs
+    it. Ray ends an actor with the process that created it unless it is detached: then the
+    other workers would keep a handle to a dead actor and every stream they send be cut."""
+    import ray
+
+    config = Config(port=0, workers=2, peer_channel="ray", health_check_interval=0.5, log_level="WARNING")
+    deployment = Deployment(config).start()
+    clients = []
+    try:
+        node_id = next(iter(deployment.worker_info.values()))["node_id"]
+        name = relay_name(deployment.config.server_id, node_id)
+        started = naming.get(name)._actor_id
+        for victim in ("n0w0", "n0w1"):  # one of the two started it
+            ray.kill(deployment.workers[victim], no_restart=True)
+            await eventually(lambda v=victim: v not in deployment.workers and len(deployment.workers) == 2, timeout=30)
+            assert naming.get(name)._actor_id == started, f"the chunking actor died with {victim}"
+
+        async def connect_one():
+            server = await connect_v4({"server_url": deployment.url, "method_timeout": 60})
+            clients.append(server)
+            return server
+
+        # The two workers started since then send chunks to each other through it.
+        consumer, provider = await on_two_workers(connect_one)
+        await provider.register_service({"id": "sink", "config": {"visibility": "public"}, "take": len})
+        sink = await consumer.get_service(f"{provider.config.workspace}/{provider.config.client_id}:sink")
+        before = (await naming.get(name).stats.remote())["bytes"]
+        assert await sink.take(b"\x04" * 3_000_000) == 3_000_000
+        assert (await naming.get(name).stats.remote())["bytes"] - before > 2_000_000
+    finally:
+        for server in clients:
+            await server.disconnect()
+        deployment.stop()

@@ -14,6 +14,7 @@ from typing import Any
 
 import ray
 
+from rhizomorph.actors import actor_class, naming
 from rhizomorph.actors.peer_link import Item
 
 
@@ -38,4 +39,18 @@ class ChunkRelay:
 
 
 def relay_name(server_id: str, node_id: str) -> str:
-    return f"rhizomorph-chunks-{server_id}-{node_id[:12]}"
+    """Under the router's prefix (rhizomorph/actors/naming.py), so ``stop`` finds it too."""
+    return f"{naming.router_prefix(server_id)}chunks-{node_id[:12]}"
+
+
+def node_relay(server_id: str, node_id: str) -> Any:
+    """The chunking actor of the node, started by the first worker of the node that asks.
+
+    Detached, as the other actors of a router are: an actor belongs to the process that
+    created it and dies with it, and this one is shared by every worker of the node, so it
+    must not die with the worker that happened to start it (its peers would keep a handle to
+    a dead actor and every chunk stream they send would be cut).
+    """
+    name = relay_name(server_id, node_id)
+    options = {"name": name, "namespace": naming.NAMESPACE, "lifetime": "detached", "get_if_exists": True}
+    return actor_class(ChunkRelay).options(**options).remote()

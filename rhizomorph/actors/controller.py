@@ -106,7 +106,10 @@ class Controller:
         that died meanwhile, and resume the watchdog. A new controller finds nothing to take."""
         try:
             names = await asyncio.to_thread(naming.named_actors, naming.router_prefix(self.config.server_id))
-            names = [n for n in names if n != naming.controller_name(self.config.server_id)]
+            workers = naming.worker_prefix(self.config.server_id)
+            # What a controller takes back: the registry and the workers (not itself, nor the
+            # nodes' chunking actors, which the workers find by name themselves).
+            names = [n for n in names if n == naming.registry_name(self.config.server_id) or n.startswith(workers)]
             if not names:
                 return
             self.restarted = True

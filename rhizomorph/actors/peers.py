@@ -34,6 +34,9 @@ INTEREST = "interest"
 #: The event type of an item for a client (not ``<ws>/*``): a message the sending worker kept
 #: for the client while it reconnected (``rhizomorph/gateway/reconnecting.py``).
 KEPT = "kept"
+#: The event type of a control item naming a client (its address, UTF-8) whose previous socket
+#: died with its gateway worker: calls in flight to it through that worker are lost.
+SOCKET_LOST = "socket_lost"
 #: Seconds before a peer that may have missed an interest update is sent the whole set again.
 RESEND_INTEREST_AFTER = 1.0
 
@@ -59,6 +62,9 @@ class Peers:
         #: Chunk frames to peers reached over Ray calls, through the node's chunking actor.
         self.bulk: dict[str, PeerLink] = {}
         self.chunk_relay: Any = None
+        #: What a call to a dead peer raises (Ray's ``ActorDiedError``, set by the actor shell,
+        #: rhizomorph/actors/worker.py: this module imports no Ray).
+        self.dead_peer_errors: tuple[type[BaseException], ...] = ()
         self._channels: dict[str, Channel] = {}
         self._on_failure = on_failure
         self._on_bulk_failure = on_bulk_failure
@@ -217,10 +223,19 @@ class Peers:
         except Exception:
             return False
 
-    def close_client(self, worker_id: str, address: str, code: int, generation: str) -> None:
+    async def close_client(self, worker_id: str, address: str, code: int, generation: str) -> bool:
+        """Close the peer's socket of ``address``. ``False`` if that worker is gone (no link to
+        it any more, or its actor died), and the socket with it."""
         link = self.links.get(worker_id)
-        if link is not None:
-            link.handle.close_client.remote(address, code, generation)
+        if link is None:
+            return False
+        try:
+            await link.handle.close_client.remote(address, code, generation)
+        except Exception as exc:
+            if isinstance(exc, self.dead_peer_errors):
+                return False
+            log.info("closing %s on %s failed: %s", address, worker_id, exc)  # alive: the socket may be too
+        return True
 
     async def http_post(self, worker_id: str, address: str, user_id: str, body: bytes) -> Any:
         """A message POSTed over hypha-rpc's HTTP transport for a client whose stream the peer

@@ -20,9 +20,8 @@ from typing import Any
 import ray
 
 from rhizomorph import logs
-from rhizomorph.actors import actor_class
 from rhizomorph.actors.channel import ChannelServer
-from rhizomorph.actors.chunking import ChunkRelay, relay_name
+from rhizomorph.actors.chunking import node_relay
 from rhizomorph.actors.peer_link import Item
 from rhizomorph.actors.registry_calls import RegistryCalls
 from rhizomorph.config import Config
@@ -58,9 +57,8 @@ class GatewayWorker:
         if config.peer_channel == "socket":
             self._channel = ChannelServer(self._router.deliver)
             await self._channel.start()
-        self._router.peers.chunk_relay = (
-            actor_class(ChunkRelay).options(name=relay_name(config.server_id, node_id), get_if_exists=True).remote()
-        )
+        self._router.peers.chunk_relay = node_relay(config.server_id, node_id)
+        self._router.peers.dead_peer_errors = (ray.exceptions.ActorDiedError,)
         await self._hello()
         self._write_watch = asyncio.ensure_future(self._router.clients.watch_writes(config.write_timeout))
         self._info = {

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, Protocol
 
 from rhizomorph.gateway.connection import ClientConnection
@@ -33,14 +33,23 @@ class PeerControl(Protocol):
 
     async def probe_client(self, worker_id: str, address: str) -> bool: ...
 
-    def close_client(self, worker_id: str, address: str, code: int, generation: str) -> None: ...
+    async def close_client(self, worker_id: str, address: str, code: int, generation: str) -> bool: ...
 
 
 class Clients:
-    def __init__(self, worker_id: str, registry: ClientRegistry, peers: PeerControl) -> None:
+    def __init__(
+        self,
+        worker_id: str,
+        registry: ClientRegistry,
+        peers: PeerControl,
+        on_socket_lost: Callable[[str], None] | None = None,
+    ) -> None:
         self.worker_id = worker_id
         self._registry = registry
         self._peers = peers
+        #: Called with a client's address when the socket it replaced had died with its worker.
+        self._on_socket_lost = on_socket_lost
+        self._closing: set[asyncio.Task[None]] = set()
         self._by_address: dict[str, ClientConnection] = {}
         self._by_workspace: dict[str, set[str]] = {}
 
@@ -102,8 +111,17 @@ class Clients:
     async def _drop_superseded(self, address: str, owner: dict[str, str]) -> None:
         if owner["worker_id"] == self.worker_id:
             await self.close(address, CloseCode.SUPERSEDED, owner["generation"])
-        else:
-            self._peers.close_client(owner["worker_id"], address, CloseCode.SUPERSEDED, owner["generation"])
+        else:  # not awaited: admitting the new socket does not wait on another worker
+            closing = asyncio.ensure_future(self._close_elsewhere(address, owner))
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
+
+    async def _close_elsewhere(self, address: str, owner: dict[str, str]) -> None:
+        closed = await self._peers.close_client(owner["worker_id"], address, CloseCode.SUPERSEDED, owner["generation"])
+        if not closed and self._on_socket_lost is not None:
+            # The old socket died with its worker (a reconnect after a crash), and with it
+            # whatever that worker held for the client and had not written.
+            self._on_socket_lost(address)
 
     async def release(self, conn: ClientConnection) -> list[dict[str, Any]] | None:
         """Give up the client's claim in the registry. Returns its removed services, or ``None``

@@ -82,6 +82,8 @@ class WorkspaceManager(ServiceMethods):
         self._server_id = server_id
         self.user = server_user(server_id)
         self._pending: dict[str, asyncio.Future] = {}
+        #: The sessions of ``_pending`` by the client called: failed at once if it is lost.
+        self._calling: dict[str, set[str]] = {}
         self._tasks: set[asyncio.Task] = set()
         #: One method per entry of the API table (rhizomorph/protocol/manager_api.py).
         self._methods: dict[str, Callable[..., Awaitable[Any]]] = {
@@ -255,6 +257,7 @@ class WorkspaceManager(ServiceMethods):
         session = f"{self._host.worker_id}-{shortuuid.uuid()}"
         future = asyncio.get_running_loop().create_future()
         self._pending[session] = future
+        self._calling.setdefault(target, set()).add(session)
         frame = rpc.call_frame(
             sender=self.address,
             target=target,
@@ -272,6 +275,19 @@ class WorkspaceManager(ServiceMethods):
             raise ManagerError(f"{target} did not answer {method} in time") from None
         finally:
             self._pending.pop(session, None)
+            sessions = self._calling.get(target)
+            if sessions is not None:
+                sessions.discard(session)
+                if not sessions:
+                    del self._calling[target]
+
+    def target_lost(self, target: str, reason: str) -> None:
+        """``target`` left, or calls in flight to it were lost with its gateway worker: the
+        manager's own calls to it fail now, not at their timeout (while their callers wait)."""
+        for session in self._calling.pop(target, ()):
+            future = self._pending.get(session)
+            if future is not None and not future.done():
+                future.set_exception(ManagerError(reason))
 
     # -- the manager's methods (each gets the caller's identity first; the service ones are in
     # -- manager_services.py) ------------------------------------------------------------------

@@ -15,10 +15,11 @@ What one client can make a worker hold is bounded: the targets it called that ar
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 from rhizomorph.actors.peer_link import Item
-from rhizomorph.actors.peers import CONTROL, INTEREST, KEPT, Peers
+from rhizomorph.actors.peers import CONTROL, INTEREST, KEPT, SOCKET_LOST, Peers
 from rhizomorph.config import Config
 from rhizomorph.gateway import stats
 from rhizomorph.gateway.broadcasts import Broadcasts
@@ -61,7 +62,7 @@ class Router:
             greeting=lambda: self.broadcasts.greeting(),
         )
         self.streams = ChunkStreams(self, self.peers)
-        self.clients = Clients(worker_id, registry, self.peers)
+        self.clients = Clients(worker_id, registry, self.peers, on_socket_lost=self.socket_lost)
         self.broadcasts = Broadcasts(worker_id, self.clients, self.peers)
         self.replica = DirectoryReplica(config.max_tracked_targets_per_client)
         self.unknown = UnknownTargets(
@@ -175,15 +176,24 @@ class Router:
         for address, callers in self.replica.apply(updates):
             # A client left for good: local clients that called it are told at once, so calls
             # it will never answer fail now, not at their timeout.
-            for caller in callers:
-                conn = self.clients.get(caller)
-                if conn is not None:
-                    self.counters.refused["peer_not_found"] += 1
-                    conn.queue.put(
-                        envelope.peer_not_found_frame(
-                            caller=caller, target=address, message=refusals.not_connected(address)
-                        )
-                    )
+            self._tell_callers(address, callers, refusals.not_connected(address))
+
+    def socket_lost(self, address: str, forward: bool = True) -> None:
+        """``address`` reconnected (here, or on the peer that forwards this) after its previous
+        socket died with its gateway worker: the calls to it that worker held, or whose answers
+        it held, are lost. Local callers of it are told now (hypha-rpc then fails its pending
+        calls to it), as if it had left, rather than at their timeouts; so are the peers' callers."""
+        self._tell_callers(address, self.replica.callers_of.get(address, ()), refusals.lost_with_worker(address))
+        if forward:
+            self.peers.broadcast((CONTROL, SOCKET_LOST, address.encode()))
+
+    def _tell_callers(self, address: str, callers: Iterable[str], message: str) -> None:
+        self.manager.target_lost(address, message)  # the manager's own calls (get_service asks providers)
+        for caller in list(callers):
+            conn = self.clients.get(caller)
+            if conn is not None:
+                self.counters.refused["peer_not_found"] += 1
+                conn.queue.put(envelope.peer_not_found_frame(caller=caller, target=address, message=message))
 
     def forget_clients(self, removed: dict[str, list[dict[str, Any]]]) -> None:
         """Clients of a lost worker, released by the launcher's watchdog: tell this worker's
@@ -359,6 +369,8 @@ class Router:
                 if target == CONTROL:
                     if event_type == INTEREST:
                         self.peers.apply_interest(frame)
+                    elif event_type == SOCKET_LOST:
+                        self.socket_lost(bytes(frame).decode(), forward=False)
                 elif event_type == KEPT and not envelope.is_broadcast(target):
                     self.reconnects.arrived(target, frame)
                 else:

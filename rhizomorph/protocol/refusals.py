@@ -52,6 +52,12 @@ def not_connected(target: str) -> str:
     return f"Target peer {target} is not connected"
 
 
+def lost_with_worker(target: str) -> str:
+    """For calls that may have been lost with the gateway worker that held ``target``'s socket
+    (it has reconnected since: call again)."""
+    return f"Target peer {target} was connected through a gateway worker that was lost; its calls in flight are failed"
+
+
 def header_of(frame: bytes | None) -> dict[str, Any] | None:
     """The header of a message, or of the message a chunk 0 starts (``None`` for other chunks
     and for what cannot be read)."""

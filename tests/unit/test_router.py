@@ -10,9 +10,10 @@ import msgpack
 import pytest
 
 from rhizomorph.actors import peers as peers_module
-from rhizomorph.actors.peers import CONTROL, interest_item
+from rhizomorph.actors.peers import CONTROL, SOCKET_LOST, interest_item
 from rhizomorph.config import Config
 from rhizomorph.gateway.connection import ClientConnection
+from rhizomorph.gateway.manager import ManagerError
 from rhizomorph.gateway.router import Router
 from rhizomorph.protocol import envelope, frames
 from rhizomorph.protocol.close_codes import CloseCode
@@ -78,6 +79,10 @@ class FakeRemote:
         self.remote = call
 
 
+class PeerDied(Exception):
+    """Stands for Ray's ``ActorDiedError`` (``Peers.dead_peer_errors``)."""
+
+
 class FakePeer:
     """A peer worker's actor handle as the links call it: ``deliver.remote(items)``. Control
     items (interest updates) are kept apart from the frames."""
@@ -85,17 +90,29 @@ class FakePeer:
     def __init__(self, fail: bool = False) -> None:
         self.delivered: list[tuple[str, str | None, bytes]] = []
         self.control: list[InterestUpdate] = []
+        self.lost: list[str] = []  # SOCKET_LOST control items: the addresses
+        self.closed: list[str] = []
         self.fail = fail
+        self.dead = False  # close_client raises as a dead actor's call does
         self.deliver = FakeRemote(self._deliver)
+        self.close_client = FakeRemote(self._close_client)
 
     async def _deliver(self, items):
         if self.fail:
             raise ConnectionError("peer died")
         for target, event_type, frame in items:
-            if target == CONTROL:
+            if target == CONTROL and event_type == SOCKET_LOST:
+                self.lost.append(frame.decode())
+            elif target == CONTROL:
                 self.control.append(InterestUpdate.decode(frame))
             else:
                 self.delivered.append((target, event_type, frame))
+
+    async def _close_client(self, address, code, generation):
+        if self.dead:
+            raise PeerDied("the actor died")
+        self.closed.append(address)
+        return True
 
 
 async def settle(rounds: int = 10) -> None:
@@ -253,6 +270,71 @@ async def test_callers_of_a_client_that_leaves_for_good_are_told_at_once():
 
     [header] = a_socket.headers()
     assert (header["type"], header["peer_id"]) == ("peer_not_found", "ws/c")
+
+
+class MovingRegistry(FakeRegistry):
+    """Claims of ``ws/c`` find its previous socket on worker w2 (a reconnect from there)."""
+
+    async def claim_client(self, address, worker_id, generation, user_id, supersede):
+        return {"worker_id": "w2", "generation": "old"} if address == "ws/c" else None
+
+
+@pytest.mark.parametrize("old_worker_died", [True, False])
+async def test_callers_are_told_when_a_client_reconnects_here_after_its_worker_died(old_worker_died):
+    router = make_router(MovingRegistry())
+    router.peers.dead_peer_errors = (PeerDied,)
+    old_worker, other = FakePeer(), FakePeer()
+    old_worker.dead = old_worker_died
+    router.peers.set_peers({"w2": old_worker, "w3": other})
+    router.update_directory([("ws/c", "w2")])
+    a, a_socket = await join(router, "a")
+    router.route(a, call("c", session="s1"))  # delivered to w2, which dies before c gets it
+    await settle()
+
+    await join(router, "c", is_reconnect=True)
+    await settle()
+
+    if old_worker_died:  # that call is lost: a is told now, and so are the callers on the peers
+        [header] = a_socket.headers()
+        assert (header["type"], header["peer_id"]) == ("peer_not_found", "ws/c")
+        assert "gateway worker that was lost" in header["error"]
+        assert other.lost == ["ws/c"]
+    else:  # the old socket was closed as superseded; c answers what it had from its new one
+        assert old_worker.closed == ["ws/c"]
+        assert a_socket.headers() == [] and other.lost == []
+
+
+@pytest.mark.parametrize("how", ["left", "socket lost"])
+async def test_the_managers_own_call_to_a_client_that_is_lost_fails_at_once(how):
+    router = make_router()  # manager_call_timeout: 30 s
+    router.peers.set_peers({"w2": FakePeer()})
+    router.update_directory([("ws/c", "w2")])
+    asking = asyncio.ensure_future(router.manager.call_client("ws/c", "services.built-in.get_service", ["svc"]))
+    await settle()
+
+    if how == "left":
+        router.update_directory([("ws/c", None)])
+    else:
+        router.deliver([(CONTROL, SOCKET_LOST, b"ws/c")])
+    with pytest.raises(ManagerError, match="ws/c"):
+        await asyncio.wait_for(asking, 1)
+
+
+async def test_a_peer_saying_a_client_lost_its_socket_with_a_worker_tells_the_local_callers_only():
+    router = make_router()
+    peer = FakePeer()
+    router.peers.set_peers({"w2": peer})
+    router.update_directory([("ws/c", "w2")])
+    a, a_socket = await join(router, "a")
+    _, b_socket = await join(router, "b")
+    router.route(a, call("c"))
+
+    router.deliver([(CONTROL, SOCKET_LOST, b"ws/c")])
+    await settle()
+
+    [header] = a_socket.headers()
+    assert (header["type"], header["peer_id"]) == ("peer_not_found", "ws/c")
+    assert b_socket.headers() == [] and peer.lost == []  # not forwarded again
 
 
 async def test_a_broadcast_reaches_subscribed_local_clients_and_only_the_peers_with_subscribers():
