@@ -280,7 +280,7 @@ class Router:
         return routing.remote_owner(self.replica.owner(target), self_id=self.worker_id, reachable=self.peers)
 
     def _dispatch(self, target: str, frame: bytes, header: dict[str, Any] | None) -> None:
-        if target == self.manager.address:
+        if envelope.is_manager(target):
             self._to_manager(frame, header)
         elif envelope.is_broadcast(target):
             event_type = (header or envelope.parse(frame).header).get("type", "")

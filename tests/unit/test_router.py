@@ -608,3 +608,28 @@ async def test_a_write_that_fails_after_the_disconnect_cleanup_is_still_answered
     broken.set()  # the write under way fails now
     await settle()
     assert [h["method"] for h in a_socket.headers() if h["type"] == "method"] == ["s2.reject", "s1.reject"]
+
+
+# -- the manager ---------------------------------------------------------------------------------
+
+
+def manager_call(to: str, method: str, args: list[Any], session: str = "m1") -> bytes:
+    return envelope.encode(
+        {"type": "method", "to": to, "method": method, "session": session, "promise": "*"}, {"args": args}
+    )
+
+
+async def test_a_call_to_the_manager_id_of_an_earlier_start_is_answered_by_this_manager():
+    """After a restart hypha-rpc keeps calling the manager id it first got (it skips the first
+    manager_refreshed event): the router is still its manager."""
+    router = make_router(server_id="now")
+    a, a_socket = await join(router, "a")
+
+    router.route(a, manager_call("*/manager-before", "services.default.echo", ["hello"]))
+    router.route(a, manager_call("*/manager-now", "services.default.echo", ["again"], session="m2"))
+    await settle(50)
+
+    answers = {m["method"]: m for m in a_socket.messages()}
+    assert answers["m1.resolve"]["args"] == ["hello"] and answers["m2.resolve"]["args"] == ["again"]
+    assert answers["m1.resolve"]["from"] == "*/manager-now"
+    assert router.counters.dropped == 0
