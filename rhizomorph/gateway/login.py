@@ -161,8 +161,9 @@ class LoginService:
     async def _user_of(self, token: str) -> Identity | LoginUser:
         """A rhizomorph token's identity, else the user the provider says the credential proves."""
         try:
-            claims = self._issuer.verify(token, kind=ACCESS)
-            identity, _ = authenticate(AuthRequest(client_id=claims.get("cid") or "login", token=token), self._issuer)
+            bound = self._issuer.verify(token, kind=ACCESS).get("cid")
+            identity, _ = authenticate(AuthRequest(client_id=bound or "login", token=token), self._issuer)
+            identity.client_id = bound or ""  # a token bound to one client id stays bound when scoped
             return identity
         except HandshakeError as exc:
             problem = str(exc)
@@ -196,7 +197,10 @@ class LoginService:
                 workspaces={workspace: permission},
                 email=identity.email,
             )
-            token = self._issuer.issue(scoped, kind=ACCESS, lifetime=lifetime or login.TOKEN_LIFETIME)
+            lifetime = lifetime or login.TOKEN_LIFETIME
+            if identity.expires_at is not None:  # a scoped token never outlives the one it came from
+                lifetime = min(lifetime, identity.expires_at - time.time())
+            token = self._issuer.issue(scoped, kind=ACCESS, lifetime=lifetime, client_id=identity.client_id or None)
         return login.profile(token, workspace or None, lifetime, user_id=identity.user_id, email=email, name=name)
 
     # -- sessions on their owner --------------------------------------------------------------

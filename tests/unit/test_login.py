@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from typing import Any
 
 import pytest
@@ -15,7 +16,7 @@ from rhizomorph.gateway.http_server import HttpRequest
 from rhizomorph.gateway.login import LoginService, login_service
 from rhizomorph.gateway.login_providers import IdentityProvider, LocalProvider, LoginUser, load_provider
 from rhizomorph.protocol import login
-from rhizomorph.protocol.handshake import ACCESS, AuthRequest, Identity, TokenIssuer, authenticate
+from rhizomorph.protocol.handshake import ACCESS, AuthRequest, HandshakeError, Identity, TokenIssuer, authenticate
 from rhizomorph.protocol.login import LoginError, LoginSessions
 
 SECRET = "a test secret of at least thirty-two bytes"
@@ -236,6 +237,20 @@ async def test_a_login_that_asks_for_a_workspace_gets_a_token_scoped_to_it():
     key = (await services["w1"].start(anonymous, workspace="elsewhere"))["key"]
     with pytest.raises(LoginError, match="Invalid permission for the workspace elsewhere"):
         await services["w2"].report(anonymous, key, token_for(bob))
+
+
+async def test_a_scoped_token_keeps_the_client_binding_and_never_outlives_the_reported_one():
+    services = two_workers()
+    anonymous = client("ws-user-anon", "anon")
+    bob = client()
+    bound = TokenIssuer(SECRET).issue(bob, kind=ACCESS, lifetime=60, client_id="only-this")
+    key = (await services["w1"].start(anonymous, workspace="ws-user-bob", expires_in=10**6))["key"]
+    await services["w1"].report(anonymous, key, bound)
+    scoped = await services["w1"].check(anonymous, key, timeout=0)
+    with pytest.raises(HandshakeError, match="bound to another client id"):
+        authenticate(AuthRequest(client_id="another", token=scoped), TokenIssuer(SECRET))
+    identity, _ = authenticate(AuthRequest(client_id="only-this", token=scoped), TokenIssuer(SECRET))
+    assert identity.expires_at is not None and identity.expires_at <= time.time() + 61
 
 
 async def test_a_credential_the_provider_accepts_becomes_a_token_of_the_router():
