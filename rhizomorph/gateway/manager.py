@@ -153,6 +153,10 @@ class WorkspaceManager(ServiceMethods):
             return  # the caller is gone; nobody to answer
         replies = rpc.reply_methods(message)
         args, kwargs = rpc.call_arguments(message)
+        # Answer as the address called: hypha-rpc takes a session's answers only from the peer it
+        # called, which after a restart may be the manager id of an earlier start.
+        called = message.get("to")
+        me = called if isinstance(called, str) and envelope.is_manager(called) else self.address
         work = asyncio.ensure_future(self._dispatch(identity, message, method, args, kwargs))
         session = message.get("session")
         interval = message.get("t")
@@ -164,7 +168,7 @@ class WorkspaceManager(ServiceMethods):
                     self._host.send(
                         caller,
                         rpc.heartbeat_frame(
-                            sender=self.address, target=caller, session=session, workspace=workspace, user=self.user
+                            sender=me, target=caller, session=session, workspace=workspace, user=self.user
                         ),
                     )
         try:
@@ -180,7 +184,7 @@ class WorkspaceManager(ServiceMethods):
 
         def reply(value: Any, method_id: str) -> bytes:
             return rpc.callback_frame(
-                sender=self.address,
+                sender=me,
                 target=caller,
                 method=method_id,
                 value=value,
