@@ -11,8 +11,9 @@
    non-passing test with a one-line reason, the out-of-scope list, server start times).
 
 Exit status: pytest's when it could not run the suite (interrupted, internal or usage error, no
-tests), 1 when fewer than ``--min-passed`` tests passed, else 0: failing tests are the report's
-content, not an error of the run.
+tests), 1 when fewer than ``--min-passed`` tests passed or, with ``--fail-on-new``, when a test
+failed that compat/known_failures.toml does not list (CI: ``.ci/run``), else 0: known failures
+are the report's content, not an error of the run.
 """
 
 from __future__ import annotations
@@ -202,6 +203,11 @@ def read_known_failures(path: Path) -> dict[str, KnownFailure]:
     }
 
 
+def new_failures(outcomes: list[Outcome], known: dict[str, KnownFailure]) -> list[Outcome]:
+    """Failed tests that compat/known_failures.toml does not list."""
+    return [o for o in outcomes if o.outcome in ("failed", "error") and o.test_id not in known]
+
+
 def write_summary(out: Path, args: argparse.Namespace, status: int, wall: float, root: Path) -> Counter[str]:
     junit = out / "junit.xml"
     outcomes = read_junit(junit) if junit.exists() else []
@@ -337,6 +343,9 @@ def main(argv: list[str] | None = None) -> int:
         help="one more argument for `rhizomorph serve` (repeatable), e.g. --server-arg=--no-batching",
     )
     parser.add_argument("--min-passed", type=int, default=0, help="exit 1 if fewer tests passed")
+    parser.add_argument(
+        "--fail-on-new", action="store_true", help="exit 1 if a test fails that known_failures.toml does not list"
+    )
     parser.add_argument("pytest_args", nargs="*", help="more pytest arguments (after --), e.g. -k reconnection")
     args = parser.parse_args(argv)
     out: Path = (args.out or REPO / "build" / "compat" / f"workers-{args.workers}").resolve()
@@ -360,6 +369,17 @@ def main(argv: list[str] | None = None) -> int:
     if counts["passed"] < args.min_passed:
         print(f"compat: {counts['passed']} passed, fewer than --min-passed {args.min_passed}")
         return 1
+    if args.fail_on_new:
+        junit = out / "junit.xml"
+        if not junit.exists():
+            print("compat: no junit.xml: the suite did not run")
+            return 1
+        unknown = new_failures(read_junit(junit), read_known_failures(HARNESS / "known_failures.toml"))
+        for outcome in unknown:
+            print(f"compat: NEW failure {outcome.test_id}: {outcome.reason}")
+        if unknown:
+            print(f"compat: {len(unknown)} failure(s) not listed in compat/known_failures.toml")
+            return 1
     return 0
 
 

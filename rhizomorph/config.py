@@ -159,6 +159,13 @@ class Config:
     #: on one machine (tests, benchmarks).
     distinct_node_ports: bool = False
 
+    #: Who proves a user's identity to the ``public/hypha-login`` service (hypha-rpc's ``login()``):
+    #: ``local`` (this machine's user, approved on a loopback page), ``none`` (no login service),
+    #: or ``package.module:Attribute`` (rhizomorph/gateway/login_providers.py; docs/security.md).
+    login_provider: str = "local"
+    #: The user id the ``local`` provider logs in as; empty: the user running the router.
+    login_local_user: str = ""
+
     @property
     def manager_id(self) -> str:
         return f"manager-{self.server_id}"

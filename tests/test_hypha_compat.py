@@ -472,3 +472,13 @@ async def test_one_name_eight_providers_spreads_a_thousand_callers(router2, conn
     assert spread["min_load"][:2] == [0, 0]
     assert all(n >= 60 for n in spread["min_load"][2:])  # ~167 each among the six
     assert probes == [1000] * 8  # every min_load caller asked every provider once
+
+
+async def test_the_manager_id_of_an_earlier_start_still_reaches_the_manager(connect):
+    """After a restart (a new server id) hypha-rpc keeps calling the manager id it first got: the
+    router answers it, as that id, which is the only sender hypha-rpc takes the answer from."""
+    client = await connect()
+    earlier = await client.rpc.get_remote_service("*/manager-earlierstart:default")
+    assert await earlier.echo("still here") == "still here"
+    listed = await earlier.list_services("public")
+    assert any(s["id"].endswith(":hypha-login") for s in listed)

@@ -249,6 +249,19 @@ class Peers:
             log.info("forwarding an HTTP post to %s failed: %s", worker_id, exc)
             return None
 
+    async def login(self, worker_id: str, op: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """A login session's operation on the peer that owns it (``rhizomorph/gateway/login.py``):
+        ``{"value": ...}`` or ``{"error": message}``."""
+        link = self.links.get(worker_id)
+        if link is None:
+            return {"error": "Invalid key, key does not exist or expired"}
+        try:
+            result: dict[str, Any] = await link.handle.login.remote(op, kwargs)
+            return result
+        except Exception as exc:
+            log.info("a login operation on %s failed: %s", worker_id, exc)
+            return {"error": f"the server that started this login did not answer: {type(exc).__name__}"}
+
     async def stats(self) -> list[dict[str, Any]]:
         """Stats of every peer that answers."""
         results = await asyncio.gather(

@@ -29,6 +29,7 @@ from rhizomorph.gateway import server
 from rhizomorph.gateway.router import Router
 from rhizomorph.protocol.batching import BatchPolicy
 from rhizomorph.protocol.close_codes import CloseCode
+from rhizomorph.protocol.login import LoginError
 
 
 @ray.remote(num_cpus=0, max_restarts=0)
@@ -52,7 +53,8 @@ class GatewayWorker:
     async def start(self) -> dict[str, Any]:
         config = self._config
         sock = server.reuseport_socket(config.host, config.port)
-        self._server = await server.serve(config, self._router, sock)
+        self._router.listening_on(sock.getsockname()[1])
+        self._server = await server.serve(self._router.config, self._router, sock)
         node_id = self._node_id = ray.get_runtime_context().get_node_id()
         if config.peer_channel == "socket":
             self._channel = ChannelServer(self._router.deliver)
@@ -149,6 +151,16 @@ class GatewayWorker:
         if self._server is None:
             return 503, "the gateway worker is starting"
         return self._server.transport.accept(address, user_id, body)
+
+    async def login(self, op: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """A login session of this worker, for another worker (``Peers.login``)."""
+        service = self._router.manager.login
+        if service is None:
+            return {"error": "this server has no login service"}
+        try:
+            return {"value": await service.serve(op, kwargs)}
+        except LoginError as exc:
+            return {"error": str(exc)}
 
     async def stats(self) -> dict[str, Any]:
         return self._router.stats()

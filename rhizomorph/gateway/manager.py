@@ -15,10 +15,12 @@ from typing import Any, Protocol
 
 import shortuuid
 
+from rhizomorph.gateway.login import LoginService
 from rhizomorph.gateway.manager_builtin import BuiltinService
 from rhizomorph.gateway.manager_services import ManagerError, ServiceMethods
-from rhizomorph.protocol import envelope, manager_api, rpc
+from rhizomorph.protocol import envelope, login, manager_api, rpc
 from rhizomorph.protocol.handshake import ACCESS, PERMISSION_LEVELS, Identity, TokenIssuer, hypha_user
+from rhizomorph.protocol.login import LoginError
 from rhizomorph.protocol.message_cache import CacheError, needs_chunks
 
 __all__ = ["SERVER_VERSION", "ManagerError", "ManagerHost", "WorkspaceManager", "server_user"]
@@ -72,6 +74,7 @@ class WorkspaceManager(ServiceMethods):
         issuer: TokenIssuer,
         call_timeout: float,
         max_cache_bytes: int = 16 * 1024 * 1024,
+        login_service: LoginService | None = None,
     ) -> None:
         self._host = host
         self.manager_id = manager_id
@@ -91,6 +94,8 @@ class WorkspaceManager(ServiceMethods):
         }
         #: Chunked messages from callers, bounded per caller by the largest frame the router accepts.
         self.builtin = BuiltinService(self, max_bytes_per_caller=max_cache_bytes)
+        #: ``public/hypha-login`` (rhizomorph/gateway/login.py), unless no login provider is set.
+        self.login = login_service
 
     # -- entry point -----------------------------------------------------------------------------
     def owns_session(self, method: str) -> str | None:
@@ -120,6 +125,11 @@ class WorkspaceManager(ServiceMethods):
     def send(self, target: str, frame: bytes) -> None:
         self._host.send(target, frame)
 
+    def set_base_url(self, base_url: str) -> None:
+        self._base_url = base_url
+        if self.login is not None:
+            self.login.base_url = base_url
+
     def cache_stats(self) -> dict[str, int]:
         """Chunked messages waiting for ``process``: callers holding some, and bytes held."""
         return {"callers": self.builtin.cache.callers, "bytes": self.builtin.cache.total}
@@ -145,6 +155,10 @@ class WorkspaceManager(ServiceMethods):
             return  # the caller is gone; nobody to answer
         replies = rpc.reply_methods(message)
         args, kwargs = rpc.call_arguments(message)
+        # Answer as the address called: hypha-rpc takes a session's answers only from the peer it
+        # called, which after a restart may be the manager id of an earlier start.
+        called = message.get("to")
+        me = called if isinstance(called, str) and envelope.is_manager(called) else self.address
         work = asyncio.ensure_future(self._dispatch(identity, message, method, args, kwargs))
         session = message.get("session")
         interval = message.get("t")
@@ -156,12 +170,12 @@ class WorkspaceManager(ServiceMethods):
                     self._host.send(
                         caller,
                         rpc.heartbeat_frame(
-                            sender=self.address, target=caller, session=session, workspace=workspace, user=self.user
+                            sender=me, target=caller, session=session, workspace=workspace, user=self.user
                         ),
                     )
         try:
             value, method_id = await work, replies[0] if replies else None
-        except (ManagerError, CacheError) as exc:
+        except (ManagerError, CacheError, LoginError) as exc:
             value, method_id = rpc.error_value(str(exc)), replies[1] if replies else None
         except Exception as exc:  # a bug must still answer the caller, not leave it to time out
             log.exception("manager method %s failed", method)
@@ -172,7 +186,7 @@ class WorkspaceManager(ServiceMethods):
 
         def reply(value: Any, method_id: str) -> bytes:
             return rpc.callback_frame(
-                sender=self.address,
+                sender=me,
                 target=caller,
                 method=method_id,
                 value=value,
@@ -207,6 +221,8 @@ class WorkspaceManager(ServiceMethods):
             return "pong"
         if path[1:3] == ["built-in", "message_cache"]:
             return self.builtin.call(message, identity.address, ".".join(path[2:]), args, kwargs)
+        if len(path) == 3 and path[1] == login.NAME and self.login is not None:
+            return await self.login.call(identity, path[2], args, kwargs)
         if len(path) == 3 and path[1] == "default" and path[2] in self._methods:
             try:
                 return await self._methods[path[2]](identity, *args, **kwargs)

@@ -40,6 +40,8 @@ class ServiceMethods:
     if TYPE_CHECKING:  # provided by WorkspaceManager
         _host: Any
         _base_url: str
+        address: str
+        login: Any  # rhizomorph.gateway.login.LoginService | None
 
         def service_dict(self) -> dict[str, Any]: ...
 
@@ -80,6 +82,9 @@ class ServiceMethods:
         case = config.get("case_conversion")
         if case is not None and case not in rpc.CASE_CONVERSIONS:
             raise ManagerError(f"case_conversion must be one of {', '.join(rpc.CASE_CONVERSIONS)}, not {case!r}")
+        if self.login is not None and self.login.names(service_id, caller.workspace):
+            service = self.login.service_dict(self.address)
+            return rpc.convert_case(service, case) if case is not None else service
         found = await self._find(caller, service_id, config)
         owner: str = found["owner"]
         full_id: str = found["info"]["id"]
@@ -101,6 +106,8 @@ class ServiceMethods:
     async def get_service_info(self, caller: Identity, service_id: Any, config: Any = None, **kwargs: Any) -> dict:
         """The registered info of a service (no call to its provider)."""
         service_id, config = _request(service_id, config, kwargs)
+        if self.login is not None and self.login.names(service_id, caller.workspace):
+            return self.login.info()
         return (await self._find(caller, service_id, config))["info"]
 
     async def _find(self, caller: Identity, service_id: Any, config: dict[str, Any]) -> dict[str, Any]:
@@ -139,4 +146,7 @@ class ServiceMethods:
         result = await call_registry(
             self._host.registry.list_services(caller.workspace, list(caller.workspaces), query)
         )
-        return result["services"]
+        services: list[dict[str, Any]] = result["services"]
+        if self.login is not None and self.login.listed(query, caller):
+            services = sorted([*services, self.login.info()], key=lambda s: s["id"])
+        return services

@@ -26,6 +26,7 @@ from rhizomorph.gateway.broadcasts import Broadcasts
 from rhizomorph.gateway.clients import Clients
 from rhizomorph.gateway.connection import ClientConnection
 from rhizomorph.gateway.locating import Locating, RouterRegistry
+from rhizomorph.gateway.login import login_service
 from rhizomorph.gateway.manager import SERVER_VERSION, WorkspaceManager
 from rhizomorph.gateway.memory import Reclaimer
 from rhizomorph.gateway.reconnecting import ReconnectWaits
@@ -90,11 +91,18 @@ class Router:
             issuer=self.issuer,
             call_timeout=config.manager_call_timeout,
             max_cache_bytes=config.max_message_size,
+            login_service=login_service(config, worker_id, self.issuer, forward=self.peers.login),
         )
 
     @property
     def manager_address(self) -> str:
         return self.manager.address
+
+    def listening_on(self, port: int) -> None:
+        """The port the worker bound (``port = 0`` picks one): the URLs told to clients name it."""
+        if port != self.config.port:
+            self.config = self.config.replace(port=port)
+            self.manager.set_base_url(self.config.base_url)
 
     # -- ManagerHost ---------------------------------------------------------------------------
     def identity(self, address: str) -> Identity | None:
@@ -306,7 +314,7 @@ class Router:
         return routing.remote_owner(self.replica.owner(target), self_id=self.worker_id, reachable=self.peers)
 
     def _dispatch(self, target: str, frame: bytes, header: dict[str, Any] | None) -> None:
-        if target == self.manager.address:
+        if envelope.is_manager(target):
             self._to_manager(frame, header)
         elif envelope.is_broadcast(target):
             event_type = (header or envelope.parse(frame).header).get("type", "")

@@ -9,6 +9,7 @@ and goes to ``dispatch``:
     /metrics                   Prometheus text (``prometheus.py``)
     /rpc                       hypha-rpc's HTTP transport (``http_rpc.py``)
     /{ws}/services/...         Hypha's service API (``http_services.py``)
+    /public/apps/hypha-login/  the login page of the identity provider (``login.py``)
     /{ws}/apps/{sid}/...       ASGI and functions apps (``http_apps.py``)
     anything else (GET)        the console, the examples and the JS client (``http.py``)
 """
@@ -28,8 +29,10 @@ from rhizomorph.gateway.http_callers import Callers
 from rhizomorph.gateway.http_rpc import HttpTransport
 from rhizomorph.gateway.http_server import FrontDoor, HttpFront, HttpLimits, HttpRequest, Reply
 from rhizomorph.gateway.http_services import HttpServices
+from rhizomorph.gateway.login import LoginService
 from rhizomorph.gateway.router import Router
-from rhizomorph.protocol.http_api import api_route, cors_headers
+from rhizomorph.protocol import login
+from rhizomorph.protocol.http_api import Endpoint, api_route, cors_headers
 
 #: Headers of the static answers that the HTTP connection sets itself.
 _OWN_HEADERS = frozenset({"content-length", "connection", "date"})
@@ -60,6 +63,7 @@ def dispatch(
     cluster_stats: Callable[[], Awaitable[list[dict[str, Any]]]],
     transport: HttpTransport,
     services: HttpServices,
+    login_service: LoginService | None = None,
 ) -> Callable[[HttpRequest, Reply], Awaitable[None]]:
     """The plain-HTTP endpoints of the gateway port."""
 
@@ -85,6 +89,14 @@ def dispatch(
                 await reply.send_error(405, f"{method} /rpc is not allowed", [("Allow", "GET, POST")])
             return
         route = api_route(path)
+        if (
+            login_service is not None
+            and route is not None
+            and route.endpoint is Endpoint.APP
+            and (route.workspace, route.service_id) == (login.WORKSPACE, login.NAME)
+        ):
+            await login_service.handle_http(request, reply, route.path)
+            return
         if route is not None:
             await services.handle(request, reply, route)
             return
@@ -123,7 +135,7 @@ async def serve(config: Config, router: Router, sock: socket.socket) -> Listener
     transport = HttpTransport(router)
     services = HttpServices(callers, config.http_call_timeout, config.max_message_size)
     front = HttpFront(
-        dispatch(router.cluster_stats, transport, services),
+        dispatch(router.cluster_stats, transport, services, router.manager.login),
         HttpLimits(max_body=config.max_message_size),
     )
 

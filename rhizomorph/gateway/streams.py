@@ -22,9 +22,6 @@ STREAM_CUT = "the chunk stream was cut: chunks were lost between gateway workers
 class StreamHost(Protocol):
     """What the streams need from the router."""
 
-    @property
-    def manager_address(self) -> str: ...
-
     def stamp(self, conn: ClientConnection, frame: bytes | memoryview) -> tuple[str, bytes, dict[str, Any]] | None: ...
 
     def unroutable(self, conn: ClientConnection, reason: str) -> None: ...
@@ -70,7 +67,7 @@ class ChunkStreams:
             if stamped is None:
                 return
             target, payload, header = stamped
-            if target == self._host.manager_address or envelope.is_broadcast(target):
+            if envelope.is_manager(target) or envelope.is_broadcast(target):
                 self._host.undeliverable(
                     target, None, header, "a chunk stream must go to one client", sender=conn.address
                 )

@@ -102,6 +102,17 @@ def is_broadcast(target: str) -> bool:
     return target.endswith("/*")
 
 
+#: Every manager address starts so (``*/manager-<server_id>``); no client can be in workspace ``*``.
+MANAGER_PREFIX = "*/manager-"
+
+
+def is_manager(target: str) -> bool:
+    """A frame for the router's manager: its address, or that of an earlier start of the router.
+    After a restart (a new server id) released clients keep calling the manager id they first
+    got (hypha-rpc skips the first ``manager_refreshed`` event); the router is still their manager."""
+    return target.startswith(MANAGER_PREFIX)
+
+
 _TO = msgpack.packb("to")
 _FIXMAP_HEADS = [bytes((0x80 | count,)) for count in range(16)]  # msgpack map headers, 0-15 entries
 _PACKER = msgpack.Packer(use_bin_type=True)  # reused: the router's event loop is single-threaded

@@ -122,10 +122,10 @@ def parse_auth(text: str | bytes) -> AuthRequest:
             raise HandshakeError(f"'{key}' must be a string")
         values[key] = value or None
     client_id = values["client_id"]
-    if client_id is not None and not _valid_name(client_id):
+    if client_id is not None and not valid_name(client_id):
         raise HandshakeError("invalid client_id: it must not contain '/', ':', '*' or whitespace")
     workspace = values["workspace"]
-    if workspace is not None and not _valid_name(workspace):
+    if workspace is not None and not valid_name(workspace):
         raise HandshakeError("invalid workspace name")
     wire = data.get("wire_protocol", 3)
     if not isinstance(wire, int) or isinstance(wire, bool):
@@ -133,7 +133,8 @@ def parse_auth(text: str | bytes) -> AuthRequest:
     return AuthRequest(**values, wire_protocol=wire)
 
 
-def _valid_name(name: str) -> bool:
+def valid_name(name: str) -> bool:
+    """A client id or workspace name: 1-256 characters, none of ``/ : * @`` or whitespace."""
     return 0 < len(name) <= 256 and not any(c in name for c in "/:*@ \t\r\n")
 
 

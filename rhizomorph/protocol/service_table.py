@@ -191,6 +191,44 @@ def full_service_id(info: dict[str, Any], owner: str) -> str:
     return f"{owner}:{name}"
 
 
+def list_filters(query: Any, caller_workspace: str) -> dict[str, Any]:
+    """The filters of a ``list_services`` query: a workspace name, a glob over full ids, or a dict."""
+    if query is None:
+        return {"workspace": caller_workspace}
+    if isinstance(query, str):
+        if "/" in query or ":" in query:
+            return {"pattern": query if "/" in query else f"{caller_workspace}/{query}"}
+        return {"workspace": query}
+    if isinstance(query, dict):
+        filters = {k: v for k, v in query.items() if v is not None}
+        filters.setdefault("workspace", caller_workspace)
+        return filters
+    raise RegistryError("list_services query must be a workspace name, a pattern or a dict")
+
+
+def listed(record: ServiceRecord, filters: dict[str, Any], caller_workspace: str, readable: set[str]) -> bool:
+    """Whether ``list_services`` with ``filters`` lists ``record`` to the caller."""
+    client = record.owner.split("/", 1)[1]
+    name = record.full_id.rsplit(":", 1)[1]
+    if "pattern" in filters and not fnmatch.fnmatchcase(record.full_id, filters["pattern"]):
+        return False
+    if filters.get("workspace") not in (None, "*") and record.workspace != filters["workspace"]:
+        return False
+    if "client_id" in filters and client != filters["client_id"]:
+        return False
+    if "service_id" in filters and name != filters["service_id"]:
+        return False
+    if "type" in filters and record.info.get("type") != filters["type"]:
+        return False
+    if "visibility" in filters and record.visibility != filters["visibility"]:
+        return False
+    # Unlisted services are reachable by id only; protected ones stay inside their workspace.
+    if record.visibility == "unlisted":
+        return False
+    same = record.workspace == caller_workspace or record.workspace in readable
+    return same or record.visibility == "public"
+
+
 @dataclass
 class ServiceTable:
     max_services_per_client: int = 1000
@@ -296,42 +334,12 @@ class ServiceTable:
 
     def list(self, caller_workspace: str, readable: set[str], query: Any = None) -> list[dict[str, Any]]:
         """``list_services``: a workspace name, a glob over full ids, or a dict of filters."""
-        filters: dict[str, Any] = {}
-        if query is None:
-            filters["workspace"] = caller_workspace
-        elif isinstance(query, str):
-            if "/" in query or ":" in query:
-                filters["pattern"] = query if "/" in query else f"{caller_workspace}/{query}"
-            else:
-                filters["workspace"] = query
-        elif isinstance(query, dict):
-            filters = {k: v for k, v in query.items() if v is not None}
-            filters.setdefault("workspace", caller_workspace)
-        else:
-            raise RegistryError("list_services query must be a workspace name, a pattern or a dict")
-        result = []
-        for record in self.services.values():
-            client = record.owner.split("/", 1)[1]
-            name = record.full_id.rsplit(":", 1)[1]
-            if "pattern" in filters and not fnmatch.fnmatchcase(record.full_id, filters["pattern"]):
-                continue
-            if filters.get("workspace") not in (None, "*") and record.workspace != filters["workspace"]:
-                continue
-            if "client_id" in filters and client != filters["client_id"]:
-                continue
-            if "service_id" in filters and name != filters["service_id"]:
-                continue
-            if "type" in filters and record.info.get("type") != filters["type"]:
-                continue
-            if "visibility" in filters and record.visibility != filters["visibility"]:
-                continue
-            # Unlisted services are reachable by id only; protected ones stay inside their workspace.
-            if record.visibility == "unlisted":
-                continue
-            same = record.workspace == caller_workspace or record.workspace in readable
-            if not same and record.visibility != "public":
-                continue
-            result.append(dict(record.info))
+        filters = list_filters(query, caller_workspace)
+        result = [
+            dict(record.info)
+            for record in self.services.values()
+            if listed(record, filters, caller_workspace, readable)
+        ]
         result.sort(key=lambda info: info["id"])
         return result
 

@@ -272,7 +272,7 @@ def test_anonymous_users_get_distinct_workspaces():
 def test_anonymous_without_client_id_gets_a_generated_one():
     ident, _ = authenticate(AuthRequest(), issuer())
     assert ident.client_id
-    assert handshake._valid_name(ident.client_id)
+    assert handshake.valid_name(ident.client_id)
 
 
 def test_anonymous_may_not_join_another_workspace():

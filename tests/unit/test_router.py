@@ -692,3 +692,57 @@ async def test_a_write_that_fails_after_the_disconnect_cleanup_is_still_answered
     broken.set()  # the write under way fails now
     await settle()
     assert [h["method"] for h in a_socket.headers() if h["type"] == "method"] == ["s2.reject", "s1.reject"]
+
+
+# -- the manager ---------------------------------------------------------------------------------
+
+
+def manager_call(to: str, method: str, args: list[Any], session: str = "m1") -> bytes:
+    return envelope.encode(
+        {"type": "method", "to": to, "method": method, "session": session, "promise": "*"}, {"args": args}
+    )
+
+
+async def test_a_call_to_the_manager_id_of_an_earlier_start_is_answered_by_this_manager():
+    """After a restart hypha-rpc keeps calling the manager id it first got (it skips the first
+    manager_refreshed event): the router is still its manager."""
+    router = make_router(server_id="now")
+    a, a_socket = await join(router, "a")
+
+    router.route(a, manager_call("*/manager-before", "services.default.echo", ["hello"]))
+    router.route(a, manager_call("*/manager-now", "services.default.echo", ["again"], session="m2"))
+    await settle(50)
+
+    answers = {m["method"]: m for m in a_socket.messages()}
+    assert answers["m1.resolve"]["args"] == ["hello"] and answers["m2.resolve"]["args"] == ["again"]
+    # hypha-rpc takes a session's answers only from the peer it called
+    assert answers["m1.resolve"]["from"] == "*/manager-before"
+    assert answers["m2.resolve"]["from"] == "*/manager-now"
+    assert router.counters.dropped == 0
+
+
+async def test_the_login_service_is_the_managers_own_and_finds_no_registry():
+    router = make_router(login_local_user="alice")
+    a, a_socket = await join(router, "a")
+
+    router.route(a, manager_call(router.manager.address, "services.default.get_service", ["public/hypha-login"]))
+    await settle(50)
+    [answer] = a_socket.messages()
+    service = answer["args"][0]
+    assert answer["method"] == "m1.resolve" and service["id"].startswith("public/manager-")
+    assert service["start"]["_rtarget"] == router.manager.address
+
+    router.route(a, manager_call(router.manager.address, "services.hypha-login.start", [], session="m2"))
+    await settle(50)
+    started = a_socket.messages()[-1]["args"][0]
+    assert started["key"].startswith("w1-") and started["login_url"].endswith(f"?key={started['key']}")
+
+
+async def test_without_a_login_provider_there_is_no_login_service():
+    router = make_router(login_provider="none")
+    assert router.manager.login is None
+    a, a_socket = await join(router, "a")
+    router.route(a, manager_call(router.manager.address, "services.hypha-login.start", []))
+    await settle(50)
+    [answer] = a_socket.messages()
+    assert answer["method"] == "m1.reject" and "Method not found" in answer["args"][0]["_rvalue"]
