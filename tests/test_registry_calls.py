@@ -4,6 +4,8 @@ unit test of pure code: the module reads Ray's exception types (no Ray runtime i
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from ray.exceptions import ActorDiedError
 
@@ -28,9 +30,25 @@ class Remote:
 
 
 class FakeRegistryHandle:
+    """Answers each call by name; the calls come in batches (``call_batch``), as to the actor. A
+    Ray error as an answer fails the whole batch, as a dead actor fails its Ray call."""
+
     def __init__(self, **answers):
         for name, answer in answers.items():
             setattr(self, name, Remote(answer))
+        self.call_batch = Remote(self._batch)
+        self.batches: list[list[str]] = []
+
+    def _batch(self, calls):
+        self.batches.append([name for name, _ in calls])
+        answers = []
+        for name, args in calls:
+            remote = getattr(self, name)
+            remote.calls.append(args)
+            if isinstance(remote.answer, BaseException):
+                raise remote.answer
+            answers.append((True, remote.answer(*args) if callable(remote.answer) else remote.answer))
+        return answers
 
 
 async def test_registry_calls_record_what_the_answers_say():
@@ -62,3 +80,25 @@ async def test_a_registry_that_cannot_answer_is_reported_briefly_and_the_release
     with pytest.raises(RegistryUnavailable, match="did not answer release_client"):
         await calls.release_client("ws/a", "g")
     assert list(calls.owned.snapshot({})["departed"]) == ["ws/a"]
+
+
+async def test_calls_made_while_a_batch_is_in_flight_leave_together_in_order():
+    handle = FakeRegistryHandle(locate=lambda address: f"owner of {address}")
+    calls = RegistryCalls(handle)
+    first = asyncio.ensure_future(calls.locate("ws/0"))
+    await asyncio.sleep(0)  # the first batch leaves alone, at once
+    rest = [asyncio.ensure_future(calls.locate(f"ws/{i}")) for i in range(1, 6)]
+    assert await asyncio.gather(first, *rest) == [f"owner of ws/{i}" for i in range(6)]
+    assert [len(batch) for batch in handle.batches] == [1, 5]
+    assert handle.locate.calls == [(f"ws/{i}",) for i in range(6)]
+    assert (calls.batches, calls.calls) == (2, 6)
+
+
+async def test_an_error_of_one_call_in_a_batch_is_its_own():
+    answers = [(True, "w1"), (False, RegistryUnavailable("the registry is rebuilding; try again"))]
+    handle = FakeRegistryHandle(locate=None)
+    handle.call_batch = Remote(lambda batch: answers[: len(batch)])
+    calls = RegistryCalls(handle)
+    located, failed = await asyncio.gather(calls.locate("ws/a"), calls.locate("ws/b"), return_exceptions=True)
+    assert located == "w1"
+    assert isinstance(failed, RegistryUnavailable) and "rebuilding" in str(failed)

@@ -40,6 +40,20 @@ REBUILD_WAIT = 60.0
 #: How long a rebuild waits for one worker's share before it goes on without it (a share that
 #: comes later is merged then).
 SHARE_TIMEOUT = 20.0
+#: The methods a worker's ``RegistryCalls`` sends in a ``call_batch``.
+BATCHED_METHODS = frozenset(
+    {
+        "claim_client",
+        "release_client",
+        "locate",
+        "list_clients",
+        "register_service",
+        "unregister_service",
+        "find_service",
+        "find_services",
+        "list_services",
+    }
+)
 
 
 class DirectoryFeed:
@@ -281,6 +295,21 @@ class Registry:
 
     async def pid(self) -> int:
         return os.getpid()
+
+    async def call_batch(self, calls: list[tuple[str, tuple[Any, ...]]]) -> list[tuple[bool, Any]]:
+        """Several calls of one worker in one Ray call (``RegistryCalls`` gathers them while its
+        previous batch is in flight). Each is a task of its own, as a Ray call would be: they
+        start in order, each as atomic as on its own, and during a rebuild they wait for it
+        together, not one after the other. Each answer is ``(True, result)`` or ``(False, the
+        exception the call raised)``."""
+
+        async def one(name: str, args: tuple[Any, ...]) -> Any:
+            if name not in BATCHED_METHODS:
+                raise RegistryError(f"the registry has no batched method {name!r}")
+            return await getattr(self, name)(*args)
+
+        results = await asyncio.gather(*(one(name, args) for name, args in calls), return_exceptions=True)
+        return [(not isinstance(result, BaseException), result) for result in results]
 
     def _push(self, updates: list[tuple[str, str | None]]) -> None:
         if updates:

@@ -1,11 +1,16 @@
 """A gateway worker's calls to the registry actor, as coroutines, and its share of the registry.
 
 ``RegistryCalls`` is what the router and the manager hold as their ``registry``: ``await
-calls.locate(a)`` for ``await handle.locate.remote(a)``, so tests can give them a fake. On the
-way it records, from the registry's own answers, what this worker's clients own (claims and
-services: ``OwnedState``, rhizomorph/protocol/ownership.py), which is what a restarted registry
-rebuilds itself from. A registry that cannot answer is reported as ``RegistryUnavailable``, a
-short message the manager passes to the caller, not a Ray traceback.
+calls.locate(a)`` for the registry's ``locate(a)``, so tests can give them a fake. The calls go
+in batches, as ``PeerLink`` sends frames: one ``call_batch`` Ray call in flight per worker, the
+calls made meanwhile gathered behind it and sent together, in order. A Ray actor call costs
+each side about half a millisecond of CPU whatever it carries, so when hundreds of clients
+reconnect at once (a worker was lost: docs/deploy.md, "Reconnection storms") their claims and
+re-registrations cost a few dozen Ray calls instead of thousands; an idle worker's call leaves
+at once, alone. On the way it records, from the registry's own answers, what this worker's
+clients own (claims and services: ``OwnedState``, rhizomorph/protocol/ownership.py), which is
+what a restarted registry rebuilds itself from. A registry that cannot answer is reported as
+``RegistryUnavailable``, a short message the manager passes to the caller, not a Ray traceback.
 """
 
 from __future__ import annotations
@@ -17,11 +22,15 @@ from typing import Any
 
 from ray.exceptions import RayActorError
 
+from rhizomorph.background import spawn
 from rhizomorph.protocol.ownership import OwnedState
 
 #: Longest one registry call may take before its caller is told the registry is unavailable.
 #: A restart and rebuild after a crash take seconds; a lost node adds Ray's node-death detection.
 CALL_TIMEOUT = 90.0
+#: Most calls one ``call_batch`` carries (a bound on the size of one Ray call's arguments and
+#: answers); the rest leave in the next batch.
+MAX_BATCH = 256
 
 
 class RegistryUnavailable(Exception):
@@ -33,16 +42,50 @@ class RegistryCalls:
         self.handle = handle
         self.owned = owned if owned is not None else OwnedState()
         self._clock = clock
+        self._pending: list[tuple[str, tuple[Any, ...], asyncio.Future[Any]]] = []
+        self._busy = False
+        #: Ray calls made (``call_batch``) and the registry calls they carried.
+        self.batches = 0
+        self.calls = 0
 
     async def _call(self, name: str, *args: Any) -> Any:
+        future = asyncio.get_running_loop().create_future()
+        self._pending.append((name, args, future))
+        if not self._busy:
+            self._busy = True
+            asyncio.get_running_loop().call_soon(self._flush)
         try:
-            return await asyncio.wait_for(getattr(self.handle, name).remote(*args), CALL_TIMEOUT)
+            return await asyncio.wait_for(future, CALL_TIMEOUT)
         except RegistryUnavailable as exc:  # raised by the registry itself (a rebuild that never ended)
-            raise RegistryUnavailable(str(getattr(exc, "cause", exc))) from None
+            raise RegistryUnavailable(str(exc)) from None
         except (RayActorError, TimeoutError) as exc:
             raise RegistryUnavailable(
                 f"the router's registry did not answer {name} ({type(exc).__name__}); try again"
             ) from None
+
+    def _flush(self) -> None:
+        """Send what gathered as one batch, unless nothing did; the next flush follows its answer."""
+        self._pending = [call for call in self._pending if not call[2].done()]  # done: timed out
+        if not self._pending:
+            self._busy = False
+            return
+        batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+        spawn(self._send(batch)).add_done_callback(lambda _: self._flush())
+
+    async def _send(self, batch: list[tuple[str, tuple[Any, ...], asyncio.Future[Any]]]) -> None:
+        self.batches += 1
+        self.calls += len(batch)
+        try:
+            answers = await self.handle.call_batch.remote([(name, args) for name, args, _ in batch])
+        except Exception as exc:  # the batch as a whole: the registry died, or Ray could not call it
+            answers = [(False, exc)] * len(batch)
+        for (_, _, future), (ok, value) in zip(batch, answers):
+            if future.done():
+                continue
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(value)
 
     def __getattr__(self, name: str) -> Callable[..., Awaitable[Any]]:
         if name.startswith("_"):

@@ -163,7 +163,9 @@ class GatewayWorker:
             return {"error": str(exc)}
 
     async def stats(self) -> dict[str, Any]:
-        return self._router.stats()
+        # Registry calls made and the Ray calls (batches) that carried them.
+        registry = {"registry_calls": self._calls.calls, "registry_batches": self._calls.batches}
+        return {**self._router.stats(), **registry}
 
     async def set_batch_policy(self, policy: BatchPolicy) -> None:
         self._router.set_batch_policy(policy)

@@ -36,6 +36,11 @@ from rhizomorph.protocol.http_api import Endpoint, api_route, cors_headers
 
 #: Headers of the static answers that the HTTP connection sets itself.
 _OWN_HEADERS = frozenset({"content-length", "connection", "date"})
+#: Connections the kernel completes and queues for a worker before it accepts them. When a
+#: worker dies its clients all reconnect at once to the others (docs/deploy.md, "Reconnection
+#: storms"); a full queue drops their SYNs, and each retransmission costs the client 1, 2,
+#: then 4 s. asyncio's default (100) overflowed with 500 clients reconnecting.
+LISTEN_BACKLOG = 1024
 
 
 def reuseport_socket(host: str, port: int) -> socket.socket:
@@ -47,7 +52,7 @@ def reuseport_socket(host: str, port: int) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
-    sock.listen(1024)
+    sock.listen(LISTEN_BACKLOG)
     sock.setblocking(False)
     return sock
 
@@ -148,6 +153,7 @@ async def serve(config: Config, router: Router, sock: socket.socket) -> Listener
     websocket_server = await websockets.serve(
         lambda ws: connection.serve(ws, router),
         sock=sock,
+        backlog=LISTEN_BACKLOG,  # asyncio listens again on the socket, with its own default (100)
         max_size=config.max_message_size,
         compression="deflate" if config.compression else None,
         # websockets builds every accepted connection through this: ours reads the request
