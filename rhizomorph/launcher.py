@@ -28,10 +28,6 @@ LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 #: sets wins. Never applied to a cluster joined by address: its settings are its operator's.
 #: What each saves: benchmarks/targets.md ("Start-up and Ray's idle background").
 EMBEDDED_RAY_ENV = {
-    # Ray starts one idle worker per CPU when the first driver connects: the connect waits for
-    # them to be spawned, and those the router's actors do not take stay idle, each still
-    # running Ray's 10 ms signal check. Actor processes are started as the actors are created.
-    "RAY_prestart_worker_first_driver": "0",
     # Ray runs its workers at nice 15, below its own services and the driver; the router's
     # actors are its servers (the gateway workers hold the clients' sockets), so they run at
     # the priority of the process that started them.
