@@ -17,67 +17,19 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import psutil
-
+from benchmarks.router_processes import RAY_ROLES, Roles, cpu_seconds, role, tree
 from benchmarks.startup import Serve, add_options, env_of, exported, trees
-
-#: Process roles, by a pattern of the command line (the first that matches names it).
-ROLES = (
-    ("gcs_server", r"/gcs_server\b"),
-    ("raylet", r"/raylet\b"),
-    ("dashboard head", r"dashboard/dashboard\.py"),
-    ("dashboard agent", r"dashboard/agent\.py|ray::DashboardAgent"),
-    ("runtime-env agent", r"runtime_env/agent/main\.py|ray::RuntimeEnvAgent"),
-    ("log monitor", r"log_monitor\.py"),
-    ("autoscaler monitor", r"autoscaler/_private/monitor\.py"),
-    ("reaper (rhizomorph)", r"rhizomorph/reaper\.py"),
-    ("controller actor", r"ray::Controller"),
-    ("registry actor", r"ray::Registry"),
-    ("gateway worker actor", r"ray::GatewayWorker"),
-    ("chunk relay actor", r"ray::ChunkRelay"),
-    ("idle Ray worker", r"ray::IDLE|default_worker\.py"),
-    ("driver (rhizomorph serve)", r"-m rhizomorph serve"),
-)
-
-
-#: The roles that are Ray's own processes (the rest are rhizomorph's: its driver, watcher, actors).
-RAY_ROLES = {"gcs_server", "raylet", "dashboard head", "dashboard agent", "runtime-env agent", "log monitor"}
-RAY_ROLES |= {"autoscaler monitor", "idle Ray worker"}
-
-#: Role -> (processes, share of one core in %).
-Roles = dict[str, tuple[int, float]]
-
-
-def role(process: psutil.Process) -> str:
-    try:
-        cmdline = " ".join(process.cmdline())
-    except psutil.Error:
-        return "gone"
-    for name, pattern in ROLES:
-        if re.search(pattern, cmdline):
-            return name
-    return "other: " + cmdline[:60]
-
-
-def cpu_seconds(process: psutil.Process) -> float | None:
-    try:
-        times = process.cpu_times()
-    except psutil.Error:
-        return None
-    return times.user + times.system
 
 
 def idle_cpu(serve: Serve, window: float) -> Roles:
     """Each role's processes and CPU over ``window`` seconds."""
-    root = psutil.Process(serve.process.pid)
-    processes = [root, *root.children(recursive=True)]
+    processes = tree(serve.process.pid)
     before = {p.pid: cpu_seconds(p) for p in processes}
     started = time.monotonic()
     time.sleep(window)
