@@ -500,7 +500,8 @@ def main() -> int:
         type=int,
         default=None,
         help="niceness of the client processes and, when given, of the gateway workers and "
-        "registry too (default: leave the workers at Ray's niceness, 15, and match it)",
+        "registry too (default: leave the workers at the niceness an embedded Ray gives them, "
+        "this process's since RAY_worker_niceness=0, and match it)",
     )
     args = parser.parse_args()
     if args.clients < 2 or args.rate <= 0 or args.seconds <= 0:

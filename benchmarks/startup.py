@@ -3,23 +3,35 @@
 Starts the real command line (``python -m rhizomorph serve --port P --workers N``, embedded Ray)
 ``--runs`` times on a free port of 127.0.0.1 and reports, per run: seconds until the port accepts
 a TCP connection, seconds until the CLI prints its ``rhizomorph: serving`` line (all workers up),
-and seconds from SIGTERM to the process having exited. The machine's load average is printed
-with them: on a shared machine it decides much of the result.
+the CPU seconds its processes had used by then, and seconds from SIGTERM to the process having
+exited. The machine's load average is printed with them: on a shared machine it decides much of
+the wall time (not of the CPU seconds).
 
-    python -m benchmarks.startup [--runs 3] [--workers 1]
+With ``--baseline REV`` the tree of commit ``REV`` (exported with ``git archive`` to a temporary
+directory; same interpreter) is started too, the two interleaved run by run, and the medians are
+printed side by side with the ratio after / before.
+
+    python -m benchmarks.startup [--runs 3] [--workers 1] [--baseline REV] [--env NAME=VALUE ...]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import IO, Any
+
+from benchmarks.router_processes import role, tree, tree_cpu_seconds
 
 READY_LINE = "rhizomorph: serving"
 REPO = Path(__file__).resolve().parents[1]
@@ -28,7 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        return int(s.getsockname()[1])
 
 
 def port_open(port: int) -> bool:
@@ -39,64 +51,182 @@ def port_open(port: int) -> bool:
         return False
 
 
-def one_start(workers: int, timeout: float) -> dict[str, float]:
-    """Start, wait until serving, stop; the three durations in seconds."""
-    port = free_port()
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
-    command = [sys.executable, "-m", "rhizomorph", "serve", "--port", str(port), "--workers", str(workers)]
-    with tempfile.TemporaryFile() as log:
-        started = time.monotonic()
-        process = subprocess.Popen(
-            command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+class Serve:
+    """``python -m rhizomorph serve`` of the tree ``tree`` on a free port, as a context manager:
+    entering starts it, leaving sends SIGTERM and waits for it to exit (``stop_s``)."""
+
+    def __init__(self, tree: Path, workers: int, env: dict[str, str] | None = None) -> None:
+        self.tree, self.workers, self.port = tree, workers, free_port()
+        self.env = env or {}
+        self.process: subprocess.Popen[bytes]
+        self.started = 0.0
+        self.listening_s: float | None = None
+        self.serving_s: float | None = None
+        #: CPU seconds (user + system) its processes had used when it served: the work of a
+        #: start, which the machine's load does not change as it changes the wall time.
+        self.cpu_s: float | None = None
+        #: With ``wait_serving(phases=True)``: seconds until each process role was first seen.
+        self.first_seen: dict[str, float] = {}
+        self.stop_s: float | None = None
+        self._log: IO[bytes]
+
+    def __enter__(self) -> Serve:
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(self.tree), env.get("PYTHONPATH", "")) if p)
+        command = [sys.executable, "-m", "rhizomorph", "serve", "--port", str(self.port)]
+        command += ["--workers", str(self.workers)]
+        self._log = tempfile.TemporaryFile()
+        self.started = time.monotonic()
+        self.process = subprocess.Popen(
+            command, cwd=self.tree, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
         )
-        listening = serving = None
+        return self
+
+    def output(self) -> str:
+        self._log.seek(0)
+        return self._log.read().decode(errors="replace")
+
+    def wait_serving(self, timeout: float, phases: bool = False) -> None:
+        """Until the CLI says it serves; notes when the port opened (polled every 20 ms) and,
+        with ``phases``, when each process role first appeared (every 0.1 s: reading every
+        process's command line costs the start some CPU)."""
+        polls = 0
+        while self.serving_s is None:
+            now = time.monotonic()
+            if phases and polls % 5 == 0:
+                for process in tree(self.process.pid):
+                    self.first_seen.setdefault(role(process), now - self.started)
+            polls += 1
+            if self.process.poll() is not None:
+                raise RuntimeError(f"rhizomorph exited with {self.process.returncode}: {self.output()[-2000:]}")
+            if now - self.started > timeout:
+                raise RuntimeError(f"not serving within {timeout:.0f} s")
+            if self.listening_s is None and port_open(self.port):
+                self.listening_s = now - self.started
+            if self.listening_s is not None and READY_LINE in self.output():
+                self.serving_s = time.monotonic() - self.started
+                self.cpu_s = tree_cpu_seconds(self.process.pid)
+            time.sleep(0.02)
+
+    def __exit__(self, *exc: Any) -> None:
+        stop_started = time.monotonic()
+        self.process.send_signal(signal.SIGTERM)
         try:
-            while serving is None:
-                now = time.monotonic()
-                if process.poll() is not None:
-                    log.seek(0)
-                    raise RuntimeError(f"rhizomorph exited with {process.returncode}: {log.read().decode()[-2000:]}")
-                if now - started > timeout:
-                    raise RuntimeError(f"not serving within {timeout:.0f} s")
-                if listening is None and port_open(port):
-                    listening = now - started
-                if listening is not None:
-                    log.seek(0)
-                    if READY_LINE in log.read().decode(errors="replace"):
-                        serving = time.monotonic() - started
-                time.sleep(0.02)
-        finally:
-            stop_started = time.monotonic()
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-            stopped = time.monotonic() - stop_started
-    return {"listening_s": listening or 0.0, "serving_s": serving, "stop_s": stopped}
+            self.process.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        self.stop_s = time.monotonic() - stop_started
+        self._log.close()
+
+
+@contextmanager
+def exported(rev: str | None) -> Iterator[Path | None]:
+    """The tree of commit ``rev`` in a temporary directory (``git archive``: no worktree), or
+    ``None`` without a ``rev``."""
+    if not rev:
+        yield None
+        return
+    directory = Path(tempfile.mkdtemp(prefix="rhizomorph-baseline-"))
+    try:
+        archive = subprocess.run(["git", "archive", rev], cwd=REPO, capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(directory)], input=archive, check=True)
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def trees(baseline: Path | None) -> dict[str, Path]:
+    return {"before": baseline, "after": REPO} if baseline is not None else {"after": REPO}
+
+
+def add_options(parser: argparse.ArgumentParser) -> None:
+    """The options startup.py and idle.py share."""
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--baseline", help="a commit to run side by side (the 'before')")
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an environment variable for the runs of this tree (not the baseline's), e.g. to "
+        "try one of rhizomorph.launcher.EMBEDDED_RAY_ENV back at Ray's default; repeatable",
+    )
+
+
+def env_of(label: str, args: argparse.Namespace) -> dict[str, str]:
+    return dict(item.split("=", 1) for item in args.env) if label == "after" else {}
+
+
+def one_start(
+    tree: Path, workers: int, timeout: float, env: dict[str, str] | None = None, phases: bool = False
+) -> dict[str, Any]:
+    """Start, wait until serving, stop: the durations in seconds, the CPU seconds, and with
+    ``phases`` when each process role first appeared."""
+    with Serve(tree, workers, env) as serve:
+        serve.wait_serving(timeout, phases)
+    assert serve.serving_s is not None and serve.stop_s is not None and serve.cpu_s is not None
+    return {
+        "listening_s": serve.listening_s or 0.0,
+        "serving_s": serve.serving_s,
+        "cpu_s": serve.cpu_s,
+        "stop_s": serve.stop_s,
+        "first_seen": serve.first_seen,
+    }
+
+
+#: Issue 13 item 3: serving within this many seconds of the start.
+TARGET_S = 5.0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.startup", description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--workers", type=int, default=1)
+    add_options(parser)
     parser.add_argument("--timeout", type=float, default=120.0)
+    parser.add_argument(
+        "--phases", action="store_true", help="print when each process first appeared (polled every 0.1 s)"
+    )
     args = parser.parse_args(argv)
     print(f"rhizomorph serve --workers {args.workers}: {args.runs} runs, {os.cpu_count()} CPUs")
-    print("run | load avg (1 min) | listening s | serving s | stop after SIGTERM s")
-    results = []
-    for run in range(1, args.runs + 1):
-        load = os.getloadavg()[0]
-        result = one_start(args.workers, args.timeout)
-        results.append(result)
+    print("run | tree | load avg (1 min) | listening s | serving s | CPU s to serving | stop after SIGTERM s")
+    with exported(args.baseline) as baseline:
+        results: dict[str, list[dict[str, Any]]] = {label: [] for label in trees(baseline)}
+        failed: dict[str, int] = dict.fromkeys(results, 0)
+        for run in range(1, args.runs + 1):
+            for label, tree in trees(baseline).items():
+                load = os.getloadavg()[0]
+                try:
+                    result = one_start(tree, args.workers, args.timeout, env_of(label, args), args.phases)
+                except RuntimeError as exc:  # e.g. Ray's own start-up timeout on a machine this busy
+                    failed[label] += 1
+                    print(f"{run} | {label} | {load:.1f} | failed: {str(exc).strip().splitlines()[-1][:200]}")
+                    continue
+                results[label].append(result)
+                print(
+                    f"{run} | {label} | {load:.1f} | {result['listening_s']:.2f} | {result['serving_s']:.2f}"
+                    f" | {result['cpu_s']:.2f} | {result['stop_s']:.2f}",
+                    flush=True,
+                )
+                if args.phases:
+                    seen = sorted(result["first_seen"].items(), key=lambda item: item[1])
+                    print("    first seen: " + ", ".join(f"{name} {at:.2f}" for name, at in seen))
+    for label, runs in results.items():
+        if not runs:
+            print(f"{label}: every run failed")
+            continue
+        serving = sorted(r["serving_s"] for r in runs)
+        within = sum(1 for s in serving if s < TARGET_S)
         print(
-            f"{run} | {load:.1f} | {result['listening_s']:.2f} | {result['serving_s']:.2f} | {result['stop_s']:.2f}",
-            flush=True,
+            f"{label}: serving min {serving[0]:.2f} s, median {statistics.median(serving):.2f} s, max "
+            f"{serving[-1]:.2f} s; within {TARGET_S:g} s in {within} of {len(serving) + failed[label]} runs"
+            + (f" ({failed[label]} failed)" if failed[label] else "")
         )
-    serving = sorted(r["serving_s"] for r in results)
-    print(f"serving: min {serving[0]:.2f} s, median {serving[len(serving) // 2]:.2f} s, max {serving[-1]:.2f} s")
+    if len(results) == 2 and all(results.values()):
+        print("median | before | after | after / before")
+        for key in ("listening_s", "serving_s", "cpu_s", "stop_s"):
+            before, after = (statistics.median(r[key] for r in results[label]) for label in ("before", "after"))
+            print(f"{key} | {before:.2f} | {after:.2f} | {after / before:.2f}")
     return 0
 
 

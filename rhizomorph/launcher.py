@@ -18,11 +18,32 @@ from rhizomorph.actors import actor_class, naming
 from rhizomorph.actors.placement import control_plane, workers_for_node
 from rhizomorph.config import Config, url_host
 
-__all__ = ["Deployment", "ensure_ray", "routers", "stop_router", "workers_for_node"]
+__all__ = ["EMBEDDED_RAY_ENV", "Deployment", "ensure_ray", "routers", "stop_router", "workers_for_node"]
 
 log = logging.getLogger("rhizomorph")
 
 LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+#: What an embedded Ray runs that the router does not use, turned off or made rarer. Set in the
+#: environment, which every process of that Ray inherits; a variable the environment already
+#: sets wins. Never applied to a cluster joined by address: its settings are its operator's.
+#: What each saves: benchmarks/targets.md ("Start-up and Ray's idle background").
+EMBEDDED_RAY_ENV = {
+    # Ray runs its workers at nice 15, below its own services and the driver; the router's
+    # actors are its servers (the gateway workers hold the clients' sockets), so they run at
+    # the priority of the process that started them.
+    "RAY_worker_niceness": "0",
+    # Task events feed Ray's state API and timeline, which only a Ray dashboard serves (an
+    # embedded Ray runs without one); recording them costs every Ray call some CPU.
+    "RAY_task_events_report_interval_ms": "0",
+    # Ray's usage statistics go to a server on the internet; an embedded router stays on loopback.
+    "RAY_USAGE_STATS_ENABLED": "0",
+    # The log monitor (which prints the actors' logs here) lists the log directory for new files
+    # every 0.1 s while there are fewer than this many; at 0, every 0.5 s (its idle CPU).
+    "RAY_LOG_MONITOR_MANY_FILES_THRESHOLD": "0",
+    # Ray's autoscaler monitor has nothing to scale on one machine started by ray.init (it only
+    # keeps `ray status` current): it looks every 60 s instead of every 5 s.
+    "AUTOSCALER_UPDATE_INTERVAL_S": "60",
+}
 #: Seconds a control call to the controller may take (starting workers may take longer).
 CONTROL_TIMEOUT = 30.0
 #: Seconds ``start`` waits for the controller to create the registry and the workers.
@@ -35,7 +56,8 @@ def ensure_ray(address: str = "", **init_kwargs: Any) -> bool:
     Without an address, Ray is started embedded and bound to 127.0.0.1 only: a reachable Ray
     cluster runs anyone's code. Ray decides the bind address from its node IP, which it takes
     from the loopback interface only in its single-machine mode. An embedded Ray gets a
-    watcher that ends its processes if this one dies without stopping it (rhizomorph/reaper.py).
+    watcher that ends its processes if this one dies without stopping it (rhizomorph/reaper.py),
+    and runs without what the router does not use (``EMBEDDED_RAY_ENV``).
     """
     if not address:
         os.environ[LOCAL_ONLY_ENV] = "0"
@@ -48,6 +70,8 @@ def ensure_ray(address: str = "", **init_kwargs: Any) -> bool:
         ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING, **init_kwargs)
         return False
     ray_constants.ENABLE_RAY_CLUSTER = False
+    for name, value in EMBEDDED_RAY_ENV.items():
+        os.environ.setdefault(name, value)
     # "local": always a new instance of our own, never another Ray found running on this machine.
     ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING, **init_kwargs)
     if sys.platform.startswith("linux"):

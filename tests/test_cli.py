@@ -48,6 +48,20 @@ def test_embedded_ray_listens_on_loopback_only(ray_runtime, router):
     assert exposed == [], f"Ray or the gateway listens beyond loopback: {exposed}"
 
 
+def test_embedded_ray_runs_the_routers_actors_at_the_drivers_priority(ray_runtime, router):
+    # Ray would run them at nice 15 (rhizomorph.launcher.EMBEDDED_RAY_ENV says why not).
+    actors = {}
+    for process in psutil.Process(os.getpid()).children(recursive=True):
+        try:
+            title = process.cmdline()[0] if process.cmdline() else ""
+            if title.startswith(("ray::GatewayWorker", "ray::Registry", "ray::Controller")):
+                actors[process.pid] = (title, process.nice())
+        except psutil.Error:
+            continue
+    assert {title.split(".")[0] for title, _ in actors.values()} >= {"ray::GatewayWorker", "ray::Registry"}, actors
+    assert {nice for _, nice in actors.values()} == {os.nice(0)}, actors
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

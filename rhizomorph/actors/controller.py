@@ -72,11 +72,21 @@ class Controller:
         async with self._lock:
             if not self.nodes:
                 self.nodes[ray.get_runtime_context().get_node_id()] = 0
+            # The registry and the workers start at once: a worker binds its port before it
+            # greets the registry, and its greeting waits until the registry is up.
+            registry_ready = None
             if self.registry is None:
                 self.registry = self._create_registry()
-                await self.registry.ready.remote()
-            if not self.workers:
-                await self._reconcile()
+                registry_ready = self.registry.ready.remote()
+            try:
+                if not self.workers:
+                    await self._reconcile()
+            except Exception:
+                if registry_ready is not None:
+                    await registry_ready  # a registry that failed to start is what to report
+                raise
+            if registry_ready is not None:
+                await registry_ready
             if not self.workers:
                 wanted = self.config.worker_resource
                 raise RuntimeError(

@@ -154,8 +154,12 @@ class Registry:
                 "departed": len(rebuild.departed),
                 "took_s": round(time.monotonic() - started, 3),
             }
+            # At a router's start the controller creates the workers with the registry, so they
+            # are found here too; having never greeted a registry (epoch 0), they bring nothing.
+            rebuilt = any(share.get("epoch", 0) for share in shares.values())
             if handles:
-                log.warning("registry rebuilt from the workers: %s", self._last_rebuild)
+                level = logging.WARNING if rebuilt else logging.DEBUG
+                log.log(level, "registry rebuilt from the workers: %s", self._last_rebuild)
         except Exception:
             log.exception("the registry's rebuild failed; it serves what it restored")
         finally:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 
@@ -25,11 +25,12 @@ from rhizomorph.actors.chunking import node_relay
 from rhizomorph.actors.peer_link import Item
 from rhizomorph.actors.registry_calls import RegistryCalls
 from rhizomorph.config import Config
-from rhizomorph.gateway import server
-from rhizomorph.gateway.router import Router
 from rhizomorph.protocol.batching import BatchPolicy
 from rhizomorph.protocol.close_codes import CloseCode
 from rhizomorph.protocol.login import LoginError
+
+if TYPE_CHECKING:
+    from rhizomorph.gateway import server
 
 
 @ray.remote(num_cpus=0, max_restarts=0)
@@ -37,6 +38,10 @@ class GatewayWorker:
     """A Ray actor hosting one ``Router`` and its share of the gateway's sockets."""
 
     def __init__(self, config: Config, worker_id: str, registry: Any) -> None:
+        # The gateway is imported here, in the worker's process, not with this module: the
+        # controller imports this module only to create workers, and need not load the gateway.
+        from rhizomorph.gateway.router import Router
+
         logs.configure(config.log_level, config.log_format)
         self._config = config
         self._registry = registry
@@ -51,6 +56,8 @@ class GatewayWorker:
         self._info: dict[str, Any] = {}
 
     async def start(self) -> dict[str, Any]:
+        from rhizomorph.gateway import server
+
         config = self._config
         sock = server.reuseport_socket(config.host, config.port)
         self._router.listening_on(sock.getsockname()[1])
@@ -59,7 +66,6 @@ class GatewayWorker:
         if config.peer_channel == "socket":
             self._channel = ChannelServer(self._router.deliver)
             await self._channel.start()
-        self._router.peers.chunk_relay = node_relay(config.server_id, node_id)
         self._router.peers.dead_peer_errors = (ray.exceptions.ActorDiedError,)
         await self._hello()
         self._write_watch = asyncio.ensure_future(self._router.clients.watch_writes(config.write_timeout))
@@ -97,7 +103,15 @@ class GatewayWorker:
             for worker_id, address in zip(others, addresses):
                 if isinstance(address, tuple) and address[0] == self._node_id and address[1]:
                     channels[worker_id] = address[1]
+        if any(w not in channels for w in peers if w != self._router.worker_id):
+            self._use_chunk_relay()
         self._router.peers.set_peers(peers, channels)
+
+    def _use_chunk_relay(self) -> None:
+        """The node's chunking actor, made by the first worker that has a peer reached over Ray
+        calls (none has on one node with socket channels, so there it never runs)."""
+        if self._router.peers.chunk_relay is None:
+            self._router.peers.chunk_relay = node_relay(self._config.server_id, self._node_id)
 
     async def ping(self) -> str:
         """Liveness check of the controller's watchdog."""

@@ -20,15 +20,17 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import shortuuid
-from hypha_rpc.rpc import RPC
 
 from rhizomorph.background import spawn
 from rhizomorph.gateway.connection import ClientConnection, ConnectionHost
 from rhizomorph.protocol import handshake, limits
 from rhizomorph.protocol.handshake import AuthRequest, Identity
+
+if TYPE_CHECKING:
+    from hypha_rpc.rpc import RPC
 
 log = logging.getLogger("rhizomorph.http")
 
@@ -220,6 +222,10 @@ class Callers:
         link.conn = conn
         limits.check_capacity(router.connection_count(), router.config.max_connections_per_worker, reconnecting=False)
         await router.admit(conn, False)
+        # hypha-rpc (with its WebRTC stack) is imported by the first caller, not with the
+        # gateway: most workers never serve an HTTP service call, and every worker starts.
+        from hypha_rpc.rpc import RPC
+
         loop = asyncio.get_running_loop()
         with _keep_exception_handler(loop):
             rpc = RPC(

@@ -19,10 +19,9 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgpack
-from hypha_rpc.rpc import RPC
 
 from rhizomorph.gateway import http_apps
 from rhizomorph.gateway.http_callers import Caller, Callers, _keep_exception_handler
@@ -49,6 +48,9 @@ from rhizomorph.protocol.http_api import (
     wants_msgpack,
 )
 
+if TYPE_CHECKING:
+    from hypha_rpc.rpc import RPC
+
 log = logging.getLogger("rhizomorph.http")
 
 _codec: RPC | None = None
@@ -59,6 +61,8 @@ def codec() -> RPC:
     arrays travel as ``{"_rtype": "ndarray", ...}``), as Hypha does."""
     global _codec
     if _codec is None:
+        from hypha_rpc.rpc import RPC  # on first use, as in http_callers.py
+
         loop = asyncio.get_running_loop()
         with _keep_exception_handler(loop):
             _codec = RPC(None, client_id="http-codec", silent=True, loop=loop)
