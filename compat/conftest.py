@@ -74,11 +74,14 @@ class RhizomorphServer:
         self.url = f"http://127.0.0.1:{port}"
         self.log_dir = log_dir
         self.process: subprocess.Popen[bytes] | None = None
+        self._served = False  # the current process printed its ready line and listens
         self.starts: list[dict[str, Any]] = []
 
     @property
     def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+        """Running and done starting: a start a test's timeout cut short (pytest-timeout raises
+        inside the wait) leaves a process that may not listen yet, which is not alive."""
+        return self.process is not None and self.process.poll() is None and self._served
 
     def start(self, timeout: float = START_TIMEOUT) -> None:
         """Start the server; one more try if the process died before serving (embedded Ray's own
@@ -92,6 +95,8 @@ class RhizomorphServer:
     def _start_once(self, timeout: float) -> None:
         if self.alive:
             return
+        if self.process is not None:
+            self.stop()  # a start cut short: begin again rather than guess how far it got
         if _port_open(self.port):
             raise RuntimeError(f"127.0.0.1:{self.port} is taken by another process: cannot start rhizomorph there")
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -142,11 +147,13 @@ class RhizomorphServer:
                     raise RuntimeError(f"rhizomorph did not serve within {timeout:.0f} s; see {log_path}")
                 time.sleep(0.1)
             record["served"] = True
+            self._served = True
         finally:
             record.setdefault("seconds", round(time.monotonic() - started, 2))
             self._record_starts()
 
     def stop(self) -> None:
+        self._served = False
         process, self.process = self.process, None
         if process is None:
             return
