@@ -33,7 +33,7 @@ EMBEDDED_RAY_ENV = {
     # the priority of the process that started them.
     "RAY_worker_niceness": "0",
     # Task events feed Ray's state API and timeline, which only a Ray dashboard serves (an
-    # embedded Ray runs without one); recording them costs every Ray call some CPU.
+    # embedded Ray runs without one); every process with Ray calls reports them to the GCS.
     "RAY_task_events_report_interval_ms": "0",
     # Ray's usage statistics go to a server on the internet; an embedded router stays on loopback.
     "RAY_USAGE_STATS_ENABLED": "0",
