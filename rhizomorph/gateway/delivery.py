@@ -124,7 +124,7 @@ class DeliveryQueue:
         while batcher.full() and direct.ready():
             flush = batcher.take(self._clock())
             assert flush is not None  # a full head is always due
-            messages = [v4frames.encode_batch(flush.frames)] if self.wire_v4 and len(flush.frames) > 1 else flush.frames
+            messages = self._messages(flush.frames)
             try:
                 direct.write(messages)
             except Exception as exc:  # as a failed write in the writer: its senders are told
@@ -135,6 +135,10 @@ class DeliveryQueue:
         self._progress.set()
         if not len(batcher):
             self._nudge()  # a writer asleep on the timer has nothing left: it ends, the next put starts one
+
+    def _messages(self, frames: list[bytes]) -> list[bytes]:
+        """The WebSocket messages a flush goes out as: one batch frame to a v4 client, else each frame."""
+        return [v4frames.encode_batch(frames)] if self.wire_v4 and len(frames) > 1 else frames
 
     def _fail(self, exc: Exception, frames: list[bytes]) -> None:
         log.debug("delivery to %s stopped: %s", self.address, exc)
@@ -172,16 +176,13 @@ class DeliveryQueue:
                     await self._wait_until(deadline)
                     continue
                 self._write_started = self._clock()
-                if self.wire_v4 and len(flush.frames) > 1:
-                    await self._send(v4frames.encode_batch(flush.frames))
-                    self.frames_written += 1
-                elif self._send_frames is not None and len(flush.frames) > 1:
-                    await self._send_frames(flush.frames)
-                    self.frames_written += len(flush.frames)
+                messages = self._messages(flush.frames)
+                if self._send_frames is not None and len(messages) > 1:
+                    await self._send_frames(messages)
                 else:
-                    for frame in flush.frames:
-                        await self._send(frame)
-                    self.frames_written += len(flush.frames)
+                    for message in messages:
+                        await self._send(message)
+                self.frames_written += len(messages)
                 self._write_started = None
                 flush = None  # written: not for ``on_unwritten``
                 batcher.written()
