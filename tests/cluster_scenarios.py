@@ -16,30 +16,18 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import secrets
 import shutil
 import signal
 import sys
-import tempfile
 import time
 import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-# Before Ray is imported: loopback only; a private Ray temp dir (a Cluster records its address
-# in <temp dir>/ray/ray_current_cluster, where any plain ``ray.init()`` on this machine would
-# find it and join); token auth with a token of our own (as a joining node or driver gets it:
-# RAY_AUTH_MODE=token plus RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN).
-os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-os.environ.pop("RAY_ADDRESS", None)
+from benchmarks.local_cluster import private_environment
+
 os.environ.setdefault("HYPHA_LOGLEVEL", "ERROR")
-_PRIVATE_DIR = tempfile.mkdtemp(prefix="rzc-", dir="/tmp")  # short: Ray's socket paths live under it
-os.environ["RAY_TMPDIR"] = _PRIVATE_DIR
-_TOKEN_PATH = os.path.join(_PRIVATE_DIR, "auth_token")
-with open(_TOKEN_PATH, "w") as _handle:
-    _handle.write(secrets.token_hex(32))
-os.environ["RAY_AUTH_MODE"] = "token"
-os.environ["RAY_AUTH_TOKEN_PATH"] = _TOKEN_PATH
+_PRIVATE_DIR = private_environment("rzc-")  # before Ray is imported: loopback, a private temp dir, a token
 
 import psutil  # noqa: E402
 import ray  # noqa: E402
