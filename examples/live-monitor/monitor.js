@@ -188,4 +188,11 @@ async function main() {
   }
 }
 
+// A page that is left (navigated away, tab closed) closes its connection: browsers may keep the
+// socket of a page they hold in their back/forward cache open, and the producer would keep
+// calling a subscriber that never answers until its calls time out.
+window.addEventListener("pagehide", () => {
+  if (server) server.disconnect();
+});
+
 main();
