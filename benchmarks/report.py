@@ -9,6 +9,7 @@ ratios compare medians (their range compares the extremes: min/max .. max/min).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import shutil
@@ -634,12 +635,33 @@ client sees, client cost included.
 """
 
 
+DASHBOARD_MD = Path(__file__).resolve().parent / "dashboard.md"
+
+
+def dashboard_markdown(path: Path = DASHBOARD_MD) -> str | None:
+    """The browser dashboard's table (``benchmarks/bench_dashboard.py``, run by hand: it needs
+    Chromium) as a section of PERFORMANCE.md, from the first table in ``path``."""
+    if not path.is_file():
+        return None
+    lines = itertools.dropwhile(lambda line: not line.startswith("|"), path.read_text().splitlines())
+    table = list(itertools.takewhile(lambda line: line.startswith("|"), lines))
+    if not table:
+        return None
+    return (
+        "## Browser dashboard: the live monitor on API v4 vs v3\n\n"
+        "From [benchmarks/dashboard.md](benchmarks/dashboard.md) (how it was run, and what it shows).\n\n"
+        + "\n".join(table)
+        + "\n\n"
+    )
+
+
 def performance_markdown(
     meta: dict[str, Any], rows: list[Row], errors: list[dict[str, Any]], plots: list[Path], claims: str | None = None
 ) -> str:
     body = run_markdown(meta, rows, errors, claims)
     figures = "\n\n".join(f"![{p.stem}](benchmarks/plots/{p.name})" for p in plots)
     head, sep, rest = body.partition("## All results")
+    head += dashboard_markdown() or ""
     if figures:
         head += "## Plots\n\n" + figures + "\n\n"
     return PERFORMANCE_INTRO.format(suite=meta.get("suite"), run_id=meta.get("run_id")) + "\n" + head + sep + rest

@@ -190,3 +190,14 @@ def test_claims_table_runs_at_tiny_counts(ray_runtime, router2, tmp_path):
         assert row.count("**") == 2 * 4, row  # a measured ratio in each of the four scenarios
     assert "vs claimed +48 %" in markdown and "router CPU per call" in markdown
     assert markdown.count("**reached**") + markdown.count("**not reached**") >= 4
+
+
+def test_performance_md_carries_the_dashboard_table(tmp_path):
+    page = tmp_path / "dashboard.md"
+    page.write_text("# Title\n\nHow it ran.\n\n| page | calls/s |\n|---|---|\n| v4 | 302 |\n\nWhat it shows.\n")
+    section = report.dashboard_markdown(page)
+    assert section is not None and section.startswith("## Browser dashboard")
+    assert "| page | calls/s |\n|---|---|\n| v4 | 302 |\n" in section and "What it shows" not in section
+    page.write_text("no table yet\n")
+    assert report.dashboard_markdown(page) is None
+    assert "| v4 |" in (report.dashboard_markdown() or "")  # the committed page has its table
