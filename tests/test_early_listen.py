@@ -19,6 +19,7 @@ import pytest
 from rhizomorph import Config, Deployment
 from rhizomorph.listening import EarlyListener
 from tests.test_cli import descendants, free_port, listening_sockets
+from tests.unit.test_listening import take_and_die
 
 ACCEPTING = re.compile(r"rhizomorph: accepting connections on ws://127\.0\.0\.1:(\d+)")
 HEALTH = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
@@ -142,14 +143,6 @@ def test_a_failed_start_resets_the_waiting_clients_and_leaves_nothing_listening(
         cli.stop()
 
 
-DYING_TAKER = """
-import os, sys
-from rhizomorph.listening import take_over
-print("took" if take_over(sys.argv[1], int(sys.argv[2])) else "none", flush=True)
-os._exit(0)
-"""
-
-
 def test_the_first_worker_serves_the_launchers_socket_and_a_replacement_binds_its_own(ray_runtime):
     import ray
 
@@ -158,14 +151,7 @@ def test_the_first_worker_serves_the_launchers_socket_and_a_replacement_binds_it
     try:
         queued = socket.create_connection(("127.0.0.1", listener.port), timeout=5)
         queued.sendall(HEALTH)
-        # A worker that died holding the socket before serving it: the next one gets it.
-        dying = subprocess.run(
-            [sys.executable, "-c", DYING_TAKER, listener.path, str(listener.port)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert dying.stdout.strip() == "took", dying.stderr
+        take_and_die(listener)  # a worker that died holding the socket: the next one gets it
         config = Config(port=listener.port, workers=2)
         deployment = Deployment(config, listener.path).start()
         info = deployment.worker_info
@@ -187,6 +173,64 @@ def test_the_first_worker_serves_the_launchers_socket_and_a_replacement_binds_it
             with socket.create_connection(("127.0.0.1", listener.port), timeout=5) as again:
                 again.sendall(HEALTH)
                 assert answer(again, 30).startswith(b"HTTP/1.1 200")
+    finally:
+        listener.close()
+        if deployment is not None:
+            deployment.stop()
+
+
+def test_a_worker_killed_before_it_took_the_socket_leaves_it_to_its_replacement(ray_runtime):
+    import ray
+
+    from rhizomorph.actors import naming
+
+    listener = EarlyListener("127.0.0.1", 0)
+    server_id = f"early-{os.getpid()}"
+    started: list[Deployment | BaseException] = []
+    deployment = None
+    try:
+        queued = socket.create_connection(("127.0.0.1", listener.port), timeout=5)
+        queued.sendall(HEALTH)
+        # Someone holds the hand-over (took the socket, has not said it serves it): no worker
+        # can take the socket until it lets go, so the first worker dies without it.
+        holder = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        holder.connect(listener.path)
+        _, fds, _, _ = socket.recv_fds(holder, 64, 1)
+        os.close(fds[0])
+
+        def start() -> None:
+            try:
+                started.append(
+                    Deployment(Config(port=listener.port, workers=2, server_id=server_id), listener.path).start()
+                )
+            except BaseException as exc:
+                started.append(exc)
+
+        starting = threading.Thread(target=start, daemon=True)
+        starting.start()
+        first = naming.worker_name(server_id, "n0w0")  # the one given the hand-over
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                ray.kill(naming.get(first), no_restart=True)
+                break
+            except ValueError:
+                time.sleep(0.01)
+        else:
+            pytest.fail("the first worker never appeared")
+        starting.join(120)
+        holder.close()
+        assert started and isinstance(started[0], Deployment), started
+        deployment = started[0]
+        info = deployment.worker_info
+        assert [(w, i["listener"]) for w, i in sorted(info.items())] == [("n0w1", "bound")], info
+        assert not listener.taken.is_set()
+        deployment.check()  # the watchdog's look: it starts the missing worker, given the hand-over
+        info = deployment.worker_info
+        assert [(w, i["listener"]) for w, i in sorted(info.items())] == [("n0w1", "bound"), ("n0w2", "handed over")]
+        assert listener.taken.wait(5)
+        assert answer(queued, 30).startswith(b"HTTP/1.1 200"), "queued on the launcher's socket, served by n0w2"
+        queued.close()
     finally:
         listener.close()
         if deployment is not None:

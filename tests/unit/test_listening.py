@@ -23,6 +23,17 @@ os._exit(0)
 """
 
 
+def take_and_die(listener: EarlyListener) -> None:
+    """A process that takes the listener's socket and ends before it says it serves it."""
+    dying = subprocess.run(
+        [sys.executable, "-c", DYING_TAKER, listener.path, str(listener.port)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert dying.stdout.strip() == "took", dying.stderr
+
+
 def queued_client(port: int) -> socket.socket:
     client = socket.create_connection(("127.0.0.1", port), timeout=5)
     client.sendall(b"ping")
@@ -75,13 +86,7 @@ def test_a_taker_that_dies_before_serving_leaves_the_socket_and_its_queue_to_the
     listener = EarlyListener("127.0.0.1", 0)
     try:
         client = queued_client(listener.port)
-        dying = subprocess.run(
-            [sys.executable, "-c", DYING_TAKER, listener.path, str(listener.port)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert dying.stdout.strip() == "took", dying.stderr
+        take_and_die(listener)
         handed = take_over(listener.path, listener.port)
         assert handed is not None, "the next worker that asks gets the socket"
         assert serve_one(handed.socket) == b"ping" and client.recv(16) == b"pong"
