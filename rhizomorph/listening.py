@@ -36,9 +36,10 @@ log = logging.getLogger("rhizomorph.listening")
 LISTEN_BACKLOG = 1024
 #: What a worker sends back once it serves the socket it was given.
 SERVING = b"serving"
-#: Seconds a worker may take between receiving the socket and saying it serves it; one that
-#: takes longer is taken for dead and the socket goes to the next worker that asks.
-HANDOVER_TIMEOUT = 60.0
+#: Seconds a worker may take to receive the socket once the launcher answers it. Between then
+#: and its answer it may take as long as its start does: until it ends, which closes its side
+#: (the controller kills a worker that does not start in time).
+SEND_TIMEOUT = 10.0
 
 
 def reuseport_socket(host: str, port: int) -> socket.socket:
@@ -73,6 +74,7 @@ class EarlyListener:
         self.taken = threading.Event()
         self._lock = threading.Lock()
         self._closed = False
+        self._worker: socket.socket | None = None  # the worker being answered, for close()
         self._directory = tempfile.mkdtemp(prefix="rhizomorph-listen-")  # mode 0700: this user only
         self.path = os.path.join(self._directory, "listener")
         self._requests = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -92,9 +94,11 @@ class EarlyListener:
             except OSError:
                 return  # closed
             with worker:
-                worker.settimeout(HANDOVER_TIMEOUT)
+                self._worker = worker
                 try:
+                    worker.settimeout(SEND_TIMEOUT)
                     socket.send_fds(worker, [b"listener"], [self.socket.fileno()])
+                    worker.settimeout(None)
                     answer = worker.recv(len(SERVING))
                 except OSError as exc:
                     log.warning("a gateway worker took the listening socket and did not serve it: %s", exc)
@@ -112,8 +116,10 @@ class EarlyListener:
             if self._closed:
                 return
             self._closed = True
-        with contextlib.suppress(OSError):
-            self._requests.shutdown(socket.SHUT_RDWR)  # wakes the thread's accept
+        for waiting in (self._requests, self._worker):  # wakes the thread's accept or recv
+            if waiting is not None:
+                with contextlib.suppress(OSError):
+                    waiting.shutdown(socket.SHUT_RDWR)
         self._requests.close()
         self.socket.close()
         shutil.rmtree(self._directory, ignore_errors=True)

@@ -130,3 +130,14 @@ def test_port_0_is_resolved_by_the_listener_and_checked_by_the_taker():
         handed.socket.close()
     finally:
         listener.close()
+
+
+def test_closing_while_a_worker_holds_the_hand_over_ends_the_thread_at_once():
+    listener = EarlyListener("127.0.0.1", 0)
+    handed = take_over(listener.path, listener.port)  # took it, has not said it serves it
+    assert handed is not None
+    listener.close()
+    listener._thread.join(5)
+    assert not listener._thread.is_alive(), "the hand-over thread waits for no worker once closed"
+    handed.abandon()
+    assert refused(listener.port)
