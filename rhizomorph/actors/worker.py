@@ -61,13 +61,12 @@ class GatewayWorker:
         socket, ``rhizomorph/listening.py``) the worker serves the socket the launcher bound
         before Ray started, with the connections already queued on it; else it binds its own."""
         from rhizomorph import listening
-        from rhizomorph.gateway import server
 
         config = self._config
         handed = None
         if listener_handover:
             handed = await asyncio.to_thread(listening.take_over, listener_handover, config.port)
-        sock = handed.socket if handed is not None else server.reuseport_socket(config.host, config.port)
+        sock = handed.socket if handed is not None else listening.reuseport_socket(config.host, config.port)
         try:
             info = await self._serve(sock)
         except BaseException:
