@@ -46,9 +46,8 @@ class Controller:
     def __init__(self, config: Config, listener_handover: str = "") -> None:
         logs.configure(config.log_level, config.log_format)
         self.config = config
-        #: Where the embedded launcher hands out the port it bound before Ray started
-        #: (``rhizomorph/listening.py``): given to one worker until one given it has started
-        #: (a replacement takes it from one that died first; a closed one: it binds its own).
+        #: Where an embedded launcher hands out the port it bound before Ray (listening.py):
+        #: offered to one worker at a time until one of them started.
         self._listener_handover = listener_handover
         self.registry: Any = None
         self.workers: dict[str, Any] = {}
@@ -325,7 +324,7 @@ class Controller:
         from rhizomorph.actors.worker import GatewayWorker
 
         created: dict[str, tuple[str, Any]] = {}
-        handover = ""  # the worker that is given the launcher's socket, if still to give
+        handover = ""  # the worker offered the launcher's socket
         for node_id, port in slots:
             number = self._next_number.get(node_id, 0)
             self._next_number[node_id] = number + 1
