@@ -2,21 +2,30 @@
 
 Starts the real command line (``python -m rhizomorph serve --port P --workers N``, embedded Ray)
 ``--runs`` times on a free port of 127.0.0.1 and reports, per run: seconds until the port accepts
-a TCP connection, seconds until the CLI prints its ``rhizomorph: serving`` line (all workers up),
-the CPU seconds its processes had used by then, and seconds from SIGTERM to the process having
-exited. The machine's load average is printed with them: on a shared machine it decides much of
-the wall time (not of the CPU seconds).
+a TCP connection (``listening_s``: since the launcher binds the port before Ray starts, the
+kernel queues the connection; no WebSocket is served yet), seconds until the CLI prints its
+``rhizomorph: serving`` line (``serving_s``: all workers up), the CPU seconds its processes had
+used by then, and seconds from SIGTERM to the process having exited. Unless ``--no-client``, a
+released hypha-rpc client also calls ``connect_to_server`` right after the process starts, in a
+thread of this process, and again every ``--client-retry`` seconds while the connection is
+refused or times out (hypha-rpc itself retries only a connection it had): ``client_s`` is when
+it was connected, with how many attempts were refused and how many timed out (websockets'
+10 s opening handshake). The machine's load average is printed with them: on a shared machine
+it decides much of the wall time (not of the CPU seconds).
 
 With ``--baseline REV`` the tree of commit ``REV`` (exported with ``git archive`` to a temporary
 directory; same interpreter) is started too, the two interleaved run by run, and the medians are
 printed side by side with the ratio after / before.
 
     python -m benchmarks.startup [--runs 3] [--workers 1] [--baseline REV] [--env NAME=VALUE ...]
+                                 [--no-client] [--client-retry 0.1]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import logging
 import os
 import shutil
 import signal
@@ -25,6 +34,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -51,13 +61,58 @@ def port_open(port: int) -> bool:
         return False
 
 
+class EarlyClient:
+    """A hypha-rpc ``connect_to_server`` to ``port`` from ``started`` on, in a thread of its own,
+    tried again every ``retry`` seconds while refused or timed out: ``connected_s`` is when it
+    got its connection info (seconds after ``started``)."""
+
+    def __init__(self, port: int, started: float, retry: float) -> None:
+        self.port, self.started, self.retry = port, started, retry
+        self.connected_s: float | None = None
+        self.refused = 0
+        self.timed_out = 0
+        self.error = ""
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._connect()), daemon=True)
+        self._thread.start()
+
+    async def _connect(self) -> None:
+        from hypha_rpc import connect_to_server
+
+        for name in ("websocket-client", "RPC"):  # a refusal is counted, not logged
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+        while not self._stop.is_set():
+            try:
+                server = await connect_to_server({"server_url": f"ws://127.0.0.1:{self.port}"})
+            except (ConnectionRefusedError, ConnectionResetError):
+                self.refused += 1
+            except TimeoutError:
+                self.timed_out += 1
+            except Exception as exc:  # e.g. a handshake cut by a start that failed
+                self.error = f"{type(exc).__name__}: {exc}"
+            else:
+                self.connected_s = time.monotonic() - self.started
+                await server.disconnect()
+                return
+            await asyncio.sleep(self.retry)
+
+    def wait(self, timeout: float) -> None:
+        self._thread.join(timeout)
+        self._stop.set()
+
+
 class Serve:
     """``python -m rhizomorph serve`` of the tree ``tree`` on a free port, as a context manager:
     entering starts it, leaving sends SIGTERM and waits for it to exit (``stop_s``)."""
 
-    def __init__(self, tree: Path, workers: int, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, tree: Path, workers: int, env: dict[str, str] | None = None, client_retry: float | None = None
+    ) -> None:
         self.tree, self.workers, self.port = tree, workers, free_port()
         self.env = env or {}
+        #: With ``client_retry``: the hypha-rpc client started right after the process.
+        self.client_retry = client_retry
+        self.client: EarlyClient | None = None
         self.process: subprocess.Popen[bytes]
         self.started = 0.0
         self.listening_s: float | None = None
@@ -80,6 +135,8 @@ class Serve:
         self.process = subprocess.Popen(
             command, cwd=self.tree, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
         )
+        if self.client_retry is not None:
+            self.client = EarlyClient(self.port, self.started, self.client_retry)
         return self
 
     def output(self) -> str:
@@ -160,19 +217,35 @@ def env_of(label: str, args: argparse.Namespace) -> dict[str, str]:
 
 
 def one_start(
-    tree: Path, workers: int, timeout: float, env: dict[str, str] | None = None, phases: bool = False
+    tree: Path,
+    workers: int,
+    timeout: float,
+    env: dict[str, str] | None = None,
+    phases: bool = False,
+    client_retry: float | None = None,
 ) -> dict[str, Any]:
-    """Start, wait until serving, stop: the durations in seconds, the CPU seconds, and with
-    ``phases`` when each process role first appeared."""
-    with Serve(tree, workers, env) as serve:
+    """Start, wait until serving (and with ``client_retry`` until the early client is
+    connected), stop: the durations in seconds, the CPU seconds, and with ``phases`` when each
+    process role first appeared."""
+    with Serve(tree, workers, env, client_retry) as serve:
         serve.wait_serving(timeout, phases)
+        if serve.client is not None:
+            serve.client.wait(max(1.0, timeout - (time.monotonic() - serve.started)))
     assert serve.serving_s is not None and serve.stop_s is not None and serve.cpu_s is not None
+    client = serve.client
+    if client is not None and client.connected_s is None:
+        raise RuntimeError(f"the early client was not connected: {client.error or 'timed out'}")
     return {
         "listening_s": serve.listening_s or 0.0,
         "serving_s": serve.serving_s,
         "cpu_s": serve.cpu_s,
         "stop_s": serve.stop_s,
         "first_seen": serve.first_seen,
+        **(
+            {"client_s": client.connected_s, "refused": client.refused, "timed_out": client.timed_out}
+            if client is not None
+            else {}
+        ),
     }
 
 
@@ -187,9 +260,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--phases", action="store_true", help="print when each process first appeared (polled every 0.1 s)"
     )
+    parser.add_argument("--no-client", action="store_true", help="no hypha-rpc client connecting during the start")
+    parser.add_argument(
+        "--client-retry", type=float, default=0.1, help="seconds between the early client's attempts (default 0.1)"
+    )
     args = parser.parse_args(argv)
+    client_retry = None if args.no_client else args.client_retry
+    if client_retry is not None:
+        import hypha_rpc  # noqa: F401  (imported once here, not in the first run's client thread)
     print(f"rhizomorph serve --workers {args.workers}: {args.runs} runs, {os.cpu_count()} CPUs")
-    print("run | tree | load avg (1 min) | listening s | serving s | CPU s to serving | stop after SIGTERM s")
+    print(
+        "run | tree | load avg (1 min) | listening (TCP accepted) s | serving s | CPU s to serving"
+        " | stop after SIGTERM s" + (" | client connected s | refused | timed out" if client_retry is not None else "")
+    )
     with exported(args.baseline) as baseline:
         results: dict[str, list[dict[str, Any]]] = {label: [] for label in trees(baseline)}
         failed: dict[str, int] = dict.fromkeys(results, 0)
@@ -197,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
             for label, tree in trees(baseline).items():
                 load = os.getloadavg()[0]
                 try:
-                    result = one_start(tree, args.workers, args.timeout, env_of(label, args), args.phases)
+                    result = one_start(tree, args.workers, args.timeout, env_of(label, args), args.phases, client_retry)
                 except RuntimeError as exc:  # e.g. Ray's own start-up timeout on a machine this busy
                     failed[label] += 1
                     print(f"{run} | {label} | {load:.1f} | failed: {str(exc).strip().splitlines()[-1][:200]}")
@@ -205,7 +288,12 @@ def main(argv: list[str] | None = None) -> int:
                 results[label].append(result)
                 print(
                     f"{run} | {label} | {load:.1f} | {result['listening_s']:.2f} | {result['serving_s']:.2f}"
-                    f" | {result['cpu_s']:.2f} | {result['stop_s']:.2f}",
+                    f" | {result['cpu_s']:.2f} | {result['stop_s']:.2f}"
+                    + (
+                        f" | {result['client_s']:.2f} | {result['refused']} | {result['timed_out']}"
+                        if "client_s" in result
+                        else ""
+                    ),
                     flush=True,
                 )
                 if args.phases:
@@ -224,7 +312,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     if len(results) == 2 and all(results.values()):
         print("median | before | after | after / before")
-        for key in ("listening_s", "serving_s", "cpu_s", "stop_s"):
+        keys = ("listening_s", "serving_s", "cpu_s", "stop_s") + (("client_s",) if client_retry is not None else ())
+        for key in keys:
             before, after = (statistics.median(r[key] for r in results[label]) for label in ("before", "after"))
             print(f"{key} | {before:.2f} | {after:.2f} | {after / before:.2f}")
     return 0

@@ -15,10 +15,13 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rhizomorph import logs
-from rhizomorph.config import Config
+from rhizomorph.config import Config, url_host
+
+if TYPE_CHECKING:
+    from rhizomorph.listening import EarlyListener
 
 #: Where ``status`` and ``stop`` look for routers without ``--address``.
 DEFAULT_ADDRESS_ENV = ("RHIZOMORPH_RAY_ADDRESS", "RAY_ADDRESS")
@@ -100,14 +103,42 @@ def _address(given: str | None) -> str:
 
 
 def serve(config: Config, *, detach: bool = False, named: bool = True) -> int:
-    """Run (or, with ``--address``, attach to) a router until Ctrl-C / SIGTERM, which stops it."""
+    """Run (or, with ``--address``, attach to) a router until Ctrl-C / SIGTERM, which stops it.
+
+    Embedded, the port is bound before Ray starts (``rhizomorph.listening``): a client that
+    connects meanwhile waits in the kernel's queue and is served once the first worker is up;
+    if the start fails, that socket is closed and the waiting clients are reset.
+    """
+    if detach and not config.ray_address:
+        print("rhizomorph: start needs --address (an embedded Ray ends with this process: use serve)", file=sys.stderr)
+        return 2
+    early = None
+    if not config.ray_address:
+        from rhizomorph.listening import EarlyListener
+
+        try:
+            early = EarlyListener(config.host, config.port)
+        except OSError as exc:
+            print(f"rhizomorph: cannot listen on {url_host(config.host)}:{config.port}: {exc}", file=sys.stderr)
+            return 1
+        config = config.replace(port=early.port)
+        print(
+            f"rhizomorph: accepting connections on ws://{url_host(config.host)}:{early.port}; "
+            "they are served once the router is up",
+            flush=True,
+        )
+    try:
+        return _serve(config, detach, named, early)
+    finally:
+        if early is not None:
+            early.close()  # a copy no worker took: the clients queued on it are reset
+
+
+def _serve(config: Config, detach: bool, named: bool, early: EarlyListener | None) -> int:
     import ray
 
     from rhizomorph.launcher import Deployment, ensure_ray, routers
 
-    if detach and not config.ray_address:
-        print("rhizomorph: start needs --address (an embedded Ray ends with this process: use serve)", file=sys.stderr)
-        return 2
     started_ray = ensure_ray(config.ray_address)
     running = routers() if config.ray_address else []
     if not named and len(running) > 1:
@@ -120,7 +151,8 @@ def serve(config: Config, *, detach: bool = False, named: bool = True) -> int:
     deployment: Deployment | None = None
     leave_running = detach
     try:
-        deployment = Deployment.attach(attach) if attach else Deployment(config).start()
+        handover = early.path if early is not None else ""
+        deployment = Deployment.attach(attach) if attach else Deployment(config, handover).start()
         print(_banner(deployment, attached=attach is not None, detach=detach), flush=True)
         if detach:
             return 0
@@ -130,6 +162,8 @@ def serve(config: Config, *, detach: bool = False, named: bool = True) -> int:
                 leave_running = True
                 break
     finally:
+        if early is not None:
+            early.close()  # before Ray's shutdown, which takes seconds
         if deployment is not None and not leave_running:
             print("rhizomorph: shutting down", flush=True)
             deployment.stop()

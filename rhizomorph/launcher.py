@@ -121,8 +121,11 @@ class Deployment:
     ``registry`` asks the controller for the current state.
     """
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, listener_handover: str = "") -> None:
         self.config = config
+        #: The Unix socket of an ``EarlyListener`` (``rhizomorph/listening.py``) on this node:
+        #: the first worker serves the socket handed out there instead of binding its own.
+        self.listener_handover = listener_handover
         self.controller: Any = None
         self._state: dict[str, Any] = {}
 
@@ -145,7 +148,11 @@ class Deployment:
         from rhizomorph.actors.controller import Controller
 
         name = naming.controller_name(self.config.server_id)
-        self.controller = actor_class(Controller).options(**control_plane(self.config, name)).remote(self.config)
+        self.controller = (
+            actor_class(Controller)
+            .options(**control_plane(self.config, name))
+            .remote(self.config, self.listener_handover)
+        )
         try:
             self._state = ray.get(self.controller.start.remote(), timeout=START_TIMEOUT)
         except BaseException:

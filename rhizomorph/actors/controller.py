@@ -43,9 +43,12 @@ class Controller:
     """Worker ids are ``n<node index>w<number>`` (``n0`` is the node the controller started on);
     a worker that replaces a lost one gets the next number, so an id never names two actors."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, listener_handover: str = "") -> None:
         logs.configure(config.log_level, config.log_format)
         self.config = config
+        #: Where an embedded launcher hands out the port it bound before Ray (listening.py):
+        #: offered to one worker at a time until one of them started.
+        self._listener_handover = listener_handover
         self.registry: Any = None
         self.workers: dict[str, Any] = {}
         self.worker_info: dict[str, dict[str, Any]] = {}
@@ -321,6 +324,7 @@ class Controller:
         from rhizomorph.actors.worker import GatewayWorker
 
         created: dict[str, tuple[str, Any]] = {}
+        handover = ""  # the worker offered the launcher's socket
         for node_id, port in slots:
             number = self._next_number.get(node_id, 0)
             self._next_number[node_id] = number + 1
@@ -339,7 +343,12 @@ class Controller:
                 .remote(self.config.replace(port=port), worker_id, self.registry)
             )
             created[worker_id] = (node_id, handle)
-        results = await answers({w: h.start.remote() for w, (_, h) in created.items()}, WORKER_START_TIMEOUT)
+            if self._listener_handover and not handover and node_id == ray.get_runtime_context().get_node_id():
+                handover = worker_id
+        results = await answers(
+            {w: h.start.remote(self._listener_handover if w == handover else "") for w, (_, h) in created.items()},
+            WORKER_START_TIMEOUT,
+        )
         started, errors = [], []
         for worker_id, (node_id, handle) in created.items():
             info = results[worker_id]
@@ -347,6 +356,8 @@ class Controller:
                 errors.append(f"{worker_id}: {info}")
                 ray.kill(handle, no_restart=True)
                 continue
+            if worker_id == handover:
+                self._listener_handover = ""
             info["node"] = self.nodes[node_id]
             self.workers[worker_id], self.worker_info[worker_id] = handle, info
             self.node_ports.setdefault(node_id, info["port"])

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 from typing import TYPE_CHECKING, Any
 
 import ray
@@ -55,11 +56,34 @@ class GatewayWorker:
         self._epoch = 0
         self._info: dict[str, Any] = {}
 
-    async def start(self) -> dict[str, Any]:
+    async def start(self, listener_handover: str = "") -> dict[str, Any]:
+        """Listen, serve, greet the registry. With ``listener_handover`` (the launcher's Unix
+        socket, ``rhizomorph/listening.py``) the worker serves the socket the launcher bound
+        before Ray started, with the connections already queued on it; else it binds its own."""
+        from rhizomorph import listening
+
+        config = self._config
+        handed = None
+        if listener_handover:
+            handed = await asyncio.to_thread(listening.take_over, listener_handover, config.port)
+        sock = handed.socket if handed is not None else listening.reuseport_socket(config.host, config.port)
+        try:
+            info = await self._serve(sock)
+        except BaseException:
+            if handed is not None:  # the launcher keeps its copy for the worker that replaces this one
+                if self._server is not None:
+                    self._server.close()
+                handed.abandon()
+            raise
+        if handed is not None:
+            await asyncio.to_thread(handed.confirm)
+        self._info = {**info, "listener": "handed over" if handed is not None else "bound"}
+        return self._info
+
+    async def _serve(self, sock: socket.socket) -> dict[str, Any]:
         from rhizomorph.gateway import server
 
         config = self._config
-        sock = server.reuseport_socket(config.host, config.port)
         self._router.listening_on(sock.getsockname()[1])
         self._server = await server.serve(self._router.config, self._router, sock)
         node_id = self._node_id = ray.get_runtime_context().get_node_id()
@@ -69,13 +93,12 @@ class GatewayWorker:
         self._router.peers.dead_peer_errors = (ray.exceptions.ActorDiedError,)
         await self._hello()
         self._write_watch = asyncio.ensure_future(self._router.clients.watch_writes(config.write_timeout))
-        self._info = {
+        return {
             "worker_id": self._router.worker_id,
             "pid": os.getpid(),
             "node_id": node_id,
             "port": sock.getsockname()[1],
         }
-        return self._info
 
     async def _hello(self) -> None:
         hello = await self._registry.add_worker.remote(self._router.worker_id, self._self_handle())

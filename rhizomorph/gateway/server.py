@@ -1,9 +1,11 @@
 """The listening side of a gateway worker: the shared port, WebSocket upgrades and plain HTTP.
 
 Every worker of a node listens on the same port (SO_REUSEPORT: the kernel spreads connections
-over them). Each accepted connection starts at a ``FrontDoor`` (``http_server.py``): a WebSocket
-upgrade on any path becomes a client connection (``connection.py``), anything else is HTTP/1.1
-and goes to ``dispatch``:
+over them; the sockets come from ``rhizomorph/listening.py``, where the first worker of an
+embedded ``serve`` takes over the socket the launcher bound before Ray started). Each accepted
+connection starts at a ``FrontDoor`` (``http_server.py``): a WebSocket upgrade on any path
+becomes a client connection (``connection.py``), anything else is HTTP/1.1 and goes to
+``dispatch``:
 
     /health, /healthz          ok
     /metrics                   Prometheus text (``prometheus.py``)
@@ -31,30 +33,14 @@ from rhizomorph.gateway.http_server import FrontDoor, HttpFront, HttpLimits, Htt
 from rhizomorph.gateway.http_services import HttpServices
 from rhizomorph.gateway.login import LoginService
 from rhizomorph.gateway.router import Router
+from rhizomorph.listening import LISTEN_BACKLOG, reuseport_socket
 from rhizomorph.protocol import login
 from rhizomorph.protocol.http_api import Endpoint, api_route, cors_headers
 
+__all__ = ["LISTEN_BACKLOG", "Listener", "dispatch", "reuseport_socket", "serve"]
+
 #: Headers of the static answers that the HTTP connection sets itself.
 _OWN_HEADERS = frozenset({"content-length", "connection", "date"})
-#: Connections the kernel completes and queues for a worker before it accepts them. When a
-#: worker dies its clients all reconnect at once to the others (docs/deploy.md, "Reconnection
-#: storms"); a full queue drops their SYNs, and each retransmission costs the client 1, 2,
-#: then 4 s. asyncio's default (100) overflowed with 500 clients reconnecting.
-LISTEN_BACKLOG = 1024
-
-
-def reuseport_socket(host: str, port: int) -> socket.socket:
-    """A listening TCP socket on ``(host, port)`` that other workers of the node share."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets whose proto says TCP, and
-    # accepted sockets inherit it. Without it Nagle and delayed ACKs hold the tail of a burst.
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
-    sock.listen(LISTEN_BACKLOG)
-    sock.setblocking(False)
-    return sock
 
 
 class _StaticRequest:
