@@ -14,7 +14,7 @@ import os
 import sys
 from typing import Any
 
-from rhizomorph.actors import actor_class, naming
+from rhizomorph.actors import actor_class, event_loop, naming
 from rhizomorph.actors.placement import control_plane, workers_for_node
 from rhizomorph.config import Config, url_host
 
@@ -144,6 +144,8 @@ class Deployment:
 
         from rhizomorph.actors.controller import Controller
 
+        # An embedded Ray runs this Python: a missing uvloop is said here, before any actor starts.
+        (event_loop.validate if self.config.ray_address else event_loop.require)(self.config.loop)
         name = naming.controller_name(self.config.server_id)
         self.controller = actor_class(Controller).options(**control_plane(self.config, name)).remote(self.config)
         try:

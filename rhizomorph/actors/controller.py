@@ -24,7 +24,7 @@ import ray
 from ray.exceptions import ActorDiedError
 
 from rhizomorph import logs
-from rhizomorph.actors import actor_class, answers, naming
+from rhizomorph.actors import actor_class, answers, event_loop, naming
 from rhizomorph.actors.placement import control_plane, on_node, workers_for_node
 from rhizomorph.config import Config
 
@@ -330,6 +330,7 @@ class Controller:
                 "name": naming.worker_name(self.config.server_id, worker_id),
                 "namespace": naming.NAMESPACE,
                 "lifetime": "detached",
+                **event_loop.actor_options(self.config.loop),
             }
             if self.config.worker_resource:
                 options["resources"] = {self.config.worker_resource: 1}
