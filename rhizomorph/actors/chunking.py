@@ -53,5 +53,5 @@ def node_relay(server_id: str, node_id: str, loop: str = "auto") -> Any:
     """
     name = relay_name(server_id, node_id)
     options = {"name": name, "namespace": naming.NAMESPACE, "lifetime": "detached", "get_if_exists": True}
-    options.update(event_loop.actor_options(loop))  # ``loop``: ``Config.loop``
+    options.update(event_loop.child_options(loop))  # ``loop``: ``Config.loop``
     return actor_class(ChunkRelay).options(**options).remote()

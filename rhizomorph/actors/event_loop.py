@@ -2,24 +2,33 @@
 
 Ray runs every async actor on a loop it makes itself, and makes it uvloop whenever uvloop is
 importable in the worker's process unless ``RAY_USE_UVLOOP`` is off: installing one package
-would otherwise change the loop of the whole router. ``actor_options`` sets that variable in
-each actor's runtime environment, so Ray's own choice becomes ours:
+would otherwise change the loop of the whole router. The router sets that variable for its
+actors, so Ray's own choice becomes ours:
 
 - ``asyncio``: the standard library's loop, uvloop installed or not (the default: with uvloop
   the router spent more CPU per message, benchmarks/targets.md, "uvloop");
 - ``uvloop``: uvloop; an actor whose Python lacks it fails to start (``check``), saying so;
-- ``auto``: whatever Ray picks (uvloop if importable): the actors' environment is left alone.
+- ``auto``: Ray's default, uvloop if it is importable, else asyncio.
+
+An actor gets the variable from its creator's runtime environment (Ray: children inherit it)
+or else from Ray's worker environment, which an embedded Ray takes from the driver
+(``launcher.EMBEDDED_RAY_ENV`` sets it off). Only where that would give another value does
+``actor_options`` give the actor a runtime environment of its own: one that differs from the
+job's cannot use the worker processes Ray starts in advance.
 """
 
 from __future__ import annotations
 
 import asyncio
 import importlib.util
+import os
 from typing import Any
 
 LOOPS = ("asyncio", "uvloop", "auto")
 #: Read by Ray's worker when it makes an actor's event loop (ray/_private/async_compat.py).
 RAY_USE_UVLOOP = "RAY_USE_UVLOOP"
+#: Its value for each loop (Ray's own default is on: uvloop if importable).
+VALUES = {"asyncio": "0", "uvloop": "1", "auto": "1"}
 
 
 def validate(loop: str) -> None:
@@ -41,15 +50,23 @@ def require(loop: str) -> None:
         raise uvloop_missing_error()
 
 
-def actor_options(loop: str) -> dict[str, Any]:
-    """Ray actor options that make the actor's event loop ``loop`` (none for ``auto``).
+def environment_value() -> str:
+    """``RAY_USE_UVLOOP`` as Ray reads it in this process (``1`` when unset), normalised to ``0``/``1``."""
+    return "1" if os.environ.get(RAY_USE_UVLOOP, "1").lower() in ("1", "true") else "0"
 
-    Ray merges an actor's ``env_vars`` with those of the job, so the job's other variables stay.
+
+def actor_options(loop: str, inherited: str | None = None) -> dict[str, Any]:
+    """Ray actor options that make a new actor's event loop ``loop``.
+
+    ``inherited``: the ``RAY_USE_UVLOOP`` the actor gets untold (``environment_value()`` in a
+    Ray actor, or in the driver of an embedded Ray), ``None`` if unknown. Ray merges an actor's
+    ``env_vars`` with those of the job, so the job's other variables stay.
     """
     validate(loop)
-    if loop == "auto":
+    value = VALUES[loop]
+    if inherited == value:
         return {}
-    return {"runtime_env": {"env_vars": {RAY_USE_UVLOOP: "1" if loop == "uvloop" else "0"}}}
+    return {"runtime_env": {"env_vars": {RAY_USE_UVLOOP: value}}}
 
 
 def running() -> str:
@@ -65,3 +82,8 @@ def check(loop: str) -> str:
     if loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
         raise uvloop_missing_error()
     raise RuntimeError(f"loop = {loop!r} but this actor runs {actual} (is {RAY_USE_UVLOOP} overridden?)")
+
+
+def child_options(loop: str) -> dict[str, Any]:
+    """``actor_options`` for an actor that a router's actor creates: it inherits its creator's value."""
+    return actor_options(loop, environment_value())

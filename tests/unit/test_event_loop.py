@@ -19,15 +19,37 @@ def test_default_is_the_standard_librarys_loop():
     assert Config.load(environ={"RHIZOMORPH_LOOP": "uvloop"}).loop == "uvloop"
 
 
-@pytest.mark.parametrize(("loop", "value"), [("asyncio", "0"), ("uvloop", "1")])
-def test_a_named_loop_sets_rays_variable_in_the_actors_environment(loop, value):
-    assert event_loop.actor_options(loop) == {"runtime_env": {"env_vars": {"RAY_USE_UVLOOP": value}}}
-    assert control_plane(Config(loop=loop), "x")["runtime_env"] == {"env_vars": {"RAY_USE_UVLOOP": value}}
+@pytest.mark.parametrize(("loop", "value"), [("asyncio", "0"), ("uvloop", "1"), ("auto", "1")])
+def test_a_loop_the_actor_would_not_inherit_is_set_in_its_runtime_env(loop, value):
+    env = {"runtime_env": {"env_vars": {"RAY_USE_UVLOOP": value}}}
+    other = "1" if value == "0" else "0"
+    assert event_loop.actor_options(loop) == env  # what the actor inherits is unknown
+    assert event_loop.actor_options(loop, other) == env
+    assert control_plane(Config(loop=loop), "x", other)["runtime_env"] == env["runtime_env"]
 
 
-def test_auto_leaves_the_actors_environment_to_ray():
-    assert event_loop.actor_options("auto") == {}
-    assert "runtime_env" not in control_plane(Config(loop="auto"), "x")
+@pytest.mark.parametrize(("loop", "value"), [("asyncio", "0"), ("uvloop", "1"), ("auto", "1")])
+def test_a_loop_the_actor_inherits_needs_no_runtime_env(loop, value):
+    # A runtime env of its own would keep the actor off the worker processes Ray starts in advance.
+    assert event_loop.actor_options(loop, value) == {}
+    assert "runtime_env" not in control_plane(Config(loop=loop), "x", value)
+
+
+@pytest.mark.parametrize(
+    ("environ", "value"), [({}, "1"), ({"RAY_USE_UVLOOP": "0"}, "0"), ({"RAY_USE_UVLOOP": "True"}, "1")]
+)
+def test_environment_value_reads_the_variable_as_ray_does(monkeypatch, environ, value):
+    monkeypatch.delenv("RAY_USE_UVLOOP", raising=False)
+    for name, raw in environ.items():
+        monkeypatch.setenv(name, raw)
+    assert event_loop.environment_value() == value
+    assert event_loop.child_options("asyncio" if value == "0" else "uvloop") == {}
+
+
+def test_an_embedded_ray_runs_asyncio_without_runtime_envs():
+    from rhizomorph.launcher import EMBEDDED_RAY_ENV
+
+    assert EMBEDDED_RAY_ENV["RAY_USE_UVLOOP"] == event_loop.VALUES[Config().loop]
 
 
 def test_an_unknown_loop_is_refused_with_the_choices():
