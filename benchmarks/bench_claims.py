@@ -84,7 +84,7 @@ IDLE_SECONDS = 3.0
 def claim_contenders(batch_waits: list[str] | None = None, loops: list[str] | None = None) -> list[Contender]:
     """The router with its defaults, and with batching off (``--no-batching``); plus the defaults
     with each other ``batch_wait`` rule asked for (``rhizomorph-wait-timer``: the report's rule)
-    and with each other event loop asked for (``rhizomorph-loop-uvloop``)."""
+    and on each event loop asked for (``rhizomorph-loop-uvloop``, ``rhizomorph-loop-asyncio``)."""
     contenders: list[Contender] = [
         Rhizomorph(0, name=DEFAULT),
         Rhizomorph(0, name=NO_BATCHING, enable_message_batching=False),
@@ -93,8 +93,7 @@ def claim_contenders(batch_waits: list[str] | None = None, loops: list[str] | No
         if wait != Config.batch_wait:
             contenders.append(Rhizomorph(0, name=f"{DEFAULT}-wait-{wait}", batch_wait=wait))
     for loop in loops or []:
-        if loop != Config.loop:
-            contenders.append(Rhizomorph(0, name=f"{DEFAULT}-loop-{loop}", loop=loop))
+        contenders.append(Rhizomorph(0, name=f"{DEFAULT}-loop-{loop}", loop=loop))
     return contenders
 
 
@@ -295,7 +294,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--batch-waits", nargs="+", choices=WAITS, default=[], help="also the defaults with these batch_wait rules"
     )
-    parser.add_argument("--loops", nargs="+", choices=LOOPS, default=[], help="also the defaults on these event loops")
+    parser.add_argument(
+        "--loops", nargs="+", choices=LOOPS, default=[], help="also the defaults on each of these event loops"
+    )
     parser.add_argument("--contenders", nargs="+", help="only the contenders named exactly so")
     parser.add_argument(
         "--client-loop", choices=("asyncio", "uvloop"), default="asyncio", help="the event loop of the clients"

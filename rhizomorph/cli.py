@@ -45,7 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--server-id", help="fixed server id (names the manager peer)")
     serve.add_argument(
-        "--loop", choices=("asyncio", "uvloop", "auto"), help="event loop of the router's actors (default asyncio)"
+        "--loop",
+        choices=("asyncio", "uvloop", "auto"),
+        help="event loop of the router's actors (default auto: uvloop if installed)",
     )
     serve.add_argument("--log-level", help="DEBUG, INFO, WARNING (default INFO)")
     serve.add_argument("--log-format", choices=("text", "json"), help="log lines as text (default) or JSON")

@@ -110,10 +110,10 @@ class Config:
     #: How messages travel between two gateway workers of the same node: ``socket`` (a direct
     #: Unix socket, found through Ray) or ``ray`` (actor calls). Other nodes always use Ray calls.
     peer_channel: str = "socket"
-    #: The event loop of the router's actors: ``asyncio`` (the standard library's), ``uvloop``
-    #: (needs the ``uvloop`` extra) or ``auto`` (Ray's pick: uvloop whenever it is importable).
-    #: ``asyncio`` by default: uvloop cost the router more CPU per message (benchmarks/targets.md, "uvloop").
-    loop: str = "asyncio"
+    #: The event loop of the router's actors: ``auto`` (uvloop, a dependency, whenever it is
+    #: importable, else asyncio), ``uvloop`` (an error if it is not installed) or ``asyncio`` (the
+    #: standard library's). On uvloop the router spent less CPU per call (benchmarks/targets.md, "uvloop").
+    loop: str = "auto"
     #: Enable WebSocket per-message deflate. Off by default: deflating every message costs CPU on
     #: both ends, most on large ones (benchmarks/targets.md, "Numbers behind the code's comments").
     compression: bool = False

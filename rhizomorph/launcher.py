@@ -35,9 +35,10 @@ EMBEDDED_RAY_ENV = {
     # Task events feed Ray's state API and timeline, which only a Ray dashboard serves (an
     # embedded Ray runs without one); every process with Ray calls reports them to the GCS.
     "RAY_task_events_report_interval_ms": "0",
-    # The router's actors run the loop Config.loop names (rhizomorph/actors/event_loop.py); with
-    # Ray's default (uvloop whenever importable) each would need a runtime env of its own.
-    "RAY_USE_UVLOOP": "0",
+    # The router's actors run the loop Config.loop names (rhizomorph/actors/event_loop.py). Set
+    # here to what the default (auto) needs, so that a default router's actors need no runtime
+    # env of their own (with one they cannot use the worker processes Ray starts in advance).
+    "RAY_USE_UVLOOP": "1",
     # Ray's usage statistics go to a server on the internet; an embedded router stays on loopback.
     "RAY_USAGE_STATS_ENABLED": "0",
     # The log monitor (which prints the actors' logs here) lists the log directory for new files

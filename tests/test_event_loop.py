@@ -46,5 +46,5 @@ async def test_workers_run_uvloop_when_told(ray_runtime):
 
 @pytest.mark.skipif(HAS_UVLOOP, reason="uvloop is installed")
 def test_uvloop_without_it_is_a_clear_error_before_anything_starts(ray_runtime):
-    with pytest.raises(RuntimeError, match=r"uvloop is not installed .*rhizomorph\[uvloop\]"):
+    with pytest.raises(RuntimeError, match=r"uvloop is not installed .*pip install 'uvloop>=0.23'"):
         Deployment(Config(port=0, workers=1, loop="uvloop")).start()

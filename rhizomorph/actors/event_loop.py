@@ -5,14 +5,15 @@ importable in the worker's process unless ``RAY_USE_UVLOOP`` is off: installing 
 would otherwise change the loop of the whole router. The router sets that variable for its
 actors, so Ray's own choice becomes ours:
 
-- ``asyncio``: the standard library's loop, uvloop installed or not (the default: with uvloop
-  the router spent more CPU per message, benchmarks/targets.md, "uvloop");
+- ``auto`` (the default): uvloop if it is importable (it is a dependency of rhizomorph), else
+  asyncio: Ray's own default. On uvloop the router spent less CPU per call
+  (benchmarks/targets.md, "uvloop");
 - ``uvloop``: uvloop; an actor whose Python lacks it fails to start (``check``), saying so;
-- ``auto``: Ray's default, uvloop if it is importable, else asyncio.
+- ``asyncio``: the standard library's loop, uvloop installed or not.
 
 An actor gets the variable from its creator's runtime environment (Ray: children inherit it)
 or else from Ray's worker environment, which an embedded Ray takes from the driver
-(``launcher.EMBEDDED_RAY_ENV`` sets it off). Only where that would give another value does
+(``launcher.EMBEDDED_RAY_ENV`` sets it to the default's value). Only where that would give another value does
 ``actor_options`` give the actor a runtime environment of its own: one that differs from the
 job's cannot use the worker processes Ray starts in advance.
 """
@@ -39,7 +40,7 @@ def validate(loop: str) -> None:
 def uvloop_missing_error() -> RuntimeError:
     return RuntimeError(
         "loop = 'uvloop' but uvloop is not installed for this Python: "
-        "pip install 'rhizomorph[uvloop]', or choose loop = 'asyncio'"
+        "pip install 'uvloop>=0.23' (a dependency of rhizomorph), or choose loop = 'auto' or 'asyncio'"
     )
 
 

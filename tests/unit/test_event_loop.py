@@ -14,9 +14,10 @@ from rhizomorph.actors.placement import control_plane
 HAS_UVLOOP = importlib.util.find_spec("uvloop") is not None
 
 
-def test_default_is_the_standard_librarys_loop():
-    assert Config().loop == "asyncio"
-    assert Config.load(environ={"RHIZOMORPH_LOOP": "uvloop"}).loop == "uvloop"
+def test_default_is_uvloop_when_installed():
+    assert Config().loop == "auto"
+    assert event_loop.VALUES["auto"] == "1"  # Ray's own default: uvloop whenever it is importable
+    assert Config.load(environ={"RHIZOMORPH_LOOP": "asyncio"}).loop == "asyncio"
 
 
 @pytest.mark.parametrize(("loop", "value"), [("asyncio", "0"), ("uvloop", "1"), ("auto", "1")])
@@ -46,7 +47,7 @@ def test_environment_value_reads_the_variable_as_ray_does(monkeypatch, environ, 
     assert event_loop.child_options("asyncio" if value == "0" else "uvloop") == {}
 
 
-def test_an_embedded_ray_runs_asyncio_without_runtime_envs():
+def test_a_default_router_on_an_embedded_ray_needs_no_runtime_envs():
     from rhizomorph.launcher import EMBEDDED_RAY_ENV
 
     assert EMBEDDED_RAY_ENV["RAY_USE_UVLOOP"] == event_loop.VALUES[Config().loop]
@@ -84,5 +85,5 @@ def test_check_on_uvloop():
 
 @pytest.mark.skipif(HAS_UVLOOP, reason="uvloop is installed")
 def test_require_uvloop_without_it_says_how_to_get_it():
-    with pytest.raises(RuntimeError, match=r"uvloop is not installed .*rhizomorph\[uvloop\]"):
+    with pytest.raises(RuntimeError, match=r"uvloop is not installed .*pip install 'uvloop>=0.23'"):
         event_loop.require("uvloop")
