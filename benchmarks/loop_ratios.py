@@ -49,15 +49,13 @@ def _text(stat: Stat) -> str:
 def loop_table(cells: dict[tuple[str, str, str, str], ClaimCell]) -> str:
     """uvloop / asyncio per (scenario, mode, client), and all of them pooled."""
     keys = sorted({(s, m, client) for (s, m, name, client) in cells if name == UVLOOP})
-    measured = {name for (_, _, name, _) in cells}
-    asyncio_side = ASYNCIO if ASYNCIO in measured else OLD_DEFAULT
     lines = [
         "| scenario | mode | client | " + " | ".join(f"{name} uvloop / asyncio" for name, _ in FIGURES) + " |",
         "|---" * (3 + len(FIGURES)) + "|",
     ]
     pooled: dict[str, list[float]] = {name: [] for name, _ in FIGURES}
     for s, m, client in keys:
-        a, b = cells.get((s, m, UVLOOP, client)), cells.get((s, m, asyncio_side, client))
+        a, b = cells.get((s, m, UVLOOP, client)), cells.get((s, m, ASYNCIO, client))
         texts = []
         for name, value in FIGURES:
             ratios = paired(a, b, value)
@@ -91,12 +89,19 @@ def client_table(loaded: list[tuple[Path, dict[str, Any], list[dict[str, Any]], 
     return "\n".join(lines)
 
 
+def _load(path: Path) -> tuple[Path, dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
+    meta, records, extra = load_claims(path)
+    if not any(r["contender"] == ASYNCIO for r in records):
+        records = [{**r, "contender": ASYNCIO} if r["contender"] == OLD_DEFAULT else r for r in records]
+    return path, meta, records, extra
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results", nargs="+", type=Path)
     parser.add_argument("--client-runs", action="store_true", help="compare the clients' loops across runs")
     args = parser.parse_args(argv)
-    loaded = [(path, *load_claims(path)) for path in args.results]
+    loaded = [_load(path) for path in args.results]
     if args.client_runs:
         for path, meta, _, extra in loaded:
             end = next((r["load_average"] for r in extra if r.get("kind") == "claims-end"), None)
