@@ -13,9 +13,9 @@ actors, so Ray's own choice becomes ours:
 
 An actor gets the variable from its creator's runtime environment (Ray: children inherit it)
 or else from Ray's worker environment, which an embedded Ray takes from the driver
-(``launcher.EMBEDDED_RAY_ENV`` sets it to the default's value). Only where that would give another value does
-``actor_options`` give the actor a runtime environment of its own: one that differs from the
-job's cannot use the worker processes Ray starts in advance.
+(``launcher.EMBEDDED_RAY_ENV`` sets it to the default's value). Only where that would give
+another value does ``actor_options`` give the actor a runtime environment of its own: one that
+differs from the job's cannot use the worker processes Ray starts in advance.
 """
 
 from __future__ import annotations
@@ -60,8 +60,8 @@ def actor_options(loop: str, inherited: str | None = None) -> dict[str, Any]:
     """Ray actor options that make a new actor's event loop ``loop``.
 
     ``inherited``: the ``RAY_USE_UVLOOP`` the actor gets untold (``environment_value()`` in a
-    Ray actor, or in the driver of an embedded Ray), ``None`` if unknown. Ray merges an actor's
-    ``env_vars`` with those of the job, so the job's other variables stay.
+    Ray actor, or in the driver of an embedded Ray), ``None`` if unknown. Ray merges ``env_vars``
+    per variable with those the actor inherits, so the job's other variables stay.
     """
     validate(loop)
     value = VALUES[loop]
