@@ -58,7 +58,7 @@ from benchmarks.contenders import (
     Started,
     hypha_contender,
 )
-from benchmarks.loadgen import LoadProcess
+from benchmarks.loadgen import CLIENT_LOOP_ENV, LoadProcess
 from benchmarks.measure import run_calls
 from benchmarks.run import (
     RESULTS_DIR,
@@ -72,6 +72,7 @@ from benchmarks.run import (
 )
 from benchmarks.scenarios import CLAIM_SUITES, Case, Suite
 from rhizomorph import Config
+from rhizomorph.actors.event_loop import LOOPS
 from rhizomorph.client import wire_protocol
 from rhizomorph.protocol.batching import WAITS
 
@@ -80,9 +81,10 @@ DEFAULT, NO_BATCHING = "rhizomorph", "rhizomorph-no-batching"
 IDLE_SECONDS = 3.0
 
 
-def claim_contenders(batch_waits: list[str] | None = None) -> list[Contender]:
+def claim_contenders(batch_waits: list[str] | None = None, loops: list[str] | None = None) -> list[Contender]:
     """The router with its defaults, and with batching off (``--no-batching``); plus the defaults
-    with each other ``batch_wait`` rule asked for (``rhizomorph-wait-timer``: the report's rule)."""
+    with each other ``batch_wait`` rule asked for (``rhizomorph-wait-timer``: the report's rule)
+    and on each event loop asked for (``rhizomorph-loop-uvloop``, ``rhizomorph-loop-asyncio``)."""
     contenders: list[Contender] = [
         Rhizomorph(0, name=DEFAULT),
         Rhizomorph(0, name=NO_BATCHING, enable_message_batching=False),
@@ -90,6 +92,8 @@ def claim_contenders(batch_waits: list[str] | None = None) -> list[Contender]:
     for wait in batch_waits or []:
         if wait != Config.batch_wait:
             contenders.append(Rhizomorph(0, name=f"{DEFAULT}-wait-{wait}", batch_wait=wait))
+    for loop in loops or []:
+        contenders.append(Rhizomorph(0, name=f"{DEFAULT}-loop-{loop}", loop=loop))
     return contenders
 
 
@@ -290,7 +294,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--batch-waits", nargs="+", choices=WAITS, default=[], help="also the defaults with these batch_wait rules"
     )
+    parser.add_argument(
+        "--loops", nargs="+", choices=LOOPS, default=[], help="also the defaults on each of these event loops"
+    )
+    parser.add_argument("--contenders", nargs="+", help="only the contenders named exactly so")
+    parser.add_argument(
+        "--client-loop", choices=("asyncio", "uvloop"), default="asyncio", help="the event loop of the clients"
+    )
     args = parser.parse_args(argv)
+    os.environ[CLIENT_LOOP_ENV] = args.client_loop  # the load process and the providers inherit it
 
     suite = CLAIM_SUITES[args.suite]
     repeats = args.repeats or suite.repeats
@@ -306,7 +318,9 @@ def main(argv: list[str] | None = None) -> int:
     ray_dir = tempfile.mkdtemp(prefix="rb-", dir="/tmp")  # never join someone else's Ray
     ray_started = ensure_ray(num_cpus=os.cpu_count() or 1, _temp_dir=ray_dir)
     notes: list[str] = []
-    contenders = claim_contenders(args.batch_waits) + hypha_contender(notes, not args.no_hypha, args.hypha_python)
+    contenders = claim_contenders(args.batch_waits, args.loops)
+    contenders += hypha_contender(notes, not args.no_hypha, args.hypha_python)
+    contenders = [c for c in contenders if not args.contenders or c.name in args.contenders]
     stamp = {"run_id": run_id, "suite": f"claims-{suite.name}"}
     meta = {
         "kind": "meta",
@@ -316,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         "notes": notes,
         "contenders": [c.name for c in contenders],
         "clients": args.clients,
+        "client_loop": args.client_loop,
         "run_timeout_s": suite.run_timeout,
         "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }

@@ -17,6 +17,7 @@ import os
 import sys
 
 from benchmarks.clients import ECHO_SERVICE, HyphaRpcClients, V4Clients, _hypha_worker
+from benchmarks.loadgen import run_client_loop
 from benchmarks.run import quiet_client_logs
 from rhizomorph.client import wire_protocol
 from rhizomorph.protocol.batching import WAITS
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-wait", default="socket", choices=WAITS, help="v4 client: its batches' wait rule")
     args = parser.parse_args(argv)
     quiet_client_logs()
-    asyncio.run(serve(args.url, args.client, args.batching, args.batch_wait))
+    run_client_loop(serve(args.url, args.client, args.batching, args.batch_wait))
     return 0
 
 

@@ -14,13 +14,27 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
-from collections.abc import Awaitable, Callable
+import os
+from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
+#: The event loop of the benchmark's client processes (the load process, the echo provider):
+#: ``asyncio`` (unset) or ``uvloop`` (``bench_claims --client-loop uvloop`` sets it).
+CLIENT_LOOP_ENV = "RHIZOMORPH_BENCH_CLIENT_LOOP"
+
+
+def run_client_loop(coroutine: Coroutine[Any, Any, Any]) -> Any:
+    """``asyncio.run(coroutine)`` on the loop ``CLIENT_LOOP_ENV`` names."""
+    if os.environ.get(CLIENT_LOOP_ENV, "asyncio") == "uvloop":
+        import uvloop
+
+        return uvloop.run(coroutine)
+    return asyncio.run(coroutine)
+
 
 def _run(function: Callable[..., Awaitable[Any]], args: tuple) -> Any:
-    return asyncio.run(function(*args))
+    return run_client_loop(function(*args))
 
 
 class LoadProcess:
@@ -30,7 +44,7 @@ class LoadProcess:
         self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
 
     def run(self, function: Callable[..., Awaitable[Any]], *args: Any) -> Any:
-        """``asyncio.run(function(*args))`` in the load process; ``function`` must be importable."""
+        """``run_client_loop(function(*args))`` in the load process; ``function`` must be importable."""
         return self._pool.submit(_run, function, args).result()
 
     def close(self) -> None:

@@ -212,6 +212,8 @@ CLAIM_SCENARIOS = ("small", "medium", "large", "mixed")
 CLAIM_MODE_NAMES = {"concurrent": "32 in flight", "burst": "burst"}
 DEFAULT, NO_BATCHING, HYPHA = "rhizomorph", "rhizomorph-no-batching", "hypha"
 WAIT_TIMER = "rhizomorph-wait-timer"  # the defaults with the report's timer rule (``--batch-waits timer``)
+UVLOOP = "rhizomorph-loop-uvloop"  # the defaults on uvloop (``--loops uvloop asyncio``)
+ASYNCIO = "rhizomorph-loop-asyncio"  # ... and on asyncio
 BEST = ("best rhizomorph", "")
 #: The issue's targets (issue 12), evaluated on medians over both modes of one run.
 V4_ON_OFF_TARGET = {"small": 1.5, "medium": 1.3, "large": 1.05, "mixed": 1.35}
@@ -304,6 +306,8 @@ CLAIM_RATIOS = (
     ClaimRatio("v3 clients, wait for socket / timer", (DEFAULT, HYPHA_RPC), (WAIT_TIMER, HYPHA_RPC), optional=True),
     ClaimRatio("v4 client, wait for socket / timer", (DEFAULT, V4), (WAIT_TIMER, V4), optional=True),
     ClaimRatio("v4 client, timer wait: on / off", (WAIT_TIMER, V4), (NO_BATCHING, V4), optional=True),
+    ClaimRatio("v3 clients, router on uvloop / asyncio", (UVLOOP, HYPHA_RPC), (ASYNCIO, HYPHA_RPC), optional=True),
+    ClaimRatio("v4 client, router on uvloop / asyncio", (UVLOOP, V4), (ASYNCIO, V4), optional=True),
 )
 
 

@@ -47,6 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--worker-resource", help="run workers only on nodes with this Ray custom resource, one per unit"
     )
     serve.add_argument("--server-id", help="fixed server id (names the manager peer)")
+    serve.add_argument(
+        "--loop",
+        choices=("asyncio", "uvloop", "auto"),
+        help="event loop of the router's actors (default auto: uvloop if installed)",
+    )
     serve.add_argument("--log-level", help="DEBUG, INFO, WARNING (default INFO)")
     serve.add_argument("--log-format", choices=("text", "json"), help="log lines as text (default) or JSON")
     serve.add_argument("--config", dest="config_file", help="TOML file of Config fields")

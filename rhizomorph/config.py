@@ -10,7 +10,7 @@
 
 Every field can come from the TOML file or the environment. Only these have a command-line
 flag (``rhizomorph/cli.py``): host, port, workers, ray_address (``--address``),
-workers_per_cpu, worker_resource, server_id, log_level, log_format, enable_message_batching
+workers_per_cpu, worker_resource, server_id, loop, log_level, log_format, enable_message_batching
 (``--batching`` / ``--no-batching``), batch_wait, batch_timeout_ms, batch_max_messages and
 batch_max_size. Set the others in the file or the environment.
 """
@@ -110,6 +110,10 @@ class Config:
     #: How messages travel between two gateway workers of the same node: ``socket`` (a direct
     #: Unix socket, found through Ray) or ``ray`` (actor calls). Other nodes always use Ray calls.
     peer_channel: str = "socket"
+    #: The event loop of the router's actors: ``auto`` (uvloop, a dependency, whenever it is
+    #: importable, else asyncio), ``uvloop`` (an error if it is not installed) or ``asyncio`` (the
+    #: standard library's). On uvloop the router spent less CPU per call (benchmarks/targets.md, "uvloop").
+    loop: str = "auto"
     #: Enable WebSocket per-message deflate. Off by default: deflating every message costs CPU on
     #: both ends, most on large ones (benchmarks/targets.md, "Numbers behind the code's comments").
     compression: bool = False

@@ -14,7 +14,7 @@ import os
 import sys
 from typing import Any
 
-from rhizomorph.actors import actor_class, naming
+from rhizomorph.actors import actor_class, event_loop, naming
 from rhizomorph.actors.placement import control_plane, workers_for_node
 from rhizomorph.config import Config, url_host
 
@@ -35,6 +35,10 @@ EMBEDDED_RAY_ENV = {
     # Task events feed Ray's state API and timeline, which only a Ray dashboard serves (an
     # embedded Ray runs without one); every process with Ray calls reports them to the GCS.
     "RAY_task_events_report_interval_ms": "0",
+    # The router's actors run the loop Config.loop names (rhizomorph/actors/event_loop.py). Set
+    # here to what the default (auto) needs, so that a default router's actors need no runtime
+    # env of their own (with one they cannot use the worker processes Ray starts in advance).
+    "RAY_USE_UVLOOP": "1",
     # Ray's usage statistics go to a server on the internet; an embedded router stays on loopback.
     "RAY_USAGE_STATS_ENABLED": "0",
     # The log monitor (which prints the actors' logs here) lists the log directory for new files
@@ -44,6 +48,8 @@ EMBEDDED_RAY_ENV = {
     # keeps `ray status` current): it looks every 60 s instead of every 5 s.
     "AUTOSCALER_UPDATE_INTERVAL_S": "60",
 }
+#: ``RAY_USE_UVLOOP`` of the embedded Ray this process started (its workers inherit it), else None.
+_embedded_loop_value: str | None = None
 #: Seconds a control call to the controller may take (starting workers may take longer).
 CONTROL_TIMEOUT = 30.0
 #: Seconds ``start`` waits for the controller to create the registry and the workers.
@@ -74,6 +80,8 @@ def ensure_ray(address: str = "", **init_kwargs: Any) -> bool:
         os.environ.setdefault(name, value)
     # "local": always a new instance of our own, never another Ray found running on this machine.
     ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING, **init_kwargs)
+    global _embedded_loop_value
+    _embedded_loop_value = event_loop.environment_value()  # what Ray's workers inherit
     if sys.platform.startswith("linux"):
         from rhizomorph import reaper
 
@@ -147,12 +155,11 @@ class Deployment:
 
         from rhizomorph.actors.controller import Controller
 
+        # An embedded Ray runs this Python: a missing uvloop is said here, before any actor starts.
+        (event_loop.validate if self.config.ray_address else event_loop.require)(self.config.loop)
         name = naming.controller_name(self.config.server_id)
-        self.controller = (
-            actor_class(Controller)
-            .options(**control_plane(self.config, name))
-            .remote(self.config, self.listener_handover)
-        )
+        options = control_plane(self.config, name, _embedded_loop_value)
+        self.controller = actor_class(Controller).options(**options).remote(self.config, self.listener_handover)
         try:
             self._state = ray.get(self.controller.start.remote(), timeout=START_TIMEOUT)
         except BaseException:

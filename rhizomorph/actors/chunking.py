@@ -14,7 +14,7 @@ from typing import Any
 
 import ray
 
-from rhizomorph.actors import actor_class, naming
+from rhizomorph.actors import actor_class, event_loop, naming
 from rhizomorph.actors.peer_link import Item
 
 
@@ -43,7 +43,7 @@ def relay_name(server_id: str, node_id: str) -> str:
     return f"{naming.router_prefix(server_id)}chunks-{node_id[:12]}"
 
 
-def node_relay(server_id: str, node_id: str) -> Any:
+def node_relay(server_id: str, node_id: str, loop: str = "auto") -> Any:
     """The chunking actor of the node, started by the first worker of the node that asks.
 
     Detached, as the other actors of a router are: an actor belongs to the process that
@@ -53,4 +53,5 @@ def node_relay(server_id: str, node_id: str) -> Any:
     """
     name = relay_name(server_id, node_id)
     options = {"name": name, "namespace": naming.NAMESPACE, "lifetime": "detached", "get_if_exists": True}
+    options.update(event_loop.child_options(loop))  # ``loop``: ``Config.loop``
     return actor_class(ChunkRelay).options(**options).remote()

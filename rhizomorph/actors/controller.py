@@ -24,7 +24,7 @@ import ray
 from ray.exceptions import ActorDiedError
 
 from rhizomorph import logs
-from rhizomorph.actors import actor_class, answers, naming
+from rhizomorph.actors import actor_class, answers, event_loop, naming
 from rhizomorph.actors.placement import control_plane, on_node, workers_for_node
 from rhizomorph.config import Config
 
@@ -108,10 +108,11 @@ class Controller:
     def _create_registry(self) -> Any:
         from rhizomorph.actors.registry import Registry
 
+        options = control_plane(
+            self.config, naming.registry_name(self.config.server_id), event_loop.environment_value()
+        )
         return (
-            actor_class(Registry)
-            .options(**control_plane(self.config, naming.registry_name(self.config.server_id)))
-            .remote(self.config.max_services_per_client, self.config.server_id)
+            actor_class(Registry).options(**options).remote(self.config.max_services_per_client, self.config.server_id)
         )
 
     async def _recover(self) -> None:
@@ -334,6 +335,7 @@ class Controller:
                 "name": naming.worker_name(self.config.server_id, worker_id),
                 "namespace": naming.NAMESPACE,
                 "lifetime": "detached",
+                **event_loop.child_options(self.config.loop),
             }
             if self.config.worker_resource:
                 options["resources"] = {self.config.worker_resource: 1}

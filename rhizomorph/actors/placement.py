@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from rhizomorph.actors import event_loop
 from rhizomorph.config import Config
 
 
@@ -37,11 +38,12 @@ def on_node(node_id: str) -> Any:
 HEAD_NODE = "node:__internal_head__"
 
 
-def control_plane(config: Config, name: str) -> dict[str, Any]:
+def control_plane(config: Config, name: str, inherited_loop: str | None = None) -> dict[str, Any]:
     """Actor options of the controller and the registry: detached, named in the namespace
     (an existing one is attached to), on a node with ``control_resource`` if set, else on the
     head node. A resource, not a node id: when the node is lost, Ray restarts them on another
-    node that has it."""
+    node that has it. They run the event loop ``config.loop`` names (``event_loop.actor_options``,
+    ``inherited_loop`` as there)."""
     from rhizomorph.actors.naming import NAMESPACE
 
     return {
@@ -50,4 +52,5 @@ def control_plane(config: Config, name: str) -> dict[str, Any]:
         "lifetime": "detached",
         "get_if_exists": True,
         "resources": {config.control_resource or HEAD_NODE: 0.001},
+        **event_loop.actor_options(config.loop, inherited_loop),
     }

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import ray
 
 from rhizomorph import logs
+from rhizomorph.actors import event_loop
 from rhizomorph.actors.channel import ChannelServer
 from rhizomorph.actors.chunking import node_relay
 from rhizomorph.actors.peer_link import Item
@@ -84,6 +85,7 @@ class GatewayWorker:
         from rhizomorph.gateway import server
 
         config = self._config
+        loop = event_loop.check(config.loop)
         self._router.listening_on(sock.getsockname()[1])
         self._server = await server.serve(self._router.config, self._router, sock)
         node_id = self._node_id = ray.get_runtime_context().get_node_id()
@@ -98,6 +100,7 @@ class GatewayWorker:
             "pid": os.getpid(),
             "node_id": node_id,
             "port": sock.getsockname()[1],
+            "loop": loop,
         }
 
     async def _hello(self) -> None:
@@ -134,7 +137,7 @@ class GatewayWorker:
         """The node's chunking actor, made by the first worker that has a peer reached over Ray
         calls (none has on one node with socket channels, so there it never runs)."""
         if self._router.peers.chunk_relay is None:
-            self._router.peers.chunk_relay = node_relay(self._config.server_id, self._node_id)
+            self._router.peers.chunk_relay = node_relay(self._config.server_id, self._node_id, self._config.loop)
 
     async def ping(self) -> str:
         """Liveness check of the controller's watchdog."""

@@ -15,7 +15,7 @@ import email.utils
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import h11
 
@@ -147,7 +147,8 @@ class HttpConnection(asyncio.Protocol):
 
     # -- asyncio.Protocol ------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # A cast, not an isinstance check: uvloop's transports do not derive from asyncio's.
+        transport = cast(asyncio.Transport, transport)
         self._transport = transport
         self._arm(self._limits.request_timeout)
 
@@ -364,7 +365,8 @@ class FrontDoor(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # A cast, not an isinstance check: uvloop's transports do not derive from asyncio's.
+        transport = cast(asyncio.Transport, transport)
         self._transport = transport
         # A socket that never sends a request head is dropped (as websockets drops a handshake).
         self._timer = asyncio.get_running_loop().call_later(self._timeout, transport.close)
