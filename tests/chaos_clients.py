@@ -25,6 +25,8 @@ import time
 from collections import Counter, defaultdict
 from typing import Any
 
+from tests.crowd_member import disconnect_all
+
 #: Seconds after which a call that has not ended is counted hung (and abandoned).
 BOUND = 30.0
 #: hypha-rpc's own timer: shorter than ``BOUND``, so a call that gets no answer at all ends as
@@ -306,13 +308,7 @@ class Traffic:
         await asyncio.gather(*self.loops, return_exceptions=True)
 
     async def disconnect(self) -> None:
-        async def one(member: Member) -> None:
-            try:
-                await asyncio.wait_for(member.server.disconnect(), 10)
-            except BaseException:
-                pass
-
-        await asyncio.gather(*(one(m) for m in self.members))
+        await disconnect_all([m.server for m in self.members], 10)
 
     def status(self) -> dict[str, Any]:
         up = [m.sid for m in self.members if m.connected()]

@@ -292,14 +292,20 @@ class _Host:
         return {"replies": dict(self.replies), "executions": dict(self.executions), "log": dict(self.log_counts)}
 
     async def disconnect(self) -> None:
-        async def one(member: _Member) -> None:
-            try:
-                await asyncio.wait_for(member.server.disconnect(), 5)
-            except Exception:
-                pass
-
-        await asyncio.gather(*(one(m) for m in self.members.values()))
+        await disconnect_all([m.server for m in self.members.values()], 5)
         self.members.clear()
+
+
+async def disconnect_all(servers: list[Any], timeout: float) -> None:
+    """``disconnect()`` every hypha-rpc client, each given at most ``timeout`` seconds."""
+
+    async def one(server: Any) -> None:
+        try:
+            await asyncio.wait_for(server.disconnect(), timeout)
+        except BaseException:
+            pass
+
+    await asyncio.gather(*(one(s) for s in servers))
 
 
 def main(pipe: Any) -> None:
