@@ -170,8 +170,7 @@ class Router:
             log.warning("could not release %s: %s", address, exc)
             return
         finally:
-            # Counted once this coroutine lets go of the connection: the wave's reclaim must come
-            # after its memory is freed, or an allocator that returns pages keeps it all the same.
+            # Counted once this coroutine let go of the connection: the wave's trim must follow its free.
             self.reclaimer.departed()
         if removed is None:
             return  # a newer socket of this client took over: it is not gone
