@@ -89,7 +89,7 @@ async def serve(bare: bool) -> tuple[Any, int, Any]:
     config = Config(port=0, workers=1, log_level="WARNING")
     router = Router(config, "probe", NoRegistry())  # type: ignore[arg-type]
     server = await gateway_server.serve(config, router, gateway_server.reuseport_socket("127.0.0.1", 0))
-    return server, server.sockets[0].getsockname()[1], router
+    return server, server.websocket.sockets[0].getsockname()[1], router
 
 
 async def main(args: argparse.Namespace) -> None:

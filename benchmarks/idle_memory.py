@@ -147,7 +147,8 @@ class Holders:
 def measure_deployment(args: argparse.Namespace) -> dict[str, Any]:
     from rhizomorph import Config, Deployment
 
-    with Deployment(Config(port=0, workers=1, log_level="WARNING")) as deployment:
+    config = Config(port=0, workers=1, log_level="WARNING", worker_allocator=args.allocator)
+    with Deployment(config) as deployment:
         worker_pid = next(iter(deployment.worker_info.values()))["pid"]
         registry_pid = actor_pid(deployment.registry)
         pids = {"worker": worker_pid, **({"registry": registry_pid} if registry_pid else {})}
@@ -168,6 +169,7 @@ def measure_deployment(args: argparse.Namespace) -> dict[str, Any]:
         released = {name: settled_memory(pid, RELEASE_WAIT) for name, pid in pids.items()}
         return {
             "pids": pids,
+            "worker_pythonmalloc": _environ(worker_pid).get("PYTHONMALLOC", "(unset)"),
             "before": before,
             "after": after,
             "held_memory": held_memory,
@@ -177,6 +179,12 @@ def measure_deployment(args: argparse.Namespace) -> dict[str, Any]:
             "router_connections": stats.get("connections"),
             "held": held,
         }
+
+
+def _environ(pid: int) -> dict[str, str]:
+    import psutil
+
+    return psutil.Process(pid).environ()
 
 
 # -- 2. the breakdown ------------------------------------------------------------------------------
@@ -195,7 +203,7 @@ async def _replica(count: int, procs: int, concurrency: int, timeout: float) -> 
     await registry.ready.remote()
     router = Router(config, "replica", RegistryCalls(registry))
     server = await gateway_server.serve(config, router, gateway_server.reuseport_socket("127.0.0.1", 0))
-    port = server.sockets[0].getsockname()[1]
+    port = server.websocket.sockets[0].getsockname()[1]
     loop = asyncio.get_running_loop()
 
     def snapshot() -> tuple[Any, Counter]:
@@ -346,6 +354,9 @@ def main() -> int:
         help="seconds to keep the connections idle (the verdict uses the larger reading)",
     )
     parser.add_argument("--timeout", type=float, default=600.0, help="max seconds to open the connections")
+    parser.add_argument(
+        "--allocator", default="pymalloc", choices=("pymalloc", "malloc"), help="Config.worker_allocator"
+    )
     args = parser.parse_args()
     nofile = raise_nofile()
     if nofile < args.connections + 1000:
@@ -371,7 +382,8 @@ def main() -> int:
     print(
         f"idle connections: {result['opened']} opened in {result['connect_s']:.1f} s "
         f"({args.procs} client processes); the worker counted {result['router_connections']}; "
-        f"still open at the end: {result['held'].get('alive')}; load average {os.getloadavg()[0]:.2f}"
+        f"still open at the end: {result['held'].get('alive')}; load average {os.getloadavg()[0]:.2f}; "
+        f"worker_allocator {args.allocator} (the worker's PYTHONMALLOC: {result['worker_pythonmalloc']})"
     )
     for name in result["pids"]:
         b, a, h, r = (result[k][name] for k in ("before", "after", "held_memory", "released"))

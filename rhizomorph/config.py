@@ -162,6 +162,12 @@ class Config:
     #: node picks a free one) instead of the same port everywhere. For several nodes simulated
     #: on one machine (tests, benchmarks).
     distinct_node_ports: bool = False
+    #: The gateway workers' memory allocator for Python objects: ``pymalloc`` (Python's own, the
+    #: default) or ``malloc`` (``PYTHONMALLOC=malloc`` for the worker processes only: every
+    #: object from glibc's heap, which the worker trims after a wave of departures, so the memory
+    #: of thousands of closed connections goes back to the system; pymalloc keeps most of it for
+    #: reuse). ``malloc`` costs CPU per message (benchmarks/README.md, "After 5000 connections close").
+    worker_allocator: str = "pymalloc"
 
     #: Who proves a user's identity to the ``public/hypha-login`` service (hypha-rpc's ``login()``):
     #: ``local`` (this machine's user, approved on a loopback page), ``none`` (no login service),
@@ -179,6 +185,14 @@ class Config:
         if self.public_base_url:
             return self.public_base_url.rstrip("/")
         return f"http://{url_host(self.host)}:{self.port}"
+
+    def worker_env_vars(self) -> dict[str, str]:
+        """Environment variables the gateway worker processes start with (``worker_allocator``)."""
+        if self.worker_allocator == "pymalloc":
+            return {}
+        if self.worker_allocator == "malloc":
+            return {"PYTHONMALLOC": "malloc"}
+        raise ValueError(f"unknown worker_allocator {self.worker_allocator!r}: choose pymalloc or malloc")
 
     def batch_policy(self) -> BatchPolicy:
         return BatchPolicy(

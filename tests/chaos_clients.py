@@ -1,36 +1,32 @@
-"""A crowd of released hypha-rpc clients in one process, driven by tests/chaos_run.py.
+"""The chaos run's traffic: released hypha-rpc clients of one crowd process, driven by
+tests/chaos_run.py through tests/crowd.py (``Crowd.chaos``; the member process,
+tests/crowd_member.py, runs one ``Traffic``).
 
-Run as ``python -m tests.chaos_clients --url ws://… --clients 50 --seed 1``. The clients form
-groups of ``--group`` that share a workspace (the first connects anonymously and hands the others
-a token), so their events reach each other; one client in ten is rhizomorph's v4 client
-(``rhizomorph.client``), whose large messages to another v4 client travel as chunk streams (through
-the chunking actor when the two sit on workers linked by Ray calls). Every client registers a
-public service ``chaos`` and, until told to stop, calls the services of clients picked at random
-from the whole crowd of every process (a fresh ``get_service``, a call through a proxy it got
-earlier, or a payload over hypha-rpc's 256 KiB chunk size) and emits events to its workspace.
+``connect`` forms groups of ``group`` clients that share a workspace (the first connects
+anonymously and hands the others a token), so their events reach each other; one client in ten
+is rhizomorph's v4 client (``rhizomorph.client``), whose large messages to another v4 client
+travel as chunk streams (through the chunking actor when the two sit on workers linked by Ray
+calls). Every client registers a public service ``chaos`` and, from ``go`` until ``stop``, calls
+the services of clients picked at random from the whole crowd of every process (a fresh
+``get_service``, a call through a proxy it got earlier, or a payload over hypha-rpc's 256 KiB
+chunk size) and emits events to its workspace.
 
 Every RPC (a lookup is one, so is a call) is counted under the phase it started in:
 ``completed`` (the right answer), ``wrong`` (another answer), ``rejected`` (an error came back:
 the router's or the peer's), ``timed_out`` (hypha-rpc's own ``method_timeout`` gave up: no
 answer came) or ``hung`` (not ended ``BOUND`` seconds after it started: it is abandoned then).
-
-The parent talks to the process in JSON lines: it reads ``CROWD {…}`` lines on stdout (``ready``,
-``status``, ``report``) and writes commands on stdin (``go``, ``phase``, ``status``, ``stop``).
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
-import os
 import random
-import sys
 import time
 from collections import Counter, defaultdict
 from typing import Any
 
-MARKER = "CROWD "
+from tests.crowd_member import disconnect_all
+
 #: Seconds after which a call that has not ended is counted hung (and abandoned).
 BOUND = 30.0
 #: hypha-rpc's own timer: shorter than ``BOUND``, so a call that gets no answer at all ends as
@@ -124,8 +120,13 @@ class Member:
         )
 
 
-class Crowd:
-    def __init__(self, url: str, count: int, group: int, seed: int, interval: float, event_interval: float) -> None:
+class Traffic:
+    """The chaos clients of one crowd process and their calls and events."""
+
+    def __init__(
+        self, url: str, count: int, group: int = 10, seed: int = 0, interval: float = 1.5, event_interval: float = 5.0
+    ) -> None:
+        """``interval``, ``event_interval``: mean seconds between a client's calls, its events."""
         self.url = url
         self.count = count
         self.group = group
@@ -307,61 +308,10 @@ class Crowd:
         await asyncio.gather(*self.loops, return_exceptions=True)
 
     async def disconnect(self) -> None:
-        async def one(member: Member) -> None:
-            try:
-                await asyncio.wait_for(member.server.disconnect(), 10)
-            except BaseException:
-                pass
-
-        await asyncio.gather(*(one(m) for m in self.members))
+        await disconnect_all([m.server for m in self.members], 10)
 
     def status(self) -> dict[str, Any]:
         up = [m.sid for m in self.members if m.connected()]
         down = [m.sid for m in self.members if not m.connected()]
         reconnects = sum(m.reconnects for m in self.members)
         return {"connected": up, "down": down, "reconnects": reconnects}
-
-
-def say(**message: Any) -> None:
-    print(MARKER + json.dumps(message), flush=True)
-
-
-async def serve_commands(crowd: Crowd) -> None:
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    while line := await reader.readline():
-        command = json.loads(line)
-        if "go" in command:
-            crowd.go(command["go"]["targets"], command["go"]["v4_targets"])
-        elif "phase" in command:
-            say(switched=await crowd.switch(command["phase"]))
-        elif "status" in command:
-            say(status=crowd.status())
-        elif "stop" in command:
-            await crowd.stop()
-            say(report=crowd.tally.report())
-            await crowd.disconnect()
-            return
-
-
-async def main() -> None:
-    os.environ.setdefault("HYPHA_LOGLEVEL", "ERROR")  # before hypha-rpc is imported
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--url", required=True)
-    parser.add_argument("--clients", type=int, default=50)
-    parser.add_argument("--group", type=int, default=10)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--interval", type=float, default=1.5, help="mean seconds between a client's calls")
-    parser.add_argument("--event-interval", type=float, default=5.0, help="mean seconds between a client's events")
-    args = parser.parse_args()
-    crowd = Crowd(args.url, args.clients, args.group, args.seed, args.interval, args.event_interval)
-    started = time.monotonic()
-    await crowd.connect()
-    members = [{"sid": m.sid, "v4": m.v4} for m in crowd.members]
-    say(ready={"members": members, "connect_s": round(time.monotonic() - started, 2)})
-    await serve_commands(crowd)
-
-
-if __name__ == "__main__":
-    asyncio.run(main())

@@ -6,7 +6,8 @@ one-node Ray cluster (``ray.cluster_utils.Cluster``, token auth, a private temp 
 router as a user does, ``rhizomorph serve --address <cluster>`` in a subprocess, with two gateway
 workers linked by Ray calls (``peer_channel = "ray"``, as workers on two nodes are: the chunks of
 large v4 messages between them go through the node's chunking actor). The crowd
-(tests/chaos_clients.py, ``CHAOS_CLIENTS`` clients over ``CHAOS_PROCESSES`` processes) connects,
+(tests/chaos_clients.py's traffic in tests/crowd.py's processes, ``CHAOS_CLIENTS`` clients over
+``CHAOS_PROCESSES`` processes) connects,
 and then, one phase each:
 
 - ``calm``: nothing is killed (what the counts look like without faults);
@@ -28,7 +29,6 @@ import json
 import os
 import shutil
 import signal
-import sys
 import time
 import traceback
 from typing import Any
@@ -48,6 +48,7 @@ from rhizomorph.actors import naming  # noqa: E402
 from rhizomorph.actors.chunking import relay_name  # noqa: E402
 from tests import chaos_clients  # noqa: E402
 from tests.cluster_support import rhizomorph, serving  # noqa: E402
+from tests.crowd import Crowd  # noqa: E402
 
 MARKER = "CHAOS_RESULTS "
 SERVER_ID = "chaos"
@@ -65,66 +66,12 @@ LOG_DIR = os.environ.get("CHAOS_LOG_DIR") or _PRIVATE_DIR
 PHASES = ("calm", "launcher", "chunking", "registry", "worker")
 
 
-class CrowdProcess:
-    """One ``python -m tests.chaos_clients`` process: commands in, ``CROWD`` lines out."""
-
-    def __init__(self, proc: asyncio.subprocess.Process, stderr_path: str) -> None:
-        self.proc = proc
-        self.stderr_path = stderr_path
-
-    @classmethod
-    async def start(cls, url: str, clients: int, seed: int) -> CrowdProcess:
-        stderr_path = os.path.join(LOG_DIR, f"crowd-{seed}.log")
-        with open(stderr_path, "wb") as stderr:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "tests.chaos_clients",
-                "--url",
-                url,
-                "--clients",
-                str(clients),
-                "--seed",
-                str(seed),
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=stderr,
-            )
-        return cls(proc, stderr_path)
-
-    async def read(self, key: str, timeout: float) -> Any:
-        assert self.proc.stdout is not None
-        while True:
-            line = (await asyncio.wait_for(self.proc.stdout.readline(), timeout)).decode()
-            if not line:
-                with open(self.stderr_path, errors="replace") as handle:
-                    raise AssertionError(f"a crowd process exited: {handle.read()[-3000:]}")
-            if line.startswith(chaos_clients.MARKER):
-                message = json.loads(line[len(chaos_clients.MARKER) :])
-                if key in message:
-                    return message[key]
-
-    async def ask(self, command: dict[str, Any], key: str | None = None, timeout: float = 30) -> Any:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write((json.dumps(command) + "\n").encode())
-        await self.proc.stdin.drain()
-        return await self.read(key, timeout) if key else None
-
-    async def end(self) -> None:
-        if self.proc.returncode is None:
-            try:
-                await asyncio.wait_for(self.proc.wait(), 15)
-            except TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
-
-
 class Run:
     def __init__(self) -> None:
         self.cluster: Cluster | None = None
         self.launcher: asyncio.subprocess.Process | None = None
         self.router: Deployment | None = None
-        self.crowds: list[CrowdProcess] = []
+        self.crowd: Crowd | None = None
         self.observer: Any = None
         self.results: dict[str, Any] = {"clients": CLIENTS, "processes": PROCESSES, "phases": {}}
 
@@ -143,14 +90,15 @@ class Run:
         self.results["router_start_s"] = round(time.monotonic() - started, 2)
 
         share = [CLIENTS // PROCESSES + (i < CLIENTS % PROCESSES) for i in range(PROCESSES)]
-        self.crowds = [await CrowdProcess.start(url, n, seed) for seed, n in enumerate(share)]
-        ready = await asyncio.gather(*(c.read("ready", 180) for c in self.crowds))
+        crowd = self.crowd = Crowd(PROCESSES, stderr_dir=LOG_DIR)
+        shares = [{"clients": n, "seed": seed} for seed, n in enumerate(share)]
+        ready = await asyncio.wait_for(crowd.chaos("connect", shares, url=url), 180)
         members = [m for r in ready for m in r["members"]]
         self.results["crowd_connect_s"] = max(r["connect_s"] for r in ready)
         self.results["v4_clients"] = sum(m["v4"] for m in members)
         self.observer = await connect_to_server({"server_url": url, "method_timeout": 60})
         go = {"targets": [m["sid"] for m in members], "v4_targets": [m["sid"] for m in members if m["v4"]]}
-        await asyncio.gather(*(c.ask({"go": go}) for c in self.crowds))
+        await crowd.chaos("go", **go)
         self.results["connections"] = self._connections()
 
     def _connections(self) -> dict[str, int]:
@@ -162,7 +110,8 @@ class Run:
         seen: dict[str, Any] = {}
         self.results["phases"][name] = seen
         # Calls are counted under the phase they started in: those of the last phase end first.
-        switched = await asyncio.gather(*(c.ask({"phase": name}, "switched", timeout=60) for c in self.crowds))
+        assert self.crowd is not None
+        switched = await asyncio.wait_for(self.crowd.chaos("phase", phase=name), 60)
         seen["waited_for_last_phase_s"] = max(switched)
         seen["relayed_before"] = await self._relay().stats.remote()  # since the chunking actor (re)started
         seen["relay_pids_before"] = _relay_processes()
@@ -245,7 +194,7 @@ class Run:
         deadline = started + RECOVERY_BOUND
         first_missing: int | None = None
         while True:
-            statuses = await asyncio.gather(*(c.ask({"status": True}, "status") for c in self.crowds))
+            statuses = await asyncio.wait_for(self.crowd.chaos("status"), 30)
             connected = {sid for s in statuses for sid in s["connected"]}
             down = [sid for s in statuses for sid in s["down"]]
             reconnects = sum(s["reconnects"] for s in statuses)
@@ -281,9 +230,8 @@ class Run:
 
     # -- the end -------------------------------------------------------------------------------
     async def finish(self) -> None:
-        reports = await asyncio.gather(
-            *(c.ask({"stop": True}, "report", timeout=chaos_clients.BOUND + 30) for c in self.crowds)
-        )
+        assert self.crowd is not None
+        reports = await asyncio.wait_for(self.crowd.chaos("stop"), chaos_clients.BOUND + 30)
         self.results["counts"] = merge(reports)
         assert self.router is not None
         self.results["relay"] = await self._relay().stats.remote()
@@ -294,8 +242,8 @@ class Run:
         self.results["refused"] = {s["worker_id"]: s["refused"] for s in stats}
 
     async def stop(self) -> None:
-        for crowd in self.crowds:
-            await crowd.end()
+        if self.crowd is not None:
+            await self.crowd.close()
         if self.observer is not None:
             try:
                 await asyncio.wait_for(self.observer.disconnect(), 5)

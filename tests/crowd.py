@@ -16,8 +16,11 @@ watches it: when a (re)connection is complete, and which replies arrive on its s
         reports = await crowd.recover({2: 3}, after=killed) # member 2 back? (3 calls it, it calls 3)
         tally = await crowd.tally()                         # replies and executions per call id
 
-The member processes are tests/crowd_member.py. More commands are methods of its ``_Host``,
-named in its ``_serve`` table, with a method of ``Crowd`` here that sends them.
+The member processes are ``python -m tests.crowd_member`` (a fresh interpreter: not a fork of a
+Ray driver, and it does not import the test's main module as multiprocessing's spawn does). More
+commands are methods of its ``_Host``, named in its ``_serve`` table, with a method of ``Crowd``
+here that sends them. The chaos run's traffic (tests/chaos_clients.py) is such a set of
+commands (``Crowd.chaos``).
 
 Call ids are unique per crowd (``<prefix>-<caller>-<n>``); the echo service returns its call id,
 so a reply is counted per call id where it arrives: at the caller's socket, before hypha-rpc
@@ -28,13 +31,19 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import multiprocessing as mp
+import os
+import socket
+import subprocess
+import sys
 import threading
 from collections import Counter
 from collections.abc import Iterable
+from multiprocessing.connection import Connection
 from typing import Any
 
-from tests.crowd_member import CALL_PREFIX, ECHO, main
+from tests.crowd_member import CALL_PREFIX, ECHO
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 __all__ = ["CALL_PREFIX", "ECHO", "Crowd"]
 
@@ -46,13 +55,24 @@ CLOSE_TIMEOUT = 20.0
 class _Process:
     """One spawned member process and its command pipe; replies come back in any order."""
 
-    def __init__(self, number: int) -> None:
-        ctx = mp.get_context("spawn")
+    def __init__(self, number: int, stderr_path: str | None = None) -> None:
         self.number = number
-        self.pipe, child = ctx.Pipe()
-        self.process = ctx.Process(target=main, args=(child,), name=f"crowd-{number}", daemon=True)
-        self.process.start()
-        child.close()
+        ours, theirs = socket.socketpair()
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (REPO, os.environ.get("PYTHONPATH")) if p)}
+        stderr = open(stderr_path, "wb") if stderr_path else None
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "tests.crowd_member", str(theirs.fileno())],
+                pass_fds=(theirs.fileno(),),
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stderr=stderr,
+            )
+        finally:
+            theirs.close()
+            if stderr is not None:
+                stderr.close()
+        self.pipe = Connection(ours.detach())
         self._ids = itertools.count()
         self._waiting: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Future[Any]]] = {}
         self._lock = threading.Lock()
@@ -83,15 +103,16 @@ class _Process:
         return await future
 
     def close(self) -> None:
-        if self.process.is_alive():
+        if self.process.poll() is None:
             try:
                 self.pipe.send((-1, "exit", {}))
             except OSError:
                 pass
-            self.process.join(CLOSE_TIMEOUT)
-        if self.process.is_alive():
-            self.process.kill()
-            self.process.join(5)
+            try:
+                self.process.wait(CLOSE_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
         self.pipe.close()
 
 
@@ -107,8 +128,11 @@ def _settle(future: asyncio.Future[Any], ok: bool, result: Any) -> None:
 class Crowd:
     """``processes`` member processes; members are numbered 0..n-1 across them, in order."""
 
-    def __init__(self, processes: int = 4) -> None:
-        self.processes = [_Process(i) for i in range(processes)]
+    def __init__(self, processes: int = 4, stderr_dir: str | None = None) -> None:
+        """``stderr_dir``: each process's stderr goes to ``crowd-<n>.log`` there (else it is ours)."""
+        self.processes = [
+            _Process(i, os.path.join(stderr_dir, f"crowd-{i}.log") if stderr_dir else None) for i in range(processes)
+        ]
         #: member index -> the process holding it
         self._holder: dict[int, _Process] = {}
 
@@ -124,7 +148,7 @@ class Crowd:
 
     @property
     def pids(self) -> list[int]:
-        return [p.process.pid for p in self.processes if p.process.pid is not None]
+        return [p.process.pid for p in self.processes]
 
     async def _each(self, command: str, **arguments: Any) -> list[Any]:
         return list(await asyncio.gather(*(p.request(command, **arguments) for p in self.processes)))
@@ -213,3 +237,14 @@ class Crowd:
             for key, counts in result.items():
                 total[key].update(counts)
         return total
+
+    async def chaos(self, step: str, per_process: list[dict[str, Any]] | None = None, **arguments: Any) -> list[Any]:
+        """The chaos traffic's ``step`` (tests/chaos_clients.py: ``connect``, ``go``,
+        ``phase``, ``status``, ``stop``) in every process, each with its own ``per_process``
+        arguments if given; the answers in process order."""
+        shares = per_process or [{} for _ in self.processes]
+        return list(
+            await asyncio.gather(
+                *(p.request("chaos", step=step, **arguments, **a) for p, a in zip(self.processes, shares))
+            )
+        )

@@ -1,7 +1,7 @@
 """A member process of a ``Crowd`` (tests/crowd.py): its share of the hypha-rpc clients, and the
-commands the test sends it over a pipe.
+commands the test sends it over a socket (``python -m tests.crowd_member <fd>``).
 
-Spawned, it imports neither Ray nor the test. Each client is ``hypha_rpc.connect_to_server`` as a
+It imports neither Ray nor the test. Each client is ``hypha_rpc.connect_to_server`` as a
 user calls it; the process only watches it: hypha-rpc's connection attempts (``open``), the end
 of each (re)connection (its ``on_connected`` handler, which re-registers the services, returned),
 and the replies that arrive on its socket (counted per call id before hypha-rpc reads them).
@@ -81,6 +81,7 @@ class _Host:
         self.logger.propagate = False
         self.logger.setLevel(logging.INFO)
         self.logger.addHandler(_CountingHandler(self.log_counts))
+        self.traffic: Any = None  # tests/chaos_clients.py's Traffic, once ``chaos("connect")``
 
     # -- watching a client ------------------------------------------------------------------------
     def _watch(self, member: _Member) -> None:
@@ -254,18 +255,57 @@ class _Host:
             )
         return described
 
+    async def chaos(self, step: str, **arguments: Any) -> Any:
+        """The chaos run's traffic (tests/chaos_clients.py): ``connect`` (``url``, ``clients``,
+        ``seed``; returns the members and the seconds it took), ``go`` (``targets``,
+        ``v4_targets``), ``phase`` (``phase``; returns the seconds the last phase's calls took
+        to end), ``status``, and ``stop`` (returns the counts, then disconnects)."""
+        from tests import chaos_clients
+
+        if step == "connect":
+            started = time.monotonic()
+            traffic = self.traffic = chaos_clients.Traffic(
+                arguments["url"], arguments["clients"], seed=arguments["seed"]
+            )
+            await traffic.connect()
+            members = [{"sid": m.sid, "v4": m.v4} for m in traffic.members]
+            return {"members": members, "connect_s": round(time.monotonic() - started, 2)}
+        traffic = self.traffic
+        if traffic is None:
+            raise RuntimeError("no chaos traffic: connect first")
+        if step == "go":
+            traffic.go(arguments["targets"], arguments["v4_targets"])
+            return None
+        if step == "phase":
+            return await traffic.switch(arguments["phase"])
+        if step == "status":
+            return traffic.status()
+        if step == "stop":
+            await traffic.stop()
+            report = traffic.tally.report()
+            await traffic.disconnect()
+            self.traffic = None
+            return report
+        raise ValueError(f"unknown chaos step {step!r}")
+
     async def tally(self) -> dict[str, dict[str, int]]:
         return {"replies": dict(self.replies), "executions": dict(self.executions), "log": dict(self.log_counts)}
 
     async def disconnect(self) -> None:
-        async def one(member: _Member) -> None:
-            try:
-                await asyncio.wait_for(member.server.disconnect(), 5)
-            except Exception:
-                pass
-
-        await asyncio.gather(*(one(m) for m in self.members.values()))
+        await disconnect_all([m.server for m in self.members.values()], 5)
         self.members.clear()
+
+
+async def disconnect_all(servers: list[Any], timeout: float) -> None:
+    """``disconnect()`` every hypha-rpc client, each given at most ``timeout`` seconds."""
+
+    async def one(server: Any) -> None:
+        try:
+            await asyncio.wait_for(server.disconnect(), timeout)
+        except BaseException:
+            pass
+
+    await asyncio.gather(*(one(s) for s in servers))
 
 
 def main(pipe: Any) -> None:
@@ -282,6 +322,7 @@ async def _serve(pipe: Any) -> None:
         "recover": host.recover,
         "members": host.members_now,
         "tally": host.tally,
+        "chaos": host.chaos,
     }
     loop = asyncio.get_running_loop()
     requests: asyncio.Queue[tuple[int, str, dict[str, Any]]] = asyncio.Queue()
@@ -320,4 +361,14 @@ async def _serve(pipe: Any) -> None:
         task.add_done_callback(running.discard)
     for task in running:
         task.cancel()
+    if host.traffic is not None:
+        await host.traffic.stop()
+        await host.traffic.disconnect()
     await host.disconnect()
+
+
+if __name__ == "__main__":  # python -m tests.crowd_member <fd of its end of the command socket>
+    import sys
+    from multiprocessing.connection import Connection
+
+    main(Connection(int(sys.argv[1])))

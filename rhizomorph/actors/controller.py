@@ -339,6 +339,10 @@ class Controller:
             }
             if self.config.worker_resource:
                 options["resources"] = {self.config.worker_resource: 1}
+            env_vars = self.config.worker_env_vars()
+            if env_vars:
+                # PYTHONMALLOC is read as the interpreter starts: Ray sets these before it does.
+                options["runtime_env"] = {"env_vars": env_vars}
             handle = (
                 actor_class(GatewayWorker)
                 .options(**options)

@@ -162,7 +162,6 @@ class Router:
         # What it was not sent is answered, or waits for its reconnect.
         self.reconnects.left(conn, conn.queue.close(), replaced=address in self.clients)
         conn.queue.on_overflow = None  # conn -> queue -> conn.evict: a cycle only the collector breaks
-        self.reclaimer.departed()
         self.counters.departed.merge(conn.queue.batch_metrics)
         self.counters.disconnects[str(conn.close_code or "none")] += 1
         try:
@@ -170,6 +169,9 @@ class Router:
         except Exception as exc:  # registry restarting; its state is rebuilt from reconnects
             log.warning("could not release %s: %s", address, exc)
             return
+        finally:
+            # Counted once this coroutine let go of the connection: the wave's trim must follow its free.
+            self.reclaimer.departed()
         if removed is None:
             return  # a newer socket of this client took over: it is not gone
         self.replica.forget(address, self.worker_id)

@@ -215,3 +215,10 @@ def test_replace_returns_a_new_config():
     changed = base.replace(port=2)
     assert (base.port, changed.port) == (1, 2)
     assert changed.server_id == base.server_id
+
+
+def test_worker_allocator_sets_pythonmalloc_for_the_gateway_workers_only_when_asked():
+    assert Config().worker_env_vars() == {}  # pymalloc, Python's default: nothing to set
+    assert Config(worker_allocator="malloc").worker_env_vars() == {"PYTHONMALLOC": "malloc"}
+    with pytest.raises(ValueError, match="worker_allocator"):
+        Config(worker_allocator="jemalloc").worker_env_vars()

@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
 from rhizomorph.gateway.memory import Reclaimer
+from tests.unit.test_router import FakeRegistry, join, make_router, settle
 
 
 def reclaimer(runs: list[int], **timing: Any) -> Reclaimer:
@@ -52,3 +55,36 @@ async def test_reclaims_are_spaced_by_the_minimum_interval():
     assert runs == [1]
     await asyncio.sleep(0.25)
     assert runs == [1, 1]
+
+
+class SlowRelease(FakeRegistry):
+    """A registry whose ``release_client`` answers when told (``answer``), or fails."""
+
+    def __init__(self, fail: bool = False) -> None:
+        super().__init__()
+        self.answer = asyncio.Event()
+        self.fail = fail
+
+    async def release_client(self, address, generation):
+        await self.answer.wait()
+        if self.fail:
+            raise ConnectionError("registry restarting")
+        return await super().release_client(address, generation)
+
+
+@pytest.mark.parametrize("release_fails", [False, True])
+async def test_a_departure_counts_for_the_reclaim_once_the_router_let_go_of_the_connection(release_fails):
+    registry = SlowRelease(fail=release_fails)
+    router = make_router(registry)
+    conn, _ = await join(router, "a")
+
+    leaving = asyncio.ensure_future(router.disconnect(conn))
+    await settle()
+    # The disconnect still holds the connection while the registry answers: a reclaim now
+    # would run before its memory is freed.
+    assert router.reclaimer.departed_since == 0
+
+    registry.answer.set()
+    await leaving
+    assert router.reclaimer.departed_since == 1
+    router.reclaimer.close()
