@@ -14,7 +14,9 @@ from tests.test_hypha_compat import echo_service
 
 @pytest.fixture
 def malloc_router(ray_runtime):
-    deployment = Deployment(Config(port=0, workers=1, worker_allocator="malloc")).start()
+    # asyncio named: where uvloop is installed the worker needs the loop's variable too, and
+    # both reach it (the two runtime envs are merged, not one replacing the other).
+    deployment = Deployment(Config(port=0, workers=1, worker_allocator="malloc", loop="asyncio")).start()
     yield deployment
     deployment.stop()
 
@@ -22,6 +24,7 @@ def malloc_router(ray_runtime):
 async def test_malloc_workers_start_with_pythonmalloc_and_serve(malloc_router, connect):
     [info] = malloc_router.worker_info.values()
     assert psutil.Process(info["pid"]).environ().get("PYTHONMALLOC") == "malloc"
+    assert info["loop"] == "asyncio"
     registry = actor_pid(malloc_router.registry)
     assert registry is not None and psutil.Process(registry).environ().get("PYTHONMALLOC") is None
 

@@ -342,7 +342,8 @@ class Controller:
             env_vars = self.config.worker_env_vars()
             if env_vars:
                 # PYTHONMALLOC is read as the interpreter starts: Ray sets these before it does.
-                options["runtime_env"] = {"env_vars": env_vars}
+                runtime_env = options.setdefault("runtime_env", {})
+                runtime_env["env_vars"] = {**runtime_env.get("env_vars", {}), **env_vars}
             handle = (
                 actor_class(GatewayWorker)
                 .options(**options)
