@@ -27,35 +27,21 @@ _PRIMITIVES = (int, float, bool, str, bytes)
 
 def is_plain_list(values: list[Any]) -> bool:
     """``RPC._all_primitives_list(values)``: only primitives, plain lists and plain dicts, nested."""
-    return _all_plain(values)
+    return _all_plain(values, True)
 
 
 def is_plain_dict(mapping: dict[Any, Any]) -> bool:
     """``RPC._all_primitives_dict(mapping)``: its values as ``is_plain_list`` (the dict's own
     ``_rtype`` is the caller's business, as in hypha-rpc)."""
-    return _all_plain(mapping.values())
-
-
-def _all_plain(values: Iterable[Any]) -> bool:
-    if SCALAR_TYPES.issuperset(map(type, values)):
-        return True
-    for value in values:
-        kind = type(value)
-        if kind in SCALAR_TYPES:
-            continue
-        if kind is list:
-            if not _all_plain(value):
-                return False
-        elif kind is dict:
-            if "_rtype" in value or not _all_plain(value.values()):
-                return False
-        elif not isinstance(value, _PRIMITIVES):
-            return False
-    return True
+    return _all_plain(mapping.values(), True)
 
 
 def is_scalar_list(values: list[Any]) -> bool:
     """``RPC._all_scalars_list(values)``: primitives and lists of them, nested; no dicts."""
+    return _all_plain(values, False)
+
+
+def _all_plain(values: Iterable[Any], dicts: bool) -> bool:
     if SCALAR_TYPES.issuperset(map(type, values)):
         return True
     for value in values:
@@ -63,7 +49,10 @@ def is_scalar_list(values: list[Any]) -> bool:
         if kind in SCALAR_TYPES:
             continue
         if kind is list:
-            if not is_scalar_list(value):
+            if not _all_plain(value, dicts):
+                return False
+        elif kind is dict and dicts:
+            if "_rtype" in value or not _all_plain(value.values(), True):
                 return False
         elif not isinstance(value, _PRIMITIVES):
             return False
