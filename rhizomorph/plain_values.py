@@ -5,7 +5,7 @@ accept: ``None``, ints, floats, bools, strings and bytes, in exact ``dict``\\s (
 ``_rtype``) and exact ``list``\\s, nested. hypha-rpc encodes a plain value as it is and decodes
 a plain dict with ``ObjectProxy.fromDict``, i.e. munch's generic ``munchify``, which visits every
 element with several Python calls and an ABC ``isinstance`` each. In a dashboard message with a
-few thousand floats that is most of a client's CPU per call (py-spy, ``benchmarks/claims.md``).
+few thousand floats that is most of a client's CPU per call (py-spy: ``benchmarks/mixed.md``).
 
 Here the same checks and the same conversion run with the element types tested in C
 (``set.issuperset(map(type, ...))``) and one Python step per container: lists of scalars are
