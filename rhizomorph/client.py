@@ -41,6 +41,7 @@ except ModuleNotFoundError as exc:
         name=exc.name,
     ) from exc
 
+from rhizomorph import plain_values
 from rhizomorph.gateway.delivery import DeliveryQueue
 from rhizomorph.gateway.direct_write import direct_writer
 from rhizomorph.protocol import envelope, frames
@@ -177,9 +178,16 @@ class _V4RPC(_hypha_ws.RPC):
       call and keeps the next window in flight while it consumes (back-pressure: at most two
       windows are out). v3 consumers ignore the extra key and pull item by item.
 
-    And one cost cut that leaves the bytes on the wire as they are: each call's promise state is
-    a ``_PromiseState`` (hypha-rpc defines a new class for it on every call).
+    And cost cuts that leave the bytes on the wire as they are: each call's promise state is a
+    ``_PromiseState`` (hypha-rpc defines a new class for it on every call), and plain values
+    (primitives in dicts and lists) are checked and decoded by ``rhizomorph/plain_values.py``
+    (hypha-rpc's munchify visits each element in Python: most of a call's CPU with a few
+    thousand floats).
     """
+
+    _all_primitives_list = staticmethod(plain_values.is_plain_list)
+    _all_primitives_dict = staticmethod(plain_values.is_plain_dict)
+    _all_scalars_list = staticmethod(plain_values.is_scalar_list)
 
     def _create_promise_manager(self) -> _PromiseState:
         return _PromiseState()
@@ -221,7 +229,11 @@ class _V4RPC(_hypha_ws.RPC):
         remote_workspace: Any = None,
         local_workspace: Any = None,
     ) -> Any:
-        if isinstance(a_object, dict) and a_object.get("_rtype") == "generator" and "_rwindow_method" in a_object:
+        if type(a_object) is dict and "_rtype" not in a_object:
+            proxy = plain_values.proxy_plain(a_object)  # what hypha-rpc's fast path returns, or None
+            if proxy is not None:
+                return proxy
+        elif isinstance(a_object, dict) and a_object.get("_rtype") == "generator" and "_rwindow_method" in a_object:
 
             def remote(method: str) -> Any:
                 encoded = {
