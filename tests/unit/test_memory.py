@@ -17,18 +17,20 @@ def reclaimer(runs: list[int], **timing: Any) -> Reclaimer:
 
 async def test_a_wave_of_departures_is_reclaimed_once_after_it_ends():
     runs: list[int] = []
-    waves = reclaimer(runs, threshold=3, delay=0.02, max_wait=5.0, min_interval=0.0)
+    # The wave's departures are 5 ms apart and the quiet spell that ends it is 0.3 s: a loaded
+    # machine that stretches a 5 ms sleep past 0.3 s would end the wave early (seen at 20 ms).
+    waves = reclaimer(runs, threshold=3, delay=0.3, max_wait=30.0, min_interval=0.0)
 
     for _ in range(2):
         waves.departed()
-    await asyncio.sleep(0.1)
+    await asyncio.sleep(0.5)
     assert runs == []  # under the threshold: nothing to give back
 
     for _ in range(10):
         waves.departed()
         await asyncio.sleep(0.005)  # still departing: not yet
     assert runs == []
-    await asyncio.sleep(0.1)
+    await asyncio.sleep(0.6)
     assert runs == [1] and waves.departed_since == 0
 
 
