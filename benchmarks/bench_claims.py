@@ -81,10 +81,13 @@ DEFAULT, NO_BATCHING = "rhizomorph", "rhizomorph-no-batching"
 IDLE_SECONDS = 3.0
 
 
-def claim_contenders(batch_waits: list[str] | None = None, loops: list[str] | None = None) -> list[Contender]:
+def claim_contenders(
+    batch_waits: list[str] | None = None, loops: list[str] | None = None, workers: list[int] | None = None
+) -> list[Contender]:
     """The router with its defaults, and with batching off (``--no-batching``); plus the defaults
-    with each other ``batch_wait`` rule asked for (``rhizomorph-wait-timer``: the report's rule)
-    and on each event loop asked for (``rhizomorph-loop-uvloop``, ``rhizomorph-loop-asyncio``)."""
+    with each other ``batch_wait`` rule asked for (``rhizomorph-wait-timer``: the report's rule),
+    on each event loop asked for (``rhizomorph-loop-uvloop``, ``rhizomorph-loop-asyncio``) and
+    with each gateway worker count asked for (``rhizomorph-1w``; the default is one per CPU)."""
     contenders: list[Contender] = [
         Rhizomorph(0, name=DEFAULT),
         Rhizomorph(0, name=NO_BATCHING, enable_message_batching=False),
@@ -94,6 +97,8 @@ def claim_contenders(batch_waits: list[str] | None = None, loops: list[str] | No
             contenders.append(Rhizomorph(0, name=f"{DEFAULT}-wait-{wait}", batch_wait=wait))
     for loop in loops or []:
         contenders.append(Rhizomorph(0, name=f"{DEFAULT}-loop-{loop}", loop=loop))
+    for count in workers or []:
+        contenders.append(Rhizomorph(count, name=f"{DEFAULT}-{count}w"))
     return contenders
 
 
@@ -297,6 +302,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--loops", nargs="+", choices=LOOPS, default=[], help="also the defaults on each of these event loops"
     )
+    parser.add_argument(
+        "--workers", nargs="+", type=int, default=[], help="also the defaults with these gateway worker counts"
+    )
     parser.add_argument("--contenders", nargs="+", help="only the contenders named exactly so")
     parser.add_argument(
         "--client-loop", choices=("asyncio", "uvloop"), default="asyncio", help="the event loop of the clients"
@@ -318,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     ray_dir = tempfile.mkdtemp(prefix="rb-", dir="/tmp")  # never join someone else's Ray
     ray_started = ensure_ray(num_cpus=os.cpu_count() or 1, _temp_dir=ray_dir)
     notes: list[str] = []
-    contenders = claim_contenders(args.batch_waits, args.loops)
+    contenders = claim_contenders(args.batch_waits, args.loops, args.workers)
     contenders += hypha_contender(notes, not args.no_hypha, args.hypha_python)
     contenders = [c for c in contenders if not args.contenders or c.name in args.contenders]
     stamp = {"run_id": run_id, "suite": f"claims-{suite.name}"}

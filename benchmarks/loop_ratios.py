@@ -10,6 +10,11 @@ same machine — of MiB/s and of the CPU per call of the router (every process o
 runtime but the other router's workers and registry), the caller and the provider. Several
 files (e.g. clients on asyncio, then on uvloop) are pooled and also shown one by one.
 
+    python -m benchmarks.bench_claims --workers 1 --contenders rhizomorph rhizomorph-1w --no-hypha
+    python -m benchmarks.loop_ratios --compare rhizomorph-1w rhizomorph RESULTS.jsonl
+
+Any two contenders of one run the same way (``--compare FIRST SECOND``: FIRST / SECOND).
+
     python -m benchmarks.loop_ratios --client-runs A1.jsonl B1.jsonl A2.jsonl B2.jsonl ...
 
 The clients' loop instead (``bench_claims --client-loop``, which one run can only have one of):
@@ -46,16 +51,20 @@ def _text(stat: Stat) -> str:
     return f"{stat.median:.2f} ({stat.low:.2f}–{stat.high:.2f})"
 
 
-def loop_table(cells: dict[tuple[str, str, str, str], ClaimCell]) -> str:
-    """uvloop / asyncio per (scenario, mode, client), and all of them pooled."""
-    keys = sorted({(s, m, client) for (s, m, name, client) in cells if name == UVLOOP})
+def loop_table(
+    cells: dict[tuple[str, str, str, str], ClaimCell], first: str = UVLOOP, second: str = ASYNCIO, label: str = ""
+) -> str:
+    """``first`` / ``second`` (uvloop / asyncio unless told) per (scenario, mode, client), and all
+    of them pooled."""
+    label = label or ("uvloop / asyncio" if (first, second) == (UVLOOP, ASYNCIO) else f"{first} / {second}")
+    keys = sorted({(s, m, client) for (s, m, name, client) in cells if name == first})
     lines = [
-        "| scenario | mode | client | " + " | ".join(f"{name} uvloop / asyncio" for name, _ in FIGURES) + " |",
+        "| scenario | mode | client | " + " | ".join(f"{name} {label}" for name, _ in FIGURES) + " |",
         "|---" * (3 + len(FIGURES)) + "|",
     ]
     pooled: dict[str, list[float]] = {name: [] for name, _ in FIGURES}
     for s, m, client in keys:
-        a, b = cells.get((s, m, UVLOOP, client)), cells.get((s, m, ASYNCIO, client))
+        a, b = cells.get((s, m, first, client)), cells.get((s, m, second, client))
         texts = []
         for name, value in FIGURES:
             ratios = paired(a, b, value)
@@ -100,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results", nargs="+", type=Path)
     parser.add_argument("--client-runs", action="store_true", help="compare the clients' loops across runs")
+    parser.add_argument(
+        "--compare", nargs=2, metavar=("FIRST", "SECOND"), help="two other contenders (e.g. rhizomorph-1w rhizomorph)"
+    )
     args = parser.parse_args(argv)
     loaded = [_load(path) for path in args.results]
     if args.client_runs:
@@ -111,12 +123,12 @@ def main(argv: list[str] | None = None) -> int:
     for path, meta, records, extra in loaded:
         end = next((r["load_average"] for r in extra if r.get("kind") == "claims-end"), None)
         print(f"## {path.name}: clients on {meta.get('client_loop', 'asyncio')}, load average at the end {end}\n")
-        print(loop_table(claim_cells(records)) + "\n")
+        print(loop_table(claim_cells(records), *(args.compare or ())) + "\n")
     if len(loaded) > 1:
         # Repeats renumbered per file, so that pairs never mix runs of two files.
         records = [{**r, "repeat": (i, r["repeat"])} for i, (_, _, rs, _) in enumerate(loaded) for r in rs]
         print("## all files pooled\n")
-        print(loop_table(claim_cells(records)))
+        print(loop_table(claim_cells(records), *(args.compare or ())))
     return 0
 
 
