@@ -166,6 +166,12 @@ class BareRelay(_Subprocess):
         self.url = f"ws://127.0.0.1:{int(line.split()[1])}"
 
 
+#: Hypha closes a socket (1008) that sends over 200 frames/s beyond a burst of 2000 (its
+#: ``HYPHA_WS_MSG_RATE_LIMIT`` / ``_BURST_LIMIT`` defaults): a benchmark compares how fast the
+#: servers route, so the limit is lifted (rhizomorph's default, 20,000 frames/s, is never reached).
+HYPHA_UNLIMITED = {"HYPHA_WS_MSG_RATE_LIMIT": "1000000000", "HYPHA_WS_MSG_BURST_LIMIT": "1000000000"}
+
+
 class RealHypha(_Subprocess):
     """``python -m hypha.server``, by this interpreter or by ``python`` (e.g. a venv of its own)."""
 
@@ -200,6 +206,7 @@ class RealHypha(_Subprocess):
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             cwd=_repo_root(),
+            env={**os.environ, **HYPHA_UNLIMITED},
         )
         deadline = time.monotonic() + START_TIMEOUT
         while not _accepts(port):
