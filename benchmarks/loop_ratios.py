@@ -98,9 +98,11 @@ def client_table(loaded: list[tuple[Path, dict[str, Any], list[dict[str, Any]], 
     return "\n".join(lines)
 
 
-def _load(path: Path) -> tuple[Path, dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
+def _load(
+    path: Path, rename_old_default: bool = True
+) -> tuple[Path, dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
     meta, records, extra = load_claims(path)
-    if not any(r["contender"] == ASYNCIO for r in records):
+    if rename_old_default and not any(r["contender"] == ASYNCIO for r in records):
         records = [{**r, "contender": ASYNCIO} if r["contender"] == OLD_DEFAULT else r for r in records]
     return path, meta, records, extra
 
@@ -113,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         "--compare", nargs=2, metavar=("FIRST", "SECOND"), help="two other contenders (e.g. rhizomorph-1w rhizomorph)"
     )
     args = parser.parse_args(argv)
-    loaded = [_load(path) for path in args.results]
+    loaded = [_load(path, rename_old_default=not args.compare) for path in args.results]
     if args.client_runs:
         for path, meta, _, extra in loaded:
             end = next((r["load_average"] for r in extra if r.get("kind") == "claims-end"), None)

@@ -34,14 +34,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve = argparse.ArgumentParser(add_help=False)
     serve.add_argument("--host", help="interface to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="WebSocket port (default 9527)")
-    serve.add_argument("--workers", type=int, help="gateway workers per node (default: one per CPU)")
+    serve.add_argument(
+        "--workers", type=int, help="gateway workers per node (default: one per CPU, one on a node of 2 CPUs or fewer)"
+    )
     serve.add_argument(
         "--address",
         dest="ray_address",
         help="join this Ray cluster (default: start an embedded local Ray on 127.0.0.1)",
     )
     serve.add_argument(
-        "--workers-per-cpu", type=float, help="with --workers 0: gateway workers per CPU of each node (default 1.0)"
+        "--workers-per-cpu",
+        type=float,
+        help="with --workers 0: gateway workers per CPU of each node (default 0: one per CPU, one on a node of 2 CPUs or fewer)",
     )
     serve.add_argument(
         "--worker-resource", help="run workers only on nodes with this Ray custom resource, one per unit"

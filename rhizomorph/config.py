@@ -145,8 +145,10 @@ class Config:
     #: Hypha; hypha-rpc clients send a text ping every 20-30 s. ``0`` disables it.
     idle_timeout: float = 600.0
     #: With ``workers = 0``: gateway workers per CPU of each node (Ray's ``CPU`` resource of the
-    #: node), rounded down, at least one per node. See docs/deploy.md.
-    workers_per_cpu: float = 1.0
+    #: node), rounded down, at least one per node. ``0`` (the default): one per CPU, but a single
+    #: worker on a node of 2 CPUs or fewer, where the clients and Ray's own processes need the
+    #: other core (measured: benchmarks/targets.md). See docs/deploy.md.
+    workers_per_cpu: float = 0.0
     #: If set, gateway workers run only on nodes advertising this Ray custom resource
     #: (``ray start --resources='{"gateway": 4}'``), one worker per unit (``workers`` caps it).
     worker_resource: str = ""

@@ -34,6 +34,9 @@ def test_workers_per_node_from_count_cpus_or_custom_resource():
     assert workers_for_node(Config(workers_per_cpu=0.5), node) == 4
     assert workers_for_node(Config(workers_per_cpu=0.5), {"CPU": 1.0}) == 1  # at least one per node
     assert workers_for_node(Config(), {"CPU": 0.0}) == 1  # a head started with --num-cpus 0
+    assert workers_for_node(Config(), {"CPU": 2.0}) == 1  # a small node: one worker
+    assert workers_for_node(Config(), {"CPU": 3.0}) == 3
+    assert workers_for_node(Config(workers_per_cpu=1.0), {"CPU": 2.0}) == 2  # one per CPU when asked
     assert workers_for_node(Config(worker_resource="gateway"), node) == 3
     assert workers_for_node(Config(worker_resource="gateway", workers=2), node) == 2
     assert workers_for_node(Config(worker_resource="gateway"), {"CPU": 8.0}) == 0

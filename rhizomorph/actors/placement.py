@@ -13,18 +13,26 @@ from rhizomorph.actors import event_loop
 from rhizomorph.config import Config
 
 
+#: A node with this many CPUs or fewer gets one gateway worker by default (``workers_per_cpu = 0``).
+SMALL_NODE_CPUS = 2
+
+
 def workers_for_node(config: Config, resources: Mapping[str, float]) -> int:
     """How many gateway workers a node with these Ray resources gets.
 
     ``worker_resource`` set: one per unit of that resource (``workers`` caps it), none on nodes
-    without it. Otherwise ``workers`` if set, else ``workers_per_cpu`` per CPU (at least one).
+    without it. Otherwise ``workers`` if set, else ``workers_per_cpu`` per CPU (at least one);
+    ``workers_per_cpu = 0``: one per CPU, one in all on a small node (``SMALL_NODE_CPUS``).
     """
     if config.worker_resource:
         units = int(resources.get(config.worker_resource, 0))
         return min(units, config.workers) if config.workers > 0 else units
     if config.workers > 0:
         return config.workers
-    return max(1, int(resources.get("CPU", 0) * config.workers_per_cpu))
+    cpus = resources.get("CPU", 0)
+    if config.workers_per_cpu > 0:
+        return max(1, int(cpus * config.workers_per_cpu))
+    return 1 if cpus <= SMALL_NODE_CPUS else int(cpus)
 
 
 def on_node(node_id: str) -> Any:
