@@ -12,7 +12,6 @@ from typing import Any
 from rhizomorph.actors import event_loop
 from rhizomorph.config import Config
 
-
 #: A node with this many CPUs or fewer gets one gateway worker by default (``workers_per_cpu = 0``).
 SMALL_NODE_CPUS = 2
 
