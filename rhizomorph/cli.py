@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--workers-per-cpu",
         type=float,
-        help="with --workers 0: gateway workers per CPU of each node (default 0: one per CPU, one on a node of 2 CPUs or fewer)",
+        help="with --workers 0: gateway workers per CPU of each node (default 0: one per CPU, one on 2 CPUs or fewer)",
     )
     serve.add_argument(
         "--worker-resource", help="run workers only on nodes with this Ray custom resource, one per unit"
