@@ -167,14 +167,19 @@ class Serve:
 
     def __exit__(self, *exc: Any) -> None:
         stop_started = time.monotonic()
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+        stop_serve(self.process)
         self.stop_s = time.monotonic() - stop_started
         self._log.close()
+
+
+def stop_serve(process: subprocess.Popen, timeout: float = 60) -> None:
+    """SIGTERM, as Ctrl-C would; after ``timeout`` s, SIGKILL to its whole process group."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 @contextmanager

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -16,6 +15,7 @@ import time
 
 import pytest
 
+from benchmarks.startup import stop_serve
 from rhizomorph import Config, Deployment
 from rhizomorph.listening import EarlyListener
 from tests.test_cli import descendants, free_port, listening_sockets
@@ -61,12 +61,7 @@ class Cli:
 
     def stop(self) -> None:
         if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+            stop_serve(self.process)
         self._reader.join(10)
         assert self.process.stdout is not None
         self.process.stdout.close()
