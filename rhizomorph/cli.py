@@ -18,7 +18,9 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from rhizomorph import logs
+from rhizomorph.actors.event_loop import LOOPS
 from rhizomorph.config import Config, url_host
+from rhizomorph.protocol.batching import WAITS
 
 if TYPE_CHECKING:
     from rhizomorph.listening import EarlyListener
@@ -53,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--server-id", help="fixed server id (names the manager peer)")
     serve.add_argument(
         "--loop",
-        choices=("asyncio", "uvloop", "auto"),
+        choices=LOOPS,
         help="event loop of the router's actors (default auto: uvloop if installed)",
     )
     serve.add_argument("--log-level", help="DEBUG, INFO, WARNING (default INFO)")
@@ -71,9 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     batching.add_argument(
         "--no-batching", dest="enable_message_batching", action="store_false", help="one frame per message"
     )
-    serve.add_argument(
-        "--batch-wait", choices=("socket", "timer"), help="what a busy target's batch waits for (default: socket)"
-    )
+    serve.add_argument("--batch-wait", choices=WAITS, help="what a busy target's batch waits for (default: socket)")
     serve.add_argument("--batch-timeout-ms", type=float)
     serve.add_argument("--batch-max-messages", type=int)
     serve.add_argument("--batch-max-size", type=int)

@@ -157,6 +157,7 @@ class Deployment:
 
         # An embedded Ray runs this Python: a missing uvloop is said here, before any actor starts.
         (event_loop.validate if self.config.ray_address else event_loop.require)(self.config.loop)
+        self.config.worker_env_vars()  # a wrong worker_allocator, too, before the controller runs
         name = naming.controller_name(self.config.server_id)
         options = control_plane(self.config, name, _embedded_loop_value)
         self.controller = actor_class(Controller).options(**options).remote(self.config, self.listener_handover)

@@ -25,7 +25,7 @@ from ray.exceptions import ActorDiedError
 
 from rhizomorph import logs
 from rhizomorph.actors import actor_class, answers, event_loop, naming
-from rhizomorph.actors.placement import control_plane, on_node, workers_for_node
+from rhizomorph.actors.placement import control_plane, on_node, worker_runtime, workers_for_node
 from rhizomorph.config import Config
 
 log = logging.getLogger("rhizomorph.controller")
@@ -326,6 +326,7 @@ class Controller:
 
         created: dict[str, tuple[str, Any]] = {}
         handover = ""  # the worker offered the launcher's socket
+        runtime = worker_runtime(self.config)
         for node_id, port in slots:
             number = self._next_number.get(node_id, 0)
             self._next_number[node_id] = number + 1
@@ -335,15 +336,10 @@ class Controller:
                 "name": naming.worker_name(self.config.server_id, worker_id),
                 "namespace": naming.NAMESPACE,
                 "lifetime": "detached",
-                **event_loop.child_options(self.config.loop),
+                **runtime,
             }
             if self.config.worker_resource:
                 options["resources"] = {self.config.worker_resource: 1}
-            env_vars = self.config.worker_env_vars()
-            if env_vars:
-                # PYTHONMALLOC is read as the interpreter starts: Ray sets these before it does.
-                runtime_env = options.setdefault("runtime_env", {})
-                runtime_env["env_vars"] = {**runtime_env.get("env_vars", {}), **env_vars}
             handle = (
                 actor_class(GatewayWorker)
                 .options(**options)

@@ -80,8 +80,7 @@ def check(loop: str) -> str:
     actual = running()
     if loop == "auto" or actual == loop:
         return actual
-    if loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
-        raise uvloop_missing_error()
+    require(loop)  # uvloop asked for and missing: say that, not only that the loop differs
     raise RuntimeError(f"loop = {loop!r} but this actor runs {actual} (is {RAY_USE_UVLOOP} overridden?)")
 
 

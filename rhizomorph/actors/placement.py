@@ -34,6 +34,18 @@ def workers_for_node(config: Config, resources: Mapping[str, float]) -> int:
     return 1 if cpus <= SMALL_NODE_CPUS else int(cpus)
 
 
+def worker_runtime(config: Config) -> dict[str, Any]:
+    """Actor options of a gateway worker that a router's actor creates: the event loop it runs
+    (``event_loop.child_options``) and the variables of ``config.worker_env_vars`` in one
+    runtime env (PYTHONMALLOC is read as the interpreter starts: Ray sets it before)."""
+    options = event_loop.child_options(config.loop)
+    env_vars = config.worker_env_vars()
+    if env_vars:
+        runtime_env = options.setdefault("runtime_env", {})
+        runtime_env["env_vars"] = {**runtime_env.get("env_vars", {}), **env_vars}
+    return options
+
+
 def on_node(node_id: str) -> Any:
     """Pinned to the node: a worker serves its node's port, nowhere else."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy

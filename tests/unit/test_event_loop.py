@@ -9,7 +9,7 @@ import pytest
 
 from rhizomorph import Config
 from rhizomorph.actors import event_loop
-from rhizomorph.actors.placement import control_plane
+from rhizomorph.actors.placement import control_plane, worker_runtime
 
 HAS_UVLOOP = importlib.util.find_spec("uvloop") is not None
 
@@ -87,3 +87,13 @@ def test_check_on_uvloop():
 def test_require_uvloop_without_it_says_how_to_get_it():
     with pytest.raises(RuntimeError, match=r"uvloop is not installed .*pip install 'uvloop>=0.23'"):
         event_loop.require("uvloop")
+
+
+def test_a_workers_loop_and_allocator_variables_share_one_runtime_env(monkeypatch):
+    monkeypatch.setenv(event_loop.RAY_USE_UVLOOP, "1")  # what the creating actor has
+    both = worker_runtime(Config(loop="asyncio", worker_allocator="malloc"))
+    assert both == {"runtime_env": {"env_vars": {event_loop.RAY_USE_UVLOOP: "0", "PYTHONMALLOC": "malloc"}}}
+    assert worker_runtime(Config(loop="auto", worker_allocator="malloc")) == {
+        "runtime_env": {"env_vars": {"PYTHONMALLOC": "malloc"}}
+    }
+    assert worker_runtime(Config(loop="auto")) == {}
