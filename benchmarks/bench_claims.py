@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import shutil
@@ -292,6 +293,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--suite", choices=sorted(CLAIM_SUITES), default="quick")
     parser.add_argument("--repeats", type=int, help="override the suite's repeat count (>= 5 for the table)")
     parser.add_argument("--cases", nargs="+", help="only cases whose id contains one of these (e.g. small burst)")
+    parser.add_argument(
+        "--min-run-s", type=float, help="override the suite's minimum length of one run, seconds (0: one pass)"
+    )
     parser.add_argument("--clients", nargs="+", default=list(CLIENTS), choices=list(CLIENTS))
     parser.add_argument("--no-hypha", action="store_true", help="skip the real Hypha server even if installed")
     parser.add_argument("--hypha-python", help="the interpreter that runs the Hypha server (e.g. its own venv)")
@@ -313,6 +317,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ[CLIENT_LOOP_ENV] = args.client_loop  # the load process and the providers inherit it
 
     suite = CLAIM_SUITES[args.suite]
+    if args.min_run_s is not None:
+        suite = dataclasses.replace(suite, min_run_s=args.min_run_s)
     repeats = args.repeats or suite.repeats
     run_id = time.strftime("%Y%m%d-%H%M%S") + f"-claims-{args.suite}"
     args.out.mkdir(parents=True, exist_ok=True)
@@ -340,6 +346,7 @@ def main(argv: list[str] | None = None) -> int:
         "clients": args.clients,
         "client_loop": args.client_loop,
         "run_timeout_s": suite.run_timeout,
+        "min_run_s": suite.min_run_s,
         "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
     path.write_text(json.dumps({**stamp, **meta}) + "\n")

@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -140,7 +140,7 @@ async def _open(pair: Pair, case: Case, payloads: list[Any], probe: ProcessProbe
     """Open the pair's rig and warm it up; a rig that cannot deliver its warm-up is closed and refused."""
     rig = await asyncio.wait_for(harness.open_rig(pair, case, payloads), timeout)
     warmup = payloads[:WARMUP_MESSAGES]
-    result = await harness.measure(rig, case, warmup, probe, min(timeout, WARMUP_TIMEOUT))
+    result = await harness.measure(rig, replace(case, min_run_s=0.0), warmup, probe, min(timeout, WARMUP_TIMEOUT))
     if result["delivered"] < result["messages"]:
         await rig.close()
         raise RuntimeError(f"warm-up delivered {result['delivered']}/{result['messages']}")
@@ -312,6 +312,7 @@ def main(argv: list[str] | None = None) -> int:
         "claims_contenders": [c.name for c in claimants],
         "clients": args.clients,
         "run_timeout_s": suite.run_timeout,
+        "claims_min_run_s": claims_suite.min_run_s,
         "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
     path.write_text(json.dumps({**stamp, **meta}) + "\n")

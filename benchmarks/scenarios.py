@@ -52,6 +52,9 @@ class Scenario:
 class Case:
     scenario: Scenario
     mode: str
+    #: A measured run repeats the scenario's messages (a *pass*) until this many seconds have
+    #: passed, in whole passes (0: one pass); warm-ups are one pass whatever it says.
+    min_run_s: float = 0.0
 
     @property
     def id(self) -> str:
@@ -77,9 +80,11 @@ class Suite:
     #: Upper bound on one measured run, seconds; a run that hits it is recorded as timed out.
     run_timeout: float = 60.0
     notes: tuple[str, ...] = field(default=())
+    #: Each measured run's minimum length, seconds (``Case.min_run_s``); 0: one pass per run.
+    min_run_s: float = 0.0
 
     def cases(self) -> list[Case]:
-        return [Case(s, mode) for s in self.scenarios for mode in s.modes]
+        return [Case(s, mode, self.min_run_s) for s in self.scenarios for mode in s.modes]
 
 
 def payload_size(obj: Any) -> int:
@@ -159,10 +164,12 @@ def _claim_scenarios(small: int, medium: int, large: int, mixed: int) -> tuple[S
 
 #: The report's four scenarios as echo calls (``benchmarks/bench_claims.py``): its own counts in
 #: ``quick`` and ``full`` (2000 x 256 B, 500 x 20 KB, 20 x 2 MB, 250 dashboard messages), tiny in ``smoke``.
+#: One pass over them lasts a few tenths of a second, too short for a ratio or a CPU reading to hold
+#: from repeat to repeat: a run repeats its pass until ``min_run_s`` (smoke: one pass).
 CLAIM_SUITES: dict[str, Suite] = {
     "smoke": Suite("smoke", _claim_scenarios(20, 5, 2, 25), repeats=1, run_timeout=30.0),
-    "quick": Suite("quick", _claim_scenarios(2000, 500, 20, MIXED_COUNT), repeats=5, run_timeout=120.0),
-    "full": Suite("full", _claim_scenarios(2000, 500, 20, MIXED_COUNT), repeats=5, run_timeout=180.0),
+    "quick": Suite("quick", _claim_scenarios(2000, 500, 20, MIXED_COUNT), repeats=5, run_timeout=120.0, min_run_s=1.5),
+    "full": Suite("full", _claim_scenarios(2000, 500, 20, MIXED_COUNT), repeats=5, run_timeout=180.0, min_run_s=4.0),
 }
 
 # -- the mixed "dashboard" set --------------------------------------------------------------------
