@@ -385,12 +385,36 @@ def claims_mode_table(cells) -> str:
     return "\n".join(lines)
 
 
+def claims_spread(cells) -> dict[str, Stat]:
+    """How far one cell's paired ratios (scenario, mode: one per repeat) spread: per ratio row, the
+    max / min of each cell's ratios, as median (min–max) over the cells. 1.00 would be runs that
+    agree exactly; a cell with fewer than two ratios has no spread."""
+    spreads = {}
+    for spec in claim_rows(cells):
+        per_cell = []
+        for s in _scenarios(cells):
+            for m in _modes(cells):
+                a, b = _cell(cells, s, m, spec.numerator), _cell(cells, s, m, spec.denominator)
+                ratios = [r for r in paired(a, b) if r > 0]
+                if len(ratios) > 1:
+                    per_cell.append(max(ratios) / min(ratios))
+        if per_cell:
+            spreads[spec.title] = Stat.of(per_cell)
+    return spreads
+
+
+def claims_spread_markdown(cells) -> str:
+    lines = ["| ratio | max / min of a cell's paired ratios: median over the cells (min–max) |", "|---|---|"]
+    lines += [f"| {title} | {_fmt(stat)} |" for title, stat in claims_spread(cells).items()]
+    return "\n".join(lines)
+
+
 def claims_detail_table(cells, idle_share: float | None = None) -> str:
     """``idle_share``: the share of a core Ray's processes use with no traffic; the router column then
     says how much of each rhizomorph figure that background is (that share over the run, per call)."""
     lines = [
         "| scenario | mode | contender [client] | MiB/s | calls/s | p50 ms | caller µs/call | provider µs/call "
-        "| router µs/call | delivered |",
+        "| router µs/call | calls per run |",
         "|---" * 10 + "|",
     ]
     order = {name: i for i, name in enumerate((DEFAULT, NO_BATCHING, HYPHA))}
@@ -398,9 +422,7 @@ def claims_detail_table(cells, idle_share: float | None = None) -> str:
         for m in _modes(cells):
             mine = [c for (cs, cm, _, _), c in cells.items() if cs == s and cm == m]
             for c in sorted(mine, key=lambda c: (order.get(c.contender, 9), c.contender, c.client)):
-                delivered = min(r["delivered"] for r in c.runs.values())
-                messages = next(iter(c.runs.values()))["messages"]
-                mark = "" if c.complete else "⚠ "
+                delivered = calls_per_run(list(c.runs.values()))
                 calls, p50 = c.stat(lambda r: r["msgs_per_s"]), c.stat(lambda r: r["latency_p50_ms"])
                 router = _fmt(c.cpu_us("server_cpu_s"), False)
                 if idle_share is not None and c.contender != HYPHA:
@@ -410,9 +432,21 @@ def claims_detail_table(cells, idle_share: float | None = None) -> str:
                     f"| {s} | {CLAIM_MODE_NAMES.get(m, m)} | {c.contender} [{c.client}] | {_fmt(c.mib_per_s)} "
                     f"| {_fmt(calls)} | {_fmt(p50, False)} "
                     f"| {_fmt(c.cpu_us('client_cpu_s'), False)} | {_fmt(c.cpu_us('provider_cpu_s'), False)} "
-                    f"| {router} | {mark}{delivered}/{messages} |"
+                    f"| {router} | {delivered} |"
                 )
     return "\n".join(lines)
+
+
+def calls_per_run(runs: list[dict[str, Any]]) -> str:
+    """A scenario's calls times the passes of the runs (``2000 × 3–4``), ⚠ and the calls lost, if any."""
+    passes = [r.get("passes", 1) for r in runs]
+    per_pass = runs[0]["messages"] // max(passes[0], 1)
+    text = f"{per_pass} × {min(passes)}" + (f"–{max(passes)}" if max(passes) != min(passes) else "")
+    lost = sum(r["messages"] - r["delivered"] for r in runs)
+    timed_out = sum(bool(r["timed_out"]) for r in runs)
+    if lost or timed_out:
+        text = f"⚠ {text}, {lost} lost" + (f", {timed_out} timed out" if timed_out else "")
+    return text
 
 
 def _verdict(got: dict[str, float], wanted: Iterable[str], ok: Any) -> str:
@@ -483,6 +517,13 @@ def claims_targets(cells) -> list[str]:
     return lines
 
 
+def _run_length(meta: dict[str, Any]) -> str:
+    seconds = meta.get("min_run_s", meta.get("claims_min_run_s"))
+    if not seconds:
+        return " each run one pass over its scenario's calls."
+    return f" each run repeats its scenario's calls (a pass) until at least {seconds:g} s have passed."
+
+
 def claims_markdown(meta: dict[str, Any], records: list[dict[str, Any]], extra: list[dict[str, Any]]) -> str:
     """The headline section: the ratio table with the report's claims, the targets, the figures."""
     cells = claim_cells(records)
@@ -500,13 +541,14 @@ def claims_markdown(meta: dict[str, Any], records: list[dict[str, Any]], extra: 
         " client), 32 calls in flight and an unbounded burst; `rhizomorph` is the router's defaults,"
         " `rhizomorph-no-batching` the same with `--no-batching` (the v4 client's own batching off with it);"
         " `hypha` the real Hypha server with hypha-rpc clients."
-        f" {repeats} repeat{'s' if repeats != 1 else ''}, interleaved."
+        f" {repeats} repeat{'s' if repeats != 1 else ''}, interleaved;{_run_length(meta)}"
         " Command: `python -m benchmarks.bench_claims` (part of `make bench`).",
         "Each cell: the median of the ratios of runs of the same repeat, over both modes, with their min–max;"
         " MiB/s counts the payload both ways. ⚠: some run lost calls or hit the time limit.",
         claims_table(cells),
         "**Targets** (issue 12; medians over both modes):\n\n" + "\n".join(claims_targets(cells)),
         "**Per mode** (median of the paired ratios, min–max)\n\n" + claims_mode_table(cells),
+        "**Spread** (how far the repeats of one cell disagree)\n\n" + claims_spread_markdown(cells),
         "**Figures** (median, min–max, of the repeats). CPU per call, µs: the caller (the load process), the"
         " provider (its process), the router (rhizomorph: every process of the Ray runtime except the other"
         " router's workers and registry; Hypha: its process tree); *idle*: the part of it that Ray's processes"

@@ -1,0 +1,127 @@
+"""benchmarks/report.py's batching-report table from synthetic claims records: each cell's ratio is
+computed per scenario from the runs of the same repeat, pooled over the modes."""
+
+from __future__ import annotations
+
+import random
+import statistics
+
+import pytest
+
+from benchmarks import report
+from benchmarks.report import DEFAULT, HYPHA_RPC, NO_BATCHING, V4
+
+SCENARIOS = ("small", "medium", "large", "mixed")
+MODES = ("concurrent", "burst")
+REPEATS = 5
+#: v3 clients' batching on / off per scenario, times a per-(mode, repeat) factor below.
+ON_OFF = {"small": 1.40, "medium": 1.20, "large": 0.90, "mixed": 1.10}
+FACTOR = {"concurrent": (0.90, 1.00, 1.05, 1.10, 0.95), "burst": (0.80, 1.20, 1.00, 0.98, 1.02)}
+#: The off side's MiB/s moves with the "machine" from repeat to repeat; paired ratios must cancel it.
+MACHINE = (1.0, 0.5, 2.0, 0.8, 1.3)
+
+
+def record(scenario: str, mode: str, contender: str, client: str, repeat: int, mib_s: float, **extra) -> dict:
+    elapsed = 2.0
+    return {
+        "kind": "claim",
+        "case": f"{scenario}/{mode}",
+        "scenario": scenario,
+        "mode": mode,
+        "contender": contender,
+        "client": client,
+        "repeat": repeat,
+        "payload_bytes": mib_s * elapsed * report.MiB,
+        "elapsed_s": elapsed,
+        "messages": 4000,
+        "delivered": 4000,
+        "passes": 2,
+        "timed_out": False,
+        "msgs_per_s": 2000.0,
+        "latency_p50_ms": 1.0,
+        "server_cpu_s": 0.4,
+        "client_cpu_s": 0.5,
+        "provider_cpu_s": 0.3,
+        **extra,
+    }
+
+
+def synthetic_records() -> list[dict]:
+    records = []
+    for s in SCENARIOS:
+        for m in MODES:
+            for r in range(REPEATS):
+                off = 10.0 * MACHINE[r]
+                records.append(record(s, m, NO_BATCHING, HYPHA_RPC, r, off))
+                records.append(record(s, m, DEFAULT, HYPHA_RPC, r, off * ON_OFF[s] * FACTOR[m][r]))
+                records.append(record(s, m, NO_BATCHING, V4, r, off))
+                records.append(record(s, m, DEFAULT, V4, r, off * 1.5))
+    random.Random(7).shuffle(records)  # the report must pair by repeat, not by order in the file
+    return records
+
+
+def expected_on_off(scenario: str) -> list[float]:
+    return [ON_OFF[scenario] * FACTOR[m][r] for m in MODES for r in range(REPEATS)]
+
+
+def test_v3_on_off_is_computed_per_scenario_from_paired_runs():
+    cells = report.claim_cells(synthetic_records())
+    spec = report.CLAIM_RATIOS[0]
+    assert spec.title == "v3 clients, batching on / off"
+    medians = {}
+    for s in SCENARIOS:
+        stat, complete = report.claim_ratio(cells, spec, s, MODES)
+        wanted = expected_on_off(s)
+        assert stat.median == pytest.approx(statistics.median(wanted))
+        assert (stat.low, stat.high) == (pytest.approx(min(wanted)), pytest.approx(max(wanted)))
+        assert complete
+        medians[s] = stat.median
+    assert len({round(v, 2) for v in medians.values()}) == len(SCENARIOS)  # one value per scenario, not one for all
+
+    table = report.claims_table(cells)
+    row = next(line for line in table.splitlines() if line.startswith("| v3 clients, batching on / off |"))
+    for s in SCENARIOS:
+        assert f"**{medians[s]:.2f}**" in row
+    v4 = next(line for line in table.splitlines() if line.startswith("| v4 client, batching on / off |"))
+    assert v4.count("**1.50** (1.50–1.50)") == len(SCENARIOS)
+
+
+def test_per_mode_ratio_uses_only_that_modes_runs():
+    cells = report.claim_cells(synthetic_records())
+    spec = report.CLAIM_RATIOS[0]
+    for s in SCENARIOS:
+        for m in MODES:
+            stat, _ = report.claim_ratio(cells, spec, s, [m])
+            assert stat.median == pytest.approx(ON_OFF[s] * statistics.median(FACTOR[m]))
+
+
+def test_a_repeat_measured_on_one_side_only_is_left_out():
+    records = [r for r in synthetic_records() if not (r["contender"] == NO_BATCHING and r["repeat"] == 0)]
+    cells = report.claim_cells(records)
+    stat, _ = report.claim_ratio(cells, report.CLAIM_RATIOS[0], "small", MODES)
+    wanted = [ON_OFF["small"] * FACTOR[m][r] for m in MODES for r in range(1, REPEATS)]
+    assert stat.median == pytest.approx(statistics.median(wanted))
+
+
+def test_spread_is_max_over_min_of_each_cells_paired_ratios():
+    cells = report.claim_cells(synthetic_records())
+    spread = report.claims_spread(cells)
+    per_mode = {m: max(FACTOR[m]) / min(FACTOR[m]) for m in MODES}  # the scenario's factor cancels
+    v3 = spread["v3 clients, batching on / off"]
+    assert v3.median == pytest.approx(statistics.median(list(per_mode.values())))
+    assert (v3.low, v3.high) == (pytest.approx(min(per_mode.values())), pytest.approx(max(per_mode.values())))
+    assert spread["v4 client, batching on / off"].median == pytest.approx(1.0)
+    assert "| v3 clients, batching on / off |" in report.claims_spread_markdown(cells)
+
+
+def test_calls_per_run_counts_passes_and_losses():
+    runs = [record("small", "burst", DEFAULT, V4, r, 1.0, passes=p, messages=2000 * p) for r, p in enumerate((3, 4))]
+    runs[0]["delivered"] = 2000 * 3
+    runs[1]["delivered"] = 2000 * 4
+    assert report.calls_per_run(runs) == "2000 × 3–4"
+    runs[1]["delivered"] -= 5
+    runs[1]["timed_out"] = True
+    assert report.calls_per_run(runs) == "⚠ 2000 × 3–4, 5 lost, 1 timed out"
+    old = {k: v for k, v in runs[0].items() if k != "passes"}  # records from before passes: one each
+    old["messages"] = old["delivered"] = 2000
+    assert report.calls_per_run([old]) == "2000 × 1"
