@@ -66,6 +66,13 @@ def _reply_kind(header: dict[str, Any]) -> tuple[str, str]:
     return session, kind
 
 
+def call_extra(args: list[Any], timeout: float) -> dict[str, Any]:
+    """A call's extra segment as hypha-rpc writes it for a reply by session (``"promise": "*"``)
+    with ``t``, the heartbeat interval (half the timeout): Hypha's manager expands the promise
+    with it, and a call without it never gets an answer from Hypha."""
+    return {"args": args, "promise": "*", "t": timeout / 2}
+
+
 class RawPeer:
     """One WebSocket client speaking the v3 (or v4) handshake and binary frames, nothing more.
 
@@ -170,7 +177,7 @@ class RawPeer:
 
     async def manager_reply(self, method: str, *args: Any, timeout: float = 20.0) -> tuple[str, bytes, int]:
         """Like ``call_manager``, but returns the reply as ``request`` does, a reject included."""
-        payload = pack({"args": list(args), "promise": "*"})
+        payload = pack(call_extra(list(args), timeout))
         return await self.request(self.manager, f"services.default.{method}", payload, timeout)
 
     # -- reading it yourself --------------------------------------------------------------------
