@@ -156,16 +156,19 @@ class RawPeer:
         Without ``listen`` this reads the socket until the reply, dropping what comes before it."""
         session = f"b{next(self._sessions)}"
         header = {"type": "method", "to": to, "method": method, "session": session}
-        if self._reader is None:
-            await self.send(header, payload)
-            return await asyncio.wait_for(self._read_reply(session), timeout)
-        reply = asyncio.get_running_loop().create_future()
-        self._replies[session] = reply
         try:
-            await self.send(header, payload)
-            return await asyncio.wait_for(reply, timeout)
-        finally:
-            self._replies.pop(session, None)
+            if self._reader is None:
+                await self.send(header, payload)
+                return await asyncio.wait_for(self._read_reply(session), timeout)
+            reply = asyncio.get_running_loop().create_future()
+            self._replies[session] = reply
+            try:
+                await self.send(header, payload)
+                return await asyncio.wait_for(reply, timeout)
+            finally:
+                self._replies.pop(session, None)
+        except TimeoutError:
+            raise TimeoutError(f"no reply to {method} from {to} within {timeout:g} s") from None
 
     async def call_manager(self, method: str, *args: Any, timeout: float = 20.0) -> Any:
         """Call ``services.default.<method>`` on the server's manager peer and return the result."""
