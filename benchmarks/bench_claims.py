@@ -7,7 +7,7 @@ batching gains +48 % small (2000 x 256 B), +26 % medium (500 x 20 KB), +5 % larg
 and +34 % mixed (250 dashboard messages, ``scenarios.mixed_messages``). Here those four
 scenarios are echo calls between two real clients — a caller in the load process and a
 provider in a process of its own (``benchmarks/echo_provider.py``) — in two modes, 32 calls in
-flight and an unbounded burst (every call of the run in flight at once), on:
+flight and an unbounded burst (every call of a pass over the scenario in flight at once), on:
 
 - ``rhizomorph``: the router with its defaults (``Config()``: default batching, default worker
   count), and ``rhizomorph-no-batching``: the same with ``enable_message_batching=False``

@@ -385,17 +385,17 @@ def claims_mode_table(cells) -> str:
     return "\n".join(lines)
 
 
-def claims_spread(cells) -> dict[str, Stat]:
-    """How far one cell's paired ratios (scenario, mode: one per repeat) spread: per ratio row, the
-    max / min of each cell's ratios, as median (min–max) over the cells. 1.00 would be runs that
-    agree exactly; a cell with fewer than two ratios has no spread."""
+def claims_spread(cells, value: Any = mib_per_s) -> dict[str, Stat]:
+    """How far one cell's paired ratios (scenario, mode: one per repeat) of ``value`` (MiB/s unless
+    told) spread: per ratio row, the max / min of each cell's ratios, as median (min–max) over the
+    cells. 1.00 would be runs that agree exactly; a cell with fewer than two ratios has no spread."""
     spreads = {}
     for spec in claim_rows(cells):
         per_cell = []
         for s in _scenarios(cells):
             for m in _modes(cells):
                 a, b = _cell(cells, s, m, spec.numerator), _cell(cells, s, m, spec.denominator)
-                ratios = [r for r in paired(a, b) if r > 0]
+                ratios = [r for r in paired(a, b, value) if r > 0]
                 if len(ratios) > 1:
                     per_cell.append(max(ratios) / min(ratios))
         if per_cell:

@@ -5,7 +5,7 @@ A *case* is one scenario in one mode. Every case runs on every (contender, clien
 Modes:
 - ``sequential``: one caller, one call in flight (round-trip latency).
 - ``concurrent``: one caller, 32 calls in flight.
-- ``burst``: one caller, every call of the run in flight at once (an unbounded burst).
+- ``burst``: one caller, every call of a pass in flight at once (an unbounded burst).
 - ``events``: fire-and-forget events, point to point (one sender, one receiver) or, for
   fan-out, broadcast ``to: "*"`` to N subscribers.
 - fan-in is the ``sequential`` mode with many callers, each with its own connection.
@@ -62,7 +62,7 @@ class Case:
 
     @property
     def concurrency(self) -> int:
-        """Calls in flight per caller: a burst puts every call of the run in flight at once."""
+        """Calls in flight per caller: a burst puts every call of a pass in flight at once."""
         if self.mode == BURST:
             return self.scenario.messages
         return CONCURRENCY if self.mode == CONCURRENT else 1
