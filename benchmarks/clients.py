@@ -48,14 +48,6 @@ class EventSink:
         if expected == 0:
             self.done.set()
 
-    def expect(self, expected: int) -> None:
-        """Wait for ``expected`` deliveries in all, counts kept (the next pass of a run)."""
-        self.expected = expected
-        if self.delivered < expected:
-            self.done.clear()
-        else:
-            self.done.set()
-
     def record(self, index: int, sent_at: float) -> None:
         now = time.perf_counter()
         self.delivered += 1

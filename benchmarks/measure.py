@@ -6,8 +6,6 @@ Counting rules (also in benchmarks/README.md):
 - events: ``messages`` is events published x receivers, ``delivered`` the events received;
   bytes count the payload of each delivery; latency is one way (send to receive, same clock).
 - ``elapsed_s`` runs from the first send to the last reply/delivery.
-- A run is one *pass* over the scenario's messages, repeated (whole passes) until
-  ``Case.min_run_s`` have passed; ``messages`` counts every pass.
 - Server CPU is user+system seconds of the server's processes over the run; RSS is the
   peak of their summed resident memory, sampled every 100 ms.
 """
@@ -18,7 +16,7 @@ import asyncio
 import contextlib
 import math
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -49,7 +47,6 @@ class Result:
     server_rss_mb: float
     client_cpu_s: float
     timed_out: bool
-    passes: int  #: how many times the run sent its scenario's messages (``messages`` counts them all)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -94,16 +91,14 @@ async def _usage(probe: ProcessProbe) -> AsyncIterator[_Usage]:
 
 
 async def run_calls(rig: EchoRig, case: Case, payloads: list[Any], probe: ProcessProbe, timeout: float) -> Result:
-    """Passes of ``len(payloads)`` echo calls spread over the rig's callers, ``case.concurrency`` in
-    flight each: one pass, then more until ``case.min_run_s`` have passed (a pass that loses calls
-    or hits ``timeout``, which bounds the whole run, ends it)."""
+    """``len(payloads)`` echo calls spread over the rig's callers, ``case.concurrency`` in flight each."""
     sizes = [payload_size(p) for p in payloads]
     latencies: list[float] = []
     stats = {"ok": 0, "errors": 0, "bytes": 0}
-    last, passes = 0.0, 0
-    pending: set[asyncio.Future] = set()
+    next_index = iter(range(len(payloads)))
+    last = 0.0
 
-    async def worker(caller: int, next_index: Iterator[int]) -> None:
+    async def worker(caller: int) -> None:
         nonlocal last
         for index in next_index:
             started = time.perf_counter()
@@ -121,24 +116,14 @@ async def run_calls(rig: EchoRig, case: Case, payloads: list[Any], probe: Proces
 
     async with _usage(probe) as usage:
         first = time.perf_counter()
-        deadline = first + timeout
-        while passes == 0 or (
-            not pending and not stats["errors"] and last - first < case.min_run_s and time.perf_counter() < deadline
-        ):
-            next_index = iter(range(len(payloads)))
-            tasks = [
-                asyncio.ensure_future(worker(c, next_index))
-                for c in range(rig.callers)
-                for _ in range(case.concurrency)
-            ]
-            _, pending = await asyncio.wait(tasks, timeout=max(deadline - time.perf_counter(), 0.001))
-            passes += 1
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+        tasks = [asyncio.ensure_future(worker(c)) for c in range(rig.callers) for _ in range(case.concurrency)]
+        _, pending = await asyncio.wait(tasks, timeout=timeout)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
     return _result(
         case,
-        passes * len(payloads),
+        len(payloads),
         stats["ok"],
         stats["errors"],
         stats["bytes"],
@@ -146,51 +131,33 @@ async def run_calls(rig: EchoRig, case: Case, payloads: list[Any], probe: Proces
         latencies,
         usage,
         timed_out=bool(pending),
-        passes=passes,
     )
 
 
 async def run_events(rig: EventRig, case: Case, payloads: list[Any], probe: ProcessProbe, timeout: float) -> Result:
-    """Publish every payload once (a pass), as fast as the socket takes them, and wait for all
-    deliveries; more passes until ``case.min_run_s`` have passed, all within ``timeout``."""
+    """Publish every payload once, as fast as the socket takes them; wait for all deliveries."""
     sink = rig.sink
-    per_pass = len(payloads) * rig.receivers
-    sink.reset(per_pass)
-    errors, passes, timed_out = 0, 0, False
+    expected = len(payloads) * rig.receivers
+    sink.reset(expected)
+    errors = 0
     async with _usage(probe) as usage:
         first = time.perf_counter()
         deadline = first + timeout
-        while passes == 0 or (
-            not timed_out
-            and not errors
-            and sink.last_arrival - first < case.min_run_s
-            and time.perf_counter() < deadline
-        ):
-            sink.expect((passes + 1) * per_pass)
-            for index in range(len(payloads)):
-                if time.perf_counter() > deadline:
-                    break
-                try:
-                    await asyncio.wait_for(rig.publish(index), max(deadline - time.perf_counter(), 0.001))
-                except Exception:
-                    errors += 1
-            passes += 1
+        for index in range(len(payloads)):
+            if time.perf_counter() > deadline:
+                break
             try:
-                await asyncio.wait_for(sink.done.wait(), max(deadline - time.perf_counter(), 0.001))
-            except TimeoutError:
-                timed_out = True
+                await asyncio.wait_for(rig.publish(index), max(deadline - time.perf_counter(), 0.001))
+            except Exception:
+                errors += 1
+        try:
+            await asyncio.wait_for(sink.done.wait(), max(deadline - time.perf_counter(), 0.001))
+            timed_out = False
+        except TimeoutError:
+            timed_out = True
     elapsed = max((sink.last_arrival or time.perf_counter()) - first, 1e-9)
     return _result(
-        case,
-        passes * per_pass,
-        sink.delivered,
-        errors,
-        sink.bytes,
-        elapsed,
-        list(sink.latencies),
-        usage,
-        timed_out=timed_out,
-        passes=passes,
+        case, expected, sink.delivered, errors, sink.bytes, elapsed, list(sink.latencies), usage, timed_out=timed_out
     )
 
 
@@ -205,7 +172,6 @@ def _result(
     usage: _Usage,
     *,
     timed_out: bool,
-    passes: int,
 ) -> Result:
     return Result(
         case=case.id,
@@ -224,5 +190,4 @@ def _result(
         server_rss_mb=usage.server_rss_mb,
         client_cpu_s=usage.client_cpu_s,
         timed_out=timed_out,
-        passes=passes,
     )

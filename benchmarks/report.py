@@ -61,6 +61,49 @@ class Row:
         return f"{self.contender} [{self.client}]"
 
 
+#: Figures of a run that are the sums of its passes' (a run's passes are records of one repeat).
+SUMMED = (
+    "messages",
+    "delivered",
+    "errors",
+    "payload_bytes",
+    "elapsed_s",
+    "server_cpu_s",
+    "client_cpu_s",
+    "provider_cpu_s",
+)
+
+
+def merge_passes(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One record per run — (kind, case, contender, client, repeat) — from the records of its
+    passes (``run.run_case`` interleaves the pairs pass by pass): counts, bytes, time and CPU
+    summed, rates of the sums, the median of the passes' latency percentiles, the peak RSS,
+    ``passes`` how many there were. A record without ``pass`` is a run of one pass."""
+    runs: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for r in records:
+        runs.setdefault((r.get("kind"), r["case"], r["contender"], r["client"], r.get("repeat")), []).append(r)
+    merged = []
+    for passes in runs.values():
+        run = {k: v for k, v in passes[0].items() if k != "pass"}
+        for key in SUMMED:
+            if key in run:
+                run[key] = sum(p[key] for p in passes)
+        elapsed = max(run["elapsed_s"], 1e-9)
+        run.update(
+            passes=len(passes),
+            timed_out=any(p["timed_out"] for p in passes),
+            msgs_per_s=run["delivered"] / elapsed,
+            mb_per_s=run["payload_bytes"] / elapsed / 1e6,
+        )
+        for key in ("latency_p50_ms", "latency_p99_ms"):
+            if key in run:
+                run[key] = statistics.median(p[key] for p in passes)
+        if "server_rss_mb" in run:
+            run["server_rss_mb"] = max(p["server_rss_mb"] for p in passes)
+        merged.append(run)
+    return merged
+
+
 def load(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
     meta: dict[str, Any] = {}
     results, errors = [], []
@@ -75,7 +118,7 @@ def load(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[st
             errors.append(record)
         elif kind == "note":  # written after the meta line (e.g. a contender that did not start)
             meta.setdefault("notes", []).append(record["text"])
-    return meta, results, errors
+    return meta, merge_passes(results), errors
 
 
 def aggregate(results: list[dict[str, Any]]) -> list[Row]:
@@ -258,7 +301,7 @@ def load_claims(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]], list[
             claims.append(record)
         elif record.get("kind") in ("claims-idle", "claims-end", "claim-error", "claim-skip"):
             extra.append(record)
-    return meta, claims, extra
+    return meta, merge_passes(claims), extra
 
 
 def claim_cells(records: list[dict[str, Any]]) -> dict[tuple[str, str, str, str], ClaimCell]:

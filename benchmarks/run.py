@@ -5,7 +5,9 @@
 
 Each case opens one rig per (contender, client) pair, warms it up, then runs the repeats
 interleaved across pairs (pair order rotated every repeat) so that background noise spreads
-evenly over the contenders. One JSON line per measured run goes to benchmarks/results/. The
+evenly over the contenders; with ``Case.min_run_s`` a repeat goes round the pairs, one pass
+each, until their passes have lasted that long (``another_round``). One JSON line per measured
+pass goes to benchmarks/results/ (``report.merge_passes`` makes a run of a repeat's). The
 clients run in a spawned process of their own (``benchmarks/loadgen.py``), not in this one,
 which is the Ray driver.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -23,7 +26,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -140,11 +143,18 @@ async def _open(pair: Pair, case: Case, payloads: list[Any], probe: ProcessProbe
     """Open the pair's rig and warm it up; a rig that cannot deliver its warm-up is closed and refused."""
     rig = await asyncio.wait_for(harness.open_rig(pair, case, payloads), timeout)
     warmup = payloads[:WARMUP_MESSAGES]
-    result = await harness.measure(rig, replace(case, min_run_s=0.0), warmup, probe, min(timeout, WARMUP_TIMEOUT))
+    result = await harness.measure(rig, case, warmup, probe, min(timeout, WARMUP_TIMEOUT))
     if result["delivered"] < result["messages"]:
         await rig.close()
         raise RuntimeError(f"warm-up delivered {result['delivered']}/{result['messages']}")
     return rig
+
+
+def another_round(spent: list[float], min_run_s: float) -> bool:
+    """Whether a repeat measures one more pass of every pair: until the pairs' passes have lasted
+    ``min_run_s`` each on average (wall time; the pairs take turns, pass by pass, so every pair's
+    run spans the same stretch of the machine's load)."""
+    return bool(spent) and sum(spent) / len(spent) < min_run_s
 
 
 async def run_case(
@@ -175,17 +185,26 @@ async def run_case(
         for repeat in range(repeats):
             order = [i for i in range(len(pairs)) if i in rigs]
             shift = repeat % max(len(order), 1)
-            for i in order[shift:] + order[:shift]:
-                result = await harness.measure(rigs[i], case, payloads, probes[i], timeout)
-                emit(
-                    {
-                        "kind": harness.kind,
-                        "contender": pairs[i].contender.name,
-                        "client": pairs[i].client.name,
-                        "repeat": repeat,
-                        **result,
-                    }
-                )
+            order = order[shift:] + order[:shift]
+            spent = dict.fromkeys(order, 0.0)  # wall seconds of each pair's passes in this repeat
+            for pass_ in itertools.count():
+                for i in order:
+                    started = time.perf_counter()
+                    result = await harness.measure(rigs[i], case, payloads, probes[i], timeout)
+                    spent[i] += time.perf_counter() - started
+                    emit(
+                        {
+                            "kind": harness.kind,
+                            "contender": pairs[i].contender.name,
+                            "client": pairs[i].client.name,
+                            "repeat": repeat,
+                            "pass": pass_,
+                            **result,
+                        }
+                    )
+                if not another_round(list(spent.values()), case.min_run_s):
+                    break
+            for i in order:
                 progress.update(f"{case.id} {pairs[i].label}")
     finally:
         await asyncio.gather(*(rig.close() for rig in rigs.values()), return_exceptions=True)

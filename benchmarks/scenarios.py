@@ -52,8 +52,9 @@ class Scenario:
 class Case:
     scenario: Scenario
     mode: str
-    #: A measured run repeats the scenario's messages (a *pass*) until this many seconds have
-    #: passed, in whole passes (0: one pass); warm-ups are one pass whatever it says.
+    #: A repeat measures each pair's *pass* (the scenario's messages once) in turn, round after
+    #: round, until the pairs' passes have lasted this many seconds each on average (0: one
+    #: round); a run is a pair's passes of one repeat (``run.run_case``, ``report.merge_passes``).
     min_run_s: float = 0.0
 
     @property
@@ -165,7 +166,7 @@ def _claim_scenarios(small: int, medium: int, large: int, mixed: int) -> tuple[S
 #: The report's four scenarios as echo calls (``benchmarks/bench_claims.py``): its own counts in
 #: ``quick`` and ``full`` (2000 x 256 B, 500 x 20 KB, 20 x 2 MB, 250 dashboard messages), tiny in ``smoke``.
 #: One pass over them lasts a few tenths of a second, too short for a ratio or a CPU reading to hold
-#: from repeat to repeat: a run repeats its pass until ``min_run_s`` (smoke: one pass).
+#: from repeat to repeat: a run is passes until ``min_run_s``, interleaved with the other pairs' (smoke: one pass).
 CLAIM_SUITES: dict[str, Suite] = {
     "smoke": Suite("smoke", _claim_scenarios(20, 5, 2, 25), repeats=1, run_timeout=30.0),
     "quick": Suite("quick", _claim_scenarios(2000, 500, 20, MIXED_COUNT), repeats=5, run_timeout=120.0, min_run_s=1.5),

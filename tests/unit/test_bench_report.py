@@ -125,3 +125,19 @@ def test_calls_per_run_counts_passes_and_losses():
     old = {k: v for k, v in runs[0].items() if k != "passes"}  # records from before passes: one each
     old["messages"] = old["delivered"] = 2000
     assert report.calls_per_run([old]) == "2000 × 1"
+
+
+def test_merge_passes_sums_a_runs_passes():
+    passes = [
+        record("small", "burst", DEFAULT, V4, 0, 8.0, elapsed_s=1.0, messages=2000, delivered=2000, **{"pass": 0}),
+        record("small", "burst", DEFAULT, V4, 0, 2.0, elapsed_s=3.0, messages=2000, delivered=1990, **{"pass": 1}),
+        record("small", "burst", DEFAULT, V4, 1, 5.0, **{"pass": 0}),
+    ]
+    passes[0].update(payload_bytes=8.0 * report.MiB, latency_p50_ms=1.0, server_cpu_s=0.1)
+    passes[1].update(payload_bytes=2.0 * report.MiB, latency_p50_ms=3.0, server_cpu_s=0.3, timed_out=True)
+    first, second = report.merge_passes(passes)
+    assert (first["repeat"], first["passes"], second["repeat"], second["passes"]) == (0, 2, 1, 1)
+    assert (first["messages"], first["delivered"], first["elapsed_s"]) == (4000, 3990, 4.0)
+    assert report.mib_per_s(first) == 2.5 and first["latency_p50_ms"] == 2.0 and first["timed_out"]
+    assert first["server_cpu_s"] == pytest.approx(0.4) and "pass" not in first
+    assert report.calls_per_run([first]) == "⚠ 2000 × 2, 10 lost, 1 timed out"
