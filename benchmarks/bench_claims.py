@@ -80,6 +80,8 @@ from rhizomorph.protocol.batching import WAITS
 CLIENTS = (HYPHA_RPC, V4)
 DEFAULT, NO_BATCHING = "rhizomorph", "rhizomorph-no-batching"
 IDLE_SECONDS = 3.0
+#: How old the router probe's set of Ray processes may get before a pass looks for new ones.
+PROBE_REFRESH_S = 5.0
 
 
 def claim_contenders(
@@ -189,7 +191,7 @@ async def _measure_claim(
 ) -> Record:
     assert isinstance(rig, CaseRig)
     if isinstance(probe, RayProcesses):
-        probe.refresh()  # outside the timed window
+        probe.refresh(PROBE_REFRESH_S)  # outside the timed window; a scan reads every process's command line
     provider0 = rig.provider.cpu_seconds()
     result = await run_calls(rig, case, payloads, probe, timeout)
     record = {

@@ -316,17 +316,22 @@ class RayProcesses(ProcessProbe):
     """Every process of one Ray runtime — GCS, raylet, dashboard and log monitors, agents, actors,
     idle workers — less the processes in ``exclude`` (e.g. another router's workers on the same Ray).
 
-    The set is found again by ``refresh()``, which a benchmark calls before each run (never inside
-    the timed window: it reads every process's command line); a process Ray starts during a run
-    is missed until the next refresh.
+    The set is found again by ``refresh()``, which a benchmark calls before each pass (never inside
+    the timed window: it reads every process's command line; ``bench_claims`` at most every few
+    seconds); a process Ray starts in between is missed until the next refresh.
     """
 
     def __init__(self, session_dir: str, exclude: list[int] | tuple[int, ...] = ()) -> None:
         self.session_dir, self.exclude = session_dir, set(exclude)
+        self.refreshed = 0.0
         super().__init__([])
         self.refresh()
 
-    def refresh(self) -> None:
+    def refresh(self, max_age: float = 0.0) -> None:
+        """Find the set again, unless it was found less than ``max_age`` seconds ago."""
+        if max_age and time.monotonic() - self.refreshed < max_age:
+            return
+        self.refreshed = time.monotonic()
         roots = []
         for process in psutil.process_iter(["cmdline"]):
             cmdline = process.info.get("cmdline") or ()
