@@ -135,7 +135,7 @@ class CaseRig(EchoRig):
         return _same(await self.rig.service.echo(payload), payload)
 
     async def renew(self) -> None:
-        """Replace the pair's clients (after a run that lost calls: they may be stuck or closed)."""
+        """Replace the pair's clients (after a pass that lost calls: they may be stuck or closed)."""
         self.rig = await self.pool.renew(self.pair)
 
     async def close(self) -> None:
@@ -144,8 +144,8 @@ class CaseRig(EchoRig):
 
 class ClientPool:
     """One provider process and one caller per pair, opened at the pair's first case and kept for
-    the run: a client process per case would cost more start-up time than the runs take. A run
-    that loses calls gets the pair new clients for its next run."""
+    the run: a client process per case would cost more start-up time than the runs take. A pass
+    that loses calls gets the pair new clients for its next pass."""
 
     def __init__(self) -> None:
         self._rigs: dict[str, SplitEchoRig] = {}
@@ -204,7 +204,7 @@ async def _measure_claim(
         try:
             await rig.renew()
             record["renewed_clients"] = True
-        except Exception as exc:  # the next run fails on the old clients and says so
+        except Exception as exc:  # the next pass fails on the old clients and says so
             record["renew_error"] = f"{type(exc).__name__}: {exc}"
     return record
 

@@ -100,6 +100,10 @@ def merge_passes(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 run[key] = statistics.median(p[key] for p in passes)
         if "server_rss_mb" in run:
             run["server_rss_mb"] = max(p["server_rss_mb"] for p in passes)
+        for key in ("renewed_clients", "renew_error"):  # after a pass that lost calls
+            found = [p[key] for p in passes if key in p]
+            if found:
+                run[key] = found[-1]
         merged.append(run)
     return merged
 
@@ -602,7 +606,7 @@ def claims_markdown(meta: dict[str, Any], records: list[dict[str, Any]], extra: 
     lost = [r for r in records if r["delivered"] < r["messages"]]
     if lost:
         facts.append(
-            "Runs that lost calls (their pair got new clients for the next run): "
+            "Runs that lost calls (their pair got new clients for its next pass): "
             + ", ".join(
                 f"{r['case']} {r['contender']} [{r['client']}] repeat {r['repeat']} ({r['delivered']}/{r['messages']})"
                 for r in lost
