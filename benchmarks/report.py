@@ -568,7 +568,10 @@ def _run_length(meta: dict[str, Any]) -> str:
     seconds = meta.get("min_run_s", meta.get("claims_min_run_s"))
     if not seconds:
         return " each run one pass over its scenario's calls."
-    return f" each run repeats its scenario's calls (a pass) until at least {seconds:g} s have passed."
+    return (
+        f" each run is a pair's passes over its scenario's calls, the pairs taking turns pass by pass"
+        f" until their passes have lasted {seconds:g} s each on average."
+    )
 
 
 def claims_markdown(meta: dict[str, Any], records: list[dict[str, Any]], extra: list[dict[str, Any]]) -> str:
