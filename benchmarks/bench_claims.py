@@ -72,9 +72,9 @@ from benchmarks.run import (
 )
 from benchmarks.scenarios import CLAIM_SUITES, Case, Suite
 from rhizomorph import Config
-from rhizomorph.config import ALLOCATORS
 from rhizomorph.actors.event_loop import LOOPS
 from rhizomorph.client import wire_protocol
+from rhizomorph.config import ALLOCATORS
 from rhizomorph.protocol.batching import WAITS
 
 CLIENTS = (HYPHA_RPC, V4)
