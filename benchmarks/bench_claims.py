@@ -75,6 +75,7 @@ from benchmarks.scenarios import CLAIM_SUITES, Case, Suite
 from rhizomorph import Config
 from rhizomorph.actors.event_loop import LOOPS
 from rhizomorph.client import wire_protocol
+from rhizomorph.config import ALLOCATORS
 from rhizomorph.protocol.batching import WAITS
 
 CLIENTS = (HYPHA_RPC, V4)
@@ -85,12 +86,17 @@ PROBE_REFRESH_S = 5.0
 
 
 def claim_contenders(
-    batch_waits: list[str] | None = None, loops: list[str] | None = None, workers: list[int] | None = None
+    batch_waits: list[str] | None = None,
+    loops: list[str] | None = None,
+    workers: list[int] | None = None,
+    allocators: list[str] | None = None,
 ) -> list[Contender]:
     """The router with its defaults, and with batching off (``--no-batching``); plus the defaults
     with each other ``batch_wait`` rule asked for (``rhizomorph-wait-timer``: the report's rule),
-    on each event loop asked for (``rhizomorph-loop-uvloop``, ``rhizomorph-loop-asyncio``) and
-    with each gateway worker count asked for (``rhizomorph-1w``; the default is one per CPU)."""
+    on each event loop asked for (``rhizomorph-loop-uvloop``, ``rhizomorph-loop-asyncio``),
+    with each gateway worker count asked for (``rhizomorph-1w``; the default is one per CPU) and
+    with each worker allocator asked for, batching on and off (``rhizomorph-alloc-pymalloc``,
+    ``rhizomorph-no-batching-alloc-pymalloc``)."""
     contenders: list[Contender] = [
         Rhizomorph(0, name=DEFAULT),
         Rhizomorph(0, name=NO_BATCHING, enable_message_batching=False),
@@ -102,6 +108,16 @@ def claim_contenders(
         contenders.append(Rhizomorph(0, name=f"{DEFAULT}-loop-{loop}", loop=loop))
     for count in workers or []:
         contenders.append(Rhizomorph(count, name=f"{DEFAULT}-{count}w"))
+    for allocator in allocators or []:
+        contenders.append(Rhizomorph(0, name=f"{DEFAULT}-alloc-{allocator}", worker_allocator=allocator))
+        contenders.append(
+            Rhizomorph(
+                0,
+                name=f"{NO_BATCHING}-alloc-{allocator}",
+                enable_message_batching=False,
+                worker_allocator=allocator,
+            )
+        )
     return contenders
 
 
@@ -311,6 +327,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--workers", nargs="+", type=int, default=[], help="also the defaults with these gateway worker counts"
     )
+    parser.add_argument(
+        "--allocators",
+        nargs="+",
+        choices=ALLOCATORS,
+        default=[],
+        help="also the defaults, batching on and off, with these worker allocators",
+    )
     parser.add_argument("--contenders", nargs="+", help="only the contenders named exactly so")
     parser.add_argument(
         "--client-loop", choices=("asyncio", "uvloop"), default="asyncio", help="the event loop of the clients"
@@ -334,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     ray_dir = tempfile.mkdtemp(prefix="rb-", dir="/tmp")  # never join someone else's Ray
     ray_started = ensure_ray(num_cpus=os.cpu_count() or 1, _temp_dir=ray_dir)
     notes: list[str] = []
-    contenders = claim_contenders(args.batch_waits, args.loops, args.workers)
+    contenders = claim_contenders(args.batch_waits, args.loops, args.workers, args.allocators)
     contenders += hypha_contender(notes, not args.no_hypha, args.hypha_python)
     contenders = [c for c in contenders if not args.contenders or c.name in args.contenders]
     stamp = {"run_id": run_id, "suite": f"claims-{suite.name}"}

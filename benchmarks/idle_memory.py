@@ -339,6 +339,8 @@ def kb(value: float) -> str:
 
 
 def main() -> int:
+    from rhizomorph.config import ALLOCATORS, Config
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--connections", type=int, default=5000)
     parser.add_argument("--procs", type=int, default=4, help="client processes")
@@ -355,7 +357,7 @@ def main() -> int:
     )
     parser.add_argument("--timeout", type=float, default=600.0, help="max seconds to open the connections")
     parser.add_argument(
-        "--allocator", default="pymalloc", choices=("pymalloc", "malloc"), help="Config.worker_allocator"
+        "--allocator", default=Config.worker_allocator, choices=ALLOCATORS, help="Config.worker_allocator"
     )
     args = parser.parse_args()
     nofile = raise_nofile()

@@ -31,6 +31,8 @@ import shortuuid
 from rhizomorph.protocol.batching import PRESETS, BatchPolicy
 
 ENV_PREFIX = "RHIZOMORPH_"
+#: ``Config.worker_allocator``'s choices.
+ALLOCATORS = ("pymalloc", "malloc")
 
 
 def url_host(host: str) -> str:
@@ -194,7 +196,7 @@ class Config:
             return {}
         if self.worker_allocator == "malloc":
             return {"PYTHONMALLOC": "malloc"}
-        raise ValueError(f"unknown worker_allocator {self.worker_allocator!r}: choose pymalloc or malloc")
+        raise ValueError(f"unknown worker_allocator {self.worker_allocator!r}: choose one of {', '.join(ALLOCATORS)}")
 
     def batch_policy(self) -> BatchPolicy:
         return BatchPolicy(

@@ -27,8 +27,10 @@ import ctypes
 import ctypes.util
 import gc
 import logging
+import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 log = logging.getLogger("rhizomorph.memory")
 
@@ -52,10 +54,74 @@ def _malloc_trim() -> Callable[[], None] | None:
 
 _TRIM = _malloc_trim()
 
+#: At least the length of the free lists renewed: asyncio's future iterators (255 in CPython
+#: 3.11), uvloop's ``Handle`` and ``TimerHandle`` (250 each).
+FREE_LIST = 256
+#: Seconds between renewing the loop's handles and the collection: the loop lets go of a
+#: cancelled handle on its next iteration.
+SETTLE = 0.1
+
+
+def _noop() -> None:
+    pass
+
+
+def renew_loop_handles(loop: asyncio.AbstractEventLoop) -> list[list[Any]]:
+    """Take the handles uvloop keeps in its free lists and as many new ones, all cancelled.
+
+    uvloop keeps the last ``Handle`` (``call_soon``) and ``TimerHandle`` (``call_later``) objects
+    freed in a free list each, for reuse; after a wave those are scattered over its arenas and
+    each keeps its arena (Python's allocator returns an arena only when all of it is free). The
+    new ones come from the fullest arenas, where Python allocates first. Returns ``[old, new]``:
+    once the loop let go of them, drop ``new`` first (it refills the free lists) and ``old``
+    last (the lists are full: freed). On asyncio's loop, which has no such lists, it only costs
+    the handles."""
+    lists: list[list[Any]] = []
+    for _ in ("old", "new"):
+        handles: list[Any] = [loop.call_soon(_noop) for _ in range(FREE_LIST)]
+        handles += [loop.call_later(3600.0, _noop) for _ in range(FREE_LIST)]
+        for handle in handles:
+            handle.cancel()
+        lists.append(handles)
+    return lists
+
+
+def renew_future_iter_free_list(loop: asyncio.AbstractEventLoop) -> None:
+    """Replace the iterators in asyncio's free list by new ones.
+
+    Every ``await`` of a future takes an iterator from a free list in the C ``_asyncio`` module
+    and puts it back after; the last ones freed in a wave stay there, scattered over the wave's
+    arenas. No call empties that list, so: take all of them, allocate as many new ones, give
+    the new ones back first (the list keeps them) and the old ones last (the list is full)."""
+    future = loop.create_future()
+    old = [future.__await__() for _ in range(FREE_LIST)]
+    new = [future.__await__() for _ in range(FREE_LIST)]
+    del new
+    del old
+    future.cancel()
+
 
 def reclaim() -> None:
-    """One full collection, then the C heap's free pages back to the system (where glibc)."""
+    """Renew the free lists that hold the wave's memory; then, once the loop let go of its
+    handles, one full collection and the C heap's free pages back to the system (where glibc)."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        collect_and_trim()
+        return
+    held = renew_loop_handles(loop)
+    loop.call_later(SETTLE, collect_and_trim, held, loop)
+
+
+def collect_and_trim(held: list[list[Any]] | None = None, loop: asyncio.AbstractEventLoop | None = None) -> None:
     started = time.perf_counter()
+    while held:
+        held.pop()  # the new handles first, then the old
+    if loop is not None:
+        renew_future_iter_free_list(loop)
+    # The type attribute cache holds the attribute names it was last asked for: names built
+    # at run time during the wave (``getattr(module, "name")`` from C) would stay.
+    sys._clear_type_cache()
     found = gc.collect()
     if _TRIM is not None:
         _TRIM()

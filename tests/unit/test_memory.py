@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
+import inspect
+import tracemalloc
 from typing import Any
 
 import pytest
 
+from rhizomorph.gateway import memory
 from rhizomorph.gateway.memory import Reclaimer
 from tests.unit.test_router import FakeRegistry, join, make_router, settle
 
@@ -90,3 +94,81 @@ async def test_a_departure_counts_for_the_reclaim_once_the_router_let_go_of_the_
     await leaving
     assert router.reclaimer.departed_since == 1
     router.reclaimer.close()
+
+
+def _traced_at(snapshot: tracemalloc.Snapshot, filename: str, lineno: int | None = None) -> int:
+    return sum(
+        stat.count
+        for stat in snapshot.statistics("lineno")
+        if stat.traceback[0].filename == filename and (lineno is None or stat.traceback[0].lineno == lineno)
+    )
+
+
+async def test_the_future_iterators_a_wave_left_in_asyncios_free_list_are_freed():
+    loop = asyncio.get_running_loop()
+    future = loop.create_future()
+    tracemalloc.start()
+    try:
+        wave = [future.__await__() for _ in range(2 * memory.FREE_LIST)]
+        line = inspect.currentframe().f_lineno - 1  # type: ignore[union-attr]
+        del wave  # the free list keeps the last of them
+        assert _traced_at(tracemalloc.take_snapshot(), __file__, line) >= memory.FREE_LIST - 1
+        memory.renew_future_iter_free_list(loop)
+        after = tracemalloc.take_snapshot()
+        assert _traced_at(after, __file__, line) == 0
+        assert _traced_at(after, memory.__file__) >= memory.FREE_LIST - 1  # the new ones, kept
+    finally:
+        tracemalloc.stop()
+        future.cancel()
+
+
+def _wave_of_timer_handles(loop: asyncio.AbstractEventLoop) -> int:
+    handles = [loop.call_later(3600.0, print) for _ in range(2 * memory.FREE_LIST)]
+    line = inspect.currentframe().f_lineno - 1  # type: ignore[union-attr]
+    for handle in handles:
+        handle.cancel()
+    return line
+
+
+@pytest.mark.skipif(importlib.util.find_spec("uvloop") is None, reason="uvloop not installed")
+def test_the_timer_handles_a_wave_left_in_uvloops_free_list_are_freed_by_a_reclaim(monkeypatch):
+    import uvloop
+
+    trims: list[int] = []
+    monkeypatch.setattr(memory, "_TRIM", lambda: trims.append(1))
+
+    async def wave_then_reclaim() -> tuple[int, int, int]:
+        loop = asyncio.get_running_loop()
+        line = _wave_of_timer_handles(loop)
+        await asyncio.sleep(0.05)  # the loop lets go of the cancelled handles: into the free list
+        kept = _traced_at(tracemalloc.take_snapshot(), __file__, line)
+        memory.reclaim()
+        await asyncio.sleep(memory.SETTLE + 0.2)
+        return line, kept, _traced_at(tracemalloc.take_snapshot(), __file__, line)
+
+    loop = uvloop.new_event_loop()
+    tracemalloc.start()
+    try:
+        line, kept, after = loop.run_until_complete(wave_then_reclaim())
+    finally:
+        tracemalloc.stop()
+        loop.close()
+    assert kept >= 200, line  # uvloop's free list kept the wave's handles
+    assert after <= 2  # freed (an object or two of the line's other allocations may be reused)
+    assert trims == [1]  # and the collection and the trim ran once
+
+
+async def test_a_reclaim_on_asyncios_loop_collects_and_trims_once_after_the_loop_settled(monkeypatch):
+    trims: list[int] = []
+    monkeypatch.setattr(memory, "_TRIM", lambda: trims.append(1))
+    memory.reclaim()
+    assert trims == []  # not yet: the loop still holds the renewed handles
+    await asyncio.sleep(memory.SETTLE + 0.2)
+    assert trims == [1]
+
+
+def test_a_reclaim_outside_a_loop_collects_and_trims_at_once(monkeypatch):
+    trims: list[int] = []
+    monkeypatch.setattr(memory, "_TRIM", lambda: trims.append(1))
+    memory.reclaim()
+    assert trims == [1]
