@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import itertools
 import json
 import logging
@@ -46,7 +47,7 @@ from rhizomorph.gateway.delivery import DeliveryQueue
 from rhizomorph.gateway.direct_write import direct_writer
 from rhizomorph.protocol import envelope, frames
 from rhizomorph.protocol.batching import BatchPolicy
-from rhizomorph.remote_calls import PromiseState, V4RemoteFunction
+from rhizomorph.remote_calls import ExpandedPromise, LazyPromise, PromiseState, V4RemoteFunction
 
 log = logging.getLogger("rhizomorph.client")
 
@@ -166,7 +167,9 @@ class _V4RPC(_hypha_ws.RPC):
     defines a new class for it on every call), and plain values (primitives in dicts and lists)
     are checked and decoded by ``rhizomorph/plain_values.py`` (hypha-rpc's munchify visits each
     element in Python: most of a call's CPU with a few thousand floats); a call's plain argument
-    list is encoded as it is without hypha-rpc's walk through its type checks.
+    list is encoded as it is without hypha-rpc's walk through its type checks, and the promise
+    of a call to this client is decoded as a ``LazyPromise`` (a remote method per callback, made
+    when ``_handle_method`` first looks it up).
     """
 
     _all_primitives_list = staticmethod(plain_values.is_plain_list)
@@ -218,9 +221,20 @@ class _V4RPC(_hypha_ws.RPC):
                 return
         await super()._send_chunks(package, target_id, session_id)
 
+    def _expand_promise(self, data: dict[str, Any], caller_encryption_pub: Any = None) -> ExpandedPromise:
+        return ExpandedPromise(super()._expand_promise(data, caller_encryption_pub))
+
+    def _codec_for(self, a_object: Any) -> bool:
+        """Whether a registered codec encodes ``a_object`` (hypha-rpc asks before its fast paths)."""
+        for codec in self._codecs.values():  # DefaultObjectProxy entries: read as the dicts they are
+            kind: Any = dict.get(codec, "type")
+            if dict.get(codec, "encoder") and isinstance(a_object, kind):
+                return True
+        return False
+
     def _encode(self, a_object: Any, session_id: Any = None, local_workspace: Any = None) -> Any:
-        if type(a_object) is list and not self._codecs and plain_values.is_plain_list(a_object):
-            return a_object  # where hypha-rpc's checks end for a plain list (a codec could claim lists)
+        if type(a_object) is list and plain_values.is_plain_list(a_object) and not self._codec_for(a_object):
+            return a_object  # where hypha-rpc's checks end for a plain list
         encoded = super()._encode(a_object, session_id=session_id, local_workspace=local_workspace)
         if isinstance(encoded, dict) and encoded.get("_rtype") == "generator":
             session, _, object_id = encoded["_rmethod"].rpartition(".")
@@ -243,6 +257,17 @@ class _V4RPC(_hypha_ws.RPC):
             proxy = plain_values.proxy_plain(a_object)  # what hypha-rpc's fast path returns, or None
             if proxy is not None:
                 return proxy
+        elif type(a_object) is ExpandedPromise:
+            return LazyPromise(
+                a_object,
+                functools.partial(
+                    super()._decode,
+                    remote_parent=remote_parent,
+                    local_parent=local_parent,
+                    remote_workspace=remote_workspace,
+                    local_workspace=local_workspace,
+                ),
+            )
         elif isinstance(a_object, dict) and a_object.get("_rtype") == "generator" and "_rwindow_method" in a_object:
 
             def remote(method: str) -> Any:

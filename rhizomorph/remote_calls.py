@@ -7,7 +7,7 @@ promise's callbacks, and a task that hands the message to the connection at the 
 turn. ``V4RemoteFunction`` sends the same bytes — the same two msgpack segments, keys in the
 same order, session ids of the same form — with:
 
-- ``short_id``: the session id from ``os.urandom`` and a table of digit pairs;
+- ``short_id``: the session id from ``os.urandom`` (read 4 KiB at a time) and a table of digit pairs;
 - ``PendingCall``: one object per call, whose bound methods are the promise's callbacks in the
   session store and which is the call's timer too (``Timer``'s interface on one
   ``loop.call_later`` handle);
@@ -52,9 +52,33 @@ def base57(number: int) -> str:
     return "".join(reversed(pairs))
 
 
+class _RandomPool:
+    """``os.urandom`` read 4 KiB at a time: one system call per 256 ids instead of one each."""
+
+    SIZE = 4096
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self._bytes, self._offset = b"", self.SIZE
+
+    def take16(self) -> int:
+        if self._offset >= len(self._bytes):
+            self._bytes, self._offset = os.urandom(self.SIZE), 0
+        offset = self._offset
+        self._offset = offset + 16
+        return int.from_bytes(self._bytes[offset : offset + 16], "big")
+
+
+_random = _RandomPool()
+# A child process must not repeat its parent's ids: it starts with a pool of its own.
+os.register_at_fork(after_in_child=_random.reset)
+
+
 def short_id() -> str:
     """What ``shortuuid.uuid()`` returns: a random UUID (version 4) in base 57."""
-    return base57(int.from_bytes(os.urandom(16), "big") & _UUID4_CLEAR | _UUID4_SET)
+    return base57(_random.take16() & _UUID4_CLEAR | _UUID4_SET)
 
 
 class PromiseState:
@@ -191,6 +215,33 @@ class PendingCall:
         elif session_id in rpc._object_store:
             rpc._remove_from_target_id_index(session_id)
             del rpc._object_store[session_id]
+
+
+class ExpandedPromise(dict[str, Any]):
+    """The promise of a call to this client as ``RPC._expand_promise`` writes it out (the call
+    said ``promise: "*"``), marked so that ``_decode`` makes a ``LazyPromise`` of it."""
+
+
+class LazyPromise(dict[str, Any]):
+    """An ``ExpandedPromise`` decoded as ``RPC._decode`` would (``heartbeat``, ``resolve`` and
+    ``reject`` remote methods, the ``interval``), each value when first looked up: a method that
+    returns at once never calls its heartbeat, whose remote method is then never made."""
+
+    def __init__(self, expanded: ExpandedPromise, decode: Any) -> None:
+        super().__init__(expanded)
+        self._decode = decode
+        self._decoded: set[str] = set()
+
+    def __getitem__(self, key: str) -> Any:
+        value = dict.__getitem__(self, key)
+        if key not in self._decoded:
+            value = self._decode(value)
+            dict.__setitem__(self, key, value)
+            self._decoded.add(key)
+        return value
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self[key] if key in self else default
 
 
 def _outbox_of(rpc: Any) -> Any:

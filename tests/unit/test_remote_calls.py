@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import random
 import uuid
+from typing import Any
 
 import shortuuid
 
-from rhizomorph.remote_calls import base57, short_id
+from rhizomorph.remote_calls import ExpandedPromise, LazyPromise, base57, short_id
 
 
 def test_base57_is_shortuuids_encoding():
@@ -27,3 +28,19 @@ def test_short_ids_are_random_version_4_uuids():
         assert set(value) <= alphabet
         decoded = shortuuid.decode(value)
         assert decoded.version == 4 and decoded.variant == uuid.RFC_4122
+
+
+def test_a_lazy_promise_decodes_each_callback_once_when_looked_up():
+    decoded: list[Any] = []
+
+    def decode(value: Any) -> Any:
+        decoded.append(value)
+        return ("made", value)
+
+    expanded = ExpandedPromise(heartbeat={"_rmethod": "s.heartbeat"}, resolve={"_rmethod": "s.resolve"}, interval=5)
+    promise = LazyPromise(expanded, decode)
+    assert "heartbeat" in promise and "interval" in promise and decoded == []
+    assert promise["resolve"] == ("made", {"_rmethod": "s.resolve"})
+    assert promise["resolve"] == ("made", {"_rmethod": "s.resolve"})
+    assert promise.get("interval") == ("made", 5) and promise.get("reject") is None
+    assert decoded == [{"_rmethod": "s.resolve"}, 5]
