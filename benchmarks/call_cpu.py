@@ -1,7 +1,7 @@
 """CPU per echo call of caller, provider and router, batching on vs off, in runs long enough to measure it.
 
     nice -n -10 python -m benchmarks.call_cpu [--case small|medium|mixed] [--rounds N] [--pairs 3]
-                                              [--in-flight 32] [--client v4|hypha-rpc] [--trees DIR ...]
+                                              [--in-flight 32] [--client v4 hypha-rpc] [--trees DIR ...]
 
 ``bench_claims`` runs one pass of a case (250 mixed messages, ~0.2 s): its CPU figures are a
 few clock ticks each. Here each run is ``rounds`` passes over the case's messages (those of
@@ -132,10 +132,10 @@ async def measure(
         await rig.close()
 
 
-def run_in_tree(tree: str, router: ServedRouter, args: argparse.Namespace, rounds: int) -> dict[str, Any]:
+def run_in_tree(tree: str, router: ServedRouter, client: str, args: argparse.Namespace, rounds: int) -> dict[str, Any]:
     """One run with the client code of ``tree``: its ``call_cpu one`` in a process of its own."""
     command = [sys.executable, "-m", "benchmarks.call_cpu", "one", "--url", router.url]
-    command += ["--router-pid", str(router.process.pid), "--case", args.case, "--client", args.client]
+    command += ["--router-pid", str(router.process.pid), "--case", args.case, "--client", client]
     command += ["--rounds", str(rounds), "--in-flight", str(args.in_flight)]
     command += [] if router.batching else ["--no-batching"]
     env = {**os.environ, "PYTHONPATH": tree}
@@ -143,11 +143,13 @@ def run_in_tree(tree: str, router: ServedRouter, args: argparse.Namespace, round
     return {"tree": tree, **json.loads(done.stdout.strip().splitlines()[-1])}
 
 
+CLIENTS = ("v4", "hypha-rpc")
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--case", choices=sorted(CASES), default="mixed", help="bench_claims's messages")
     parser.add_argument("--rounds", type=int, default=0, help=f"passes per run (default: ~{CALLS_PER_RUN} calls)")
     parser.add_argument("--in-flight", type=int, default=32, help="calls in flight (250: a burst per pass of mixed)")
-    parser.add_argument("--client", choices=("v4", "hypha-rpc"), default="v4")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -156,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["one"]:  # one run against a router already serving (``--trees``)
         parser = argparse.ArgumentParser(description="one run of call_cpu")
         _common(parser)
+        parser.add_argument("--client", choices=CLIENTS, default="v4")
         parser.add_argument("--url", required=True)
         parser.add_argument("--router-pid", type=int, required=True)
         parser.add_argument("--no-batching", dest="batching", action="store_false")
@@ -166,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     _common(parser)
+    parser.add_argument("--client", nargs="+", choices=CLIENTS, default=["v4"], help="one run of each, in turn")
     parser.add_argument("--pairs", type=int, default=3, help="runs per router, alternated (on, off, on, off ...)")
     parser.add_argument("--trees", nargs="+", default=[], help="source trees whose client code to compare")
     args = parser.parse_args(argv)
@@ -176,14 +180,14 @@ def main(argv: list[str] | None = None) -> int:
             router.wait_ready()
         for _ in range(args.pairs):
             for router in routers:
-                if args.trees:
+                for client in args.client:
                     for tree in args.trees:
-                        print(json.dumps(run_in_tree(os.path.abspath(tree), router, args, rounds)), flush=True)
-                    continue
-                run = measure(
-                    router.url, router.process.pid, router.batching, args.case, args.client, rounds, args.in_flight
-                )
-                print(json.dumps(asyncio.run(run)), flush=True)
+                        print(json.dumps(run_in_tree(os.path.abspath(tree), router, client, args, rounds)), flush=True)
+                    if not args.trees:
+                        run = measure(
+                            router.url, router.process.pid, router.batching, args.case, client, rounds, args.in_flight
+                        )
+                        print(json.dumps(asyncio.run(run)), flush=True)
     finally:
         for router in routers:
             router.stop()
