@@ -11,13 +11,15 @@ same order, session ids of the same form — with:
 - ``PendingCall``: one object per call, whose bound methods are the promise's callbacks in the
   session store and which is the call's timer too (``Timer``'s interface on one
   ``loop.call_later`` handle);
-- the message put straight into the batching socket's outbox when the connection is a v4 one
-  and open (anything else — a reconnecting or closed socket, a message to be chunked — goes
-  through hypha-rpc's ``emit_message`` or ``_send_chunks`` in a task, as there).
+- the message put into the batching socket's outbox by a ``call_soon`` callback when the
+  connection is a v4 one and open — at the loop's next turn, as hypha-rpc's task would, so
+  messages keep their order with those sent by other tasks (anything else: a reconnecting or
+  closed socket, a message to be chunked, goes through hypha-rpc's ``emit_message`` or
+  ``_send_chunks`` in a task, as there).
 
 Calls it does not cover (end-to-end encryption, no method timeout, unusual promise modes) are
 left to hypha-rpc's own ``__call__``. ``rhizomorph.client._V4RPC`` makes its remote methods
-with it; ``tests/unit/test_remote_calls.py`` compares the bytes with hypha-rpc's.
+with it; ``tests/test_remote_calls.py`` compares the bytes with hypha-rpc's.
 """
 
 from __future__ import annotations
@@ -300,7 +302,8 @@ class V4RemoteFunction(RemoteFunction):
             extra["with_kwargs"] = True
         if self._remote_parent:
             main["parent"] = self._remote_parent
-        call = PendingCall(rpc, asyncio.get_running_loop().create_future(), session_id, self._description)
+        loop = asyncio.get_running_loop()
+        call = PendingCall(rpc, loop.create_future(), session_id, self._description)
         if with_promise:
             main["session"] = session_id
             method_name = f"{target_id}:{method_id}"
@@ -320,17 +323,24 @@ class V4RemoteFunction(RemoteFunction):
         if extra:
             package += msgpack.packb(extra)
         if len(package) <= rpc._long_message_chunk_size + 1024 or self.__no_chunk__:
-            outbox = _outbox_of(rpc)
-            if outbox is not None and outbox.put(package):
-                self._sent(call)
-                return call.future
-            sending = rpc._emit_message(package)
+            # At the loop's next turn, as hypha-rpc's task would: messages keep their order
+            # with those other tasks send (events, chunks).
+            loop.call_soon(self._send_soon, package, call)
         else:
-            sending = rpc._send_chunks(package, target_id, self._remote_parent)
-        task = asyncio.create_task(sending)
-        rpc._background_tasks.add(task)
-        task.add_done_callback(lambda done: self._on_sent(done, call))
+            self._send_in_task(rpc._send_chunks(package, target_id, self._remote_parent), call)
         return call.future
+
+    def _send_soon(self, package: bytes, call: PendingCall) -> None:
+        outbox = _outbox_of(self._rpc)
+        if outbox is not None and outbox.put(package):
+            self._sent(call)
+        else:  # not an open v4 socket: hypha-rpc's emit_message waits for a reconnection, or fails
+            self._send_in_task(self._rpc._emit_message(package), call)
+
+    def _send_in_task(self, sending: Any, call: PendingCall) -> None:
+        task = asyncio.ensure_future(sending)
+        self._rpc._background_tasks.add(task)
+        task.add_done_callback(lambda done: self._on_sent(done, call))
 
     def _promise_data(self, session_id: str) -> dict[str, Any]:
         """The promise as ``RPC._encode_promise`` encodes it (``_rpromise: True`` methods)."""

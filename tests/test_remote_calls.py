@@ -9,10 +9,12 @@ from __future__ import annotations
 import asyncio
 import functools
 import gc
+import io
 import itertools
 from collections.abc import Iterator
 from typing import Any
 
+import msgpack
 import pytest
 import shortuuid
 from hypha_rpc.rpc import RemoteFunction
@@ -114,6 +116,21 @@ async def test_the_bytes_on_the_wire_are_hypha_rpcs(connect, monkeypatch):
     assert runs["v4"][2] == runs["hypha-rpc"][2], "the provider's messages differ"
 
 
+async def test_a_call_keeps_its_place_among_messages_other_tasks_send(connect):
+    provider, service_id = await provider_service(connect)
+    caller = await connect(v4=True)
+    service = await caller.get_service(service_id)
+    await service.echo(0)
+    sent = record(caller)
+    to = f"{provider.config.workspace}/{provider.config.client_id}"
+    caller.rpc.emit({"type": "first", "to": to})  # hypha-rpc sends it from a task
+    echoed = service.echo(b"second")
+    caller.rpc.emit({"type": "third", "to": to})
+    assert await echoed == b"second"
+    kinds = [msgpack.Unpacker(io.BytesIO(message)).unpack()["type"] for message in sent[:3]]
+    assert kinds == ["first", "method", "third"]
+
+
 @pytest.mark.parametrize("provider_v4", [False, True], ids=["v3-provider", "v4-provider"])
 async def test_calls_settle_and_leave_no_session_behind(connect, provider_v4):
     _, service_id = await provider_service(connect, v4=provider_v4)
@@ -170,6 +187,7 @@ async def test_a_call_is_its_own_timer_and_can_be_freed_by_reference_counting(co
         future = service.echo(b"x")
         (session,) = set(sessions(caller)) - before
         call = caller.rpc._object_store[session]["timer"]
+        await asyncio.sleep(0)  # the message leaves at the loop's next turn, and the timer starts
         assert isinstance(call, PendingCall) and call.started
         call_id = id(call)
         del call
@@ -184,23 +202,28 @@ async def test_the_timer_starts_resets_and_clears():
     fired: list[str] = []
 
     class Store:  # what the timer touches of the RPC when it fires
-        _object_store: dict[str, Any] = {}
+        def __init__(self) -> None:
+            self._object_store: dict[str, Any] = {"s1": {"target_id": "someone"}}
 
         def _remove_from_target_id_index(self, session_id: str) -> None:
             fired.append(session_id)
 
-    call = PendingCall(Store(), asyncio.get_running_loop().create_future(), "s1", "a test")
-    call.time_after(0.05, "label", "too late")
+    rpc = Store()
+    call = PendingCall(rpc, asyncio.get_running_loop().create_future(), "s1", "a test")
+    call.time_after(60, "label", "too late")
     call.start()
-    await asyncio.sleep(0.03)
-    call.reset()  # as a heartbeat does: the 50 ms start again
-    await asyncio.sleep(0.03)
-    assert not call.future.done() and call.started
-    await asyncio.sleep(0.06)
-    with pytest.raises(TimeoutError, match="too late"):
-        call.future.result()
+    assert call.started and call._handle is not None
+    first = call._handle.when()
+    await asyncio.sleep(0.01)
+    call.reset()  # as a heartbeat does: the timeout starts again
+    assert call.started and call._handle.when() > first
     call.clear()
-    assert not call.started
+    assert not call.started and call._handle is None
+    call.time_after(0.01, "label", "too late")
+    call.start()
+    with pytest.raises(TimeoutError, match="too late"):
+        await asyncio.wait_for(call.future, 10)
+    assert fired == ["s1"] and rpc._object_store == {}  # its session went too
     quiet = PendingCall(Store(), asyncio.get_running_loop().create_future(), "s2", "a test")
     quiet.time_after(0.01, "label", "too late")
     quiet.start()
