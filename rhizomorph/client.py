@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import itertools
 import json
 import logging
@@ -46,6 +47,7 @@ from rhizomorph.gateway.delivery import DeliveryQueue
 from rhizomorph.gateway.direct_write import direct_writer
 from rhizomorph.protocol import envelope, frames
 from rhizomorph.protocol.batching import BatchPolicy
+from rhizomorph.remote_calls import ExpandedPromise, LazyPromise, PromiseState, V4RemoteFunction
 
 log = logging.getLogger("rhizomorph.client")
 
@@ -150,25 +152,6 @@ def _decode_large(message: bytes) -> dict[str, Any]:
     return main
 
 
-class _PromiseState:
-    """What hypha-rpc's RPC asks of a call's promise manager: settled once, and which callbacks
-    end the call's session (``RPC._create_promise_manager``)."""
-
-    __slots__ = ("settled",)
-
-    def __init__(self) -> None:
-        self.settled = False
-
-    def settle(self) -> None:
-        self.settled = True
-
-    def is_settled(self) -> bool:
-        return self.settled
-
-    def should_cleanup_on_callback(self, callback_name: str) -> bool:
-        return callback_name in ("resolve", "reject")
-
-
 class _V4RPC(_hypha_ws.RPC):
     """hypha-rpc's RPC with two v4 abilities, both used only between v4 peers:
 
@@ -178,19 +161,47 @@ class _V4RPC(_hypha_ws.RPC):
       call and keeps the next window in flight while it consumes (back-pressure: at most two
       windows are out). v3 consumers ignore the extra key and pull item by item.
 
-    And cost cuts that leave the bytes on the wire as they are: each call's promise state is a
-    ``_PromiseState`` (hypha-rpc defines a new class for it on every call), and plain values
-    (primitives in dicts and lists) are checked and decoded by ``rhizomorph/plain_values.py``
-    (hypha-rpc's munchify visits each element in Python: most of a call's CPU with a few
-    thousand floats).
+    And cost cuts that leave the bytes on the wire as they are: remote methods are
+    ``V4RemoteFunction`` objects (``rhizomorph/remote_calls.py``: a call's session id, timer, promise
+    callbacks and send at less cost), each call's promise state is a ``PromiseState`` (hypha-rpc
+    defines a new class for it on every call), and plain values (primitives in dicts and lists)
+    are checked and decoded by ``rhizomorph/plain_values.py`` (hypha-rpc's munchify visits each
+    element in Python: most of a call's CPU with a few thousand floats); a call's plain argument
+    list is encoded as it is without hypha-rpc's walk through its type checks, and the promise
+    of a call to this client is decoded as a ``LazyPromise`` (a remote method per callback, made
+    when ``_handle_method`` first looks it up).
     """
 
     _all_primitives_list = staticmethod(plain_values.is_plain_list)
     _all_primitives_dict = staticmethod(plain_values.is_plain_dict)
     _all_scalars_list = staticmethod(plain_values.is_scalar_list)
 
-    def _create_promise_manager(self) -> _PromiseState:
-        return _PromiseState()
+    def _create_promise_manager(self) -> PromiseState:
+        return PromiseState()
+
+    def _generate_remote_method(
+        self,
+        encoded_method: dict[str, Any],
+        remote_parent: Any = None,
+        local_parent: Any = None,
+        remote_workspace: Any = None,
+        local_workspace: Any = None,
+    ) -> V4RemoteFunction:
+        """``RPC._generate_remote_method``, making a ``V4RemoteFunction``."""
+        target_id = encoded_method["_rtarget"]
+        if remote_workspace and "/" not in target_id and remote_workspace != target_id:
+            encoded_method["_rtarget"] = remote_workspace + "/" + target_id
+        method_id = encoded_method["_rmethod"]
+        return V4RemoteFunction(
+            rpc_instance=self,
+            encoded_method=encoded_method,
+            remote_parent=remote_parent,
+            local_parent=local_parent,
+            remote_workspace=remote_workspace,
+            local_workspace=local_workspace,
+            description=f"method: {method_id}, docs: {encoded_method.get('_rdoc')}",
+            with_promise=encoded_method.get("_rpromise", False),
+        )
 
     def __init__(self, connection: Any, *args: Any, **kwargs: Any) -> None:
         super().__init__(connection, *args, **kwargs)
@@ -210,7 +221,20 @@ class _V4RPC(_hypha_ws.RPC):
                 return
         await super()._send_chunks(package, target_id, session_id)
 
+    def _expand_promise(self, data: dict[str, Any], caller_encryption_pub: Any = None) -> ExpandedPromise:
+        return ExpandedPromise(super()._expand_promise(data, caller_encryption_pub))
+
+    def _codec_for(self, a_object: Any) -> bool:
+        """Whether a registered codec encodes ``a_object`` (hypha-rpc asks before its fast paths)."""
+        for codec in self._codecs.values():  # DefaultObjectProxy entries: read as the dicts they are
+            kind: Any = dict.get(codec, "type")
+            if dict.get(codec, "encoder") and isinstance(a_object, kind):
+                return True
+        return False
+
     def _encode(self, a_object: Any, session_id: Any = None, local_workspace: Any = None) -> Any:
+        if type(a_object) is list and plain_values.is_plain_list(a_object) and not self._codec_for(a_object):
+            return a_object  # where hypha-rpc's checks end for a plain list
         encoded = super()._encode(a_object, session_id=session_id, local_workspace=local_workspace)
         if isinstance(encoded, dict) and encoded.get("_rtype") == "generator":
             session, _, object_id = encoded["_rmethod"].rpartition(".")
@@ -233,6 +257,17 @@ class _V4RPC(_hypha_ws.RPC):
             proxy = plain_values.proxy_plain(a_object)  # what hypha-rpc's fast path returns, or None
             if proxy is not None:
                 return proxy
+        elif type(a_object) is ExpandedPromise:
+            return LazyPromise(
+                a_object,
+                functools.partial(
+                    super()._decode,
+                    remote_parent=remote_parent,
+                    local_parent=local_parent,
+                    remote_workspace=remote_workspace,
+                    local_workspace=local_workspace,
+                ),
+            )
         elif isinstance(a_object, dict) and a_object.get("_rtype") == "generator" and "_rwindow_method" in a_object:
 
             def remote(method: str) -> Any:

@@ -1,0 +1,232 @@
+"""The v4 client's remote calls (rhizomorph/remote_calls.py) put the same bytes on the wire as
+hypha-rpc's ``RemoteFunction.__call__`` and keep its semantics: results, errors, keyword
+arguments, callbacks, generators, timeouts and heartbeats, sessions cleaned up, a closed
+connection. Real router, real clients; the bytes are compared with session ids drawn from one
+counter for both implementations."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import gc
+import io
+import itertools
+from collections.abc import Iterator
+from typing import Any
+
+import msgpack
+import pytest
+import shortuuid
+from hypha_rpc.rpc import RemoteFunction
+
+from benchmarks.scenarios import mixed_messages
+from rhizomorph import remote_calls
+from rhizomorph.remote_calls import PendingCall, V4RemoteFunction
+
+#: Session-store keys that are not call sessions.
+STORES = {"services", "message_cache"}
+
+
+def sessions(server: Any) -> list[str]:
+    return [key for key in server.rpc._object_store if key not in STORES]
+
+
+async def provider_service(connect: Any, v4: bool = True) -> tuple[Any, str]:
+    provider = await connect(v4=v4)
+
+    async def slow(seconds: float) -> str:
+        await asyncio.sleep(seconds)
+        return "done"
+
+    def fail(message: str) -> None:
+        raise ValueError(message)
+
+    async def count(n: int) -> Any:
+        for i in range(n):
+            yield i
+
+    await provider.register_service(
+        {
+            "id": "calls",
+            "config": {"visibility": "public"},
+            "echo": lambda x: x,
+            "join": lambda a, b="-", c="": f"{a}{b}{c}",
+            "apply": lambda fn, value: fn(value),
+            "slow": slow,
+            "fail": fail,
+            "count": count,
+        }
+    )
+    return provider, f"{provider.config.workspace}/{provider.config.client_id}:calls"
+
+
+async def scenario(service: Any) -> list[Any]:
+    """Calls of every kind the bytes test compares, in a fixed order."""
+    results: list[Any] = [await service.echo(b"\x01" * 256), await service.echo(mixed_messages(3)[2])]
+    results.append(await service.join("a", c="!"))
+    results.append(await service.apply(lambda v: v * 2, 21))
+    results.append([item async for item in await service.count(3)])
+    with pytest.raises(Exception, match="bad input"):
+        await service.fail("bad input")
+    return results
+
+
+def _counted(ids: Iterator[int]) -> str:
+    """Session ids from a counter, of the length of hypha-rpc's."""
+    return f"{next(ids):022d}"
+
+
+def record(server: Any) -> list[bytes]:
+    """Every message the client hands to its batching socket's outbox, in order."""
+    outbox = server.rpc._connection._websocket._outbox
+    assert outbox is not None, "not a v4 connection"
+    sent: list[bytes] = []
+    put = outbox.put
+
+    def recording_put(data: bytes) -> bool:
+        sent.append(bytes(data))
+        return put(data)
+
+    outbox.put = recording_put
+    return sent
+
+
+async def test_the_bytes_on_the_wire_are_hypha_rpcs(connect, monkeypatch):
+    provider, service_id = await provider_service(connect)
+    caller = await connect(v4=True)
+    service = await caller.get_service(service_id)
+    assert isinstance(service.echo, V4RemoteFunction)
+    await service.echo(b"")  # the first call opens the session: both runs below start alike
+    caller_sent, provider_sent = record(caller), record(provider)
+    runs = {}
+    for implementation in ("hypha-rpc", "v4"):
+        fixed = functools.partial(_counted, itertools.count())
+        monkeypatch.setattr(shortuuid, "uuid", fixed)
+        monkeypatch.setattr(remote_calls, "short_id", fixed)
+        with monkeypatch.context() as patch:
+            if implementation == "hypha-rpc":
+                patch.setattr(V4RemoteFunction, "__call__", RemoteFunction.__call__)
+            results = await scenario(service)
+        runs[implementation] = results, list(caller_sent), list(provider_sent)
+        caller_sent.clear()
+        provider_sent.clear()
+    assert runs["v4"][0] == runs["hypha-rpc"][0] == [b"\x01" * 256, mixed_messages(3)[2], "a-!", 42, [0, 1, 2]]
+    assert len(runs["v4"][1]) >= 6 and len(runs["v4"][2]) >= 6
+    assert runs["v4"][1] == runs["hypha-rpc"][1], "the caller's messages differ"
+    assert runs["v4"][2] == runs["hypha-rpc"][2], "the provider's messages differ"
+
+
+async def test_a_call_keeps_its_place_among_messages_other_tasks_send(connect):
+    provider, service_id = await provider_service(connect)
+    caller = await connect(v4=True)
+    service = await caller.get_service(service_id)
+    await service.echo(0)
+    sent = record(caller)
+    to = f"{provider.config.workspace}/{provider.config.client_id}"
+    caller.rpc.emit({"type": "first", "to": to})  # hypha-rpc sends it from a task
+    echoed = service.echo(b"second")
+    caller.rpc.emit({"type": "third", "to": to})
+    assert await echoed == b"second"
+    kinds = [msgpack.Unpacker(io.BytesIO(message)).unpack()["type"] for message in sent[:3]]
+    assert kinds == ["first", "method", "third"]
+
+
+@pytest.mark.parametrize("provider_v4", [False, True], ids=["v3-provider", "v4-provider"])
+async def test_calls_settle_and_leave_no_session_behind(connect, provider_v4):
+    _, service_id = await provider_service(connect, v4=provider_v4)
+    caller = await connect(v4=True)
+    service = await caller.get_service(service_id)
+    before = sessions(caller)
+    results = await asyncio.gather(*(service.echo(i) for i in range(50)))
+    assert results == list(range(50))
+    assert await scenario(service)
+    await asyncio.sleep(0.2)  # the generator's close call, answered after the last item
+    assert sessions(caller) == before
+    assert not caller.rpc._target_id_index.get(service_id.split(":")[0])
+
+
+async def test_a_call_times_out_and_its_session_is_dropped(connect, raw):
+    silent = await raw()  # a raw client that never reads: nothing answers, nothing beats
+    caller = await connect(v4=True, method_timeout=0.5)
+    method = caller.rpc._generate_remote_method(
+        {"_rtype": "method", "_rtarget": silent.address, "_rmethod": "services.nothing.echo", "_rpromise": "*"}
+    )
+    assert isinstance(method, V4RemoteFunction)
+    before = sessions(caller)
+    with pytest.raises(TimeoutError, match="Method call timed out"):
+        await asyncio.wait_for(method(1), 10)
+    assert sessions(caller) == before
+
+
+async def test_heartbeats_keep_a_long_call_alive(connect):
+    _, service_id = await provider_service(connect)
+    caller = await connect(v4=True, method_timeout=0.6)
+    service = await caller.get_service(service_id)
+    assert await service.slow(1.5) == "done"
+
+
+async def test_a_call_on_a_closed_connection_fails_at_once(connect):
+    _, service_id = await provider_service(connect)
+    caller = await connect(v4=True)
+    service = await caller.get_service(service_id)
+    await caller.disconnect()
+    with pytest.raises(Exception, match="[Cc]losed"):
+        await asyncio.wait_for(service.echo(1), 5)
+
+
+async def test_a_call_is_its_own_timer_and_can_be_freed_by_reference_counting(connect):
+    """The call's timer lives on the call (``PendingCall``): no reference cycle keeps a settled
+    call's result alive (a windowed generator left early is closed when dropped, not at the
+    next garbage collection)."""
+    _, service_id = await provider_service(connect)
+    caller = await connect(v4=True)
+    service = await caller.get_service(service_id)
+    before = set(sessions(caller))
+    gc.disable()
+    try:
+        future = service.echo(b"x")
+        (session,) = set(sessions(caller)) - before
+        call = caller.rpc._object_store[session]["timer"]
+        await asyncio.sleep(0)  # the message leaves at the loop's next turn, and the timer starts
+        assert isinstance(call, PendingCall) and call.started
+        call_id = id(call)
+        del call
+        assert await future == b"x"
+        # Freed when its session went, without a collection:
+        assert not any(id(o) == call_id for o in gc.get_objects() if type(o) is PendingCall)
+    finally:
+        gc.enable()
+
+
+async def test_the_timer_starts_resets_and_clears():
+    fired: list[str] = []
+
+    class Store:  # what the timer touches of the RPC when it fires
+        def __init__(self) -> None:
+            self._object_store: dict[str, Any] = {"s1": {"target_id": "someone"}}
+
+        def _remove_from_target_id_index(self, session_id: str) -> None:
+            fired.append(session_id)
+
+    rpc = Store()
+    call = PendingCall(rpc, asyncio.get_running_loop().create_future(), "s1", "a test")
+    call.time_after(60, "label", "too late")
+    call.start()
+    assert call.started and call._handle is not None
+    first = call._handle.when()
+    await asyncio.sleep(0.01)
+    call.reset()  # as a heartbeat does: the timeout starts again
+    assert call.started and call._handle.when() > first
+    call.clear()
+    assert not call.started and call._handle is None
+    call.time_after(0.01, "label", "too late")
+    call.start()
+    with pytest.raises(TimeoutError, match="too late"):
+        await asyncio.wait_for(call.future, 10)
+    assert fired == ["s1"] and rpc._object_store == {}  # its session went too
+    quiet = PendingCall(Store(), asyncio.get_running_loop().create_future(), "s2", "a test")
+    quiet.time_after(0.01, "label", "too late")
+    quiet.start()
+    quiet.clear()
+    await asyncio.sleep(0.03)
+    assert not quiet.future.done()
