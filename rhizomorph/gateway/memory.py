@@ -13,11 +13,11 @@ so the trim comes after the wave's memory is freed.
 
 What the trim cannot get back with Python's default allocator (pymalloc): it returns a 1 MiB
 arena to the system only when every block in it is free, and a few objects that outlive the
-wave keep most arenas of the wave (a worker stays 77–93 % above its baseline after 5000
-connections closed; the memory is reused by the next connections). With
-``Config.worker_allocator = "malloc"`` the workers' objects come from glibc's heap instead,
-whose free pages the trim returns (16–20 % above), at a CPU cost per message measured in
-benchmarks/README.md, "After 5000 connections close".
+wave pin arenas of the wave. The worst pinners are the event loop's free lists (asyncio's future
+iterators, uvloop's handles), which the reclaim renews before it collects. What stays is reused
+by the next connections. With ``Config.worker_allocator = "malloc"`` the workers' objects come
+from glibc's heap instead, whose free pages the trim returns, at a CPU cost per message; both
+measured in benchmarks/README.md, "After 5000 connections close".
 """
 
 from __future__ import annotations
