@@ -83,6 +83,12 @@ def short_id() -> str:
     return base57(_random.take16() & _UUID4_CLEAR | _UUID4_SET)
 
 
+def _drop_session(rpc: Any, session_id: str) -> None:
+    """Forget a top-level session: its entry in the object store and in the target index."""
+    rpc._remove_from_target_id_index(session_id)
+    del rpc._object_store[session_id]
+
+
 class PromiseState:
     """What hypha-rpc's RPC asks of a call's promise manager: settled once, and which callbacks
     end the call's session (``RPC._create_promise_manager`` defines a class for it per call)."""
@@ -212,11 +218,9 @@ class PendingCall:
                     timer.clear()
                 except Exception:
                     pass
-            rpc._remove_from_target_id_index(session_id)
-            del rpc._object_store[session_id]
+            _drop_session(rpc, session_id)
         elif session_id in rpc._object_store:
-            rpc._remove_from_target_id_index(session_id)
-            del rpc._object_store[session_id]
+            _drop_session(rpc, session_id)
 
 
 class ExpandedPromise(dict[str, Any]):
@@ -386,5 +390,4 @@ class V4RemoteFunction(RemoteFunction):
             for key, value in session.items()
             if not key.startswith("_") and key != "target_id"
         ):
-            rpc._remove_from_target_id_index(call.session_id)
-            del rpc._object_store[call.session_id]
+            _drop_session(rpc, call.session_id)
