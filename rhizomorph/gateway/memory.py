@@ -146,6 +146,8 @@ class Reclaimer:
         self._collect = collect
         self._clock = clock
         self.departed_since = 0
+        #: Departures since the worker started (benchmarks/idle_memory.py waits on them).
+        self.departures = 0
         self.runs = 0
         self._last_run: float | None = None
         self._wave_started = 0.0
@@ -156,6 +158,7 @@ class Reclaimer:
         """A client left this worker."""
         now = self._last_departure = self._clock()
         self.departed_since += 1
+        self.departures += 1
         if self.departed_since < self.threshold or self._timer is not None:
             return
         self._wave_started = now
@@ -175,6 +178,11 @@ class Reclaimer:
         self._last_run = now
         self.runs += 1
         self._collect()
+
+    @property
+    def settled(self) -> bool:
+        """No reclaim pending, and none owed: fewer than ``threshold`` departures since the last."""
+        return self._timer is None and self.departed_since < self.threshold
 
     def close(self) -> None:
         if self._timer is not None:

@@ -38,6 +38,19 @@ async def test_a_wave_of_departures_is_reclaimed_once_after_it_ends():
     assert runs == [1] and waves.departed_since == 0
 
 
+async def test_the_reclaimer_is_settled_only_once_the_wave_it_owes_was_reclaimed():
+    runs: list[int] = []
+    waves = reclaimer(runs, threshold=3, delay=0.05, max_wait=30.0, min_interval=0.0)
+    assert waves.settled
+    for _ in range(2):
+        waves.departed()
+    assert waves.settled and runs == []  # under the threshold: nothing is owed
+    waves.departed()
+    assert not waves.settled  # the wave's reclaim is pending
+    await asyncio.sleep(0.2)
+    assert runs == [1] and waves.settled and waves.departures == 3
+
+
 async def test_departures_that_never_stop_are_reclaimed_after_max_wait():
     runs: list[int] = []
     waves = reclaimer(runs, threshold=1, delay=0.05, max_wait=0.1, min_interval=0.0)
