@@ -6,8 +6,9 @@
    processes that open ``--connections`` idle v3 connections between them (WebSocket upgrade,
    JSON auth frame, ``connection_info``; nothing after that, pings answered) and hold them.
    Reads the gateway worker's and the registry actor's RSS and USS (psutil) before, 5 s after
-   the last one opened, again after ``--hold`` seconds idle (keepalive pings included) and once
-   they all closed, and prints bytes per connection and how far above its baseline the worker
+   the last one opened, again after ``--hold`` seconds idle (keepalive pings included), 8 s
+   after they closed, and once the worker let go of them all and ran its reclaim (asked with
+   ``__ray_call__``), and prints bytes per connection and how far above its baseline the worker
    stays after they closed (issue 14's target: within 20 %). The issue's target is <= 50 KB per idle connection.
 2. ``--breakdown N`` (0: skip): what one connection costs, by owner. Runs the worker's own code
    (``rhizomorph.gateway.router.Router`` behind ``rhizomorph.gateway.server.serve``, as
