@@ -152,6 +152,9 @@ class Reclaimer:
         self.departures = 0
         self.runs = 0
         self._last_run: float | None = None
+        #: The last run was a wave's (``threshold`` departures): its stragglers, departing after
+        #: it (a disconnect waits for the registry's release), are owed one more run, however few.
+        self._tail_owed = False
         self._wave_started = 0.0
         self._last_departure = 0.0
         self._timer: asyncio.TimerHandle | None = None
@@ -161,7 +164,7 @@ class Reclaimer:
         now = self._last_departure = self._clock()
         self.departed_since += 1
         self.departures += 1
-        if self.departed_since < self.threshold or self._timer is not None:
+        if self._timer is not None or (self.departed_since < self.threshold and not self._tail_owed):
             return
         self._wave_started = now
         wait = self.delay
@@ -176,6 +179,7 @@ class Reclaimer:
             self._timer = asyncio.get_running_loop().call_later(self.delay - quiet, self._run)
             return  # still departing: wait for the wave to end
         self._timer = None
+        self._tail_owed = self.departed_since >= self.threshold
         self.departed_since = 0
         self._last_run = now
         self.runs += 1
@@ -183,7 +187,8 @@ class Reclaimer:
 
     @property
     def settled(self) -> bool:
-        """No reclaim pending, and none owed: fewer than ``threshold`` departures since the last."""
+        """No reclaim pending, and none owed: fewer than ``threshold`` departures since the last
+        (and, after a wave's, none of its stragglers)."""
         return self._timer is None and self.departed_since < self.threshold
 
     def close(self) -> None:

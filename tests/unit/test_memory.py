@@ -76,6 +76,24 @@ async def test_reclaims_are_spaced_by_the_minimum_interval():
     assert runs == [1, 1]
 
 
+async def test_the_stragglers_of_a_wave_get_one_more_reclaim_however_few():
+    runs: list[int] = []
+    waves = reclaimer(runs, threshold=3, delay=0.02, max_wait=1.0, min_interval=0.1)
+
+    for _ in range(3):
+        waves.departed()
+    await asyncio.sleep(0.1)
+    assert runs == [1]
+    waves.departed()  # one straggler of that wave: under the threshold, still reclaimed
+    assert not waves.settled
+    await asyncio.sleep(0.2)
+    assert runs == [1, 1] and waves.settled
+    waves.departed()  # the straggler's run was no wave's: a lone departure after it is not owed one
+    await asyncio.sleep(0.2)
+    assert runs == [1, 1] and waves.settled
+    waves.close()
+
+
 class SlowRelease(FakeRegistry):
     """A registry whose ``release_client`` answers when told (``answer``), or fails."""
 
