@@ -455,8 +455,8 @@ def main(argv: list[str] | None = None) -> int:
     hosts = tree_hosts(contenders, trees)
     if trees:  # every rhizomorph contender runs in the trees' hosts, each on a Ray of its own
         contenders = [c for c in contenders if not isinstance(c, Rhizomorph)]
-    ray_dir = tempfile.mkdtemp(prefix="rb-", dir="/tmp")  # never join someone else's Ray
-    ray_started = False if trees else ensure_ray(num_cpus=os.cpu_count() or 1, _temp_dir=ray_dir)
+    ray_dir = None if trees else tempfile.mkdtemp(prefix="rb-", dir="/tmp")  # never join someone else's Ray
+    ray_started = bool(ray_dir) and ensure_ray(num_cpus=os.cpu_count() or 1, _temp_dir=ray_dir)
     stamp = {"run_id": run_id, "suite": f"claims-{suite.name}"}
     meta = {
         "kind": "meta",
@@ -485,7 +485,8 @@ def main(argv: list[str] | None = None) -> int:
             import ray
 
             ray.shutdown()
-        shutil.rmtree(ray_dir, ignore_errors=True)
+        if ray_dir:
+            shutil.rmtree(ray_dir, ignore_errors=True)
         remove_trees(trees)
     print(f"results: {path}")
 

@@ -35,7 +35,7 @@ async def serve(url: str, client: str, batching: bool, wait: str = "socket") -> 
         "pid": os.getpid(),
         "worker": _hypha_worker(server),
         "wire_protocol": wire_protocol(server),
-        "rhizomorph_file": rhizomorph.__file__,
+        "rhizomorph_file": os.path.realpath(rhizomorph.__file__),
     }
     sys.stdout.write(json.dumps(info) + "\n")
     sys.stdout.flush()

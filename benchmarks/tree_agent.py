@@ -146,6 +146,7 @@ class Agents:
                 "contender": contender.name,
                 "client": client,
                 "case": case.id,
+                "router_rhizomorph": getattr(contender, "host_rhizomorph", None),
                 **origin,
             }
         )
@@ -168,7 +169,10 @@ class _Serving:
         import benchmarks
         import rhizomorph
 
-        return {"agent_rhizomorph": rhizomorph.__file__, "agent_benchmarks": benchmarks.__file__}
+        return {
+            "agent_rhizomorph": os.path.realpath(rhizomorph.__file__),
+            "agent_benchmarks": os.path.realpath(benchmarks.__file__),
+        }
 
     async def open(self, key: str, contender: Any, client: str, case: Case, exclude: list[int]) -> dict[str, Any]:
         import rhizomorph
@@ -182,7 +186,7 @@ class _Serving:
         self.rigs[key] = (rig, case, payloads, probe)
         caller = rig.rig.caller  # type: ignore[attr-defined]
         return {
-            "caller_rhizomorph": rhizomorph.__file__,
+            "caller_rhizomorph": os.path.realpath(rhizomorph.__file__),
             "provider_rhizomorph": rig.provider.info.get("rhizomorph_file"),  # type: ignore[attr-defined]
             "server_version": getattr(caller.config, "hypha_version", None),
         }

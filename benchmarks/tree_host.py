@@ -6,8 +6,11 @@ The host (``python -m benchmarks.tree_host``, with the tree's shim as ``PYTHONPA
 directory: ``benchmarks/trees.py``) starts an embedded Ray of its own with the tree's
 ``ensure_ray`` — so a tree that changes how Ray is started is measured with its change — and the
 tree's ``Deployment`` of each contender on it. Ray's processes inherit the host's environment,
-hence its ``PYTHONPATH``: the controller, the registry and the gateway workers run the tree's code
-(``tests/test_bench_trees.py`` checks it through a marker the gateway workers send to clients).
+hence its ``PYTHONPATH``, and Ray puts the driver's working directory on its workers' ``sys.path``
+(``py_driver_sys_path`` in ``ray/_private/worker.py``), hence the shim as the host's working
+directory too: with this checkout there, the workers would import this checkout's package
+whatever ``PYTHONPATH`` says. So the controller, the registry and the gateway workers run the
+tree's code (``tests/test_bench_trees.py`` checks it by a marker the gateway workers send to clients).
 The host prints one line, ``TREE-HOST {json}`` (what the contenders' ``Started`` copies need),
 then serves until its standard input closes; then it stops the routers and Ray.
 """
@@ -41,6 +44,7 @@ class Hosted(Started):
         self.clients = tuple(info["clients"])
         self._pids = list(info["server_pids"])
         self.tree = tree
+        self.host_rhizomorph: str | None = info.get("rhizomorph_file")  #: which rhizomorph its host imported
 
 
 class TreeRouters:
@@ -50,6 +54,7 @@ class TreeRouters:
         self.tree, self.specs = tree, contenders
         self.process: subprocess.Popen | None = None
         self.info: dict[str, Any] = {}
+        self._drain: threading.Thread | None = None
 
     def start(self, notes: list[str]) -> list[Hosted]:
         """Start the host and its routers; a router that did not start is a note, a host that did
@@ -77,14 +82,16 @@ class TreeRouters:
             if line.startswith(MARK):
                 self.info = json.loads(line[len(MARK) :])
                 # Later output is read and dropped, so that a full pipe never blocks the host.
-                threading.Thread(target=self.process.stdout.read, daemon=True).start()
+                self._drain = threading.Thread(target=self.process.stdout.read, daemon=True)
+                self._drain.start()
                 break
             sys.stderr.write(line)
         else:
             self.stop()
             raise TimeoutError(f"the routers' host of tree {self.tree.label} did not start")
         notes += [f"tree {self.tree.label}: {error}" for error in self.info.get("errors", [])]
-        return [Hosted(info, self.tree) for info in self.info["contenders"]]
+        found = self.info.get("rhizomorph_file")
+        return [Hosted({**info, "rhizomorph_file": found}, self.tree) for info in self.info["contenders"]]
 
     def stop(self) -> None:
         if self.process is None:
@@ -96,6 +103,10 @@ class TreeRouters:
         except (subprocess.TimeoutExpired, OSError):
             self.process.kill()
             self.process.wait()
+        if self._drain is not None:
+            self._drain.join(5.0)  # at the host's exit its output ends
+        if self.process.stdout is not None:
+            self.process.stdout.close()
         self.process = None
 
 
@@ -118,7 +129,7 @@ def serve(request: dict[str, Any]) -> None:
             except Exception as exc:
                 errors.append(f"{spec['name']} did not start and was skipped: {type(exc).__name__}: {exc}")
         info = {
-            "rhizomorph_file": rhizomorph.__file__,
+            "rhizomorph_file": os.path.realpath(rhizomorph.__file__),
             "errors": errors,
             "contenders": [
                 {
