@@ -92,6 +92,8 @@ from rhizomorph.protocol.batching import WAITS
 CLIENTS = (HYPHA_RPC, V4)
 DEFAULT, NO_BATCHING = "rhizomorph", "rhizomorph-no-batching"
 IDLE_SECONDS = 3.0
+#: The note of a ``--trees`` run that measured nothing because a tree's routers did not start.
+NO_TREES_NOTE = "No runs: every tree must start for a before / after (see the note above)."
 #: Seconds a tree's agent may take to open a pair's clients (beyond the pass's own limit).
 RIG_TIMEOUT = 60.0
 #: How old the router probe's set of Ray processes may get before a pass looks for new ones.
@@ -341,14 +343,19 @@ def run_claims(
     running: list[TreeRouters] = []
     try:
         hosted: list[Started] = []
+        missing = []
         for host in hosts or []:
+            running.append(host)
             try:
                 hosted += host.start(notes)
             except Exception as exc:
-                notes.append(f"tree {host.tree.label} did not start and was skipped: {exc}")
-            running.append(host)
+                missing.append(f"tree {host.tree.label} did not start: {exc}")
+                break  # a before / after with a tree missing compares nothing: no runs at all
+        notes += missing
+        if missing:
+            notes.append(NO_TREES_NOTE)
         everyone = tree_order(hosted, [h.tree.label for h in hosts or []]) + [Started(c) for c in started]
-        if everyone and cases:
+        if everyone and cases and not missing:
             load.run(
                 run_claims_to_file,
                 cases,
@@ -496,6 +503,9 @@ def main(argv: list[str] | None = None) -> int:
     outputs = report.write_reports(path, None, plots=False)
     for output in outputs:
         print(f"wrote {output}")
+    if NO_TREES_NOTE in late:
+        print("error: " + "; ".join(n for n in late if n.startswith("tree ")), file=sys.stderr)
+        return 1
     return 0
 
 

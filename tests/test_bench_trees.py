@@ -77,3 +77,18 @@ def test_each_tree_runs_its_own_code_in_router_workers_caller_and_provider(tmp_p
     row = next(line for line in printed.splitlines() if line.startswith(f"| `marked`: {DEFAULT} [v4] |"))
     assert row.count("**") == 2 * len(cases), row
     assert "**Regressions**" in printed and "not judged" in printed  # one repeat: no spread to judge by
+
+
+def test_a_tree_whose_routers_do_not_start_stops_the_run_with_an_error(tmp_path, capsys):
+    broken = tmp_path / "broken"
+    (broken / "rhizomorph").mkdir(parents=True)
+    (broken / "rhizomorph" / "__init__.py").write_text("")  # no ensure_ray: its host exits at once
+    out = tmp_path / "results"
+    argv = ["--suite", "smoke", "--cases", "small/burst", "--no-hypha", "--out", str(out)]
+    assert bench_claims.main([*argv, "--trees", str(broken), str(REPO)]) == 1
+    assert "error: tree broken did not start" in capsys.readouterr().err
+    (path,) = out.glob("*.jsonl")
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    assert not [r for r in records if r["kind"] in ("claim", "claims-idle", "claims-tree")]
+    notes = [r["text"] for r in records if r["kind"] == "note"]
+    assert notes[-1] == bench_claims.NO_TREES_NOTE and notes[0].startswith("tree broken did not start")
