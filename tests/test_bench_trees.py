@@ -40,7 +40,9 @@ def test_each_tree_runs_its_own_code_in_router_workers_caller_and_provider(tmp_p
     meta = records[0]
     assert [t["label"] for t in meta["trees"]] == [REPO.name, "marked"]
 
-    assert [r for r in records if r["kind"] in ("claim-error", "claim-skip", "note")] == []
+    assert [r for r in records if r["kind"] in ("claim-error", "claim-skip")] == []
+    notes = [r["text"] for r in records if r["kind"] == "note"]
+    assert all("Ray did not start (attempt" in n for n in notes), notes  # a loaded machine: Ray started again
     claims = [r for r in records if r["kind"] == "claim"]
     names = {f"{c}@{t}" for c in (DEFAULT, NO_BATCHING) for t in (REPO.name, "marked")}
     cases = {"small/concurrent", "small/burst", "mixed/burst"}
