@@ -1,6 +1,7 @@
 """The hypha-rpc batching report's table, measured with real clients: the headline of PERFORMANCE.md.
 
     python -m benchmarks.bench_claims [--suite quick|full|smoke] [--repeats 5] [--hypha-python PATH]
+                                      [--trees BEFORE AFTER ...]
 
 ``make bench`` runs it first (``benchmarks/run.py``, same results file). The report claims
 batching gains +48 % small (2000 x 256 B), +26 % medium (500 x 20 KB), +5 % large (20 x 2 MB)
@@ -23,6 +24,12 @@ router: for rhizomorph every process of the Ray runtime (GCS, raylet, agents, ac
 workers) except the other router's own workers and registry; for Hypha its process tree.
 ``benchmarks/report.py`` turns the records into the table of ratios, the report's claims
 beside them and the issue's targets reached or not.
+
+``--trees`` measures several versions of the code in one run (the house rule's "before and
+after"): every rhizomorph contender runs from each tree — a directory or a git revision
+(``benchmarks/trees.py``) — its routers on a Ray of the tree's own (``benchmarks/tree_host.py``),
+its caller and provider in the tree's agent (``benchmarks/tree_agent.py``), interleaved pass by
+pass with the other pairs; the report adds each tree's ratio to the first, cell by cell.
 """
 
 from __future__ import annotations
@@ -61,6 +68,7 @@ from benchmarks.contenders import (
 )
 from benchmarks.loadgen import CLIENT_LOOP_ENV, LoadProcess
 from benchmarks.measure import run_calls
+from benchmarks.report import tree_of
 from benchmarks.run import (
     RESULTS_DIR,
     Harness,
@@ -72,6 +80,9 @@ from benchmarks.run import (
     start_contenders,
 )
 from benchmarks.scenarios import CLAIM_SUITES, Case, Suite
+from benchmarks.tree_agent import Agents, RemoteRig
+from benchmarks.tree_host import Hosted, TreeRouters
+from benchmarks.trees import Tree, TreeError, prepare_trees, remove_trees
 from rhizomorph import Config
 from rhizomorph.actors.event_loop import LOOPS
 from rhizomorph.client import wire_protocol
@@ -81,6 +92,10 @@ from rhizomorph.protocol.batching import WAITS
 CLIENTS = (HYPHA_RPC, V4)
 DEFAULT, NO_BATCHING = "rhizomorph", "rhizomorph-no-batching"
 IDLE_SECONDS = 3.0
+#: The note of a ``--trees`` run that measured nothing because a tree's routers did not start.
+NO_TREES_NOTE = "No runs: every tree must start for a before / after (see the note above)."
+#: Seconds a tree's agent may take to open a pair's clients (beyond the pass's own limit).
+RIG_TIMEOUT = 60.0
 #: How old the router probe's set of Ray processes may get before a pass looks for new ones.
 PROBE_REFRESH_S = 5.0
 
@@ -225,9 +240,37 @@ async def _measure_claim(
     return record
 
 
-def claims_harness(pool: ClientPool) -> Harness:
-    """Calls between a caller here and a provider process (kept in ``pool``); the router probed as above."""
-    return Harness(open_rig=pool.open, measure=_measure_claim, probe=router_probe, kind="claim")
+def claims_harness(pool: ClientPool, agents: Agents | None = None, pairs: list[Pair] | None = None) -> Harness:
+    """Calls between a caller here and a provider process (kept in ``pool``); the router probed as above.
+    With ``agents`` (``--trees``), a tree's pairs run in that tree's agent (``tree_agent.RemoteRig``),
+    which probes the router itself."""
+    if agents is None:
+        return Harness(open_rig=pool.open, measure=_measure_claim, probe=router_probe, kind="claim")
+    everyone = pairs or []
+
+    async def open_rig(pair: Pair, case: Case, payloads: list[Any]) -> EchoRig | EventRig:
+        if not isinstance(pair.contender, Hosted):
+            return await pool.open(pair, case, payloads)
+        session = pair.contender.ray_session
+        exclude = {
+            pid
+            for p in everyone
+            if p.contender.name != pair.contender.name and p.contender.ray_session == session
+            for pid in p.contender.server_pids()
+        }
+        return await agents.open(pair.contender, pair.client.name, case, sorted(exclude), RIG_TIMEOUT)
+
+    async def measure(
+        rig: EchoRig | EventRig, case: Case, payloads: list[Any], probe: ProcessProbe, timeout: float
+    ) -> Record:
+        if isinstance(rig, RemoteRig):
+            return await rig.measure(len(payloads), timeout)
+        return await _measure_claim(rig, case, payloads, probe, timeout)
+
+    def probe(pair: Pair, pairs: list[Pair]) -> ProcessProbe:
+        return ProcessProbe([]) if isinstance(pair.contender, Hosted) else router_probe(pair, pairs)
+
+    return Harness(open_rig=open_rig, measure=measure, probe=probe, kind="claim")
 
 
 async def idle_record(pair: Pair, pairs: list[Pair], seconds: float = IDLE_SECONDS) -> Record:
@@ -260,14 +303,21 @@ async def run_claims_to_file(
     quiet_client_logs()
     pairs = claim_pairs(list(contenders), clients)
     with record_sink(path, stamp) as emit:
-        first = next((p for p in pairs if p.contender.ray_session), None)
-        if first is not None:
+        sessions: dict[str, Pair] = {}  # the first pair on each Ray runtime (one per tree with --trees)
+        for pair in pairs:
+            if pair.contender.ray_session:
+                sessions.setdefault(pair.contender.ray_session, pair)
+        for first in sessions.values():
             emit(await idle_record(first, pairs))
         pool = ClientPool()
+        agents = Agents(emit) if any(isinstance(p.contender, Hosted) for p in pairs) else None
         try:
-            await run_suite(cases, pairs, repeats, timeout, emit, show_progress, harness=claims_harness(pool))
+            harness = claims_harness(pool, agents, pairs)
+            await run_suite(cases, pairs, repeats, timeout, emit, show_progress, harness=harness)
         finally:
             await pool.close()
+            if agents is not None:
+                await agents.close()
         emit({"kind": "claims-end", "load_average": [round(x, 2) for x in os.getloadavg()]})
 
 
@@ -284,16 +334,32 @@ def run_claims(
     contenders: list[Contender],
     clients: list[str],
     cases: list[Case],
+    hosts: list[TreeRouters] | None = None,
 ) -> list[str]:
-    """Start the contenders, run the claims in the load process, stop them; returns start-up notes."""
+    """Start the contenders (and the trees' ``hosts``, whose contenders join them in the order
+    ``tree_order`` gives), run the claims in the load process, stop them; returns start-up notes."""
     notes: list[str] = []
     started = start_contenders(contenders, notes)
+    running: list[TreeRouters] = []
     try:
-        if started and cases:
+        hosted: list[Started] = []
+        missing = []
+        for host in hosts or []:
+            running.append(host)
+            try:
+                hosted += host.start(notes)
+            except Exception as exc:
+                missing.append(f"tree {host.tree.label} did not start: {exc}")
+                break  # a before / after with a tree missing compares nothing: no runs at all
+        notes += missing
+        if missing:
+            notes.append(NO_TREES_NOTE)
+        everyone = tree_order(hosted, [h.tree.label for h in hosts or []]) + [Started(c) for c in started]
+        if everyone and cases and not missing:
             load.run(
                 run_claims_to_file,
                 cases,
-                [Started(c) for c in started],
+                everyone,
                 clients,
                 repeats,
                 suite.run_timeout,
@@ -303,7 +369,30 @@ def run_claims(
     finally:
         for contender in started:
             contender.stop()
+        for host in running:
+            host.stop()
     return notes
+
+
+def tree_order(hosted: list[Started], labels: list[str]) -> list[Started]:
+    """Variant by variant, each on every tree in turn (``rhizomorph@a``, ``rhizomorph@b``,
+    ``rhizomorph-no-batching@a``, ...): a tree's runs sit next to the same contender's on the others."""
+    variants = list(dict.fromkeys(tree_of(c.name, labels)[0] for c in hosted))
+
+    def key(contender: Started) -> tuple[int, int]:
+        variant, label = tree_of(contender.name, labels)
+        return variants.index(variant), labels.index(label) if label in labels else len(labels)
+
+    return sorted(hosted, key=key)
+
+
+def tree_hosts(contenders: list[Contender], trees: list[Tree]) -> list[TreeRouters]:
+    """Each rhizomorph contender once per tree (named ``<contender>@<tree>``), in a host per tree."""
+    variants = [c for c in contenders if isinstance(c, Rhizomorph)]
+    return [
+        TreeRouters(tree, [Rhizomorph(c.workers, name=f"{c.name}@{tree.label}", **c.config) for c in variants])
+        for tree in trees
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -336,6 +425,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--contenders", nargs="+", help="only the contenders named exactly so")
     parser.add_argument(
+        "--trees",
+        nargs="+",
+        default=[],
+        metavar="TREE",
+        help="run every rhizomorph contender from each of these source trees (directories or git revisions;"
+        " the first is the 'before' the others are compared to)",
+    )
+    parser.add_argument(
         "--client-loop", choices=("asyncio", "uvloop"), default="asyncio", help="the event loop of the clients"
     )
     args = parser.parse_args(argv)
@@ -354,12 +451,19 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks.machine import machine_info
     from rhizomorph import ensure_ray
 
-    ray_dir = tempfile.mkdtemp(prefix="rb-", dir="/tmp")  # never join someone else's Ray
-    ray_started = ensure_ray(num_cpus=os.cpu_count() or 1, _temp_dir=ray_dir)
+    try:
+        trees = prepare_trees(args.trees) if args.trees else []
+    except TreeError as exc:
+        parser.error(str(exc))
     notes: list[str] = []
     contenders = claim_contenders(args.batch_waits, args.loops, args.workers, args.allocators)
     contenders += hypha_contender(notes, not args.no_hypha, args.hypha_python)
     contenders = [c for c in contenders if not args.contenders or c.name in args.contenders]
+    hosts = tree_hosts(contenders, trees)
+    if trees:  # every rhizomorph contender runs in the trees' hosts, each on a Ray of its own
+        contenders = [c for c in contenders if not isinstance(c, Rhizomorph)]
+    ray_dir = None if trees else tempfile.mkdtemp(prefix="rb-", dir="/tmp")  # never join someone else's Ray
+    ray_started = bool(ray_dir) and ensure_ray(num_cpus=os.cpu_count() or 1, _temp_dir=ray_dir)
     stamp = {"run_id": run_id, "suite": f"claims-{suite.name}"}
     meta = {
         "kind": "meta",
@@ -367,7 +471,8 @@ def main(argv: list[str] | None = None) -> int:
         "repeats": repeats,
         "claims_repeats": repeats,
         "notes": notes,
-        "contenders": [c.name for c in contenders],
+        "contenders": [c.name for c in contenders] + [c.name for h in hosts for c in h.specs],
+        "trees": [{"label": t.label, "spec": t.spec, "source": t.source, "commit": t.commit} for t in trees],
         "clients": args.clients,
         "client_loop": args.client_loop,
         "run_timeout_s": suite.run_timeout,
@@ -378,7 +483,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with LoadProcess() as load:
             cases = select_cases(suite, args.cases)
-            late = run_claims(load, suite, repeats, path, stamp, contenders, args.clients, cases)
+            late = run_claims(load, suite, repeats, path, stamp, contenders, args.clients, cases, hosts)
         with record_sink(path, stamp) as emit:
             for note in late:
                 emit({"kind": "note", "text": note})
@@ -387,7 +492,9 @@ def main(argv: list[str] | None = None) -> int:
             import ray
 
             ray.shutdown()
+        if ray_dir:
             shutil.rmtree(ray_dir, ignore_errors=True)
+        remove_trees(trees)
     print(f"results: {path}")
 
     from benchmarks import report
@@ -396,6 +503,9 @@ def main(argv: list[str] | None = None) -> int:
     outputs = report.write_reports(path, None, plots=False)
     for output in outputs:
         print(f"wrote {output}")
+    if NO_TREES_NOTE in late:
+        print("error: " + "; ".join(n for n in late if n.startswith("tree ")), file=sys.stderr)
+        return 1
     return 0
 
 

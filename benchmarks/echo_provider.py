@@ -4,8 +4,10 @@
 
 Connects with the released hypha-rpc client (``hypha-rpc``) or rhizomorph's v4 client (``v4``;
 ``--no-batching`` turns its send-side batching off), registers the public service
-``bench-echo`` with ``echo(x) -> x``, prints one JSON line ``{"service_id", "pid", "worker", "wire_protocol"}``
-and serves until its standard input closes; then it disconnects and exits.
+``bench-echo`` with ``echo(x) -> x``, prints one JSON line
+``{"service_id", "pid", "worker", "wire_protocol", "rhizomorph_file"}`` (the last: which
+``rhizomorph`` it imported, for ``bench_claims --trees``) and serves until its standard
+input closes; then it disconnects and exits.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import json
 import os
 import sys
 
+import rhizomorph
 from benchmarks.clients import ECHO_SERVICE, HyphaRpcClients, V4Clients, _hypha_worker
 from benchmarks.loadgen import run_client_loop
 from benchmarks.run import quiet_client_logs
@@ -32,6 +35,7 @@ async def serve(url: str, client: str, batching: bool, wait: str = "socket") -> 
         "pid": os.getpid(),
         "worker": _hypha_worker(server),
         "wire_protocol": wire_protocol(server),
+        "rhizomorph_file": os.path.realpath(rhizomorph.__file__),
     }
     sys.stdout.write(json.dumps(info) + "\n")
     sys.stdout.flush()

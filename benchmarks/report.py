@@ -575,7 +575,20 @@ def _run_length(meta: dict[str, Any]) -> str:
 
 
 def claims_markdown(meta: dict[str, Any], records: list[dict[str, Any]], extra: list[dict[str, Any]]) -> str:
-    """The headline section: the ratio table with the report's claims, the targets, the figures."""
+    """The headline section: the ratio table with the report's claims, the targets, the figures;
+    for a run of several trees (``bench_claims --trees``) that of the last tree, then each tree
+    against the first (``trees_markdown``)."""
+    labels = tree_labels(meta)
+    if labels:
+        by_tree = split_trees(records, labels)
+        usual = by_tree.get(labels[-1], []) + by_tree.get(None, [])
+        head = _claims_markdown(meta, usual, extra)
+        note = f"_Run of {len(labels)} source trees: the table above is the last one's (`{labels[-1]}`)._\n\n"
+        return head + "\n" + note + trees_markdown(meta, records) + "\n"
+    return _claims_markdown(meta, records, extra)
+
+
+def _claims_markdown(meta: dict[str, Any], records: list[dict[str, Any]], extra: list[dict[str, Any]]) -> str:
     cells = claim_cells(records)
     if not cells:
         return "## The batching report's table, with real clients\n\n_No claims runs in this results file._\n"
@@ -629,6 +642,159 @@ def claims_markdown(meta: dict[str, Any], records: list[dict[str, Any]], extra: 
             facts.append(f"{record['case']} {record['contender']} [{record['client']}]: {what}")
     if facts:
         parts.append("\n".join(f"- {f}" for f in facts))
+    return "\n\n".join(parts) + "\n"
+
+
+# -- before and after: several source trees in one run (bench_claims --trees) ----------------------
+def tree_labels(meta: dict[str, Any]) -> list[str]:
+    """The trees of a run, the first (the "before") first; none for a run of one tree."""
+    return [t["label"] for t in meta.get("trees") or []]
+
+
+def tree_of(name: str, labels: list[str]) -> tuple[str, str | None]:
+    """``rhizomorph-no-batching@main`` -> (``rhizomorph-no-batching``, ``main``); no tree -> (name, None)."""
+    for label in sorted(labels, key=len, reverse=True):
+        if name.endswith(f"@{label}"):
+            return name[: -len(label) - 1], label
+    return name, None
+
+
+def split_trees(records: list[dict[str, Any]], labels: list[str]) -> dict[str | None, list[dict[str, Any]]]:
+    """The records by tree, each with its contender's plain name (``None``: of no tree, e.g. Hypha)."""
+    out: dict[str | None, list[dict[str, Any]]] = {}
+    for r in records:
+        variant, label = tree_of(r["contender"], labels)
+        out.setdefault(label, []).append({**r, "contender": variant})
+    return out
+
+
+@dataclass(frozen=True)
+class TreeRatio:
+    """One cell (scenario, mode) of one pair (contender, client): a later tree's MiB/s over the first's."""
+
+    tree: str
+    contender: str
+    client: str
+    scenario: str
+    mode: str
+    ratio: Stat  #: of the runs of the same repeat: median, min–max
+    spread: float  #: max / min of those ratios (NaN with fewer than ``TREE_JUDGED``)
+    complete: bool
+
+    @property
+    def regression(self) -> bool:
+        """Below 1.0 by more than the cell's own spread: the median times the spread (max / min of
+        the cell's ratios) stays under 1.0."""
+        return not math.isnan(self.spread) and self.ratio.median * self.spread < 1.0
+
+
+#: Ratios a cell needs for its spread to judge it: two that happen to agree make a spread of ~1.00,
+#: under which any ratio below 1.0 would count as a regression.
+TREE_JUDGED = 3
+
+
+def tree_ratios(records: list[dict[str, Any]], labels: list[str], value: Any = mib_per_s) -> list[TreeRatio]:
+    """Every later tree against the first, per pair and cell (only where both trees measured it)."""
+    by_tree = {label: claim_cells(rs) for label, rs in split_trees(records, labels).items() if label is not None}
+    first = by_tree.get(labels[0], {}) if labels else {}
+    found = []
+    for label in labels[1:]:
+        for key, cell in by_tree.get(label, {}).items():
+            base = first.get(key)
+            if base is None:
+                continue
+            ratios = [r for r in paired(cell, base, value) if r > 0]
+            spread = max(ratios) / min(ratios) if len(ratios) >= TREE_JUDGED else math.nan
+            found.append(
+                TreeRatio(
+                    label, key[2], key[3], key[0], key[1], Stat.of(ratios), spread, cell.complete and base.complete
+                )
+            )
+    return found
+
+
+def _tree_columns(ratios: list[TreeRatio]) -> list[tuple[str, str]]:
+    cells = {(r.scenario, r.mode, "", ""): None for r in ratios}
+    return [(s, m) for s in _scenarios(cells) for m in _modes(cells) if (s, m, "", "") in cells]
+
+
+def trees_table(ratios: list[TreeRatio]) -> str:
+    """A row per (later tree, contender, client), a column per (scenario, mode)."""
+    columns = _tree_columns(ratios)
+    index = {(r.tree, r.contender, r.client, r.scenario, r.mode): r for r in ratios}
+    order = {name: i for i, name in enumerate((DEFAULT, NO_BATCHING))}
+    rows = sorted(
+        dict.fromkeys((r.tree, r.contender, r.client) for r in ratios),
+        key=lambda k: (k[0] != ratios[0].tree, order.get(k[1], 9), k[1], k[2]),
+    )
+    lines = [
+        "| tree / first, MiB/s | " + " | ".join(f"{s}, {CLAIM_MODE_NAMES.get(m, m)}" for s, m in columns) + " |",
+        "|---" * (len(columns) + 1) + "|",
+    ]
+    for tree, contender, client in rows:
+        texts = []
+        for s, m in columns:
+            r = index.get((tree, contender, client, s, m))
+            texts.append("–" if r is None else _claim_cell_text(r.ratio, r.complete, None))
+        lines.append(f"| `{tree}`: {contender} [{client}] | " + " | ".join(texts) + " |")
+    return "\n".join(lines)
+
+
+def tree_regressions(ratios: list[TreeRatio]) -> str:
+    """The "regressions" line: the cells where a later tree is below 1.0 by more than the cell's spread."""
+    found = [r for r in ratios if r.regression]
+    unjudged = sum(math.isnan(r.spread) for r in ratios)
+    text = (
+        "none"
+        if not found
+        else "; ".join(
+            f"`{r.tree}` {r.contender} [{r.client}] {r.scenario}, {CLAIM_MODE_NAMES.get(r.mode, r.mode)}:"
+            f" {r.ratio.median:.2f} ({r.ratio.low:.2f}–{r.ratio.high:.2f}, spread {r.spread:.2f})"
+            for r in found
+        )
+    )
+    if unjudged:
+        text += f" ({unjudged} of {len(ratios)} cells not judged: fewer than {TREE_JUDGED} repeats)"
+    return f"**Regressions** (below 1.0 by more than the cell's spread, max / min of its ratios): {text}"
+
+
+def tree_summary(ratios: list[TreeRatio]) -> list[str]:
+    """Per later tree, over all its cells: the median of the cells' medians with the lowest and the
+    highest single ratio, and the median of the cells' spreads (a run of one tree twice: the noise)."""
+    lines = []
+    for tree in dict.fromkeys(r.tree for r in ratios):
+        mine = [r for r in ratios if r.tree == tree and not math.isnan(r.ratio.median)]
+        if not mine:
+            continue
+        medians = Stat.of(r.ratio.median for r in mine)
+        low, high = min(r.ratio.low for r in mine), max(r.ratio.high for r in mine)
+        spreads = [r.spread for r in mine if not math.isnan(r.spread)]
+        spread = f"; a cell's spread (max / min) {_fmt(Stat.of(spreads))}" if spreads else ""
+        lines.append(
+            f"- `{tree}` / first over {len(mine)} cells: median of the cells' medians **{medians.median:.2f}**"
+            f" (cells {medians.low:.2f}–{medians.high:.2f}), single runs {low:.2f}–{high:.2f}{spread}"
+        )
+    return lines
+
+
+def trees_markdown(meta: dict[str, Any], records: list[dict[str, Any]]) -> str:
+    """Each tree's MiB/s over the first's, cell by cell, the regressions, and the spread."""
+    trees = meta.get("trees") or []
+    labels = tree_labels(meta)
+    ratios = tree_ratios(records, labels)
+    described = ", ".join(
+        f"`{t['label']}` ({t['spec']}" + (f" at {t['commit']}" if t.get("commit") else "") + ")" for t in trees
+    )
+    parts = [
+        "## Before and after: each tree against the first",
+        f'Trees: {described}; the first is the "before". Every rhizomorph contender ran from each tree'
+        " (routers on a Ray of the tree's own, caller and provider importing the tree's `rhizomorph`),"
+        " interleaved pass by pass. Each cell: the median of the ratios of runs of the same repeat,"
+        " later tree / first, with their min–max. ⚠: some run lost calls or hit the time limit.",
+    ]
+    if not ratios:
+        return "\n\n".join([*parts, "_No cell was measured on the first tree and a later one._"]) + "\n"
+    parts += [trees_table(ratios), tree_regressions(ratios), "\n".join(tree_summary(ratios))]
     return "\n\n".join(parts) + "\n"
 
 

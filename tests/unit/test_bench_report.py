@@ -3,6 +3,7 @@ computed per scenario from the runs of the same repeat, pooled over the modes.""
 
 from __future__ import annotations
 
+import math
 import random
 import statistics
 
@@ -141,3 +142,81 @@ def test_merge_passes_sums_a_runs_passes():
     assert report.mib_per_s(first) == 2.5 and first["latency_p50_ms"] == 2.0 and first["timed_out"]
     assert first["server_cpu_s"] == pytest.approx(0.4) and "pass" not in first
     assert report.calls_per_run([first]) == "⚠ 2000 × 2, 10 lost, 1 timed out"
+
+
+# -- before and after: several source trees in one run (bench_claims --trees) ----------------------
+TREES = ("before", "after")
+#: The after tree's MiB/s over the before tree's, per repeat (the machine factor cancels when paired).
+AFTER = {"small": (1.00, 1.02, 0.98), "medium": (0.80, 0.82, 0.81), "large": (0.95, 1.05, 0.90), "mixed": (1.2,) * 3}
+
+
+def tree_records(repeats: int = 3) -> list[dict]:
+    records = []
+    for s in SCENARIOS:
+        for m in MODES:
+            for r in range(repeats):
+                base = 10.0 * MACHINE[r]
+                for tree, factor in (("before", 1.0), ("after", AFTER[s][r])):
+                    records.append(record(s, m, f"{DEFAULT}@{tree}", V4, r, base * factor))
+                    records.append(record(s, m, f"{NO_BATCHING}@{tree}", V4, r, base * factor / 1.5))
+            records.append(record(s, m, "hypha", HYPHA_RPC, 0, 5.0))  # of no tree
+    random.Random(3).shuffle(records)
+    return records
+
+
+TREE_META = {"trees": [{"label": t, "spec": t, "source": f"/src/{t}", "commit": None} for t in TREES]}
+
+
+def test_tree_names_split_into_contender_and_tree():
+    assert report.tree_of("rhizomorph-no-batching@after", list(TREES)) == (NO_BATCHING, "after")
+    assert report.tree_of("rhizomorph@a@b", ["b", "a@b"]) == (DEFAULT, "a@b")  # the longest label wins
+    assert report.tree_of("hypha", list(TREES)) == ("hypha", None)
+    by_tree = report.split_trees(tree_records(), list(TREES))
+    assert set(by_tree) == {"before", "after", None}
+    assert {r["contender"] for r in by_tree["after"]} == {DEFAULT, NO_BATCHING}
+
+
+def test_each_later_tree_is_paired_with_the_first_per_cell_and_mode():
+    ratios = report.tree_ratios(tree_records(), list(TREES))
+    assert {(r.tree, r.contender, r.client) for r in ratios} == {("after", DEFAULT, V4), ("after", NO_BATCHING, V4)}
+    assert len(ratios) == 2 * len(SCENARIOS) * len(MODES)  # hypha has no "before": no ratio
+    for r in ratios:
+        wanted = AFTER[r.scenario]
+        assert r.ratio.median == pytest.approx(statistics.median(wanted))
+        assert (r.ratio.low, r.ratio.high) == (pytest.approx(min(wanted)), pytest.approx(max(wanted)))
+        assert r.spread == pytest.approx(max(wanted) / min(wanted))
+        # medium: 0.81 × (0.82 / 0.80) < 1; large: 0.95 × (1.05 / 0.90) > 1 (noise); small, mixed: ≥ 1.
+        assert r.regression == (r.scenario == "medium"), r
+
+
+def test_trees_markdown_has_the_table_the_regressions_and_the_spread():
+    records = tree_records()
+    text = report.trees_markdown(TREE_META, records)
+    row = next(line for line in text.splitlines() if line.startswith(f"| `after`: {DEFAULT} [{V4}] |"))
+    assert row.count("**") == 2 * len(SCENARIOS) * len(MODES)
+    assert "**0.81** (0.80–0.82)" in row and "**1.20** (1.20–1.20)" in row
+    regressions = next(line for line in text.splitlines() if line.startswith("**Regressions**"))
+    assert regressions.count("medium") == 2 * len(MODES) and "large" not in regressions
+    assert "not judged" not in regressions
+    medians = statistics.median(statistics.median(AFTER[s]) for s in SCENARIOS for _ in range(2 * len(MODES)))
+    assert f"`after` / first over 16 cells: median of the cells' medians **{medians:.2f}** (cells 0.81–1.20)" in text
+    # The usual table is the last tree's, its contenders under their plain names, Hypha included.
+    full = report.claims_markdown(TREE_META, records, [])
+    assert full.index("## The batching report's table") < full.index("## Before and after")
+    v4_on_off = next(line for line in full.splitlines() if line.startswith("| v4 client, batching on / off |"))
+    assert v4_on_off.count("**1.50** (1.50–1.50)") == len(SCENARIOS)
+    assert "| small | 32 in flight | hypha [hypha-rpc] |" in full
+
+
+def test_a_cell_of_fewer_than_three_repeats_is_not_judged():
+    ratios = report.tree_ratios(tree_records(repeats=2), list(TREES))
+    assert all(math.isnan(r.spread) and not r.regression for r in ratios)
+    line = report.tree_regressions(ratios)
+    assert line.endswith(f"none ({len(ratios)} of {len(ratios)} cells not judged: fewer than 3 repeats)")
+
+
+def test_without_a_first_tree_measurement_there_is_no_ratio():
+    records = [r for r in tree_records() if not r["contender"].endswith("@before")]
+    assert report.tree_ratios(records, list(TREES)) == []
+    assert "_No cell was measured on the first tree and a later one._" in report.trees_markdown(TREE_META, records)
+    assert report.claims_markdown({}, tree_records(), []).count("## Before and after") == 0  # one tree: as ever
