@@ -1,6 +1,6 @@
 """Where a router's actors go: gateway workers, how many per node; the controller and registry.
 
-The controller (rhizomorph/actors/controller.py) applies these to Ray's view of the cluster
+The controller (rhizomorph/actors/launching.py) applies these to Ray's view of the cluster
 (``ray.nodes()``); docs/deploy.md explains the choices.
 """
 

@@ -21,6 +21,7 @@ from rhizomorph.gateway.connection import ClientConnection
 from rhizomorph.gateway.reconnecting import ReconnectWaits
 from rhizomorph.gateway.stats import Counters
 from rhizomorph.gateway.throttle import Throttle
+from rhizomorph.gateway.undeliverable import Undeliverable
 from rhizomorph.protocol import routing
 from rhizomorph.protocol.directory import DirectoryReplica
 from rhizomorph.protocol.lookups import Lookup, UnknownTargets
@@ -37,7 +38,7 @@ class RouterRegistry(ClientRegistry, Protocol):
     def locate(self, address: str) -> Awaitable[str | None]: ...
 
 
-class LocatingHost(Protocol):
+class LocatingHost(Undeliverable, Protocol):
     """What the lookups need from the router."""
 
     worker_id: str
@@ -57,10 +58,6 @@ class LocatingHost(Protocol):
         frame: bytes,
         header: dict[str, Any] | None,
         forwarded: bool,
-    ) -> None: ...
-
-    def undeliverable(
-        self, target: str, frame: bytes | None, header: dict[str, Any] | None = None, reason: str | None = None
     ) -> None: ...
 
 

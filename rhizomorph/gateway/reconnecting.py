@@ -24,20 +24,17 @@ from typing import Any, Protocol
 from rhizomorph.actors.peers import KEPT, Peers
 from rhizomorph.gateway.clients import Clients
 from rhizomorph.gateway.connection import ClientConnection
+from rhizomorph.gateway.undeliverable import Undeliverable
 from rhizomorph.protocol import frames, refusals
 from rhizomorph.protocol.close_codes import CloseCode
 from rhizomorph.protocol.reconnecting import Reconnecting, is_call
 
 
-class ReconnectHost(Protocol):
+class ReconnectHost(Undeliverable, Protocol):
     """What the waits need from the router."""
 
     peers: Peers
     clients: Clients
-
-    def undeliverable(
-        self, target: str, frame: bytes | None, header: dict[str, Any] | None = None, reason: str | None = None
-    ) -> None: ...
 
 
 class ReconnectWaits:

@@ -13,28 +13,19 @@ from typing import Any, Protocol
 from rhizomorph.actors.peer_link import Item
 from rhizomorph.actors.peers import Peers
 from rhizomorph.gateway.connection import ClientConnection
+from rhizomorph.gateway.undeliverable import Undeliverable
 from rhizomorph.protocol import envelope, frames
 from rhizomorph.protocol.streams import OpenStream, ReceivingStreams, StreamIds, Verdict
 
 STREAM_CUT = "the chunk stream was cut: chunks were lost between gateway workers"
 
 
-class StreamHost(Protocol):
+class StreamHost(Undeliverable, Protocol):
     """What the streams need from the router."""
 
     def stamp(self, conn: ClientConnection, frame: bytes | memoryview) -> tuple[str, bytes, dict[str, Any]] | None: ...
 
     def unroutable(self, conn: ClientConnection, reason: str) -> None: ...
-
-    def undeliverable(
-        self,
-        target: str,
-        frame: bytes | None,
-        header: dict[str, Any] | None = None,
-        reason: str | None = None,
-        *,
-        sender: str | None = None,
-    ) -> None: ...
 
     def remote_owner(self, target: str) -> str | None: ...
 
