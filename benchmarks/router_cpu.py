@@ -73,10 +73,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--in-flight", type=int, default=32)
     args = parser.parse_args(argv)
     quiet_client_logs()
-    routers = [TreeRouter(os.path.abspath(tree)) for tree in args.trees]
+    routers: list[TreeRouter] = []
     try:
-        for router in routers:
-            router.wait_ready()
+        for tree in args.trees:  # one at a time: two Ray starts at once time out on a loaded machine
+            routers.append(TreeRouter(os.path.abspath(tree)))
+            routers[-1].wait_ready()
         time.sleep(2.0)  # the workers' start-up settles
         for case in args.case:
             rounds = args.rounds or ROUNDS.get(case) or call_cpu.default_rounds(case)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 import shortuuid
@@ -223,13 +223,39 @@ class RouterServerConnection(ServerConnection):
     async def send_frames(self, frames: list[bytes]) -> None:
         """Send each of ``frames`` as its own binary message (one socket write for them all)."""
         async with self.send_context():
-            for frame in frames:
-                self.protocol.send_binary(frame)
+            self.queue_binary(frames)
+
+    async def send(self, message: Any, text: bool | None = None) -> None:
+        if type(message) is bytes and text is None and self.send_in_progress is None:
+            async with self.send_context():
+                self.queue_binary((message,))
+        else:
+            await super().send(message, text=text)
+
+    def queue_binary(self, messages: Iterable[bytes]) -> None:
+        """Queue each of ``messages`` as one binary frame, for the next ``send_data``: a header
+        and the message itself, no frame object, no copy (a server's frames are not masked)."""
+        protocol = self.protocol
+        if protocol.extensions or protocol.expect_continuation_frame or protocol.state is not State.OPEN:
+            for message in messages:
+                protocol.send_binary(message)  # websockets' checks, errors and extensions, as ever
+            return
+        writes = protocol.writes
+        header = ws_frames.server_header
+        for message in messages:
+            writes.append(header(len(message)))
+            writes.append(message)
 
     def send_data(self) -> None:
-        writes = self.protocol.writes
-        if len(writes) > 1 and all(writes) and sum(map(len, writes)) <= COALESCE_LIMIT:
-            self.protocol.writes = [b"".join(writes)]
+        protocol = self.protocol
+        writes = protocol.writes
+        if len(writes) > 1 and all(writes):  # an empty write is the end of the stream
+            if sum(map(len, writes)) <= COALESCE_LIMIT:
+                protocol.writes = [b"".join(writes)]
+            else:  # headers and messages as they are, in one write(v) call
+                protocol.writes = []
+                self.transport.writelines(writes)
+                return
         super().send_data()
 
 
