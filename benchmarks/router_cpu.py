@@ -33,6 +33,7 @@ from benchmarks.run import quiet_client_logs
 
 #: Passes per run where ``call_cpu``'s ~3000 calls would take minutes (20 x 2 MB a pass).
 ROUNDS = {"large": 5}
+START_ATTEMPTS = 3
 
 
 class TreeRouter(call_cpu.ServedRouter):
@@ -63,6 +64,21 @@ async def run(router: TreeRouter, case: str, client: str, rounds: int, in_flight
     return {"tree": router.tree, **record}
 
 
+def start(tree: str, attempts: int = START_ATTEMPTS) -> TreeRouter:
+    """A started router of ``tree``: Ray gives its raylet 30 s to register, which a loaded
+    2-core machine does not always manage; then ``serve`` exits and is started again."""
+    for attempt in range(attempts):
+        router = TreeRouter(tree)
+        try:
+            router.wait_ready()
+            return router
+        except RuntimeError:
+            router.stop()
+            if attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trees", nargs="+", required=True, help="source trees of the router (base first)")
@@ -76,8 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     routers: list[TreeRouter] = []
     try:
         for tree in args.trees:  # one at a time: two Ray starts at once time out on a loaded machine
-            routers.append(TreeRouter(os.path.abspath(tree)))
-            routers[-1].wait_ready()
+            routers.append(start(os.path.abspath(tree)))
         time.sleep(2.0)  # the workers' start-up settles
         for case in args.case:
             rounds = args.rounds or ROUNDS.get(case) or call_cpu.default_rounds(case)
