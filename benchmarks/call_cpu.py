@@ -30,6 +30,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import psutil
@@ -96,8 +97,17 @@ def default_rounds(case: str) -> int:
 
 
 async def measure(
-    url: str, router_pid: int, batching: bool, case: str, client: str, rounds: int, in_flight: int
+    url: str,
+    router_pid: int,
+    batching: bool,
+    case: str,
+    client: str,
+    rounds: int,
+    in_flight: int,
+    workers_cpu: Callable[[], float] | None = None,
 ) -> dict[str, Any]:
+    """One run; ``workers_cpu`` (CPU seconds of some of the router's processes) is read at the
+    start and the end of the timed window too, as ``workers_us`` per call."""
     kind = V4Clients(batching=batching) if client == "v4" else HyphaRpcClients()
     payloads = CASES[case].payloads()
     rig = await split_echo_rig(kind, url, payloads, apart=True)
@@ -110,10 +120,12 @@ async def measure(
                 await rig.service.echo(payload)
 
         caller0, provider0, router0 = time.process_time(), rig.provider.cpu_seconds(), tree_cpu_seconds(router_pid)
+        workers0 = workers_cpu() if workers_cpu is not None else 0.0
         started = time.perf_counter()
         for _ in range(rounds):
             await asyncio.gather(*(call(payload) for payload in payloads))
         wall = time.perf_counter() - started
+        workers = workers_cpu() - workers0 if workers_cpu is not None else None
         calls = rounds * len(payloads)
         per_call = 1e6 / calls
         return {
@@ -126,6 +138,7 @@ async def measure(
             "caller_us": round((time.process_time() - caller0) * per_call),
             "provider_us": round((rig.provider.cpu_seconds() - provider0) * per_call),
             "router_us": round((tree_cpu_seconds(router_pid) - router0) * per_call),
+            **({"workers_us": round(workers * per_call)} if workers is not None else {}),
             "load_average": [round(x, 2) for x in os.getloadavg()],
         }
     finally:

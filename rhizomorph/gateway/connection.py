@@ -10,19 +10,21 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 import shortuuid
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
-from websockets.frames import Frame, Opcode
+from websockets.frames import Frame, Opcode, apply_mask
+from websockets.protocol import State
+from websockets.streams import StreamReader
 
 from rhizomorph.background import spawn
 from rhizomorph.config import Config
 from rhizomorph.gateway.delivery import DeliveryQueue
 from rhizomorph.gateway.direct_write import DirectWriter
-from rhizomorph.protocol import handshake, limits
+from rhizomorph.protocol import handshake, limits, ws_frames
 from rhizomorph.protocol.batching import BatchPolicy
 from rhizomorph.protocol.close_codes import CloseCode
 from rhizomorph.protocol.envelope import identity_suffix
@@ -43,12 +45,35 @@ PROBE_TIMEOUT = 3.0
 #: many bytes; bigger writes gain nothing from joining (the copy costs more than the syscall).
 COALESCE_LIMIT = 65536
 MAX_FRAGMENTS = 4096  # fragments of one binary message (websockets assembles at most as many)
+_AT_EOF = StreamReader.at_eof.__code__
+
+
+def at_frame_boundary(protocol: Any) -> bool:
+    """Whether websockets' parser of an open connection without extensions waits for the first
+    byte of a frame, with nothing buffered and no message half read: frames may be read past
+    it, and whole frames handed to it, without it missing a byte."""
+    if protocol.state is not State.OPEN or protocol.extensions or protocol.reader.buffer:
+        return False
+    if protocol.current_size is not None:
+        return False
+    generator = protocol.parser
+    while (inner := getattr(generator, "gi_yieldfrom", None)) is not None:
+        if getattr(inner, "gi_code", None) is _AT_EOF:
+            return True
+        generator = inner
+    return False
 
 
 class RouterServerConnection(ServerConnection):
     """websockets' server connection with a shorter path each way for binary messages.
 
-    In: ``process_event`` hands each binary message to ``on_binary`` as the bytes arrive.
+    In: ``data_received`` reads the client's binary frames itself (``_read``, headers by
+    ``rhizomorph/protocol/ws_frames.py``) and hands each complete binary message to
+    ``on_binary``; websockets would copy each payload into its buffer and out again, parse it
+    in a generator, queue it in its Assembler and wake the reading coroutine once per message.
+    Every other frame (text, control, reserved bits), and all data while websockets' parser is
+    not at a frame boundary, goes to websockets as before (its ``process_event`` still hands
+    binary messages to ``on_binary``).
     Out: ``send_frames`` writes several frames with one socket write. Over loopback a ``send``
     syscall is dear (the kernel delivers the segment in it), and with TCP_NODELAY each frame
     is its own segment: a flush of N frames to a v3 client would cost N of them.
@@ -57,38 +82,139 @@ class RouterServerConnection(ServerConnection):
     """
 
     #: Set once the handshake is done: called with every complete binary message, straight from
-    #: ``data_received``. websockets would otherwise queue each frame in its Assembler and wake
-    #: the reading coroutine once per message; text frames still take that path.
+    #: ``data_received``. Text frames still take websockets' path.
     on_binary: Callable[[bytes], None] | None = None
     _binary_parts: list[bytes] | None = None  # a fragmented binary message, until its last frame
+    _binary_size = 0  # bytes in ``_binary_parts``
     _text_fragmented = False  # continuation frames of a text message go to the Assembler
+    #: A frame read in part by ``_read``: its pieces so far, their size, and the size it needs.
+    _in_parts: list[bytes | memoryview] | None = None
+    _in_size = 0
+    _in_need = 0
+
+    def data_received(self, data: bytes) -> None:
+        if self._in_parts is not None or (self.on_binary is not None and at_frame_boundary(self.protocol)):
+            self._read(data)
+        else:
+            super().data_received(data)
+
+    def _read(self, data: bytes) -> None:
+        """Binary frames straight to ``on_binary``; from the first other frame on, the rest of
+        ``data`` goes to websockets (its parser is at a frame boundary: it reads it as ever)."""
+        parts = self._in_parts
+        if parts is not None:
+            parts.append(data)
+            self._in_size += len(data)
+            if self._in_size < self._in_need:
+                return
+            data = b"".join(parts)
+            self._in_parts = None
+        protocol = self.protocol
+        position, end = 0, len(data)
+        while position < end:
+            header = ws_frames.parse_header(data, position)
+            if type(header) is int:
+                self._keep(data, position, header)
+                return
+            assert isinstance(header, ws_frames.Header)
+            opcode = header.opcode
+            binary = opcode == ws_frames.OP_BINARY
+            stop = header.payload + header.length
+            data_frame = binary or (opcode == ws_frames.OP_CONT and not self._text_fragmented)
+            if not data_frame or not header.masked or header.rsv:
+                # Not ours: websockets reads it whole (it knows nothing of a binary message
+                # begun here), then the rest of the data while it is at a frame boundary.
+                if opcode == ws_frames.OP_TEXT and self._binary_parts is not None:
+                    self._fail(CloseCode.PROTOCOL_ERROR, "expected a continuation frame")
+                    return
+                if stop > end:
+                    if opcode & 0x08 and header.length <= 125:  # a control frame: kept until whole
+                        self._keep(data, position, stop - position)
+                    else:
+                        super().data_received(data[position:] if position else data)
+                    return
+                super().data_received(data[position:stop])
+                position = stop
+                if not at_frame_boundary(protocol):  # it closes, or a fragmented text message began
+                    if position < end:
+                        super().data_received(data[position:])
+                    return
+                continue
+            if self._too_big(header.length):
+                return
+            if stop > end:
+                self._keep(data, position, stop - position)
+                return
+            payload = apply_mask(memoryview(data)[header.payload : stop], data[header.payload - 4 : header.payload])
+            position = stop
+            self._binary_frame(payload, binary, header.fin)
+            if self.on_binary is None or protocol.state is not State.OPEN:
+                return  # the connection ends (a protocol error, or routing closed it): nothing more is read
+
+    def _keep(self, data: bytes, position: int, need: int) -> None:
+        """The frame at ``data[position:]`` is incomplete: wait until ``need`` bytes of it are here."""
+        self._in_parts = [memoryview(data)[position:] if position else data]
+        self._in_size = len(data) - position
+        self._in_need = need
+
+    def _too_big(self, length: int) -> bool:
+        """Whether a frame of ``length`` payload bytes passes websockets' limits (``max_size``):
+        then the connection fails with 1009, as websockets' own parser would."""
+        protocol = self.protocol
+        limit = protocol.max_message_size
+        if limit is not None and self._binary_size + length > limit:
+            reason = f"message over {limit} bytes"
+        elif protocol.max_fragment_size is not None and length > protocol.max_fragment_size:
+            reason = f"frame over {protocol.max_fragment_size} bytes"
+        else:
+            return False
+        self._fail(CloseCode.MESSAGE_TOO_BIG, reason)
+        return True
+
+    def _fail(self, code: int, reason: str) -> None:
+        """Close the connection as websockets does on a protocol error (its close frame, then EOF)."""
+        self._binary_parts, self._binary_size, self._in_parts = None, 0, None
+        self.protocol.fail(code, reason)
+        self.send_data()
+
+    def _binary_frame(self, data: bytes, binary: bool, fin: bool) -> None:
+        """One frame of a binary message: the message goes to ``on_binary`` when it is whole."""
+        if binary and self._binary_parts is not None:
+            self._fail(CloseCode.PROTOCOL_ERROR, "expected a continuation frame")
+            return
+        if binary and fin:
+            message = data
+        else:  # fragments: their total is bounded by max_size (``_too_big``, or websockets' parser)
+            parts = self._binary_parts
+            if parts is None:
+                if not binary:
+                    self._fail(CloseCode.PROTOCOL_ERROR, "unexpected continuation frame")
+                    return
+                parts = self._binary_parts = []
+            parts.append(data)
+            self._binary_size += len(data)
+            if len(parts) > MAX_FRAGMENTS:  # empty fragments would grow the list forever
+                self._fail(CloseCode.MESSAGE_TOO_BIG, f"more than {MAX_FRAGMENTS} fragments")
+                return
+            if not fin:
+                return
+            message, self._binary_parts, self._binary_size = b"".join(parts), None, 0
+        on_binary = self.on_binary
+        if on_binary is None:
+            return
+        try:
+            on_binary(message)
+        except Exception:  # a router bug must not kill the socket's protocol callbacks
+            log.exception("routing a frame failed")
 
     def process_event(self, event: Any) -> None:
-        on_binary = self.on_binary
-        if on_binary is None or not isinstance(event, Frame):
+        if self.on_binary is None or not isinstance(event, Frame):
             return super().process_event(event)
         opcode = event.opcode
         if opcode is Opcode.BINARY or (opcode is Opcode.CONT and not self._text_fragmented):
+            # websockets' parser checked the order of the fragments: this never fails them
             data = event.data if type(event.data) is bytes else bytes(event.data)
-            if opcode is Opcode.BINARY and event.fin:
-                message = data
-            else:  # fragments: the protocol parser already bounds their total by max_size
-                parts = self._binary_parts
-                if parts is None:
-                    parts = self._binary_parts = []
-                parts.append(data)
-                if len(parts) > MAX_FRAGMENTS:  # empty fragments would grow the list forever
-                    self._binary_parts = None
-                    self.protocol.fail(CloseCode.MESSAGE_TOO_BIG, f"more than {MAX_FRAGMENTS} fragments")
-                    self.send_data()
-                    return
-                if not event.fin:
-                    return
-                message, self._binary_parts = b"".join(parts), None
-            try:
-                on_binary(message)
-            except Exception:  # a router bug must not kill the socket's protocol callbacks
-                log.exception("routing a frame failed")
+            self._binary_frame(data, opcode is Opcode.BINARY, event.fin)
             return
         if opcode is Opcode.TEXT or opcode is Opcode.CONT:
             self._text_fragmented = not event.fin
@@ -97,13 +223,39 @@ class RouterServerConnection(ServerConnection):
     async def send_frames(self, frames: list[bytes]) -> None:
         """Send each of ``frames`` as its own binary message (one socket write for them all)."""
         async with self.send_context():
-            for frame in frames:
-                self.protocol.send_binary(frame)
+            self.queue_binary(frames)
+
+    async def send(self, message: Any, text: bool | None = None) -> None:
+        if type(message) is bytes and text is None and self.send_in_progress is None:
+            async with self.send_context():
+                self.queue_binary((message,))
+        else:
+            await super().send(message, text=text)
+
+    def queue_binary(self, messages: Iterable[bytes]) -> None:
+        """Queue each of ``messages`` as one binary frame, for the next ``send_data``: a header
+        and the message itself, no frame object, no copy (a server's frames are not masked)."""
+        protocol = self.protocol
+        if protocol.extensions or protocol.expect_continuation_frame or protocol.state is not State.OPEN:
+            for message in messages:
+                protocol.send_binary(message)  # websockets' checks, errors and extensions, as ever
+            return
+        writes = protocol.writes
+        header = ws_frames.server_header
+        for message in messages:
+            writes.append(header(len(message)))
+            writes.append(message)
 
     def send_data(self) -> None:
-        writes = self.protocol.writes
-        if len(writes) > 1 and all(writes) and sum(map(len, writes)) <= COALESCE_LIMIT:
-            self.protocol.writes = [b"".join(writes)]
+        protocol = self.protocol
+        writes = protocol.writes
+        if len(writes) > 1 and all(writes):  # an empty write is the end of the stream
+            if sum(map(len, writes)) <= COALESCE_LIMIT:
+                protocol.writes = [b"".join(writes)]
+            else:  # headers and messages as they are, in one write(v) call
+                protocol.writes = []
+                self.transport.writelines(writes)
+                return
         super().send_data()
 
 

@@ -30,8 +30,12 @@ class DirectWriter:
     def write(self, messages: list[bytes]) -> None:
         """Each of ``messages`` as one binary message, handed to the transport now."""
         connection = self._connection
-        for message in messages:
-            connection.protocol.send_binary(message)
+        queue_binary = getattr(connection, "queue_binary", None)  # the gateway's server connections
+        if queue_binary is not None:
+            queue_binary(messages)
+        else:
+            for message in messages:
+                connection.protocol.send_binary(message)
         connection.send_data()
 
 

@@ -7,6 +7,9 @@ from enum import IntEnum
 
 class CloseCode(IntEnum):
     NORMAL = 1000
+    #: Frames out of order (a new binary message before the last one's final fragment, or a
+    #: continuation with none begun), sent by websockets itself or by the gateway's own reader.
+    PROTOCOL_ERROR = 1002
     #: The router closed the socket: idle timeout (as Hypha), ``close_client``, shutdown.
     GOING_AWAY = 1001
     #: Handshake refused (bad auth frame, bad token, permission, duplicate client) or message

@@ -36,18 +36,25 @@ class Envelope:
 #: The header is read from at most this many leading bytes through a reused unpacker (no
 #: per-frame allocation, no copy of the payload); a longer header falls back to a fresh one.
 _HEAD_LIMIT = 16384
+#: The first look is shorter: the unpacker copies in what it is fed and the rest is copied out
+#: again to empty it, and a routing header is a few hundred bytes.
+_FIRST_LOOK = 1024
 _local = threading.local()  # one reused unpacker per thread (each event loop is single-threaded)
 
 
 def parse(frame: bytes | memoryview) -> Envelope:
     """Read the header of a binary frame, leaving the payload undecoded (and uncopied)."""
-    head = frame if len(frame) <= _HEAD_LIMIT else memoryview(frame)[:_HEAD_LIMIT]
     try:
-        header, offset = _unpack_head(head)
+        header, offset = _unpack_head(frame if len(frame) <= _FIRST_LOOK else memoryview(frame)[:_FIRST_LOOK])
     except msgpack.OutOfData:
-        if head is frame:
+        if len(frame) <= _FIRST_LOOK:
             raise EnvelopeError("truncated msgpack header") from None
-        header, offset = _unpack_whole(frame)  # a header over _HEAD_LIMIT bytes: rare, allowed
+        try:
+            header, offset = _unpack_head(frame if len(frame) <= _HEAD_LIMIT else memoryview(frame)[:_HEAD_LIMIT])
+        except msgpack.OutOfData:
+            if len(frame) <= _HEAD_LIMIT:
+                raise EnvelopeError("truncated msgpack header") from None
+            header, offset = _unpack_whole(frame)  # a header over _HEAD_LIMIT bytes: rare, allowed
     if not isinstance(header, dict):
         raise EnvelopeError("header must be a msgpack map")
     to = header.get("to")

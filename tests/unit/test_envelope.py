@@ -369,3 +369,17 @@ def test_property_parse_of_a_sequence_is_independent_per_frame(sequence):
             env = envelope.parse(frame)
             assert (env.header, env.payload_offset) == expected
             assert env.frame is frame
+
+
+@pytest.mark.parametrize("header_size", [50, 1000, 1100, 16000, 17000, 40000])
+@pytest.mark.parametrize("payload_size", [0, 10, 5000, 70000])
+def test_headers_of_every_size_parse_alike(header_size: int, payload_size: int) -> None:
+    # The first look (1 KiB), the reused unpacker's limit (16 KiB) and the fresh one beyond.
+    header = {"type": "event", "to": "ws/b", "data": "d" * header_size}
+    extra = pack({"args": [b"p" * payload_size]}) if payload_size else b""
+    frame = pack(header) + extra
+    env = envelope.parse(frame)
+    assert env.header == header and bytes(env.payload) == extra
+    with pytest.raises(EnvelopeError):
+        envelope.parse(pack(header)[:-1])  # cut inside the header, at every size
+    assert envelope.parse(pack({"to": "ws/c"})).header == {"to": "ws/c"}  # the next frame starts clean
