@@ -133,3 +133,18 @@ async def test_a_failed_direct_write_hands_its_frames_and_the_rest_to_on_unwritt
     assert queue.put(message(2))  # full: the direct write fails
     assert unwritten == [message(0), message(1), message(2)]
     assert not queue.put(message(3))  # the queue is closed: the caller tells the sender
+
+
+@pytest.mark.parametrize("policy", [TIMER, SOCKET], ids=["timer", "socket"])
+async def test_a_message_over_half_of_max_size_is_written_in_put(policy: BatchPolicy) -> None:
+    # No later message of its size could share its flush: it does not wait for the writer's turn.
+    socket, clock = FakeSocket(), Clock()
+    queue = make_queue(policy, socket, clock)
+    queue.put(message(1, 60))
+    assert socket.written == [("direct", message(1, 60))] and queue.depth == 0
+    queue.put(message(2, 50))  # half, not more: the writer takes it at its turn
+    assert len(socket.written) == 1 and queue.depth == 1
+    queue.put(message(3, 60))  # joins the 50 (110 > 100: two flushes), both written now
+    assert [path for path, _ in socket.written] == ["direct"] * 3 and queue.depth == 0
+    await settle()
+    assert socket.messages() == [message(1, 60), message(2, 50), message(3, 60)]
