@@ -32,7 +32,7 @@ from rhizomorph.protocol import frames
 from rhizomorph.protocol.batching import Batcher, BatchPolicy
 from tests.js_build import CLIENT_DIR, ensure_client_package, node
 
-SUITES = {"transport": 12, "interop": 14, "reconnect": 2}  # Node test file -> tests it must pass
+SUITES = {"transport": 13, "interop": 14, "reconnect": 2}  # Node test file -> tests it must pass
 
 
 class PyPeer:
