@@ -32,7 +32,7 @@ from rhizomorph.protocol import frames
 from rhizomorph.protocol.batching import Batcher, BatchPolicy
 from tests.js_build import CLIENT_DIR, ensure_client_package, node
 
-SUITES = {"transport": 12, "interop": 14, "reconnect": 2}  # Node test file -> tests it must pass
+SUITES = {"transport": 13, "interop": 14, "reconnect": 2}  # Node test file -> tests it must pass
 
 
 class PyPeer:
@@ -95,7 +95,10 @@ def batcher_vectors(seed: int = 15, steps: int = 400) -> list[dict[str, Any]]:
     Times are whole 1/1024 s and the timer 1/64 s, exact in binary floating point both as
     Python's seconds and as JavaScript's milliseconds, so both compare the same numbers."""
     runs = []
-    for wait, rules in (("timer", {"idle", "count", "size", "timer", "large"}), ("socket", {"idle", "free", "large"})):
+    for wait, rules in (
+        ("timer", {"idle", "count", "size", "half", "timer", "large"}),
+        ("socket", {"idle", "free", "half", "large"}),
+    ):
         options = {"timeout_ms": 15.625, "max_messages": 5, "max_size": 4096, "wait": wait}
         events = _batcher_run(Batcher(BatchPolicy(**options)), random.Random(seed), steps)
         reasons = {event["flush"][1] for event in events if event.get("flush")}
@@ -125,6 +128,7 @@ def _batcher_run(batcher: Batcher, rng: random.Random, steps: int) -> list[dict[
                     "now": now_ms,
                     "flush": None if flush is None else [len(flush.frames), flush.reason],
                     "complete": batcher.complete(),
+                    "full": batcher.full(),
                     "deadline": None if deadline is None else round(deadline * 1000.0, 6),
                 }
             )

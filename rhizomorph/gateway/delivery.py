@@ -7,7 +7,10 @@ never blocks the sender. A flush goes out as consecutive frames to a v3 client (
 write when the connection offers ``send_frames``), and as one batch frame to a v4 client.
 A batch that is full when its last message arrives (``Batcher.full``) is written at once, in
 ``put``, when the connection offers a ``DirectWrite`` that is ready: it does not wait for the
-writer's turn (``rhizomorph/gateway/direct_write.py``).
+writer's turn (``rhizomorph/gateway/direct_write.py``). With such a socket the writer's turn
+itself is a plain callback (``loop.call_soon``) that writes what gathered in that turn, not a
+task: an idle target's lone message then costs little more than with batching off; the writer
+task runs only when the socket is not ready or a batch waits for its timer.
 
 A queue can be held (``hold``): it writes nothing until ``release``, as for a client that
 reconnected and does not listen yet (``rhizomorph/gateway/reconnecting.py``).
@@ -68,6 +71,7 @@ class DeliveryQueue:
         self._direct = direct  # full batches written in ``put``, if the socket can
         self._clock = clock
         self._writer: asyncio.Task | None = None
+        self._turn_pending = False  # a ``_turn`` callback is scheduled (a DirectWrite's writer turn)
         self._arrived: asyncio.Future | None = None  # pending while the writer waits for the timer
         self._progress = asyncio.Event()  # set after every flush (for senders that pace themselves)
         self._closed = False
@@ -111,7 +115,12 @@ class DeliveryQueue:
             if not len(batcher):
                 return True
         if self._writer is None:
-            if not self._held:
+            if self._held or self._turn_pending:
+                pass
+            elif direct is not None:
+                self._turn_pending = True  # messages of this turn may still join: write them next turn
+                asyncio.get_running_loop().call_soon(self._turn)
+            else:
                 self._writer = asyncio.get_running_loop().create_task(self._drain())
         elif self._arrived is not None and self.batcher.complete():
             self._nudge()  # else the writer sleeps on: the timer, or a later message, wakes it
@@ -135,6 +144,30 @@ class DeliveryQueue:
         self._progress.set()
         if not len(batcher):
             self._nudge()  # a writer asleep on the timer has nothing left: it ends, the next put starts one
+
+    def _turn(self) -> None:
+        """The writer's turn without a task: write every due flush at once if the socket takes
+        it, else (not ready, or a batch waits for its timer) hand over to the writer task."""
+        self._turn_pending = False
+        direct = self._direct
+        if self._closed or self._held or self._writer is not None or direct is None:
+            return
+        batcher = self.batcher
+        wrote = False
+        while direct.ready() and (flush := batcher.take(self._clock())) is not None:
+            messages = self._messages(flush.frames)
+            try:
+                direct.write(messages)
+            except Exception as exc:  # as a failed write in the writer: its senders are told
+                self._fail(exc, flush.frames)
+                return
+            self.frames_written += len(messages)
+            batcher.written()
+            wrote = True
+        if wrote:
+            self._progress.set()
+        if len(batcher):
+            self._writer = asyncio.get_running_loop().create_task(self._drain())
 
     def _messages(self, frames: list[bytes]) -> list[bytes]:
         """The WebSocket messages a flush goes out as: one batch frame to a v4 client, else each frame."""

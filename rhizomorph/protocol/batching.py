@@ -4,6 +4,10 @@ The rules, for one target:
 
 - A message at least ``max_size`` bytes long bypasses batching: it is flushed alone (after
   the messages queued before it, which keeps the order).
+- A message longer than half of ``max_size`` leaves at once, with the messages queued before
+  it (reason ``half``): no later message of at least its size could join its flush, so
+  waiting for the writer's turn or the timer gains nothing (``full`` is true while one is
+  buffered). With the default 32 KiB a 20 KB message never shares a flush with another one.
 - When the target's socket is idle (its last flush left the buffer empty), the next flush
   happens at once: a lone call pays no batching delay (reason ``idle``).
 - Messages that arrive while a write is in flight accumulate. What happens after the write
@@ -28,7 +32,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
-FLUSH_REASONS = ("idle", "free", "count", "size", "timer", "large", "unbatched")
+FLUSH_REASONS = ("idle", "free", "count", "size", "half", "timer", "large", "unbatched")
 #: What a busy target's batch waits for once its socket is free (see the module docstring).
 WAITS = ("socket", "timer")
 _ALONE = 1 << 62  # the batching size of a frame that must be flushed alone
@@ -110,13 +114,25 @@ class Flush:
 
 class Batcher:
     def __init__(self, policy: BatchPolicy) -> None:
-        self.policy = policy
         self.metrics = BatchMetrics()
         self._frames: deque[bytes] = deque()
         self._sizes: deque[int] = deque()  # batching size of each frame (``_ALONE`` for a lone one)
         self._arrivals: deque[float] = deque()
         self._bytes = 0
         self._idle = True  # the last flush emptied the buffer
+        self.policy = policy
+
+    @property
+    def policy(self) -> BatchPolicy:
+        return self._policy
+
+    @policy.setter
+    def policy(self, policy: BatchPolicy) -> None:
+        self._policy = policy
+        self._half = policy.max_size // 2  # a frame longer than this closes its flush
+        # Buffered frames longer than half of max_size (lone ones included): a count, so that
+        # ``full`` (asked on every put) does not scan the buffer.
+        self._big = sum(1 for size in self._sizes if size > self._half)
 
     def __len__(self) -> int:
         return len(self._frames)
@@ -129,38 +145,46 @@ class Batcher:
         """Buffer a frame; ``alone`` frames (chunks of a stream) never share a flush."""
         self._arrivals.append(now)
         self._frames.append(frame)
-        self._sizes.append(_ALONE if alone else len(frame))
+        size = _ALONE if alone else len(frame)
+        self._sizes.append(size)
+        if size > self._half:
+            self._big += 1
         self._bytes += len(frame)
         if len(self._frames) > self.metrics.max_depth:
             self.metrics.max_depth = len(self._frames)
 
     def full(self) -> bool:
         """Whether the buffer's head is a flush no later message could join (``count``, ``size``,
-        ``large``, or batching off): it may leave at once, before the writer's turn."""
-        policy = self.policy
+        ``half``, ``large``, or batching off): it may leave at once, before the writer's turn."""
+        policy = self._policy
         if not self._frames:
             return False
-        if not policy.enabled or len(self._frames) >= policy.max_messages or self._bytes >= policy.max_size:
-            return True
-        return any(size >= policy.max_size for size in self._sizes)  # fewer than max_messages
+        # A frame longer than half of max_size either ends the head flush or lies beyond it.
+        return (
+            self._big > 0
+            or not policy.enabled
+            or len(self._frames) >= policy.max_messages
+            or self._bytes >= policy.max_size
+        )
 
     def complete(self) -> bool:
         """Whether what is buffered makes a flush without the timer (``full``, or anything with
         ``wait = "socket"``): a writer waiting for the timer is worth waking only then."""
-        return bool(self._frames) and (self.policy.wait == "socket" or self.full())
+        return bool(self._frames) and (self._policy.wait == "socket" or self.full())
 
     def deadline(self) -> float | None:
         """When the timer forces a flush of what is buffered (``None``: nothing to wait for)."""
-        if not self._frames or self._idle or not self.policy.enabled or self.policy.wait == "socket":
+        policy = self._policy
+        if not self._frames or self._idle or not policy.enabled or policy.wait == "socket":
             return None
-        return self._arrivals[0] + self.policy.timeout_ms / 1000.0
+        return self._arrivals[0] + policy.timeout_ms / 1000.0
 
     def take(self, now: float) -> Flush | None:
         """The next flush due at ``now`` (the socket is free), or ``None`` to wait."""
         if not self._frames:
             self._idle = True
             return None
-        policy = self.policy
+        policy = self._policy
         if not policy.enabled:
             return self._pop(1, "unbatched")
         if self._sizes[0] >= policy.max_size:
@@ -177,6 +201,8 @@ class Batcher:
             reason = "size" if self._sizes[count] < policy.max_size else "large"
         elif size >= policy.max_size:  # exactly full: no further message could join it
             reason = "size"
+        elif self._big:  # the flush is the whole buffer and holds a frame no later one of its size could join
+            reason = "half"
         elif self._idle:
             reason = "idle"
         elif policy.wait == "socket":
@@ -189,8 +215,10 @@ class Batcher:
 
     def _pop(self, count: int, reason: str) -> Flush:
         frames = [self._frames.popleft() for _ in range(count)]
+        half = self._half
         for _ in range(count):
-            self._sizes.popleft()
+            if self._sizes.popleft() > half:
+                self._big -= 1
             self._arrivals.popleft()
         size = sum(len(frame) for frame in frames)
         self._bytes -= size
@@ -211,4 +239,5 @@ class Batcher:
         self._sizes.clear()
         self._arrivals.clear()
         self._bytes = 0
+        self._big = 0
         return frames

@@ -82,6 +82,60 @@ def test_a_batch_of_exactly_max_size_leaves_without_the_timer():
     assert flush is not None and flush.reason == "size" and [len(f) for f in flush.frames] == [1, 99]
 
 
+@pytest.mark.parametrize("policy", [POLICY, SOCKET], ids=["timer", "socket"])
+def test_a_message_over_half_of_max_size_leaves_at_once_with_those_before_it(policy):
+    # With max_size 100, no later message of 51 bytes or more could join a 51-byte one:
+    # it leaves without waiting for the writer's turn, company or the timer.
+    batcher = Batcher(policy)
+    fill(batcher, 10)
+    batcher.take(0.0)  # a write is under way: the target is not idle
+    fill(batcher, 10, 50, now=0.001)
+    assert not batcher.full()  # 50 is half, not more: a second 50 could still join
+    batcher.add(b"z" * 51, 0.001)
+    assert batcher.full() and batcher.complete()
+    batcher.written()
+    flush = batcher.take(0.001)  # before the timer, under either wait
+    assert flush.reason == "size" and [len(f) for f in flush.frames] == [10, 50]  # 10+50+51 > 100
+    assert batcher.full()  # the 51 is still buffered
+    flush = batcher.take(0.001)
+    assert flush.reason == "half" and [len(f) for f in flush.frames] == [51]
+    assert not batcher.full() and batcher.take(0.001) is None
+
+
+def test_an_idle_target_sends_a_half_message_as_half_and_batches_stay_as_big():
+    batcher = Batcher(SOCKET)
+    fill(batcher, 60)
+    assert batcher.full() and batcher.take(0.0).reason == "half"
+    fill(batcher, 60, 10, 10, now=0.001)  # piled up behind it: still one flush of three
+    batcher.written()
+    flush = batcher.take(0.001)
+    assert flush.reason == "count" and [len(f) for f in flush.frames] == [60, 10, 10]
+    fill(batcher, 10, 60, 10, now=0.002)
+    batcher.written()
+    flush = batcher.take(0.002)
+    assert flush.reason == "count" and [len(f) for f in flush.frames] == [10, 60, 10]
+    batcher.written()
+    fill(batcher, 10, 60, now=0.003)
+    assert batcher.take(0.003).reason == "half"
+    assert batcher.metrics.as_dict()["reasons"]["half"] == 2
+
+
+def test_a_new_policy_recounts_the_half_messages():
+    batcher = Batcher(POLICY)
+    fill(batcher, 10)
+    batcher.take(0.0)
+    fill(batcher, 60, now=0.001)
+    assert batcher.full()
+    batcher.policy = BatchPolicy(timeout_ms=10.0, max_messages=3, max_size=200, wait="timer")
+    assert not batcher.full()  # 60 is under half of 200
+    batcher.policy = POLICY
+    assert batcher.full()
+    batcher.drain()
+    assert not batcher.full()
+    fill(batcher, 10)
+    assert not batcher.full()
+
+
 # -- wait="socket": a busy target's batch leaves as soon as the socket is free ----------------
 
 

@@ -86,19 +86,49 @@ async def test_full_batches_leave_in_put_and_the_rest_follows_in_order(policy: B
 async def test_a_lone_message_after_a_direct_write_emptied_the_buffer_does_not_wait_for_the_timer() -> None:
     socket, clock = FakeSocket(), Clock()
     socket.block = asyncio.Event()
+    socket.is_ready = False  # as a real socket with a send in progress (flow control paused it)
     queue = make_queue(TIMER, socket, clock)
     queue.put(message(0))
-    await settle()  # idle: the writer takes it at once; the write blocks
+    await settle()  # idle: the writer task takes it at once; the write blocks
     queue.put(message(1))
     queue.put(message(2))  # arrive during the write: they wait for company
     socket.block.set()
+    socket.is_ready = True
     await settle()  # the write completes; the writer sleeps on the timer
     assert queue.depth == 2
     queue.put(message(3))  # full: written in put, the buffer is empty
     assert [path for path, _ in socket.written] == ["task", "direct"] and queue.depth == 0
     queue.put(message(4))  # the target is idle again: this one leaves at the writer's next turn
     await settle()
+    assert [path for path, _ in socket.written] == ["task", "direct", "task"]  # the woken writer took it
     assert socket.messages() == [message(i) for i in range(5)]  # the clock never moved: no timer ran out
+
+
+@pytest.mark.parametrize("policy", [TIMER, SOCKET], ids=["timer", "socket"])
+async def test_with_a_ready_socket_the_writers_turn_is_a_callback_that_batches_that_turn(policy) -> None:
+    socket, clock = FakeSocket(), Clock()
+    queue = make_queue(policy, socket, clock)
+    queue.put(message(0))
+    queue.put(message(1))  # the same turn: they leave together at the writer's turn, no task
+    assert socket.written == [] and queue._writer is None
+    await asyncio.sleep(0)
+    assert [(path, len(frames.decode_batch(data))) for path, data in socket.written] == [("direct", 2)]
+    assert queue._writer is None and queue.depth == 0
+    socket.is_ready = False  # not ready at the writer's turn: the writer task writes it
+    queue.put(message(2))
+    await settle()
+    assert [path for path, _ in socket.written] == ["direct", "task"] and queue.depth == 0
+    assert socket.messages() == [message(i) for i in range(3)]
+
+
+async def test_a_failed_write_at_the_writers_turn_hands_its_frames_to_on_unwritten() -> None:
+    socket, clock = FakeSocket(), Clock()
+    lost: list[bytes] = []
+    queue = make_queue(SOCKET, socket, clock, on_unwritten=lost.extend)
+    queue.put(message(0))
+    socket.fail = True
+    await settle()
+    assert lost == [message(0)] and not queue.put(message(1))
 
 
 async def test_a_socket_that_is_not_ready_gets_the_full_batch_from_the_writer() -> None:
@@ -133,3 +163,18 @@ async def test_a_failed_direct_write_hands_its_frames_and_the_rest_to_on_unwritt
     assert queue.put(message(2))  # full: the direct write fails
     assert unwritten == [message(0), message(1), message(2)]
     assert not queue.put(message(3))  # the queue is closed: the caller tells the sender
+
+
+@pytest.mark.parametrize("policy", [TIMER, SOCKET], ids=["timer", "socket"])
+async def test_a_message_over_half_of_max_size_is_written_in_put(policy: BatchPolicy) -> None:
+    # No later message of its size could share its flush: it does not wait for the writer's turn.
+    socket, clock = FakeSocket(), Clock()
+    queue = make_queue(policy, socket, clock)
+    queue.put(message(1, 60))
+    assert socket.written == [("direct", message(1, 60))] and queue.depth == 0
+    queue.put(message(2, 50))  # half, not more: the writer takes it at its turn
+    assert len(socket.written) == 1 and queue.depth == 1
+    queue.put(message(3, 60))  # joins the 50 (110 > 100: two flushes), both written now
+    assert [path for path, _ in socket.written] == ["direct"] * 3 and queue.depth == 0
+    await settle()
+    assert socket.messages() == [message(1, 60), message(2, 50), message(3, 60)]

@@ -3,6 +3,9 @@
 //
 // - A message at least `maxSize` bytes long bypasses batching: it is flushed alone (after the
 //   messages queued before it, which keeps the order).
+// - A message longer than half of `maxSize` leaves at once, with the messages queued before it
+//   (reason "half"): no later message of at least its size could join its flush, so waiting for
+//   the writer's turn or the timer gains nothing (`full()` is true while one is buffered).
 // - When the socket is idle (its last flush left the buffer empty), the next flush happens at
 //   once: a lone call pays no batching delay (reason "idle").
 // - Messages that arrive while a write is in flight accumulate. What happens after the write is
@@ -18,7 +21,7 @@
 // Times are milliseconds from any monotonic clock, passed in, so the rules are tested with a
 // fake clock; outbox.js drives a Batcher from the event loop.
 
-export const FLUSH_REASONS = ["idle", "free", "count", "size", "timer", "large", "unbatched"];
+export const FLUSH_REASONS = ["idle", "free", "count", "size", "half", "timer", "large", "unbatched"];
 /** What a busy target's batch waits for once its socket is free (see above). */
 export const WAITS = ["socket", "timer"];
 /** Upper bounds of the batch-size histogram buckets (messages per flush). */
@@ -98,7 +101,6 @@ export class BatchMetrics {
 
 export class Batcher {
   constructor(policy) {
-    this.policy = BatchPolicy.from(policy);
     this.metrics = new BatchMetrics();
     this._frames = [];
     this._sizes = []; // batching size of each frame (ALONE for a lone one)
@@ -106,6 +108,20 @@ export class Batcher {
     this._head = 0; // index of the oldest buffered frame (a queue without shift())
     this._bytes = 0;
     this._idle = true; // the last flush emptied the buffer
+    this.policy = policy;
+  }
+
+  get policy() {
+    return this._policy;
+  }
+
+  set policy(policy) {
+    this._policy = BatchPolicy.from(policy);
+    this._half = Math.floor(this._policy.maxSize / 2); // a frame longer than this closes its flush
+    // Buffered frames longer than half of maxSize (lone ones included): a count, so that full()
+    // (asked on every send) does not scan the buffer.
+    this._big = 0;
+    for (let i = this._head; i < this._sizes.length; i++) if (this._sizes[i] > this._half) this._big += 1;
   }
 
   get length() {
@@ -120,31 +136,33 @@ export class Batcher {
   add(frame, now, alone = false) {
     this._arrivals.push(now);
     this._frames.push(frame);
-    this._sizes.push(alone ? ALONE : frame.length);
+    const size = alone ? ALONE : frame.length;
+    this._sizes.push(size);
+    if (size > this._half) this._big += 1;
     this._bytes += frame.length;
     if (this.length > this.metrics.maxDepth) this.metrics.maxDepth = this.length;
   }
 
   /** Whether the buffer's head is a flush no later message could join ("count", "size",
-   *  "large", or batching off): it may leave at once, before the writer's turn. */
+   *  "half", "large", or batching off): it may leave at once, before the writer's turn. */
   full() {
-    const policy = this.policy;
+    const policy = this._policy;
     if (this.length === 0) return false;
-    if (!policy.enabled || this.length >= policy.maxMessages || this._bytes >= policy.maxSize) return true;
-    for (let i = this._head; i < this._sizes.length; i++) if (this._sizes[i] >= policy.maxSize) return true;
-    return false;
+    // A frame longer than half of maxSize either ends the head flush or lies beyond it.
+    return this._big > 0 || !policy.enabled || this.length >= policy.maxMessages || this._bytes >= policy.maxSize;
   }
 
   /** Whether what is buffered makes a flush without the timer (`full`, or anything with
    *  wait "socket"): a writer waiting for the timer is worth waking only then. */
   complete() {
-    return this.length > 0 && (this.policy.wait === "socket" || this.full());
+    return this.length > 0 && (this._policy.wait === "socket" || this.full());
   }
 
   /** When the timer forces a flush of what is buffered (null: nothing to wait for). */
   deadline() {
-    if (this.length === 0 || this._idle || !this.policy.enabled || this.policy.wait === "socket") return null;
-    return this._arrivals[this._head] + this.policy.timeoutMs;
+    const policy = this._policy;
+    if (this.length === 0 || this._idle || !policy.enabled || policy.wait === "socket") return null;
+    return this._arrivals[this._head] + policy.timeoutMs;
   }
 
   /** The next flush due at `now` (the socket is free): `{frames, reason}`, or null to wait. */
@@ -153,7 +171,7 @@ export class Batcher {
       this._idle = true;
       return null;
     }
-    const policy = this.policy;
+    const policy = this._policy;
     const head = this._head;
     if (!policy.enabled) return this._pop(1, "unbatched");
     if (this._sizes[head] >= policy.maxSize) return this._pop(1, "large");
@@ -169,6 +187,7 @@ export class Batcher {
     if (count === policy.maxMessages) reason = "count";
     else if (count < this.length) reason = this._sizes[head + count] < policy.maxSize ? "size" : "large";
     else if (size >= policy.maxSize) reason = "size"; // exactly full: no further message could join it
+    else if (this._big > 0) reason = "half"; // the whole buffer, holding a frame none of its size could join
     else if (this._idle) reason = "idle";
     else if (policy.wait === "socket") reason = "free";
     else if (now >= this._arrivals[head] + policy.timeoutMs) reason = "timer";
@@ -182,6 +201,7 @@ export class Batcher {
     this._head += count;
     let size = 0;
     for (const frame of frames) size += frame.length;
+    for (let i = start; i < start + count; i++) if (this._sizes[i] > this._half) this._big -= 1;
     this._bytes -= size;
     if (this._head === this._frames.length || this._head > 1024) this._compact();
     this.metrics.record(count, size, reason);
@@ -210,6 +230,7 @@ export class Batcher {
     this._arrivals = [];
     this._head = 0;
     this._bytes = 0;
+    this._big = 0;
     return frames;
   }
 }

@@ -50,6 +50,7 @@ test("the batcher decides every flush as the Python Batcher did", withVectors, (
         const got = flush === null ? null : [flush.frames.length, flush.reason];
         assert.deepEqual(got, event.flush, `step ${i}`);
         assert.equal(batcher.complete(), event.complete, `step ${i}: complete`);
+        assert.equal(batcher.full(), event.full, `step ${i}: full`);
         const deadline = batcher.deadline();
         if (deadline === null || event.deadline === null) assert.equal(deadline, event.deadline, `step ${i}`);
         else assert.ok(Math.abs(deadline - event.deadline) < 1e-6, `step ${i}: deadline ${deadline}`);
@@ -97,6 +98,32 @@ test("the default wait rule: what piles up during a write leaves once the socket
     [2, "size"],
     [2, "free"],
   ]);
+});
+
+test("a message over half of maxSize leaves at once, with those before it", () => {
+  for (const wait of ["timer", "socket"]) {
+    const b = new Batcher(new BatchPolicy({ timeout_ms: 10, max_messages: 3, max_size: 100, wait }));
+    b.add(bytes(10), 0);
+    b.take(0); // a write is under way: the target is not idle
+    b.add(bytes(10), 1);
+    b.add(bytes(50), 1);
+    assert.ok(!b.full()); // half, not more: a second 50 could still join
+    b.add(bytes(51), 1);
+    assert.ok(b.full() && b.complete());
+    b.written();
+    const first = b.take(1);
+    assert.deepEqual([first.frames.length, first.reason], [2, "size"]); // 10 + 50 + 51 > 100
+    assert.ok(b.full());
+    assert.equal(b.take(1).reason, "half"); // before the timer, under either wait
+    assert.ok(!b.full());
+    assert.equal(b.take(1), null);
+    assert.equal(b.metrics.asDict().reasons.half, 1);
+    b.policy = { max_size: 100 };
+    b.add(bytes(60), 2);
+    assert.ok(b.full());
+    b.policy = { max_size: 200 }; // a new policy recounts: 60 is under half of 200
+    assert.ok(!b.full());
+  }
 });
 
 test("batching rules with a fake clock: idle, count, size, timer, large, unbatched", () => {
@@ -158,7 +185,7 @@ test("outbox: a lone message goes at once, a burst goes in batch frames, chunks 
   assert.deepEqual(messages.slice(0, 25).map((m) => m[1]), [...Array(25).keys()]); // in order
   assert.ok(frames.isStream(sent[3])); // the chunk alone, last
   // 10 + 10 (count), then the last 5 at once: a chunk waits behind them (large), then the chunk.
-  assert.deepEqual(outbox.metrics().reasons, { idle: 1, free: 0, count: 2, size: 0, timer: 0, large: 2, unbatched: 0 });
+  assert.deepEqual(outbox.metrics().reasons, { idle: 1, free: 0, count: 2, size: 0, half: 0, timer: 0, large: 2, unbatched: 0 });
   outbox.put(bytes(3));
   await turn();
   outbox.put(bytes(3)); // the previous write is in flight: this one waits for company or the timer

@@ -1,0 +1,77 @@
+"""CPU per message of one target's delivery queue (``rhizomorph/gateway/delivery.py``), batching on or off.
+
+    python -m benchmarks.delivery_cpu [--size 20000] [--messages 20000] [--no-batching]
+    valgrind --tool=callgrind python -m benchmarks.delivery_cpu ...   # instructions, load-free
+
+Messages arrive one per event-loop turn, as calls from a socket's ``data_received`` do, at a
+v4 target whose socket is always ready (a ``DirectWrite`` that takes every write at once): the
+queue's own cost per message, the writer task, the batcher and the batch frame, without Ray,
+sockets or routing. Prints one JSON line: CPU µs per message and the flush reasons. To compare
+two source trees, run it with ``PYTHONPATH`` set to each, from each tree, in alternation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+from typing import Any
+
+from rhizomorph.gateway.delivery import DeliveryQueue
+from rhizomorph.protocol.batching import BatchPolicy
+
+
+class ReadySocket:
+    """A socket that is always ready: writes are counted, not sent."""
+
+    def __init__(self) -> None:
+        self.messages = 0
+
+    def ready(self) -> bool:
+        return True
+
+    def write(self, messages: list[bytes]) -> None:
+        self.messages += len(messages)
+
+    async def send(self, data: bytes) -> None:
+        self.messages += 1
+
+
+async def run(size: int, messages: int, batching: bool) -> dict[str, Any]:
+    socket = ReadySocket()
+    queue = DeliveryQueue("ws/c", socket.send, BatchPolicy(enabled=batching), wire_v4=True, direct=socket)
+    frame = b"\x81" + b"x" * (size - 1)
+    warmup = messages // 10
+    for _ in range(warmup):
+        queue.put(frame)
+        await asyncio.sleep(0)
+    started = time.process_time()
+    for _ in range(messages):
+        queue.put(frame)
+        await asyncio.sleep(0)  # the next message arrives on a later turn of the loop
+    await asyncio.sleep(0)
+    elapsed = time.process_time() - started
+    stats = queue.metrics()
+    return {
+        "size": size,
+        "batching": batching,
+        "messages": messages,
+        "cpu_us_per_message": round(elapsed / messages * 1e6, 3),
+        "reasons": {r: n for r, n in stats["reasons"].items() if n},
+        "written": socket.messages,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=20_000, help="bytes per message (20 KB: bench_claims's medium)")
+    parser.add_argument("--messages", type=int, default=20_000)
+    parser.add_argument("--no-batching", dest="batching", action="store_false")
+    args = parser.parse_args()
+    print(json.dumps(asyncio.run(run(args.size, args.messages, args.batching))))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
