@@ -266,3 +266,52 @@ async def test_the_timer_starts_resets_and_clears():
     quiet.clear()
     await asyncio.sleep(0.03)
     assert not quiet.future.done()
+
+
+def _method_of(caller: Any, provider: Any, method: str) -> Any:
+    """A remote method of ``provider``'s made by hand, as a call from a peer that knows its path."""
+    target = f"{provider.config.workspace}/{provider.config.client_id}"
+    encoded = {"_rtype": "method", "_rtarget": target, "_rmethod": method, "_rpromise": "*"}
+    return caller.rpc._generate_remote_method(encoded)
+
+
+async def test_calls_the_v4_provider_leaves_to_hypha_rpc_are_answered_as_there(connect):
+    """A missing method, a protected one called from another workspace: hypha-rpc's handler
+    answers them (rhizomorph/incoming_calls.py hands them over before doing anything)."""
+    provider, service_id = await provider_service(connect)
+    await provider.register_service({"id": "hidden", "echo": lambda x: x})  # protected by default
+    caller = await connect(v4=True)
+    before = sessions(caller)
+    with pytest.raises(Exception, match="Method expired or not found"):
+        await asyncio.wait_for(_method_of(caller, provider, "services.calls.nothing")(1), 10)
+    with pytest.raises(Exception, match="Permission denied for invoking protected method"):
+        await asyncio.wait_for(_method_of(caller, provider, "services.hidden.echo")(1), 10)
+    assert await asyncio.wait_for(_method_of(caller, provider, "services.calls.echo")(7), 10) == 7
+    assert sessions(caller) == before
+
+
+async def test_a_provider_whose_heartbeat_fails_cancels_the_method(connect):
+    """hypha-rpc's rule, kept: a heartbeat that cannot be sent stops the method it was for."""
+    provider = await connect(v4=True)
+    started, cancelled = asyncio.Event(), asyncio.Event()
+
+    async def wait_forever() -> None:
+        started.set()
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    await provider.register_service({"id": "forever", "config": {"visibility": "public"}, "run": wait_forever})
+    caller = await connect(v4=True, method_timeout=0.4)
+    service = await caller.get_service(f"{provider.config.workspace}/{provider.config.client_id}:forever")
+    running = asyncio.ensure_future(service.run())
+    await asyncio.wait_for(started.wait(), 10)
+
+    async def broken(*args: Any, **kwargs: Any) -> None:
+        raise ConnectionError("no way to the caller")
+
+    provider.rpc._emit_message = broken  # the next heartbeat (0.2 s on) fails to go out
+    await asyncio.wait_for(cancelled.wait(), 10)
+    running.cancel()
