@@ -11,6 +11,8 @@ same order, session ids of the same form — with:
 - ``PendingCall``: one object per call, whose bound methods are the promise's callbacks in the
   session store and which is the call's timer too (``Timer``'s interface on one
   ``loop.call_later`` handle);
+- no session at all for a call without a promise whose arguments are plain values (a
+  promise's ``resolve`` or ``heartbeat``): nothing would live in it, and its id is never sent;
 - the message put into the batching socket's outbox by a ``call_soon`` callback when the
   connection is a v4 one and open — at the loop's next turn, as hypha-rpc's task would, so
   messages keep their order with those sent by other tasks (anything else: a reconnecting or
