@@ -79,6 +79,22 @@ class ServedRouter:
             self.process.wait()
 
 
+def start_router(batching: bool, attempts: int = 3) -> ServedRouter:
+    """A router serving, started once the one before it is up: two Ray clusters starting at once
+    on a loaded 2-core machine can miss Ray's fixed 30 s wait for its raylet. A router that
+    failed to start is tried again."""
+    for attempt in range(attempts):
+        router = ServedRouter(batching)
+        try:
+            router.wait_ready()
+            return router
+        except (RuntimeError, TimeoutError):
+            router.stop()
+            if attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
 def tree_cpu_seconds(pid: int) -> float:
     """User + system CPU of a process and its descendants (those alive now)."""
     total = 0.0
@@ -187,10 +203,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trees", nargs="+", default=[], help="source trees whose client code to compare")
     args = parser.parse_args(argv)
     rounds = args.rounds or default_rounds(args.case)
-    routers = [ServedRouter(batching=True), ServedRouter(batching=False)]
+    routers: list[ServedRouter] = []
     try:
-        for router in routers:
-            router.wait_ready()
+        for batching in (True, False):
+            routers.append(start_router(batching))
         for _ in range(args.pairs):
             for router in routers:
                 for client in args.client:

@@ -45,6 +45,7 @@ except ModuleNotFoundError as exc:
 from rhizomorph import plain_values
 from rhizomorph.gateway.delivery import DeliveryQueue
 from rhizomorph.gateway.direct_write import direct_writer
+from rhizomorph.incoming_calls import handle_method
 from rhizomorph.protocol import envelope, frames
 from rhizomorph.protocol.batching import BatchPolicy
 from rhizomorph.remote_calls import ExpandedPromise, LazyPromise, PromiseState, V4RemoteFunction
@@ -167,14 +168,22 @@ class _V4RPC(_hypha_ws.RPC):
     defines a new class for it on every call), and plain values (primitives in dicts and lists)
     are checked and decoded by ``rhizomorph/plain_values.py`` (hypha-rpc's munchify visits each
     element in Python: most of a call's CPU with a few thousand floats); a call's plain argument
-    list is encoded as it is without hypha-rpc's walk through its type checks, and the promise
+    list is encoded as it is without hypha-rpc's walk through its type checks, the promise
     of a call to this client is decoded as a ``LazyPromise`` (a remote method per callback, made
-    when ``_handle_method`` first looks it up).
+    when ``_handle_method`` first looks it up), and a plain call to this client is handled by
+    ``rhizomorph/incoming_calls.py`` (no heartbeat task for a method that returns at once).
     """
 
     _all_primitives_list = staticmethod(plain_values.is_plain_list)
     _all_primitives_dict = staticmethod(plain_values.is_plain_dict)
     _all_scalars_list = staticmethod(plain_values.is_scalar_list)
+
+    def _handle_method(self, data: dict[str, Any]) -> None:
+        handle_method(self, data, super()._handle_method)
+
+    def _encodes_as_is(self, values: list[Any]) -> bool:
+        """Whether ``_encode`` returns this argument list unchanged (it stores nothing in a session)."""
+        return plain_values.is_plain_list(values) and not self._codec_for(values)
 
     def _create_promise_manager(self) -> PromiseState:
         return PromiseState()
@@ -233,7 +242,7 @@ class _V4RPC(_hypha_ws.RPC):
         return False
 
     def _encode(self, a_object: Any, session_id: Any = None, local_workspace: Any = None) -> Any:
-        if type(a_object) is list and plain_values.is_plain_list(a_object) and not self._codec_for(a_object):
+        if type(a_object) is list and self._encodes_as_is(a_object):
             return a_object  # where hypha-rpc's checks end for a plain list
         encoded = super()._encode(a_object, session_id=session_id, local_workspace=local_workspace)
         if isinstance(encoded, dict) and encoded.get("_rtype") == "generator":

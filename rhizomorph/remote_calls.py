@@ -11,6 +11,8 @@ same order, session ids of the same form — with:
 - ``PendingCall``: one object per call, whose bound methods are the promise's callbacks in the
   session store and which is the call's timer too (``Timer``'s interface on one
   ``loop.call_later`` handle);
+- no session at all for a call without a promise whose arguments are plain values (a
+  promise's ``resolve`` or ``heartbeat``): nothing would live in it, and its id is never sent;
 - the message put into the batching socket's outbox by a ``call_soon`` callback when the
   connection is a v4 one and open — at the loop's next turn, as hypha-rpc's task would, so
   messages keep their order with those sent by other tasks (anything else: a reconnecting or
@@ -118,7 +120,7 @@ class PendingCall:
 
     __slots__ = ("rpc", "future", "session_id", "description", "timeout", "label", "message", "_handle", "started")
 
-    def __init__(self, rpc: Any, future: asyncio.Future[Any], session_id: str, description: str) -> None:
+    def __init__(self, rpc: Any, future: asyncio.Future[Any], session_id: str | None, description: str) -> None:
         self.rpc, self.future, self.session_id, self.description = rpc, future, session_id, description
         self.timeout: float | None = None  # a call without a promise has no timer
         self.label = self.message = ""
@@ -207,6 +209,8 @@ class PendingCall:
         except Exception as exp:
             log.debug("Error rejecting timed-out call: %s", exp)
         rpc, session_id = self.rpc, self.session_id
+        if session_id is None:  # a call without a session (no promise) has no timer
+            return
         session = rpc._object_store.get(session_id)
         if isinstance(session, dict):
             heartbeat = session.get("heartbeat_task")
@@ -280,18 +284,24 @@ class V4RemoteFunction(RemoteFunction):
             values.append(kwargs)
         encoded_method = self._encoded_method
         target_id, method_id = encoded_method["_rtarget"], encoded_method["_rmethod"]
-        session_id = short_id()
-        top_key = session_id
-        if self._local_parent:
-            top_key = self._local_parent.split(".")[0]
-            session_id = self._local_parent + "." + session_id
-        store = rpc._get_session_store(session_id, create=True)
-        store["target_id"] = target_id
-        index = rpc._target_id_index.get(target_id)
-        if index is None:
-            index = rpc._target_id_index[target_id] = set()
-        index.add(top_key)
-        args = rpc._encode(values, session_id=session_id, local_workspace=self._local_workspace)
+        session_id: str | None
+        if not with_promise and type(values) is list and rpc._encodes_as_is(values):
+            # Nothing of this call would live in its session (no promise, no callbacks): none is
+            # made (hypha-rpc makes one and drops it once sent; its id never goes on the wire).
+            session_id, args = None, values
+        else:
+            session_id = short_id()
+            top_key = session_id
+            if self._local_parent:
+                top_key = self._local_parent.split(".")[0]
+                session_id = self._local_parent + "." + session_id
+            store = rpc._get_session_store(session_id, create=True)
+            store["target_id"] = target_id
+            index = rpc._target_id_index.get(target_id)
+            if index is None:
+                index = rpc._target_id_index[target_id] = set()
+            index.add(top_key)
+            args = rpc._encode(values, session_id=session_id, local_workspace=self._local_workspace)
         client_id = rpc._client_id
         main = {
             "type": "method",
@@ -309,6 +319,7 @@ class V4RemoteFunction(RemoteFunction):
         loop = asyncio.get_running_loop()
         call = PendingCall(rpc, loop.create_future(), session_id, self._description)
         if with_promise:
+            assert session_id is not None
             main["session"] = session_id
             method_name = f"{target_id}:{method_id}"
             timeout = rpc._rintf_timeout if "_rintf_" in method_id else rpc._method_timeout
@@ -381,7 +392,7 @@ class V4RemoteFunction(RemoteFunction):
         if self._with_promise:
             return
         call.set_result(None)
-        if self._local_parent:
+        if self._local_parent or call.session_id is None:
             return
         rpc = self._rpc
         session = rpc._object_store.get(call.session_id)
