@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from rhizomorph.protocol import frames as v4frames
-from rhizomorph.protocol.batching import Batcher, BatchMetrics, BatchPolicy
+from rhizomorph.protocol.batching import Batcher, BatchMetrics, BatchPolicy, Flush
 
 log = logging.getLogger("rhizomorph.delivery")
 
@@ -133,14 +133,8 @@ class DeliveryQueue:
         while batcher.full() and direct.ready():
             flush = batcher.take(self._clock())
             assert flush is not None  # a full head is always due
-            messages = self._messages(flush.frames)
-            try:
-                direct.write(messages)
-            except Exception as exc:  # as a failed write in the writer: its senders are told
-                self._fail(exc, flush.frames)
+            if not self._write_now(direct, flush):
                 return
-            self.frames_written += len(messages)
-            batcher.written()
         self._progress.set()
         if not len(batcher):
             self._nudge()  # a writer asleep on the timer has nothing left: it ends, the next put starts one
@@ -155,19 +149,26 @@ class DeliveryQueue:
         batcher = self.batcher
         wrote = False
         while direct.ready() and (flush := batcher.take(self._clock())) is not None:
-            messages = self._messages(flush.frames)
-            try:
-                direct.write(messages)
-            except Exception as exc:  # as a failed write in the writer: its senders are told
-                self._fail(exc, flush.frames)
+            if not self._write_now(direct, flush):
                 return
-            self.frames_written += len(messages)
-            batcher.written()
             wrote = True
         if wrote:
             self._progress.set()
         if len(batcher):
             self._writer = asyncio.get_running_loop().create_task(self._drain())
+
+    def _write_now(self, direct: DirectWrite, flush: Flush) -> bool:
+        """Hand ``flush`` to the socket at once; ``False``: the write failed (its senders are told,
+        as for a failed write in the writer)."""
+        messages = self._messages(flush.frames)
+        try:
+            direct.write(messages)
+        except Exception as exc:
+            self._fail(exc, flush.frames)
+            return False
+        self.frames_written += len(messages)
+        self.batcher.written()
+        return True
 
     def _messages(self, frames: list[bytes]) -> list[bytes]:
         """The WebSocket messages a flush goes out as: one batch frame to a v4 client, else each frame."""
