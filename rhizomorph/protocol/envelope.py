@@ -39,22 +39,22 @@ _HEAD_LIMIT = 16384
 #: The first look is shorter: the unpacker copies in what it is fed and the rest is copied out
 #: again to empty it, and a routing header is a few hundred bytes.
 _FIRST_LOOK = 1024
+_LOOKS = (_FIRST_LOOK, _HEAD_LIMIT)
 _local = threading.local()  # one reused unpacker per thread (each event loop is single-threaded)
 
 
 def parse(frame: bytes | memoryview) -> Envelope:
     """Read the header of a binary frame, leaving the payload undecoded (and uncopied)."""
-    try:
-        header, offset = _unpack_head(frame if len(frame) <= _FIRST_LOOK else memoryview(frame)[:_FIRST_LOOK])
-    except msgpack.OutOfData:
-        if len(frame) <= _FIRST_LOOK:
-            raise EnvelopeError("truncated msgpack header") from None
+    for limit in _LOOKS:
+        whole = len(frame) <= limit
         try:
-            header, offset = _unpack_head(frame if len(frame) <= _HEAD_LIMIT else memoryview(frame)[:_HEAD_LIMIT])
+            header, offset = _unpack_head(frame if whole else memoryview(frame)[:limit])
+            break
         except msgpack.OutOfData:
-            if len(frame) <= _HEAD_LIMIT:
+            if whole:
                 raise EnvelopeError("truncated msgpack header") from None
-            header, offset = _unpack_whole(frame)  # a header over _HEAD_LIMIT bytes: rare, allowed
+    else:
+        header, offset = _unpack_whole(frame)  # a header over _HEAD_LIMIT bytes: rare, allowed
     if not isinstance(header, dict):
         raise EnvelopeError("header must be a msgpack map")
     to = header.get("to")
