@@ -121,9 +121,11 @@ async def measure(
     rounds: int,
     in_flight: int,
     workers_cpu: Callable[[], float] | None = None,
+    roles_cpu: Callable[[], dict[str, float]] | None = None,
 ) -> dict[str, Any]:
     """One run; ``workers_cpu`` (CPU seconds of some of the router's processes) is read at the
-    start and the end of the timed window too, as ``workers_us`` per call."""
+    start and the end of the timed window too, as ``workers_us`` per call; ``roles_cpu`` (CPU
+    seconds by process role) likewise, as ``roles_us``."""
     kind = V4Clients(batching=batching) if client == "v4" else HyphaRpcClients()
     payloads = CASES[case].payloads()
     rig = await split_echo_rig(kind, url, payloads, apart=True)
@@ -137,13 +139,16 @@ async def measure(
 
         caller0, provider0, router0 = time.process_time(), rig.provider.cpu_seconds(), tree_cpu_seconds(router_pid)
         workers0 = workers_cpu() if workers_cpu is not None else 0.0
+        roles0 = roles_cpu() if roles_cpu is not None else {}
         started = time.perf_counter()
         for _ in range(rounds):
             await asyncio.gather(*(call(payload) for payload in payloads))
         wall = time.perf_counter() - started
         workers = workers_cpu() - workers0 if workers_cpu is not None else None
+        roles = roles_cpu() if roles_cpu is not None else {}
         calls = rounds * len(payloads)
         per_call = 1e6 / calls
+        by_role = {name: round((seconds - roles0.get(name, 0.0)) * per_call, 1) for name, seconds in roles.items()}
         return {
             "case": case,
             "client": client,
@@ -155,6 +160,7 @@ async def measure(
             "provider_us": round((rig.provider.cpu_seconds() - provider0) * per_call),
             "router_us": round((tree_cpu_seconds(router_pid) - router0) * per_call),
             **({"workers_us": round(workers * per_call)} if workers is not None else {}),
+            **({"roles_us": by_role, "wall_s": round(wall, 2)} if roles_cpu is not None else {}),
             "load_average": [round(x, 2) for x in os.getloadavg()],
         }
     finally:

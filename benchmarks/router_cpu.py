@@ -28,7 +28,7 @@ import psutil
 
 from benchmarks import call_cpu
 from benchmarks.contenders import _free_port
-from benchmarks.router_processes import cpu_seconds, role
+from benchmarks.router_processes import cpu_seconds, role, tree
 from benchmarks.run import quiet_client_logs
 
 #: Passes per run where ``call_cpu``'s ~3000 calls would take minutes (20 x 2 MB a pass).
@@ -56,10 +56,27 @@ class TreeRouter(call_cpu.ServedRouter):
                 total += seconds
         return total
 
+    def roles_cpu_seconds(self) -> dict[str, float]:
+        """CPU seconds of the router's processes (alive now) by role (``router_processes.ROLES``)."""
+        roles: dict[str, float] = {}
+        for process in tree(self.process.pid):
+            if (seconds := cpu_seconds(process)) is not None:
+                name = role(process)
+                roles[name] = roles.get(name, 0.0) + seconds
+        return roles
+
 
 async def run(router: TreeRouter, case: str, client: str, rounds: int, in_flight: int) -> dict[str, Any]:
     record = await call_cpu.measure(
-        router.url, router.process.pid, True, case, client, rounds, in_flight, workers_cpu=router.worker_cpu_seconds
+        router.url,
+        router.process.pid,
+        True,
+        case,
+        client,
+        rounds,
+        in_flight,
+        workers_cpu=router.worker_cpu_seconds,
+        roles_cpu=router.roles_cpu_seconds,
     )
     return {"tree": router.tree, **record}
 

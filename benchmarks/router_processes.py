@@ -21,7 +21,7 @@ ROLES = (
     ("gateway worker actor", r"ray::(\S*:)?GatewayWorker\b"),
     ("chunk relay actor", r"ray::(\S*:)?ChunkRelay\b"),
     ("idle Ray worker", r"ray::IDLE|default_worker\.py"),
-    ("driver (rhizomorph serve)", r"-m rhizomorph serve"),
+    ("driver (rhizomorph serve)", r"-m rhizomorph(\.cli)? serve"),
 )
 
 

@@ -39,6 +39,10 @@ EMBEDDED_RAY_ENV = {
     # here to what the default (auto) needs, so that a default router's actors need no runtime
     # env of their own (with one they cannot use the worker processes Ray starts in advance).
     "RAY_USE_UVLOOP": "1",
+    # Ray times every handler of its C++ event loops for its debug logs and metrics; nothing of
+    # the router reads them, and the timing is most of what the actors' and the raylet's
+    # periodic wake-ups cost when idle.
+    "RAY_event_stats": "0",
     # Ray's usage statistics go to a server on the internet; an embedded router stays on loopback.
     "RAY_USAGE_STATS_ENABLED": "0",
     # The log monitor (which prints the actors' logs here) lists the log directory for new files
