@@ -13,13 +13,14 @@ so the trim comes after the wave's memory is freed.
 
 What the trim cannot get back with Python's default allocator (pymalloc): it returns a 1 MiB
 arena to the system only when every block in it is free, and a few objects that outlive the
-wave pin arenas of the wave. The worst pinners are the event loop's free lists (asyncio's future
-iterators, uvloop's handles), which the reclaim renews before it collects. What stays is reused
-by the next connections; after a wave of 5000 (benchmarks/README.md) it is ~35 MB of arenas
-held by a few blocks each (67 arenas against 33, the same bytes allocated), most of them not
-objects the collector sees. With ``Config.worker_allocator = "malloc"`` the workers' objects come
-from glibc's heap instead, whose free pages the trim returns, at a CPU cost per message; both
-measured in benchmarks/README.md, "After 5000 connections close".
+wave pin arenas of the wave. benchmarks/arena_census.py names them. The worst were the event
+loop's free lists (asyncio's future iterators, uvloop's handles: ~750 objects of the wave's last
+moments): ``FreeLists`` empties them with a reserve set aside at start. Also: the struct
+module's cache (a ``Struct`` per format first used during the wave), the reclaimer's own counts
+and times (unboxed here), a loop variable that kept the last client alive (clients.py). What
+stays is reused by the next connections; benchmarks/README.md ("After 5000 connections close")
+lists what still pins arenas. With ``Config.worker_allocator = "malloc"`` the workers' objects
+come from glibc's heap instead, whose free pages the trim returns, at a CPU cost per message.
 """
 
 from __future__ import annotations
