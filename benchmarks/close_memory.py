@@ -1,14 +1,16 @@
 """Where a worker's memory goes when thousands of connections close: the router's code in this
 process, next to a bare websockets server.
 
-    python benchmarks/close_memory.py [--connections 5000] [--waves 2] [--bare]
+    python benchmarks/close_memory.py [--connections 5000] [--waves 2] [--bare] [--census N]
 
 Runs the worker's code (``Router`` behind ``rhizomorph.gateway.server.serve``, with a fake
 registry: no Ray call per connection) or, with ``--bare``, a plain ``websockets`` server that
 answers the auth frame and holds the socket, in this process. Client processes open
 ``--connections`` idle connections and close them, ``--waves`` times. After each wave: RSS,
 and Python's small-object allocator (``sys._debugmallocstats``: arenas held, and how much of
-them is free pools); after the last, RSS after a full ``gc.collect()`` and a ``malloc_trim``.
+them is free pools; with ``--census``, which live blocks hold its mostly free arenas:
+benchmarks/arena_census.py); after the last, RSS after a full ``gc.collect()`` and a
+``malloc_trim``.
 Bounded: every phase has a timeout; loopback only; stops the client processes it started.
 """
 
@@ -26,9 +28,11 @@ import sys
 from typing import Any
 
 try:
+    from benchmarks.arena_census import census, format_census
     from benchmarks.idle_memory import Holders
     from benchmarks.soak import raise_nofile
 except ImportError:  # run as a script: benchmarks/ is sys.path[0]
+    from arena_census import census, format_census  # type: ignore[no-redef]
     from idle_memory import Holders  # type: ignore[no-redef]
     from soak import raise_nofile  # type: ignore[no-redef]
 
@@ -99,6 +103,8 @@ async def main(args: argparse.Namespace) -> None:
     gc.collect()
     baseline = rss_mb()
     print(f"{'bare websockets' if args.bare else 'router'}: RSS before {baseline:.1f} MiB, arenas {arenas()}")
+    if args.census:
+        print(format_census(census(mostly_free=2.0), "  census before"))
     for wave in range(args.waves):
         holders = Holders(f"ws://127.0.0.1:{port}", args.connections, args.procs, args.concurrency)
         try:
@@ -115,6 +121,8 @@ async def main(args: argparse.Namespace) -> None:
             f"{rss_mb():.1f} MiB ({(rss_mb() / baseline - 1) * 100:.0f} % above the start), "
             f"{held_arenas} arenas, {free_mb:.1f} MiB of them free pools"
         )
+        if args.census:
+            print(format_census(census(referrers=args.census), f"  census after wave {wave + 1}"))
     gc.collect()
     collected = rss_mb()
     with contextlib.suppress(OSError, AttributeError):
@@ -132,6 +140,9 @@ if __name__ == "__main__":
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--settle", type=float, default=5.0)
     parser.add_argument("--timeout", type=float, default=600.0)
+    parser.add_argument(
+        "--census", type=int, default=0, help="census of the arenas (benchmarks/arena_census.py); N referrers a kind"
+    )
     parser.add_argument("--bare", action="store_true", help="a plain websockets server instead of the router")
     raise_nofile()
     asyncio.run(main(parser.parse_args()))

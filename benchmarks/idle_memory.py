@@ -69,6 +69,25 @@ def _reclaim_state() -> Any:
     return state
 
 
+def worker_census(handle: Any, referrers: int, mostly_free: float = 0.5) -> str:
+    """benchmarks/arena_census.py's census of the worker's arenas, run and formatted there
+    (``__ray_call__``; the module goes by value: the worker need not import benchmarks/)."""
+    import ray
+    import ray.cloudpickle
+
+    try:
+        from benchmarks import arena_census
+    except ImportError:
+        import arena_census  # type: ignore[no-redef]
+    ray.cloudpickle.register_pickle_by_value(arena_census)
+    census, format_census = arena_census.census, arena_census.format_census
+
+    def run(worker: Any) -> str:
+        return format_census(census(mostly_free=mostly_free, referrers=referrers), "census in the worker")
+
+    return str(ray.get(handle.__ray_call__.remote(run), timeout=300))
+
+
 def wait_let_go(handle: Any, closed: int, timeout: float = LET_GO_TIMEOUT) -> dict[str, Any]:
     """Wait until the worker's router let go of ``closed`` connections (their disconnects
     awaited the registry's release) and ran the reclaim they owe. Under load the close of 5000
@@ -190,6 +209,8 @@ def measure_deployment(args: argparse.Namespace) -> dict[str, Any]:
         registry_pid = actor_pid(deployment.registry)
         pids = {"worker": worker_pid, **({"registry": registry_pid} if registry_pid else {})}
         before = {name: settled_memory(pid) for name, pid in pids.items()}
+        worker_handle = deployment.workers[next(iter(deployment.worker_info))]
+        census_before = worker_census(worker_handle, 0, 2.0) if args.census else None
         holders = Holders(deployment.url, args.connections, args.procs, args.concurrency)
         try:
             t0 = time.monotonic()
@@ -208,6 +229,7 @@ def measure_deployment(args: argparse.Namespace) -> dict[str, Any]:
         early = memory(worker_pid)
         let_go = wait_let_go(deployment.workers[next(iter(deployment.worker_info))], opened)
         released = {name: settled_memory(pid) for name, pid in pids.items()}
+        census_after = worker_census(worker_handle, args.census) if args.census else None  # after the reading
         return {
             "pids": pids,
             "worker_pythonmalloc": _environ(worker_pid).get("PYTHONMALLOC", "(unset)"),
@@ -220,6 +242,7 @@ def measure_deployment(args: argparse.Namespace) -> dict[str, Any]:
             "router_connections": stats.get("connections"),
             "held": held,
             "early": early,
+            "census": (census_before, census_after),
             **let_go,
         }
 
@@ -400,6 +423,13 @@ def main() -> int:
     )
     parser.add_argument("--timeout", type=float, default=600.0, help="max seconds to open the connections")
     parser.add_argument(
+        "--census",
+        type=int,
+        default=0,
+        help="census of the worker's arenas before the wave and after its reclaim "
+        "(benchmarks/arena_census.py; N: referrers shown per kind, 0: no census)",
+    )
+    parser.add_argument(
         "--allocator", default=Config.worker_allocator, choices=ALLOCATORS, help="Config.worker_allocator"
     )
     args = parser.parse_args()
@@ -455,6 +485,9 @@ def main() -> int:
     per_conn = (max(result["after"]["worker"]["rss"], result["held_memory"]["worker"]["rss"]) - worker) / n
     verdict = "met" if per_conn <= args.target_kb * 1024 else "NOT met"
     print(f"  target <= {args.target_kb:g} KB per idle connection (gateway worker RSS): {verdict} ({kb(per_conn)})")
+    for text in result["census"]:
+        if text:
+            print(text)
     if breakdown:
         print(
             f"\nbreakdown: the worker's code in this process, {breakdown['connections']} idle connections, "

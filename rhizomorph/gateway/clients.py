@@ -144,7 +144,12 @@ class Clients:
         """Evict clients whose socket write stalled past ``timeout`` (runs for the worker's life)."""
         while timeout > 0:
             await asyncio.sleep(period)
-            now = time.monotonic()
-            for conn in self:
-                if conn.queue.stalled(now, timeout):
-                    conn.queue.overflow(f"a write blocked for over {timeout:g} s")
+            self.evict_stalled(time.monotonic(), timeout)
+
+    def evict_stalled(self, now: float, timeout: float) -> None:
+        # A function of its own: a loop variable in ``watch_writes`` would keep the last client
+        # it saw alive while it sleeps, after that client left (and, after a wave, that client's
+        # objects would keep one of the wave's arenas).
+        for conn in self:
+            if conn.queue.stalled(now, timeout):
+                conn.queue.overflow(f"a write blocked for over {timeout:g} s")

@@ -13,22 +13,27 @@ so the trim comes after the wave's memory is freed.
 
 What the trim cannot get back with Python's default allocator (pymalloc): it returns a 1 MiB
 arena to the system only when every block in it is free, and a few objects that outlive the
-wave pin arenas of the wave. The worst pinners are the event loop's free lists (asyncio's future
-iterators, uvloop's handles), which the reclaim renews before it collects. What stays is reused
-by the next connections; after a wave of 5000 (benchmarks/README.md) it is ~35 MB of arenas
-held by a few blocks each (67 arenas against 33, the same bytes allocated), most of them not
-objects the collector sees. With ``Config.worker_allocator = "malloc"`` the workers' objects come
-from glibc's heap instead, whose free pages the trim returns, at a CPU cost per message; both
-measured in benchmarks/README.md, "After 5000 connections close".
+wave pin arenas of the wave. benchmarks/arena_census.py names them. The worst were the event
+loop's free lists (asyncio's future iterators, uvloop's handles: ~750 objects of the wave's last
+moments): ``FreeLists`` empties them with a reserve set aside at start. Also: the struct
+module's cache (a ``Struct`` per format first used during the wave), the reclaimer's own counts
+and times (unboxed here), a loop variable that kept the last client alive (clients.py). What
+stays is reused by the next connections; benchmarks/README.md ("After 5000 connections close")
+lists what still pins arenas. With ``Config.worker_allocator = "malloc"`` the workers' objects
+come from glibc's heap instead, whose free pages the trim returns, at a CPU cost per message.
 """
 
 from __future__ import annotations
 
+import array
 import asyncio
+import contextvars
 import ctypes
 import ctypes.util
 import gc
 import logging
+import math
+import struct
 import sys
 import time
 from collections.abc import Callable
@@ -56,11 +61,13 @@ def _malloc_trim() -> Callable[[], None] | None:
 
 _TRIM = _malloc_trim()
 
-#: At least the length of the free lists renewed: asyncio's future iterators (255 in CPython
-#: 3.11), uvloop's ``Handle`` and ``TimerHandle`` (250 each).
-FREE_LIST = 256
-#: Seconds between renewing the loop's handles and the collection: the loop lets go of a
-#: cancelled handle on its next iteration.
+#: The lengths of the free lists emptied: asyncio's future iterators (CPython 3.11), uvloop's
+#: ``Handle`` and ``TimerHandle`` (each). Exact: one more than a list holds would be allocated
+#: anew when the reserve is taken back, wherever the allocator has room (a wave's arena).
+FUTURE_ITERS = 255
+HANDLES = 250
+#: Seconds between taking the loop's handles and freeing them: the loop lets go of a cancelled
+#: handle on its next iteration.
 SETTLE = 0.1
 
 
@@ -68,62 +75,107 @@ def _noop() -> None:
     pass
 
 
-def renew_loop_handles(loop: asyncio.AbstractEventLoop) -> list[list[Any]]:
-    """Take the handles uvloop keeps in its free lists and as many new ones, all cancelled.
+_CONTEXT = contextvars.Context()
+
+
+def take_loop_handles(loop: asyncio.AbstractEventLoop) -> list[Any]:
+    """Take ``HANDLES`` handles of each kind uvloop keeps in a free list, all cancelled.
 
     uvloop keeps the last ``Handle`` (``call_soon``) and ``TimerHandle`` (``call_later``) objects
-    freed in a free list each, for reuse; after a wave those are scattered over its arenas and
-    each keeps its arena (Python's allocator returns an arena only when all of it is free). The
-    new ones come from the fullest arenas, where Python allocates first. Returns ``[old, new]``:
-    once the loop let go of them, drop ``new`` first (it refills the free lists) and ``old``
-    last (the lists are full: freed). On asyncio's loop, which has no such lists, it only costs
-    the handles."""
-    lists: list[list[Any]] = []
-    for _ in ("old", "new"):
-        handles: list[Any] = [loop.call_soon(_noop) for _ in range(FREE_LIST)]
-        handles += [loop.call_later(3600.0, _noop) for _ in range(FREE_LIST)]
-        for handle in handles:
-            handle.cancel()
-        lists.append(handles)
-    return lists
+    freed in a free list each, for reuse: new ones come from there first. The loop lets go of a
+    cancelled handle on its next iteration; the caller keeps them. On asyncio's loop, which has
+    no such lists, it only costs the handles."""
+    context = _CONTEXT  # one for all: else each handle copies the current one, a new object
+    handles: list[Any] = [loop.call_soon(_noop, context=context) for _ in range(HANDLES)]
+    handles += [loop.call_later(3600.0, _noop, context=context) for _ in range(HANDLES)]
+    for handle in handles:
+        handle.cancel()
+    return handles
 
 
-def renew_future_iter_free_list(loop: asyncio.AbstractEventLoop) -> None:
-    """Replace the iterators in asyncio's free list by new ones.
-
-    Every ``await`` of a future takes an iterator from a free list in the C ``_asyncio`` module
-    and puts it back after; the last ones freed in a wave stay there, scattered over the wave's
-    arenas. No call empties that list, so: take all of them, allocate as many new ones, give
-    the new ones back first (the list keeps them) and the old ones last (the list is full)."""
+def take_future_iters(loop: asyncio.AbstractEventLoop) -> list[Any]:
+    """Take ``FUTURE_ITERS`` of the iterators ``await`` takes from a free list of the C ``_asyncio``
+    module (255 in CPython 3.11); no call empties that list."""
     future = loop.create_future()
-    old = [future.__await__() for _ in range(FREE_LIST)]
-    new = [future.__await__() for _ in range(FREE_LIST)]
-    del new
-    del old
+    iters = [future.__await__() for _ in range(FUTURE_ITERS)]
     future.cancel()
+    return iters
+
+
+class FreeLists:
+    """Empties the free lists a wave leaves behind, with objects set aside at start.
+
+    After a wave the free lists (asyncio's future iterators, uvloop's handles) hold the wave's
+    last objects, scattered over its arenas, and each keeps its arena (Python's allocator returns
+    an arena only when all of it is free). Taking them out and freeing them needs the lists
+    full, or they go straight back: so ``warm`` sets aside as many objects of each kind at
+    start, in the arenas that the worker keeps anyway. ``swap`` gives those back (the lists are
+    full), frees the wave's (they do not fit), and takes the reserve out again: the lists are
+    left empty, and refill with objects allocated after the wave."""
+
+    def __init__(self) -> None:
+        self.iters: list[Any] = []
+        self.handles: list[Any] = []
+        self.warmed = False
+
+    def warm(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self.warmed:
+            return
+        self.warmed = True
+        self.iters = take_future_iters(loop)
+        if _has_handle_free_lists(loop):
+            self.handles = take_loop_handles(loop)
+
+    def take_handles(self, loop: asyncio.AbstractEventLoop) -> list[Any]:
+        """The wave's handles out of uvloop's lists; ``swap`` them once the loop let go (a
+        loop iteration)."""
+        return take_loop_handles(loop) if self.warmed and _has_handle_free_lists(loop) else []
+
+    def swap(self, loop: asyncio.AbstractEventLoop, wave_handles: list[Any]) -> None:
+        if not self.warmed:
+            return
+        wave_iters = take_future_iters(loop)
+        self.iters.clear()  # the reserve into the free list: full
+        del wave_iters[:]  # the wave's: freed
+        self.iters = take_future_iters(loop)  # the reserve out again
+        if wave_handles:
+            self.handles.clear()
+            del wave_handles[:]
+            self.handles = take_loop_handles(loop)
+
+
+def _has_handle_free_lists(loop: asyncio.AbstractEventLoop) -> bool:
+    return type(loop).__module__.startswith("uvloop")
+
+
+#: The worker's (``warm`` once its loop runs: rhizomorph/gateway/server.py).
+FREE_LISTS = FreeLists()
 
 
 def reclaim() -> None:
-    """Renew the free lists that hold the wave's memory; then, once the loop let go of its
-    handles, one full collection and the C heap's free pages back to the system (where glibc)."""
+    """One full collection (the wave's cycles), the free lists the wave filled emptied, caches
+    that keep objects made during the wave cleared, then the C heap's free pages back to the
+    system (where glibc)."""
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:
         collect_and_trim()
         return
-    held = renew_loop_handles(loop)
-    loop.call_later(SETTLE, collect_and_trim, held, loop)
+    gc.collect()  # first: what the wave's cycles held goes to the free lists, which are emptied next
+    wave_handles = FREE_LISTS.take_handles(loop)
+    loop.call_later(SETTLE, collect_and_trim, wave_handles, loop)
 
 
-def collect_and_trim(held: list[list[Any]] | None = None, loop: asyncio.AbstractEventLoop | None = None) -> None:
+def collect_and_trim(wave_handles: list[Any] | None = None, loop: asyncio.AbstractEventLoop | None = None) -> None:
     started = time.perf_counter()
-    while held:
-        held.pop()  # the new handles first, then the old
     if loop is not None:
-        renew_future_iter_free_list(loop)
+        FREE_LISTS.swap(loop, wave_handles or [])
     # The type attribute cache holds the attribute names it was last asked for: names built
-    # at run time during the wave (``getattr(module, "name")`` from C) would stay.
+    # at run time during the wave (``getattr(module, "name")`` from C) would stay. The struct
+    # module caches a ``Struct`` per format first used: websockets' close code ("!H") is first
+    # packed when a wave closes.
     sys._clear_type_cache()
+    struct._clearcache()  # type: ignore[attr-defined]  # in CPython since 2.x, not in the stubs
     found = gc.collect()
     if _TRIM is not None:
         _TRIM()
@@ -147,42 +199,54 @@ class Reclaimer:
         self.min_interval = min_interval
         self._collect = collect
         self._clock = clock
-        self.departed_since = 0
-        #: Departures since the worker started (benchmarks/idle_memory.py waits on them).
-        self.departures = 0
-        self.runs = 0
-        self._last_run: float | None = None
+        # Counts and times unboxed: an int or float object the reclaimer keeps from a wave (the
+        # last departure's time, 5000 departures) would sit in one of the wave's arenas and keep it.
+        self._counts = array.array("q", [0, 0, 0])  # departed since the last run, departures, runs
+        self._times = array.array("d", [math.nan, 0.0, 0.0])  # last run (nan: none), wave start, last departure
         #: The last run was a wave's (``threshold`` departures): its stragglers, departing after
         #: it (a disconnect waits for the registry's release), are owed one more run, however few.
         self._tail_owed = False
-        self._wave_started = 0.0
-        self._last_departure = 0.0
         self._timer: asyncio.TimerHandle | None = None
+
+    @property
+    def departed_since(self) -> int:
+        return self._counts[0]
+
+    @property
+    def departures(self) -> int:
+        """Departures since the worker started (benchmarks/idle_memory.py waits on them)."""
+        return self._counts[1]
+
+    @property
+    def runs(self) -> int:
+        return self._counts[2]
 
     def departed(self) -> None:
         """A client left this worker."""
-        now = self._last_departure = self._clock()
-        self.departed_since += 1
-        self.departures += 1
-        if self._timer is not None or (self.departed_since < self.threshold and not self._tail_owed):
+        counts, times = self._counts, self._times
+        now = times[2] = self._clock()
+        counts[0] += 1
+        counts[1] += 1
+        if self._timer is not None or (counts[0] < self.threshold and not self._tail_owed):
             return
-        self._wave_started = now
+        times[1] = now
         wait = self.delay
-        if self._last_run is not None:
-            wait = max(wait, self._last_run + self.min_interval - now)
+        if not math.isnan(times[0]):
+            wait = max(wait, times[0] + self.min_interval - now)
         self._timer = asyncio.get_running_loop().call_later(wait, self._run)
 
     def _run(self) -> None:
+        counts, times = self._counts, self._times
         now = self._clock()
-        quiet = now - self._last_departure
-        if quiet < self.delay and now - self._wave_started < self.max_wait:
+        quiet = now - times[2]
+        if quiet < self.delay and now - times[1] < self.max_wait:
             self._timer = asyncio.get_running_loop().call_later(self.delay - quiet, self._run)
             return  # still departing: wait for the wave to end
         self._timer = None
-        self._tail_owed = self.departed_since >= self.threshold
-        self.departed_since = 0
-        self._last_run = now
-        self.runs += 1
+        self._tail_owed = counts[0] >= self.threshold
+        counts[0] = 0
+        times[0] = now
+        counts[2] += 1
         self._collect()
 
     @property

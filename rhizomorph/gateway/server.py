@@ -18,6 +18,7 @@ becomes a client connection (``connection.py``), anything else is HTTP/1.1 and g
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
@@ -26,7 +27,7 @@ import websockets
 from websockets.asyncio.server import Server
 
 from rhizomorph.config import Config
-from rhizomorph.gateway import connection, http, prometheus
+from rhizomorph.gateway import connection, http, memory, prometheus
 from rhizomorph.gateway.http_callers import Callers
 from rhizomorph.gateway.http_rpc import HttpTransport
 from rhizomorph.gateway.http_server import FrontDoor, HttpFront, HttpLimits, HttpRequest, Reply
@@ -146,4 +147,5 @@ async def serve(config: Config, router: Router, sock: socket.socket) -> Listener
         # head first and hands the socket to websockets only for an upgrade.
         create_connection=cast(Any, create_connection),
     )
+    memory.FREE_LISTS.warm(asyncio.get_running_loop())  # before any wave (gateway/memory.py)
     return Listener(websocket_server, front, transport, callers)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import importlib.util
 import inspect
+import struct
 import tracemalloc
+import weakref
 from typing import Any
 
 import pytest
@@ -109,6 +112,22 @@ class SlowRelease(FakeRegistry):
         return await super().release_client(address, generation)
 
 
+async def test_the_write_watch_does_not_keep_a_client_that_left():
+    router = make_router()
+    conn, _ = await join(router, "a")
+    watch = asyncio.ensure_future(router.clients.watch_writes(timeout=60.0, period=0.01))
+    await asyncio.sleep(0.05)  # it looked at the client
+    gone = weakref.ref(conn)
+    await router.disconnect(conn)
+    del conn
+    gc.collect()
+    try:
+        assert gone() is None
+    finally:
+        watch.cancel()
+        router.reclaimer.close()
+
+
 @pytest.mark.parametrize("release_fails", [False, True])
 async def test_a_departure_counts_for_the_reclaim_once_the_router_let_go_of_the_connection(release_fails):
     registry = SlowRelease(fail=release_fails)
@@ -135,26 +154,30 @@ def _traced_at(snapshot: tracemalloc.Snapshot, filename: str, lineno: int | None
     )
 
 
-async def test_the_future_iterators_a_wave_left_in_asyncios_free_list_are_freed():
+async def test_the_future_iterators_a_wave_left_in_asyncios_free_list_are_freed_and_the_list_left_empty():
     loop = asyncio.get_running_loop()
     future = loop.create_future()
+    free_lists = memory.FreeLists()
+    free_lists.warm(loop)  # the reserve, set aside at start
     tracemalloc.start()
     try:
-        wave = [future.__await__() for _ in range(2 * memory.FREE_LIST)]
+        wave = [future.__await__() for _ in range(2 * memory.FUTURE_ITERS)]
         line = inspect.currentframe().f_lineno - 1  # type: ignore[union-attr]
         del wave  # the free list keeps the last of them
-        assert _traced_at(tracemalloc.take_snapshot(), __file__, line) >= memory.FREE_LIST - 1
-        memory.renew_future_iter_free_list(loop)
-        after = tracemalloc.take_snapshot()
-        assert _traced_at(after, __file__, line) == 0
-        assert _traced_at(after, memory.__file__) >= memory.FREE_LIST - 1  # the new ones, kept
+        assert _traced_at(tracemalloc.take_snapshot(), __file__, line) >= memory.FUTURE_ITERS - 1
+        free_lists.swap(loop, [])
+        assert _traced_at(tracemalloc.take_snapshot(), __file__, line) == 0
+        probe = [future.__await__() for _ in range(10)]
+        probe_line = inspect.currentframe().f_lineno - 1  # type: ignore[union-attr]
+        # Allocated anew (traced here), not taken from the free list: the swap left it empty.
+        assert _traced_at(tracemalloc.take_snapshot(), __file__, probe_line) >= len(probe)
     finally:
         tracemalloc.stop()
         future.cancel()
 
 
 def _wave_of_timer_handles(loop: asyncio.AbstractEventLoop) -> int:
-    handles = [loop.call_later(3600.0, print) for _ in range(2 * memory.FREE_LIST)]
+    handles = [loop.call_later(3600.0, print) for _ in range(2 * memory.HANDLES)]
     line = inspect.currentframe().f_lineno - 1  # type: ignore[union-attr]
     for handle in handles:
         handle.cancel()
@@ -167,9 +190,11 @@ def test_the_timer_handles_a_wave_left_in_uvloops_free_list_are_freed_by_a_recla
 
     trims: list[int] = []
     monkeypatch.setattr(memory, "_TRIM", lambda: trims.append(1))
+    monkeypatch.setattr(memory, "FREE_LISTS", memory.FreeLists())
 
     async def wave_then_reclaim() -> tuple[int, int, int]:
         loop = asyncio.get_running_loop()
+        memory.FREE_LISTS.warm(loop)
         line = _wave_of_timer_handles(loop)
         await asyncio.sleep(0.05)  # the loop lets go of the cancelled handles: into the free list
         kept = _traced_at(tracemalloc.take_snapshot(), __file__, line)
@@ -196,6 +221,16 @@ async def test_a_reclaim_on_asyncios_loop_collects_and_trims_once_after_the_loop
     assert trims == []  # not yet: the loop still holds the renewed handles
     await asyncio.sleep(memory.SETTLE + 0.2)
     assert trims == [1]
+
+
+def test_a_reclaim_clears_the_struct_modules_cache(monkeypatch):
+    # websockets' close code ("!H") is first packed when a wave closes: its cached Struct would
+    # keep one of the wave's arenas.
+    cleared: list[int] = []
+    monkeypatch.setattr(memory, "_TRIM", None)
+    monkeypatch.setattr(struct, "_clearcache", lambda: cleared.append(1))
+    memory.collect_and_trim()
+    assert cleared == [1]
 
 
 def test_a_reclaim_outside_a_loop_collects_and_trims_at_once(monkeypatch):
