@@ -4,7 +4,8 @@
     valgrind --tool=callgrind python -m benchmarks.delivery_cpu ...   # instructions, load-free
 
 Messages arrive one per event-loop turn, as calls from a socket's ``data_received`` do, at a
-v4 target (``--wire v3``: a released hypha-rpc client's, one WebSocket message per frame) whose socket is always ready (a ``DirectWrite`` that takes every write at once): the
+v4 target (``--wire v3``: a released hypha-rpc client's, one WebSocket message per frame)
+whose socket is always ready (a ``DirectWrite`` that takes every write at once): the
 queue's own cost per message, the writer task, the batcher and the batch frame, without Ray,
 sockets or routing. Prints one JSON line: CPU µs per message and the flush reasons. To compare
 two source trees, run it with ``PYTHONPATH`` set to each, from each tree, in alternation.

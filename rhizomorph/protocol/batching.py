@@ -223,7 +223,7 @@ class Batcher:
         elif self._sizes[0] >= policy.max_size:
             reason = "large"
         else:
-            reason = "idle"
+            reason = "half" if self._big else "idle"
         return self._pop(1, reason)
 
     def _pop(self, count: int, reason: str) -> Flush:
