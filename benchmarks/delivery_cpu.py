@@ -1,10 +1,11 @@
 """CPU per message of one target's delivery queue (``rhizomorph/gateway/delivery.py``), batching on or off.
 
-    python -m benchmarks.delivery_cpu [--size 20000] [--messages 20000] [--no-batching]
+    python -m benchmarks.delivery_cpu [--size 20000] [--messages 20000] [--no-batching] [--wire v3]
     valgrind --tool=callgrind python -m benchmarks.delivery_cpu ...   # instructions, load-free
 
 Messages arrive one per event-loop turn, as calls from a socket's ``data_received`` do, at a
-v4 target whose socket is always ready (a ``DirectWrite`` that takes every write at once): the
+v4 target (``--wire v3``: a released hypha-rpc client's, one WebSocket message per frame)
+whose socket is always ready (a ``DirectWrite`` that takes every write at once): the
 queue's own cost per message, the writer task, the batcher and the batch frame, without Ray,
 sockets or routing. Prints one JSON line: CPU µs per message and the flush reasons. To compare
 two source trees, run it with ``PYTHONPATH`` set to each, from each tree, in alternation.
@@ -38,9 +39,10 @@ class ReadySocket:
         self.messages += 1
 
 
-async def run(size: int, messages: int, batching: bool) -> dict[str, Any]:
+async def run(size: int, messages: int, batching: bool, wire: str = "v4") -> dict[str, Any]:
     socket = ReadySocket()
-    queue = DeliveryQueue("ws/c", socket.send, BatchPolicy(enabled=batching), wire_v4=True, direct=socket)
+    policy = BatchPolicy(enabled=batching)
+    queue = DeliveryQueue("ws/c", socket.send, policy, wire_v4=wire == "v4", direct=socket)
     frame = b"\x81" + b"x" * (size - 1)
     warmup = messages // 10
     for _ in range(warmup):
@@ -56,6 +58,7 @@ async def run(size: int, messages: int, batching: bool) -> dict[str, Any]:
     return {
         "size": size,
         "batching": batching,
+        "wire": wire,
         "messages": messages,
         "cpu_us_per_message": round(elapsed / messages * 1e6, 3),
         "reasons": {r: n for r, n in stats["reasons"].items() if n},
@@ -68,8 +71,9 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=20_000, help="bytes per message (20 KB: bench_claims's medium)")
     parser.add_argument("--messages", type=int, default=20_000)
     parser.add_argument("--no-batching", dest="batching", action="store_false")
+    parser.add_argument("--wire", choices=("v4", "v3"), default="v4", help="the target's client (v3: hypha-rpc)")
     args = parser.parse_args()
-    print(json.dumps(asyncio.run(run(args.size, args.messages, args.batching))))
+    print(json.dumps(asyncio.run(run(args.size, args.messages, args.batching, args.wire))))
     return 0
 
 

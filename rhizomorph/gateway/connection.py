@@ -22,7 +22,7 @@ from websockets.streams import StreamReader
 
 from rhizomorph.background import spawn
 from rhizomorph.config import Config
-from rhizomorph.gateway.delivery import DeliveryQueue
+from rhizomorph.gateway.delivery import WRITES, DeliveryQueue
 from rhizomorph.gateway.direct_write import DirectWriter
 from rhizomorph.protocol import handshake, limits, ws_frames
 from rhizomorph.protocol.batching import BatchPolicy
@@ -111,45 +111,53 @@ class RouterServerConnection(ServerConnection):
             self._in_parts = None
         protocol = self.protocol
         position, end = 0, len(data)
-        while position < end:
-            header = ws_frames.parse_header(data, position)
-            if type(header) is int:
-                self._keep(data, position, header)
-                return
-            assert isinstance(header, ws_frames.Header)
-            opcode = header.opcode
-            binary = opcode == ws_frames.OP_BINARY
-            stop = header.payload + header.length
-            data_frame = binary or (opcode == ws_frames.OP_CONT and not self._text_fragmented)
-            if not data_frame or not header.masked or header.rsv:
-                # Not ours: websockets reads it whole (it knows nothing of a binary message
-                # begun here), then the rest of the data while it is at a frame boundary.
-                if opcode == ws_frames.OP_TEXT and self._binary_parts is not None:
-                    self._fail(CloseCode.PROTOCOL_ERROR, "expected a continuation frame")
+        grouped = False  # the frames of this read: one write group for v3 targets (delivery.py)
+        try:
+            while position < end:
+                header = ws_frames.parse_header(data, position)
+                if type(header) is int:
+                    self._keep(data, position, header)
+                    return
+                assert isinstance(header, ws_frames.Header)
+                opcode = header.opcode
+                binary = opcode == ws_frames.OP_BINARY
+                stop = header.payload + header.length
+                data_frame = binary or (opcode == ws_frames.OP_CONT and not self._text_fragmented)
+                if not data_frame or not header.masked or header.rsv:
+                    # Not ours: websockets reads it whole (it knows nothing of a binary message
+                    # begun here), then the rest of the data while it is at a frame boundary.
+                    if opcode == ws_frames.OP_TEXT and self._binary_parts is not None:
+                        self._fail(CloseCode.PROTOCOL_ERROR, "expected a continuation frame")
+                        return
+                    if stop > end:
+                        if opcode & 0x08 and header.length <= 125:  # a control frame: kept until whole
+                            self._keep(data, position, stop - position)
+                        else:
+                            super().data_received(data[position:] if position else data)
+                        return
+                    super().data_received(data[position:stop])
+                    position = stop
+                    if not at_frame_boundary(protocol):  # it closes, or a fragmented text message began
+                        if position < end:
+                            super().data_received(data[position:])
+                        return
+                    continue
+                if self._too_big(header.length):
                     return
                 if stop > end:
-                    if opcode & 0x08 and header.length <= 125:  # a control frame: kept until whole
-                        self._keep(data, position, stop - position)
-                    else:
-                        super().data_received(data[position:] if position else data)
+                    self._keep(data, position, stop - position)
                     return
-                super().data_received(data[position:stop])
+                payload = apply_mask(memoryview(data)[header.payload : stop], data[header.payload - 4 : header.payload])
                 position = stop
-                if not at_frame_boundary(protocol):  # it closes, or a fragmented text message began
-                    if position < end:
-                        super().data_received(data[position:])
-                    return
-                continue
-            if self._too_big(header.length):
-                return
-            if stop > end:
-                self._keep(data, position, stop - position)
-                return
-            payload = apply_mask(memoryview(data)[header.payload : stop], data[header.payload - 4 : header.payload])
-            position = stop
-            self._binary_frame(payload, binary, header.fin)
-            if self.on_binary is None or protocol.state is not State.OPEN:
-                return  # the connection ends (a protocol error, or routing closed it): nothing more is read
+                if position < end and not grouped:  # another frame follows in this read
+                    WRITES.begin()
+                    grouped = True
+                self._binary_frame(payload, binary, header.fin)
+                if self.on_binary is None or protocol.state is not State.OPEN:
+                    return  # the connection ends (a protocol error, or routing closed it): nothing more is read
+        finally:
+            if grouped:
+                WRITES.end()
 
     def _keep(self, data: bytes, position: int, need: int) -> None:
         """The frame at ``data[position:]`` is incomplete: wait until ``need`` bytes of it are here."""

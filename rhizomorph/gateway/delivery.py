@@ -12,6 +12,14 @@ itself is a plain callback (``loop.call_soon``) that writes what gathered in tha
 task: an idle target's lone message then costs little more than with batching off; the writer
 task runs only when the socket is not ready or a batch waits for its timer.
 
+A v3 client reads one message per frame, so for it batching can only put several frames in one
+socket write; a frame can share a write only with frames that really wait. Those are the frames
+routed from one read (``WRITES``: a socket's ``data_received`` that held several frames, a peer
+worker's batch), whose v3 writes are deferred to the read's end (``WriteGroup.end``), and frames
+that arrive while the socket is busy. A v3 target's frame outside a read group, with nothing
+ahead of it and the socket ready, takes the path it takes with batching off: written in ``put``,
+no writer's turn.
+
 A queue can be held (``hold``): it writes nothing until ``release``, as for a client that
 reconnected and does not listen yet (``rhizomorph/gateway/reconnecting.py``).
 
@@ -45,6 +53,34 @@ class DirectWrite(Protocol):
     def ready(self) -> bool: ...
 
     def write(self, messages: list[bytes]) -> None: ...
+
+
+class WriteGroup:
+    """Frames routed from one read: v3 targets' writes wait for the outermost ``end``, so the
+    frames of one read to one v3 target leave in one socket write (``DeliveryQueue.put``).
+    One per worker process (``WRITES``); the readers call ``begin`` and ``end`` (in a
+    ``finally``) around reads that hold more than one frame."""
+
+    __slots__ = ("depth", "queues")
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.queues: list[DeliveryQueue] = []
+
+    def begin(self) -> None:
+        self.depth += 1
+
+    def end(self) -> None:
+        self.depth -= 1
+        if self.depth or not self.queues:
+            return
+        queues, self.queues = self.queues, []
+        for queue in queues:
+            queue._turn()
+
+
+#: The worker's read group (the event loop runs one read at a time).
+WRITES = WriteGroup()
 
 
 class DeliveryQueue:
@@ -110,16 +146,25 @@ class DeliveryQueue:
         batcher = self.batcher
         batcher.add(frame, self._clock(), alone=frame[:1] == b"\xc1")
         direct = self._direct
-        if direct is not None and not self._held and self._write_started is None and batcher.full() and direct.ready():
-            self._write_full(direct)
-            if not len(batcher):
+        if direct is not None and not self._held and self._write_started is None and direct.ready():
+            if not self.wire_v4 and len(batcher) == 1 and not WRITES.depth:
+                # A v3 target's frame that nothing waits with: written now, as with batching off.
+                if self._write_now(direct, batcher.take_lone()):
+                    self._progress.set()
                 return True
+            elif batcher.full():
+                self._write_full(direct)
+                if not len(batcher):
+                    return True
         if self._writer is None:
             if self._held or self._turn_pending:
                 pass
             elif direct is not None:
                 self._turn_pending = True  # messages of this turn may still join: write them next turn
-                asyncio.get_running_loop().call_soon(self._turn)
+                if WRITES.depth and not self.wire_v4:
+                    WRITES.queues.append(self)  # at the read's end (``WriteGroup.end``)
+                else:
+                    asyncio.get_running_loop().call_soon(self._turn)
             else:
                 self._writer = asyncio.get_running_loop().create_task(self._drain())
         elif self._arrived is not None and self.batcher.complete():

@@ -25,6 +25,7 @@ from rhizomorph.gateway import stats
 from rhizomorph.gateway.broadcasts import Broadcasts
 from rhizomorph.gateway.clients import Clients
 from rhizomorph.gateway.connection import ClientConnection
+from rhizomorph.gateway.delivery import WRITES
 from rhizomorph.gateway.locating import Locating, RouterRegistry
 from rhizomorph.gateway.login import login_service
 from rhizomorph.gateway.manager import SERVER_VERSION, WorkspaceManager
@@ -373,7 +374,18 @@ class Router:
             self.undeliverable(target, frame, header)
 
     def deliver(self, items: list[Item]) -> None:
-        """A batch from a peer worker: deliver each frame locally, in order."""
+        """A batch from a peer worker: deliver each frame locally, in order (one write group for
+        v3 targets: ``delivery.WriteGroup``)."""
+        if len(items) > 1:
+            WRITES.begin()
+            try:
+                self._deliver(items)
+            finally:
+                WRITES.end()
+        else:
+            self._deliver(items)
+
+    def _deliver(self, items: list[Item]) -> None:
         for target, event_type, frame in items:
             if event_type is not None:
                 if target == CONTROL:

@@ -213,6 +213,19 @@ class Batcher:
             return None
         return self._pop(count, reason)
 
+    def take_lone(self) -> Flush:
+        """The one buffered frame, to be written now by a target that is idle (nothing else is
+        buffered or being written): ``take``'s flush for that case without its rules' walk."""
+        assert len(self._frames) == 1
+        policy = self._policy
+        if not policy.enabled:
+            reason = "unbatched"
+        elif self._sizes[0] >= policy.max_size:
+            reason = "large"
+        else:
+            reason = "half" if self._big else "idle"
+        return self._pop(1, reason)
+
     def _pop(self, count: int, reason: str) -> Flush:
         frames = [self._frames.popleft() for _ in range(count)]
         half = self._half

@@ -300,3 +300,18 @@ def test_complete_says_whether_a_busy_target_flushes_before_its_timer(sizes, alo
         batcher.add(b"x" * size, 0.001, alone=alone[i])
         before_timer = copy.deepcopy(batcher).take(0.0105)  # take() pops: ask a copy
         assert batcher.complete() == (before_timer is not None)
+
+
+def test_take_lone_gives_the_one_buffered_frame_with_takes_reason_for_an_idle_target() -> None:
+    for policy, size, reason in [
+        (BatchPolicy(max_size=100), 10, "idle"),
+        (BatchPolicy(max_size=100), 60, "half"),
+        (BatchPolicy(max_size=100), 100, "large"),
+        (BatchPolicy(enabled=False), 10, "unbatched"),
+    ]:
+        batcher = Batcher(policy)
+        batcher.add(b"x" * size, 0.0)
+        flush = batcher.take_lone()
+        assert flush.frames == [b"x" * size] and flush.reason == reason
+        assert len(batcher) == 0 and batcher.buffered_bytes == 0 and not batcher.full()
+        assert batcher.metrics.reasons[reason] == 1

@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from rhizomorph.gateway.delivery import DeliveryQueue
+from rhizomorph.gateway.delivery import WRITES, DeliveryQueue
 from rhizomorph.protocol import frames
 from rhizomorph.protocol.batching import BatchPolicy
 
@@ -178,3 +178,63 @@ async def test_a_message_over_half_of_max_size_is_written_in_put(policy: BatchPo
     assert [path for path, _ in socket.written] == ["direct"] * 3 and queue.depth == 0
     await settle()
     assert socket.messages() == [message(1, 60), message(2, 50), message(3, 60)]
+
+
+def make_v3_queue(policy: BatchPolicy, socket: FakeSocket, clock: Clock) -> DeliveryQueue:
+    return DeliveryQueue("ws/c", socket.send, policy, wire_v4=False, direct=socket, clock=clock)
+
+
+@pytest.mark.parametrize("policy", [TIMER, SOCKET, BatchPolicy(enabled=False)], ids=["timer", "socket", "off"])
+async def test_a_v3_targets_frame_that_nothing_waits_with_is_written_in_put(policy: BatchPolicy) -> None:
+    socket, clock = FakeSocket(), Clock()
+    queue = make_v3_queue(policy, socket, clock)
+    queue.put(message(0))  # small: batching on would have waited for the writer's turn
+    queue.put(message(1, size=60))  # over half of max_size
+    queue.put(message(2, size=200))  # over max_size
+    assert socket.written == [("direct", message(0)), ("direct", message(1, 60)), ("direct", message(2, 200))]
+    assert queue.depth == 0 and queue._writer is None and not queue._turn_pending
+    reasons = {r: n for r, n in queue.batch_metrics.reasons.items() if n}
+    assert reasons == ({"unbatched": 3} if not policy.enabled else {"idle": 1, "half": 1, "large": 1})
+
+
+async def test_the_frames_of_one_read_group_leave_a_v3_target_in_one_write_at_the_groups_end() -> None:
+    socket, clock = FakeSocket(), Clock()
+    queue, other = make_v3_queue(SOCKET, socket, clock), make_v3_queue(SOCKET, FakeSocket(), clock)
+    WRITES.begin()
+    try:
+        queue.put(message(0))
+        WRITES.begin()  # nested: only the outermost end writes
+        queue.put(message(1))
+        other.put(message(9))
+        WRITES.end()
+        assert socket.written == []
+    finally:
+        WRITES.end()
+    assert socket.written == [("direct", message(0)), ("direct", message(1))]
+    assert queue.batch_metrics.flushes == 1 and queue.batch_metrics.batched_messages == 2
+    assert other.batch_metrics.flushes == 1 and queue._writer is None and other._writer is None
+
+
+async def test_a_v3_group_whose_socket_is_busy_hands_over_to_the_writer_in_order() -> None:
+    socket, clock = FakeSocket(), Clock()
+    socket.is_ready = False
+    queue = make_v3_queue(SOCKET, socket, clock)
+    queue.put(message(0))  # not ready: no write in put, the writer's turn follows
+    WRITES.begin()
+    try:
+        queue.put(message(1))
+    finally:
+        WRITES.end()
+    socket.is_ready = True
+    await settle()
+    assert socket.messages() == [message(0), message(1)] and queue.depth == 0
+
+
+async def test_a_v4_target_still_batches_its_turn_outside_a_read_group() -> None:
+    socket, clock = FakeSocket(), Clock()
+    queue = make_queue(SOCKET, socket, clock)
+    queue.put(message(0))
+    queue.put(message(1))
+    assert socket.written == []  # not the v3 rule: the writer's turn batches them
+    await asyncio.sleep(0)
+    assert [(path, len(frames.decode_batch(data))) for path, data in socket.written] == [("direct", 2)]
