@@ -95,10 +95,11 @@ class BatchingWebSocket:
 
     async def send_stream(self, message: bytes, chunk_size: int = CHUNK_SIZE) -> None:
         """Send one large message as a chunk stream. Each chunk is queued only once the
-        outbox has drained, so small messages sent meanwhile go out between chunks."""
+        outbox would write it at once (``DeliveryQueue.writable``), so small messages sent
+        meanwhile go out between chunks, and none of them holds a chunk back for a turn."""
         assert self._outbox is not None, "streams need a v4 connection"
         for chunk in frames.split_stream(message, next(self._stream_ids), chunk_size):
-            await self._outbox.wait_below(1)
+            await self._outbox.wait_writable()
             if not self._outbox.put(chunk):
                 raise ConnectionError("the connection is closed")
 
