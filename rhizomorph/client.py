@@ -69,6 +69,7 @@ class BatchingWebSocket:
         self._outbox: DeliveryQueue | None = None  # set once the router confirms v4
         self._streams = frames.StreamAssembler()
         self._stream_ids = itertools.count(1)
+        self._stream_turn = asyncio.Lock()  # one stream's chunks at a time (FIFO: see send_stream)
         self.wire_protocol = 3
 
     def __getattr__(self, name: str) -> Any:  # state, close_code, close, ping, ...
@@ -95,12 +96,18 @@ class BatchingWebSocket:
 
     async def send_stream(self, message: bytes, chunk_size: int = CHUNK_SIZE) -> None:
         """Send one large message as a chunk stream. Each chunk is queued only once the
-        outbox has drained, so small messages sent meanwhile go out between chunks."""
+        outbox would write it at once (``DeliveryQueue.writable``), so small messages sent
+        meanwhile go out between chunks, and none of them holds a chunk back for a turn.
+
+        Streams take turns whole, in the order they were sent: interleaved chunk by chunk, the
+        streams of a burst of calls (whose starts batching lines up) would all complete at the
+        end, and the receiver could start on none of them before."""
         assert self._outbox is not None, "streams need a v4 connection"
-        for chunk in frames.split_stream(message, next(self._stream_ids), chunk_size):
-            await self._outbox.wait_below(1)
-            if not self._outbox.put(chunk):
-                raise ConnectionError("the connection is closed")
+        async with self._stream_turn:
+            for chunk in frames.split_stream(message, next(self._stream_ids), chunk_size):
+                await self._outbox.wait_writable()
+                if not self._outbox.put(chunk):
+                    raise ConnectionError("the connection is closed")
 
     async def recv(self) -> str | bytes | dict:
         while not self._inbox:

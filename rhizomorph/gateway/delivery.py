@@ -300,6 +300,28 @@ class DeliveryQueue:
             self._progress.clear()
             await self._progress.wait()
 
+    def writable(self) -> bool:
+        """Whether a frame that must go alone, put now, is written at once (``put`` writes it
+        with what is queued ahead of it): nothing is queued, or what is queued only waits for
+        the writer's turn while the socket can take a write."""
+        if not len(self.batcher):
+            return True
+        direct = self._direct
+        return (
+            direct is not None
+            and self._writer is None
+            and not self._held
+            and self._write_started is None
+            and direct.ready()
+        )
+
+    async def wait_writable(self) -> None:
+        """Wait until ``writable`` (a chunk stream's pacing): unlike ``wait_below(1)``, a message
+        that only waits for the writer's turn (batching on) does not hold the next chunk back."""
+        while not self._closed and not self.writable():
+            self._progress.clear()
+            await self._progress.wait()
+
     def close(self) -> list[bytes]:
         """Stop delivering; returns the frames that were never written."""
         self._closed = True

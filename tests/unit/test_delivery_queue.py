@@ -238,3 +238,35 @@ async def test_a_v4_target_still_batches_its_turn_outside_a_read_group() -> None
     assert socket.written == []  # not the v3 rule: the writer's turn batches them
     await asyncio.sleep(0)
     assert [(path, len(frames.decode_batch(data))) for path, data in socket.written] == [("direct", 2)]
+
+
+async def test_a_chunk_is_not_held_back_by_a_message_that_only_waits_for_the_writers_turn() -> None:
+    # A chunk stream's pacing (``wait_writable``): with batching on, a small message queued this
+    # turn does not make the next chunk wait for that turn; put writes both at once, in order.
+    socket, clock = FakeSocket(), Clock()
+    queue = make_queue(SOCKET, socket, clock)
+    queue.put(message(0))
+    assert queue.depth == 1 and queue.writable()
+    waiting = queue.wait_writable()
+    with pytest.raises(StopIteration):  # it returns at its first step: no turn passes
+        waiting.send(None)
+    assert socket.written == []
+    chunk = frames.encode_chunk(1, 0, False, b"x" * 10)
+    queue.put(chunk)
+    assert socket.written == [("direct", message(0)), ("direct", chunk)] and queue.depth == 0
+
+
+async def test_a_chunk_waits_while_the_socket_cannot_take_a_write() -> None:
+    socket, clock = FakeSocket(), Clock()
+    socket.block = asyncio.Event()
+    socket.is_ready = False
+    queue = make_queue(SOCKET, socket, clock)
+    queue.put(message(0))
+    assert not queue.writable()
+    waited = asyncio.ensure_future(queue.wait_writable())
+    await settle()  # the writer task's write blocks
+    assert not waited.done()
+    socket.is_ready = True
+    socket.block.set()
+    await settle()
+    assert waited.done() and queue.depth == 0 and socket.messages() == [message(0)]

@@ -1,0 +1,53 @@
+"""The v4 client's chunk streams on a fake socket: streams take turns whole, in the order sent."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+pytest.importorskip("hypha_rpc")
+
+from rhizomorph.client import BatchingWebSocket
+from rhizomorph.gateway.delivery import DeliveryQueue
+from rhizomorph.protocol import frames
+from rhizomorph.protocol.batching import BatchPolicy
+
+
+class SlowSocket:
+    """Never ready for a write in the caller's call: every chunk goes through the writer task,
+    one event-loop turn each, so concurrent streams could interleave."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    async def send(self, data: bytes) -> None:
+        await asyncio.sleep(0)
+        self.sent.append(data)
+
+    def ready(self) -> bool:
+        return False
+
+    def write(self, messages: list[bytes]) -> None:
+        raise AssertionError("not ready: never written directly")
+
+
+@pytest.mark.parametrize("enabled", [True, False], ids=["batching", "no-batching"])
+@pytest.mark.parametrize("later", range(6))
+async def test_concurrent_streams_go_whole_one_after_the_other(enabled: bool, later: int) -> None:
+    # The second stream starts ``later`` turns after the first (some of those would interleave
+    # chunk by chunk, or even overtake, if each stream only waited for the outbox).
+    socket = SlowSocket()
+    websocket = BatchingWebSocket(socket, BatchPolicy(enabled=enabled))
+    websocket._outbox = DeliveryQueue("router", socket.send, BatchPolicy(enabled=enabled), wire_v4=True, direct=socket)
+    first, second = b"a" * 40, b"b" * 40
+    sending = asyncio.ensure_future(websocket.send_stream(first, chunk_size=10))
+    for _ in range(later):
+        await asyncio.sleep(0)
+    await asyncio.gather(sending, websocket.send_stream(second, chunk_size=10))
+    for _ in range(5):  # the last chunk is queued, not yet written
+        await asyncio.sleep(0)
+    order = [frames.decode_chunk(chunk)[0] for chunk in socket.sent]
+    assert order == [1] * 4 + [2] * 4  # stream 1's four chunks, then stream 2's
+    assembler = frames.StreamAssembler()
+    assert [whole for chunk in socket.sent if (whole := assembler.add(chunk)) is not None] == [first, second]
