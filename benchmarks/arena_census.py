@@ -368,7 +368,8 @@ def _holder(ref: Any) -> str:
     return f"{type(ref).__module__}.{type(ref).__qualname__}"
 
 
-def debugmallocstats() -> dict[str, int]:
+def mallocstats_text() -> str:
+    """What ``sys._debugmallocstats()`` prints (to the C stderr), as text."""
     read_end, write_end = os.pipe()
     saved = os.dup(2)
     try:
@@ -380,6 +381,11 @@ def debugmallocstats() -> dict[str, int]:
         os.close(write_end)
     text = os.read(read_end, 1 << 20).decode()
     os.close(read_end)
+    return text
+
+
+def debugmallocstats() -> dict[str, int]:
+    text = mallocstats_text()
     blocks = 0
     for line in text.splitlines():
         fields = line.split()

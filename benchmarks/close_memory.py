@@ -22,17 +22,15 @@ import contextlib
 import ctypes
 import gc
 import json
-import os
 import re
-import sys
 from typing import Any
 
 try:
-    from benchmarks.arena_census import census, format_census
+    from benchmarks.arena_census import census, format_census, mallocstats_text
     from benchmarks.idle_memory import Holders
     from benchmarks.soak import raise_nofile
 except ImportError:  # run as a script: benchmarks/ is sys.path[0]
-    from arena_census import census, format_census  # type: ignore[no-redef]
+    from arena_census import census, format_census, mallocstats_text  # type: ignore[no-redef]
     from idle_memory import Holders  # type: ignore[no-redef]
     from soak import raise_nofile  # type: ignore[no-redef]
 
@@ -45,17 +43,7 @@ def rss_mb() -> float:
 
 def arenas() -> tuple[int, float]:
     """(arenas held, MiB in free pools) of Python's small-object allocator."""
-    read_end, write_end = os.pipe()
-    saved = os.dup(2)
-    try:
-        os.dup2(write_end, 2)  # _debugmallocstats writes to the C stderr
-        sys._debugmallocstats()
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(write_end)
-    text = os.read(read_end, 1 << 20).decode()
-    os.close(read_end)
+    text = mallocstats_text()
     held = re.search(r"# arenas allocated current\s+=\s+([\d,]+)", text)
     free = re.search(r"([\d,]+) unused pools \* (\d+) bytes", text)
     free_mb = int(free.group(1).replace(",", "")) * int(free.group(2)) / 2**20 if free else 0.0
