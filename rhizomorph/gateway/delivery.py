@@ -146,7 +146,8 @@ class DeliveryQueue:
         batcher = self.batcher
         batcher.add(frame, self._clock(), alone=frame[:1] == b"\xc1")
         direct = self._direct
-        if direct is not None and not self._held and self._write_started is None and direct.ready():
+        if self._socket_free(direct):
+            assert direct is not None
             if not self.wire_v4 and len(batcher) == 1 and not WRITES.depth:
                 # A v3 target's frame that nothing waits with: written now, as with batching off.
                 if self._write_now(direct, batcher.take_lone()):
@@ -304,16 +305,12 @@ class DeliveryQueue:
         """Whether a frame that must go alone, put now, is written at once (``put`` writes it
         with what is queued ahead of it): nothing is queued, or what is queued only waits for
         the writer's turn while the socket can take a write."""
-        if not len(self.batcher):
-            return True
-        direct = self._direct
-        return (
-            direct is not None
-            and self._writer is None
-            and not self._held
-            and self._write_started is None
-            and direct.ready()
-        )
+        return not len(self.batcher) or (self._writer is None and self._socket_free(self._direct))
+
+    def _socket_free(self, direct: DirectWrite | None) -> bool:
+        """Whether a flush may be handed to ``direct`` now: a socket that takes direct writes,
+        not held, no write of the writer in flight, ready."""
+        return direct is not None and not self._held and self._write_started is None and direct.ready()
 
     async def wait_writable(self) -> None:
         """Wait until ``writable`` (a chunk stream's pacing): unlike ``wait_below(1)``, a message
