@@ -136,7 +136,12 @@ class BatchingWebSocket:
         if info.get("type") == "connection_info" and info.get("wire_protocol") == WIRE_PROTOCOL:
             self.wire_protocol = WIRE_PROTOCOL
             self._outbox = DeliveryQueue(
-                "router", self._websocket.send, self._policy, wire_v4=True, direct=direct_writer(self._websocket)
+                "router",
+                self._websocket.send,
+                self._policy,
+                wire_v4=True,
+                direct=direct_writer(self._websocket),
+                gather_turn=True,
             )
 
     def batch_metrics(self) -> dict[str, Any] | None:

@@ -20,6 +20,12 @@ that arrive while the socket is busy. A v3 target's frame outside a read group, 
 ahead of it and the socket ready, takes the path it takes with batching off: written in ``put``,
 no writer's turn.
 
+The router's queues treat a v4 target alike (a batch frame from a v4 client counts as one read):
+its frames of one read leave in one batch frame at the read's end, and a frame outside a read
+group, with nothing ahead of it and the socket ready, is written in ``put``. Only the v4
+client's own outbox (``gather_turn``) keeps the writer's turn for such a frame: there the calls
+made in one event-loop turn arrive as separate callbacks, and the turn is where they meet.
+
 A queue can be held (``hold``): it writes nothing until ``release``, as for a client that
 reconnected and does not listen yet (``rhizomorph/gateway/reconnecting.py``).
 
@@ -56,8 +62,8 @@ class DirectWrite(Protocol):
 
 
 class WriteGroup:
-    """Frames routed from one read: v3 targets' writes wait for the outermost ``end``, so the
-    frames of one read to one v3 target leave in one socket write (``DeliveryQueue.put``).
+    """Frames routed from one read: the router's writes wait for the outermost ``end``, so the
+    frames of one read to one target leave in one socket write (``DeliveryQueue.put``).
     One per worker process (``WRITES``); the readers call ``begin`` and ``end`` (in a
     ``finally``) around reads that hold more than one frame."""
 
@@ -97,9 +103,15 @@ class DeliveryQueue:
         on_overflow: Callable[[str], None] | None = None,
         on_unwritten: Callable[[list[bytes]], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        gather_turn: bool = False,
     ) -> None:
         self.address = address
         self.wire_v4 = wire_v4
+        #: A frame with nothing queued ahead of it waits for the writer's turn, so that the frames
+        #: put in the same event-loop turn share its flush (the v4 client: the calls of one turn
+        #: reach it as separate callbacks). Else (the router) only the frames routed from one read
+        #: wait together (``WRITES``), and a frame outside a read is written at once.
+        self.gather_turn = gather_turn
         self.batcher = Batcher(policy)
         self.frames_written = 0
         self._send = send
@@ -148,8 +160,8 @@ class DeliveryQueue:
         direct = self._direct
         if self._socket_free(direct):
             assert direct is not None
-            if not self.wire_v4 and len(batcher) == 1 and not WRITES.depth:
-                # A v3 target's frame that nothing waits with: written now, as with batching off.
+            if not self.gather_turn and len(batcher) == 1 and not WRITES.depth:
+                # A frame that nothing waits with: written now, as with batching off.
                 if self._write_now(direct, batcher.take_lone()):
                     self._progress.set()
                 return True
@@ -162,7 +174,7 @@ class DeliveryQueue:
                 pass
             elif direct is not None:
                 self._turn_pending = True  # messages of this turn may still join: write them next turn
-                if WRITES.depth and not self.wire_v4:
+                if WRITES.depth and not self.gather_turn:
                     WRITES.queues.append(self)  # at the read's end (``WriteGroup.end``)
                 else:
                     asyncio.get_running_loop().call_soon(self._turn)

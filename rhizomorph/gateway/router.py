@@ -304,11 +304,18 @@ class Router:
         except frames.FrameError as exc:
             self.unroutable(conn, str(exc))
             return
-        for message in messages:
-            if message and message[0] != frames.MAGIC:
-                self._route_message(conn, message)
-            else:
-                self.unroutable(conn, "nested or empty message in a batch")
+        grouped = len(messages) > 1  # one read: its frames to one target leave together at its end
+        if grouped:
+            WRITES.begin()
+        try:
+            for message in messages:
+                if message and message[0] != frames.MAGIC:
+                    self._route_message(conn, message)
+                else:
+                    self.unroutable(conn, "nested or empty message in a batch")
+        finally:
+            if grouped:
+                WRITES.end()
 
     # -- to a target ---------------------------------------------------------------------------
     def remote_owner(self, target: str) -> str | None:

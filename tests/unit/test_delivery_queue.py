@@ -61,6 +61,8 @@ async def settle(rounds: int = 5) -> None:
 
 
 def make_queue(policy: BatchPolicy, socket: FakeSocket, clock: Clock, **kwargs) -> DeliveryQueue:
+    """A v4 queue that gathers each event-loop turn's frames (the v4 client's outbox)."""
+    kwargs.setdefault("gather_turn", True)
     return DeliveryQueue("ws/c", socket.send, policy, wire_v4=True, direct=socket, clock=clock, **kwargs)
 
 
@@ -230,14 +232,47 @@ async def test_a_v3_group_whose_socket_is_busy_hands_over_to_the_writer_in_order
     assert socket.messages() == [message(0), message(1)] and queue.depth == 0
 
 
-async def test_a_v4_target_still_batches_its_turn_outside_a_read_group() -> None:
+async def test_the_v4_clients_outbox_still_batches_its_turn_outside_a_read_group() -> None:
     socket, clock = FakeSocket(), Clock()
-    queue = make_queue(SOCKET, socket, clock)
+    queue = make_queue(SOCKET, socket, clock)  # gather_turn: the calls of one turn meet at its end
     queue.put(message(0))
     queue.put(message(1))
-    assert socket.written == []  # not the v3 rule: the writer's turn batches them
+    assert socket.written == []  # not the router's rule: the writer's turn batches them
     await asyncio.sleep(0)
     assert [(path, len(frames.decode_batch(data))) for path, data in socket.written] == [("direct", 2)]
+
+
+def make_router_v4_queue(policy: BatchPolicy, socket: FakeSocket, clock: Clock) -> DeliveryQueue:
+    return make_queue(policy, socket, clock, gather_turn=False)
+
+
+@pytest.mark.parametrize("policy", [TIMER, SOCKET, BatchPolicy(enabled=False)], ids=["timer", "socket", "off"])
+async def test_a_router_v4_targets_frame_that_nothing_waits_with_is_written_in_put(policy: BatchPolicy) -> None:
+    socket, clock = FakeSocket(), Clock()
+    queue = make_router_v4_queue(policy, socket, clock)
+    queue.put(message(0))  # small, outside a read: no writer's turn, as with batching off
+    queue.put(message(1, size=60))
+    assert socket.written == [("direct", message(0)), ("direct", message(1, 60))]
+    assert queue.depth == 0 and queue._writer is None and not queue._turn_pending
+    reasons = {r: n for r, n in queue.batch_metrics.reasons.items() if n}
+    assert reasons == ({"unbatched": 2} if not policy.enabled else {"idle": 1, "half": 1})
+
+
+@pytest.mark.parametrize("policy", [TIMER, SOCKET], ids=["timer", "socket"])
+async def test_the_frames_of_one_read_group_leave_a_v4_target_in_one_batch_frame_at_the_groups_end(policy) -> None:
+    socket, clock = FakeSocket(), Clock()
+    queue = make_router_v4_queue(policy, socket, clock)
+    WRITES.begin()
+    try:
+        queue.put(message(0))
+        queue.put(message(1))
+        assert socket.written == []
+    finally:
+        WRITES.end()  # no event-loop turn passes: the group's end writes them
+    assert [(path, frames.decode_batch(data)) for path, data in socket.written] == [
+        ("direct", [message(0), message(1)])
+    ]
+    assert queue.depth == 0 and queue._writer is None and not queue._turn_pending
 
 
 async def test_a_chunk_is_not_held_back_by_a_message_that_only_waits_for_the_writers_turn() -> None:

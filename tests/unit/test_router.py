@@ -13,6 +13,7 @@ from rhizomorph.actors import peers as peers_module
 from rhizomorph.actors.peers import CONTROL, SOCKET_LOST, interest_item
 from rhizomorph.config import Config
 from rhizomorph.gateway.connection import ClientConnection
+from rhizomorph.gateway.delivery import WRITES
 from rhizomorph.gateway.manager import ManagerError
 from rhizomorph.gateway.router import Router
 from rhizomorph.protocol import envelope, frames
@@ -545,6 +546,20 @@ async def test_a_v4_frame_never_reaches_a_v3_client(wire_v4):
         assert [h["from"] for h in a_socket.headers()] == ["ws/a"]  # a batch of one call to itself
     else:
         assert "v4 frame on a v3 connection" in a_socket.texts()[0]
+
+
+async def test_the_messages_of_a_v4_batch_frame_are_routed_as_one_read_group():
+    router = make_router()
+    a, _ = await join(router, "a", wire_v4=True)
+    b, _ = await join(router, "b", wire_v4=True)
+    depths: list[int] = []
+    put = b.queue.put
+    b.queue.put = lambda frame: depths.append(WRITES.depth) or put(frame)  # type: ignore[method-assign]
+
+    router.route(a, frames.encode_batch([call("b", session="s1"), call("b", session="s2")]))
+    router.route(a, call("b", session="s3"))  # one message: no group
+
+    assert depths == [1, 1, 0] and WRITES.depth == 0 and not WRITES.queues
 
 
 # -- bounded work per client -------------------------------------------------------------------
