@@ -1,7 +1,7 @@
 """CPU per routed message in one gateway worker: socket bytes in, socket bytes out, fake sockets.
 
-    python -m benchmarks.route_cpu [--wire v3|v4] [--size 256] [--messages 20000] [--no-batching]
-    valgrind --tool=callgrind python -m benchmarks.route_cpu ...   # instructions, load-free
+    python -m benchmarks.delivery_cpu --routed [--wire v3|v4] [--size 256] [--messages 20000] [--no-batching]
+    valgrind --tool=callgrind python -m benchmarks.delivery_cpu --routed ...   # instructions, load-free
 
 A caller's masked WebSocket frames, one hypha-rpc call each (header ``type``/``from``/``to``/
 ``method``/``session``, then ``args`` and ``promise``), arrive one per event-loop turn in its
@@ -11,16 +11,16 @@ writes to a transport that takes every write at once. What one routed message co
 gateway worker without Ray, the network or the clients: the frame reader, the inbound rate
 limit, ``Router.route``, the envelope, the target's ``DeliveryQueue`` and the frame writer.
 ``--wire v4``: the target is a v4 client (its queue batches); the caller's frames are the same.
-Prints one JSON line. To compare two source trees, run it with ``PYTHONPATH`` set to each.
+``warmup_digest`` hashes the bytes written to the target during the warm-up: two trees that
+put the same bytes on the wire print the same digest for the same arguments.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import hashlib
-import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
@@ -87,17 +87,19 @@ class NoRegistry:
         return None
 
 
-def _socket() -> tuple[RouterServerConnection, Transport]:
+def server_connection(transport: asyncio.Transport) -> RouterServerConnection:
+    """A gateway connection past its handshake, writing to ``transport``."""
     websocket = RouterServerConnection(ServerProtocol(state=State.OPEN), None, ping_interval=None)  # type: ignore[arg-type]
-    transport = Transport()
     Connection.connection_made(websocket, transport)  # the server's own would start a handshake handler
-    return websocket, transport
+    websocket.request = object()  # type: ignore[assignment]  # as if the handshake was done
+    return websocket
 
 
 async def _join(
     router: Router, client_id: str, wire_v4: bool
 ) -> tuple[ClientConnection, RouterServerConnection, Transport]:
-    websocket, transport = _socket()
+    transport = Transport()
+    websocket = server_connection(transport)
     identity = Identity(
         workspace="ws", client_id=client_id, user_id=f"u-{client_id}", is_anonymous=True, workspaces={"ws": "rw"}
     )
@@ -125,6 +127,16 @@ def call_frame(size: int) -> bytes:
     return head + mask + masked
 
 
+async def one_per_turn(put: Callable[[bytes], Any], frame: bytes, messages: int) -> float:
+    """CPU seconds of ``messages`` calls of ``put(frame)``, one per turn of the event loop."""
+    started = time.process_time()
+    for _ in range(messages):
+        put(frame)
+        await asyncio.sleep(0)  # the next message arrives on a later turn of the loop
+    await asyncio.sleep(0)
+    return time.process_time() - started
+
+
 async def run(size: int, messages: int, batching: bool, wire: str = "v3") -> dict[str, Any]:
     router = Router(Config(port=0, enable_message_batching=batching), "w1", NoRegistry())  # type: ignore[arg-type]
     caller, caller_socket, _ = await _join(router, "a", wire_v4=False)
@@ -146,34 +158,21 @@ async def run(size: int, messages: int, batching: bool, wire: str = "v3") -> dic
         await asyncio.sleep(0)
     digest, target_transport.digest = target_transport.digest.hexdigest()[:16], None
     written = target_transport.written
-    started = time.process_time()
-    for _ in range(messages):
-        receive(frame)
-        await asyncio.sleep(0)  # the next message arrives on a later turn of the loop
-    await asyncio.sleep(0)
-    elapsed = time.process_time() - started
+    elapsed = await one_per_turn(receive, frame, messages)
     return {
-        "size": size,
-        "wire": wire,
-        "batching": batching,
-        "messages": messages,
-        "cpu_us_per_message": round(elapsed / messages * 1e6, 3),
+        **result(size, batching, wire, messages, elapsed),
         "bytes_out_per_message": round((target_transport.written - written) / messages, 1),
         "writes": target_transport.writes,
         "warmup_digest": digest,
     }
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=256, help="bytes per message (256: bench_claims's small)")
-    parser.add_argument("--messages", type=int, default=20_000)
-    parser.add_argument("--no-batching", dest="batching", action="store_false")
-    parser.add_argument("--wire", choices=("v4", "v3"), default="v3", help="the target's client (v3: hypha-rpc)")
-    args = parser.parse_args()
-    print(json.dumps(asyncio.run(run(args.size, args.messages, args.batching, args.wire))))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+def result(size: int, batching: bool, wire: str, messages: int, elapsed: float) -> dict[str, Any]:
+    """What a run measured: its arguments and the CPU µs per message."""
+    return {
+        "size": size,
+        "batching": batching,
+        "wire": wire,
+        "messages": messages,
+        "cpu_us_per_message": round(elapsed / messages * 1e6, 3),
+    }

@@ -1,22 +1,20 @@
-"""``RouterServerConnection`` over a fake transport: its one-pass write of binary messages
-(``write_binary``) against ``queue_binary`` + ``send_data``, and its own reader when websockets'
-parser has been fed part of a frame (no sockets, no network)."""
+"""``RouterServerConnection`` over a fake transport (``benchmarks/route_cpu.py``'s): its one-pass
+write of binary messages (``write_binary``) against ``queue_binary`` + ``send_data``, and its own
+reader when websockets' parser has been fed part of a frame (no sockets, no network)."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import pytest
-from websockets.asyncio.connection import Connection
 from websockets.frames import Frame, Opcode
 from websockets.protocol import State
-from websockets.server import ServerProtocol
 
+from benchmarks import route_cpu
 from rhizomorph.gateway.connection import COALESCE_LIMIT, RouterServerConnection
 
 
-class Transport(asyncio.Transport):
+class Transport(route_cpu.Transport):
     """Records each write call: the bytes of a ``write``, the pieces of a ``writelines``."""
 
     def __init__(self) -> None:
@@ -32,31 +30,10 @@ class Transport(asyncio.Transport):
     def write_eof(self) -> None:
         self.calls.append(("eof", b""))
 
-    def can_write_eof(self) -> bool:
-        return True
-
-    def is_closing(self) -> bool:
-        return False
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        pass
-
-    def get_write_buffer_size(self) -> int:
-        return 0
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
 
 def open_connection() -> tuple[RouterServerConnection, Transport]:
-    connection = RouterServerConnection(ServerProtocol(state=State.OPEN), None, ping_interval=None)  # type: ignore[arg-type]
     transport = Transport()
-    Connection.connection_made(connection, transport)  # the server's own would start a handshake
-    connection.request = object()  # type: ignore[assignment]  # as if the handshake was done
-    return connection, transport
+    return route_cpu.server_connection(transport), transport
 
 
 MESSAGES = [
