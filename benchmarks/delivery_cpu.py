@@ -1,14 +1,16 @@
 """CPU per message of one target's delivery queue (``rhizomorph/gateway/delivery.py``), batching on or off.
 
-    python -m benchmarks.delivery_cpu [--size 20000] [--messages 20000] [--no-batching] [--wire v3]
+    python -m benchmarks.delivery_cpu [--size 20000] [--messages 20000] [--no-batching] [--wire v3] [--routed]
     valgrind --tool=callgrind python -m benchmarks.delivery_cpu ...   # instructions, load-free
 
 Messages arrive one per event-loop turn, as calls from a socket's ``data_received`` do, at a
 v4 target (``--wire v3``: a released hypha-rpc client's, one WebSocket message per frame)
 whose socket is always ready (a ``DirectWrite`` that takes every write at once): the
 queue's own cost per message, the writer task, the batcher and the batch frame, without Ray,
-sockets or routing. Prints one JSON line: CPU µs per message and the flush reasons. To compare
-two source trees, run it with ``PYTHONPATH`` set to each, from each tree, in alternation.
+sockets or routing (``--routed``: the whole path in a gateway worker, socket bytes in to
+socket bytes out, ``benchmarks/route_cpu.py``). Prints one JSON line: CPU µs per message
+and the flush reasons. To compare two source trees, run it with ``PYTHONPATH`` set to each,
+from each tree, in alternation.
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import time
 from typing import Any
 
+from benchmarks import route_cpu
 from rhizomorph.gateway.delivery import DeliveryQueue
 from rhizomorph.protocol.batching import BatchPolicy
 
@@ -48,19 +50,10 @@ async def run(size: int, messages: int, batching: bool, wire: str = "v4") -> dic
     for _ in range(warmup):
         queue.put(frame)
         await asyncio.sleep(0)
-    started = time.process_time()
-    for _ in range(messages):
-        queue.put(frame)
-        await asyncio.sleep(0)  # the next message arrives on a later turn of the loop
-    await asyncio.sleep(0)
-    elapsed = time.process_time() - started
+    elapsed = await route_cpu.one_per_turn(queue.put, frame, messages)
     stats = queue.metrics()
     return {
-        "size": size,
-        "batching": batching,
-        "wire": wire,
-        "messages": messages,
-        "cpu_us_per_message": round(elapsed / messages * 1e6, 3),
+        **route_cpu.result(size, batching, wire, messages, elapsed),
         "reasons": {r: n for r, n in stats["reasons"].items() if n},
         "written": socket.messages,
     }
@@ -72,8 +65,10 @@ def main() -> int:
     parser.add_argument("--messages", type=int, default=20_000)
     parser.add_argument("--no-batching", dest="batching", action="store_false")
     parser.add_argument("--wire", choices=("v4", "v3"), default="v4", help="the target's client (v3: hypha-rpc)")
+    parser.add_argument("--routed", action="store_true", help="the whole routed path (benchmarks/route_cpu.py)")
     args = parser.parse_args()
-    print(json.dumps(asyncio.run(run(args.size, args.messages, args.batching, args.wire))))
+    measure = route_cpu.run if args.routed else run
+    print(json.dumps(asyncio.run(measure(args.size, args.messages, args.batching, args.wire))))
     return 0
 
 

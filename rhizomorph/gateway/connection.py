@@ -17,7 +17,7 @@ import shortuuid
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import Frame, Opcode, apply_mask
-from websockets.protocol import State
+from websockets.protocol import OPEN, State
 from websockets.streams import StreamReader
 
 from rhizomorph.background import spawn
@@ -91,12 +91,28 @@ class RouterServerConnection(ServerConnection):
     _in_parts: list[bytes | memoryview] | None = None
     _in_size = 0
     _in_need = 0
+    #: ``at_frame_boundary`` was true and websockets' parser has been fed nothing since: it
+    #: still is while the connection is open (only what it reads moves its parser).
+    _at_boundary = False
 
     def data_received(self, data: bytes) -> None:
-        if self._in_parts is not None or (self.on_binary is not None and at_frame_boundary(self.protocol)):
+        if self._in_parts is not None:
+            self._read(data)
+        elif self.on_binary is not None and (
+            (self._at_boundary and self.protocol.state is State.OPEN) or self._check_boundary()
+        ):
             self._read(data)
         else:
-            super().data_received(data)
+            self._to_websockets(data)
+
+    def _check_boundary(self) -> bool:
+        self._at_boundary = at = at_frame_boundary(self.protocol)
+        return at
+
+    def _to_websockets(self, data: bytes) -> None:
+        """``data`` for websockets' own parser (it may then no longer be at a frame boundary)."""
+        self._at_boundary = False
+        super().data_received(data)
 
     def _read(self, data: bytes) -> None:
         """Binary frames straight to ``on_binary``; from the first other frame on, the rest of
@@ -115,10 +131,9 @@ class RouterServerConnection(ServerConnection):
         try:
             while position < end:
                 header = ws_frames.parse_header(data, position)
-                if type(header) is int:
+                if isinstance(header, int):
                     self._keep(data, position, header)
                     return
-                assert isinstance(header, ws_frames.Header)
                 opcode = header.opcode
                 binary = opcode == ws_frames.OP_BINARY
                 stop = header.payload + header.length
@@ -133,13 +148,13 @@ class RouterServerConnection(ServerConnection):
                         if opcode & 0x08 and header.length <= 125:  # a control frame: kept until whole
                             self._keep(data, position, stop - position)
                         else:
-                            super().data_received(data[position:] if position else data)
+                            self._to_websockets(data[position:] if position else data)
                         return
-                    super().data_received(data[position:stop])
+                    self._to_websockets(data[position:stop])
                     position = stop
                     if not at_frame_boundary(protocol):  # it closes, or a fragmented text message began
                         if position < end:
-                            super().data_received(data[position:])
+                            self._to_websockets(data[position:])
                         return
                     continue
                 if self._too_big(header.length):
@@ -253,6 +268,37 @@ class RouterServerConnection(ServerConnection):
         for message in messages:
             writes.append(header(len(message)))
             writes.append(message)
+
+    def write_binary(self, messages: list[bytes]) -> None:
+        """Each of ``messages`` as one binary frame, to the transport now: what ``queue_binary``
+        and ``send_data`` write (the same bytes in the same writes), when nothing else waits in
+        the protocol, in one pass."""
+        protocol = self.protocol
+        if protocol.writes or protocol.extensions or protocol.expect_continuation_frame or protocol.state is not OPEN:
+            self.queue_binary(messages)
+            self.send_data()
+            return
+        header = ws_frames.server_header
+        if len(messages) == 1:
+            message = messages[0]
+            size = len(message)
+            if 0 < size <= COALESCE_LIMIT - ws_frames.MAX_SERVER_HEADER:
+                self.transport.write(header(size) + message)
+                return
+        pieces: list[bytes] = []
+        for message in messages:
+            if not message:  # an empty write would end the stream: websockets' way
+                self.queue_binary(messages)
+                self.send_data()
+                return
+            pieces.append(header(len(message)))
+            pieces.append(message)
+        if not pieces:
+            return
+        if sum(map(len, pieces)) <= COALESCE_LIMIT:
+            self.transport.write(b"".join(pieces))
+        else:  # headers and messages as they are, in one write(v) call
+            self.transport.writelines(pieces)
 
     def send_data(self) -> None:
         protocol = self.protocol

@@ -17,10 +17,11 @@ from websockets.protocol import State
 class DirectWriter:
     """``ready``/``write`` for a ``websockets.asyncio`` connection (client or server)."""
 
-    __slots__ = ("_connection",)
+    __slots__ = ("_connection", "_write_binary")
 
     def __init__(self, connection: Any) -> None:
         self._connection = connection
+        self._write_binary = getattr(connection, "write_binary", None)  # the gateway's server connections
 
     def ready(self) -> bool:
         """Whether a write now would neither interleave with another send nor pass flow control."""
@@ -29,13 +30,12 @@ class DirectWriter:
 
     def write(self, messages: list[bytes]) -> None:
         """Each of ``messages`` as one binary message, handed to the transport now."""
+        if self._write_binary is not None:
+            self._write_binary(messages)
+            return
         connection = self._connection
-        queue_binary = getattr(connection, "queue_binary", None)  # the gateway's server connections
-        if queue_binary is not None:
-            queue_binary(messages)
-        else:
-            for message in messages:
-                connection.protocol.send_binary(message)
+        for message in messages:
+            connection.protocol.send_binary(message)
         connection.send_data()
 
 

@@ -266,7 +266,8 @@ class Router:
             self.unroutable(conn, str(exc))
             return None
         header = env.header
-        target = envelope.normalize_target(header["to"], conn.workspace)
+        to = header["to"]
+        target = to if "/" in to else envelope.normalize_target(to, conn.workspace)  # mostly absolute already
         if envelope.is_broadcast(target):
             if target != f"{conn.workspace}/*":
                 # Broadcasts never leave the sender's workspace.

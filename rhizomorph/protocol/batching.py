@@ -38,6 +38,9 @@ WAITS = ("socket", "timer")
 _ALONE = 1 << 62  # the batching size of a frame that must be flushed alone
 #: Upper bounds of the batch-size histogram buckets (messages per flush).
 BATCH_SIZE_BUCKETS = (1, 2, 5, 10, 20, 50, 100)
+_INF = float("inf")
+#: Messages per flush -> its bucket, up to the last bound (recorded once per flush: a lookup, no walk).
+_BUCKET_OF = [next(b for b in BATCH_SIZE_BUCKETS if n <= b) for n in range(BATCH_SIZE_BUCKETS[-1] + 1)]
 
 
 @dataclass(frozen=True)
@@ -81,8 +84,7 @@ class BatchMetrics:
         if count > 1:
             self.batched_messages += count
         self.reasons[reason] += 1
-        bucket = next((b for b in BATCH_SIZE_BUCKETS if count <= b), float("inf"))
-        self.sizes[bucket] += 1
+        self.sizes[_BUCKET_OF[count] if count < len(_BUCKET_OF) else _INF] += 1
 
     def merge(self, other: BatchMetrics) -> None:
         """Add another target's counts (a worker keeps the totals of targets that left)."""
@@ -227,13 +229,21 @@ class Batcher:
         return self._pop(1, reason)
 
     def _pop(self, count: int, reason: str) -> Flush:
-        frames = [self._frames.popleft() for _ in range(count)]
         half = self._half
-        for _ in range(count):
+        if count == 1:  # the common flush of an idle target: no loops
+            frame = self._frames.popleft()
+            frames = [frame]
             if self._sizes.popleft() > half:
                 self._big -= 1
             self._arrivals.popleft()
-        size = sum(len(frame) for frame in frames)
+            size = len(frame)
+        else:
+            frames = [self._frames.popleft() for _ in range(count)]
+            for _ in range(count):
+                if self._sizes.popleft() > half:
+                    self._big -= 1
+                self._arrivals.popleft()
+            size = sum(map(len, frames))
         self._bytes -= size
         self.metrics.record(count, size, reason)
         # Until a write leaves the buffer empty, later messages gather behind it (see ``wait``).

@@ -39,30 +39,39 @@ _HEAD_LIMIT = 16384
 #: The first look is shorter: the unpacker copies in what it is fed and the rest is copied out
 #: again to empty it, and a routing header is a few hundred bytes.
 _FIRST_LOOK = 1024
-_LOOKS = (_FIRST_LOOK, _HEAD_LIMIT)
 _local = threading.local()  # one reused unpacker per thread (each event loop is single-threaded)
 
 
 def parse(frame: bytes | memoryview) -> Envelope:
     """Read the header of a binary frame, leaving the payload undecoded (and uncopied)."""
-    for limit in _LOOKS:
-        whole = len(frame) <= limit
-        try:
-            header, offset = _unpack_head(frame if whole else memoryview(frame)[:limit])
-            break
-        except msgpack.OutOfData:
-            if whole:
-                raise EnvelopeError("truncated msgpack header") from None
-    else:
-        header, offset = _unpack_whole(frame)  # a header over _HEAD_LIMIT bytes: rare, allowed
-    if not isinstance(header, dict):
+    whole = len(frame) <= _FIRST_LOOK
+    try:
+        header, offset = _unpack_head(frame if whole else memoryview(frame)[:_FIRST_LOOK])
+    except msgpack.OutOfData:
+        if whole:
+            raise EnvelopeError("truncated msgpack header") from None
+        header, offset = _longer_head(frame)
+    if type(header) is not dict:  # msgpack makes plain dicts: one check, no isinstance call
         raise EnvelopeError("header must be a msgpack map")
     to = header.get("to")
-    if not isinstance(to, str) or not to:
+    if type(to) is not str or not to:
         raise EnvelopeError("header has no string 'to'")
     if not isinstance(header.get("type", ""), str):
         raise EnvelopeError("header 'type' must be a string")
     return Envelope(header, offset, frame)
+
+
+def _longer_head(frame: bytes | memoryview) -> tuple[Any, int]:
+    """The header of a frame whose first look held only part of it."""
+    if len(frame) <= _HEAD_LIMIT:
+        try:
+            return _unpack_head(frame)
+        except msgpack.OutOfData:
+            raise EnvelopeError("truncated msgpack header") from None
+    try:
+        return _unpack_head(memoryview(frame)[:_HEAD_LIMIT])
+    except msgpack.OutOfData:
+        return _unpack_whole(frame)  # a header over _HEAD_LIMIT bytes: rare, allowed
 
 
 def _unpack_head(head: bytes | memoryview) -> tuple[Any, int]:

@@ -52,11 +52,19 @@ def parse_header(data: bytes, start: int) -> Header | int:
         at += 4
         if len(data) < at:
             return at - start
-    return Header(bool(first & FIN), first & 0x70, first & 0x0F, masked, at, length)
+    # tuple.__new__ straight: the NamedTuple's own __new__ is a Python function (one call per frame)
+    return tuple.__new__(Header, (bool(first & FIN), first & 0x70, first & 0x0F, masked, at, length))
+
+
+#: The longest header of a server's (unmasked) frame: 2 bytes and a 64-bit length.
+MAX_SERVER_HEADER = 10
+_SHORT_BINARY = [bytes((FIN | OP_BINARY, length)) for length in range(126)]  # one per message: made once
 
 
 def server_header(length: int, opcode: int = OP_BINARY) -> bytes:
     """The header of an unmasked, unfragmented frame of ``length`` payload bytes (server to client)."""
+    if length < 126 and opcode == OP_BINARY:
+        return _SHORT_BINARY[length]
     first = FIN | opcode
     if length < 126:
         return bytes((first, length))

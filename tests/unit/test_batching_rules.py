@@ -194,6 +194,17 @@ def test_metrics_count_reasons_sizes_and_depth():
     assert metrics["batch_sizes"] == {"5": 1}
 
 
+@pytest.mark.parametrize("count", [1, 2, 3, 5, 6, 10, 11, 49, 50, 51, 100, 101, 5000])
+def test_a_flush_counts_in_the_smallest_bucket_that_holds_it(count: int) -> None:
+    batcher = Batcher(BatchPolicy(max_messages=10_000, max_size=1 << 30))
+    fill(batcher, *[1] * count)
+    flush = batcher.take(0.0)
+    assert flush is not None and len(flush.frames) == count
+    bounds = {1: "1", 2: "2", 3: "5", 5: "5", 6: "10", 10: "10", 11: "20", 49: "50", 50: "50", 51: "100", 100: "100"}
+    assert batcher.metrics.as_dict()["batch_sizes"] == {bounds.get(count, "+Inf"): 1}
+    assert batcher.metrics.bytes == count and not len(batcher) and batcher.buffered_bytes == 0
+
+
 def test_presets_match_the_report():
     assert PRESETS["balanced"] == BatchPolicy(True, 10.0, 10, 32768)
     assert PRESETS["latency"].timeout_ms == 5.0 and PRESETS["latency"].max_messages == 5

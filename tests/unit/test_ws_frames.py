@@ -55,8 +55,9 @@ def test_unmasked_frames_are_reported_as_such() -> None:
     assert isinstance(header, Header) and not header.masked and header.payload == 2
 
 
-@pytest.mark.parametrize("length", [0, 125, 126, 65535, 65536, 1 << 20])
-def test_server_header_is_websockets_serialization(length: int) -> None:
+@pytest.mark.parametrize("length", [0, 1, 124, 125, 126, 127, 65535, 65536, 1 << 20])
+@pytest.mark.parametrize("opcode", [Opcode.BINARY, Opcode.TEXT])
+def test_server_header_is_websockets_serialization(length: int, opcode: Opcode) -> None:
     data = b"z" * length
-    expected = Frame(Opcode.BINARY, data).serialize(mask=False, extensions=[])
-    assert ws_frames.server_header(length) + data == expected
+    expected = Frame(opcode, data).serialize(mask=False, extensions=[])
+    assert ws_frames.server_header(length, opcode.value) + data == expected

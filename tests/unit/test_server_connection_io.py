@@ -1,0 +1,97 @@
+"""``RouterServerConnection`` over a fake transport (``benchmarks/route_cpu.py``'s): its one-pass
+write of binary messages (``write_binary``) against ``queue_binary`` + ``send_data``, and its own
+reader when websockets' parser has been fed part of a frame (no sockets, no network)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from websockets.frames import Frame, Opcode
+from websockets.protocol import State
+
+from benchmarks import route_cpu
+from rhizomorph.gateway.connection import COALESCE_LIMIT, RouterServerConnection
+
+
+class Transport(route_cpu.Transport):
+    """Records each write call: the bytes of a ``write``, the pieces of a ``writelines``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[str, bytes]] = []
+
+    def write(self, data: Any) -> None:
+        self.calls.append(("write", bytes(data)))
+
+    def writelines(self, list_of_data: Any) -> None:
+        self.calls.append(("writelines", b"".join(bytes(d) for d in list_of_data)))
+
+    def write_eof(self) -> None:
+        self.calls.append(("eof", b""))
+
+
+def open_connection() -> tuple[RouterServerConnection, Transport]:
+    transport = Transport()
+    return route_cpu.server_connection(transport), transport
+
+
+MESSAGES = [
+    [b"a"],
+    [b"x" * 125, b"y" * 126, b"z" * 65535],
+    [b"s" * 300] * 10,
+    [b"m" * (COALESCE_LIMIT - 10)],  # header and message exactly at the limit: joined
+    [b"m" * (COALESCE_LIMIT - 9)],  # one byte over: header and message in one writelines
+    [b"b" * 70_000, b"tail"],
+    [b"", b"after-empty"],  # an empty message: websockets' path, as before
+]
+
+
+@pytest.mark.parametrize("messages", MESSAGES, ids=range(len(MESSAGES)))
+async def test_write_binary_writes_what_queue_binary_and_send_data_write(messages: list[bytes]) -> None:
+    fast, fast_transport = open_connection()
+    fast.write_binary(messages)
+    old, old_transport = open_connection()
+    old.queue_binary(messages)
+    old.send_data()
+    assert fast_transport.calls == old_transport.calls
+    expected = b"".join(Frame(Opcode.BINARY, m).serialize(mask=False, extensions=[]) for m in messages)
+    assert b"".join(data for _, data in fast_transport.calls) == expected
+
+
+async def test_write_binary_keeps_what_already_waits_in_the_protocol_first() -> None:
+    connection, transport = open_connection()
+    connection.protocol.send_text(b"first")
+    connection.write_binary([b"second"])
+    sent = b"".join(data for _, data in transport.calls)
+    first = Frame(Opcode.TEXT, b"first").serialize(mask=False, extensions=[])
+    assert sent == first + Frame(Opcode.BINARY, b"second").serialize(mask=False, extensions=[])
+
+
+def masked(opcode: Opcode, data: bytes, fin: bool = True) -> bytes:
+    return Frame(opcode, data, fin=fin).serialize(mask=True, extensions=[])
+
+
+async def test_a_frame_split_over_reads_into_websockets_keeps_its_reads_there() -> None:
+    """A text frame whose first half went to websockets' parser: the next read starts mid-frame,
+    so it is websockets' too (the gateway's reader would take its middle for a header)."""
+    connection, _ = open_connection()
+    got: list[bytes] = []
+    connection.on_binary = lambda message: got.append(bytes(message))
+    # A zero mask leaves the text as it is; where the read splits it, it reads as a masked binary
+    # frame (0x82 0x82: FIN, binary, masked, 2 bytes; "₂" is e2 82 82 in UTF-8).
+    text = "t" * 149 + "₂" + "abcdef" + "t" * 140
+    payload = text.encode()
+    frame = bytes((0x81, 0x80 | 126)) + len(payload).to_bytes(2, "big") + b"\0\0\0\0" + payload
+    split = 8 + payload.index(b"\x82\x82")
+    reads = [
+        masked(Opcode.BINARY, b"one"),
+        frame[:split],
+        frame[split:] + masked(Opcode.BINARY, b"two"),
+        masked(Opcode.BINARY, b"three"),
+    ]
+    for data in reads:
+        connection.data_received(data)
+    assert got == [b"one", b"two", b"three"]
+    assert connection.protocol.state is State.OPEN
+    assert await connection.recv() == text
