@@ -15,9 +15,11 @@ What the trim cannot get back with Python's default allocator (pymalloc): it ret
 arena to the system only when every block in it is free, and a few objects that outlive the
 wave pin arenas of the wave. benchmarks/arena_census.py names them. The worst were the event
 loop's free lists (asyncio's future iterators, uvloop's handles: ~750 objects of the wave's last
-moments): ``FreeLists`` empties them with a reserve set aside at start. Also: the struct
+moments) and CPython's floats: ``FreeLists`` empties them with a reserve set aside at start,
+whose objects keep what they point to from start (the timer handles' times). Also: the struct
 module's cache (a ``Struct`` per format first used during the wave), the reclaimer's own counts
-and times (unboxed here), a loop variable that kept the last client alive (clients.py). What
+and times and the counts a departure adds to (unboxed, here and in stats.py), a loop variable
+that kept the last client alive (clients.py). What
 stays is reused by the next connections; benchmarks/README.md ("After 5000 connections close")
 lists what still pins arenas. With ``Config.worker_allocator = "malloc"`` the workers' objects
 come from glibc's heap instead, whose free pages the trim returns, at a CPU cost per message.
@@ -168,21 +170,23 @@ class FreeLists:
     def swap(self, loop: asyncio.AbstractEventLoop, wave_handles: list[Any]) -> None:
         if not self.warmed:
             return
+        # The reserve's lists are kept (extended, not replaced): a list made now would be one of
+        # the objects left in the wave's arenas.
         wave_iters = self._take_iters()
         self.iters.clear()  # the reserve into the free list: full
         del wave_iters[:]  # the wave's: freed
-        self.iters = self._take_iters()  # the reserve out again
+        self.iters += self._take_iters()  # the reserve out again
         if wave_handles:
             times = [handle.when() for handle in self.timers]  # the reserve's, kept for the new ones
             self.soon.clear()
             self.timers.clear()
             del wave_handles[:]
-            self.soon = take_soon_handles(loop)
-            self.timers = take_timer_handles(loop, times)
+            self.soon += take_soon_handles(loop)
+            self.timers += take_timer_handles(loop, times)
         wave_floats = take_floats()
         self.floats.clear()
         del wave_floats[:]
-        self.floats = take_floats()
+        self.floats += take_floats()
 
 
 def _has_handle_free_lists(loop: asyncio.AbstractEventLoop) -> bool:

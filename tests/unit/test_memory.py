@@ -243,8 +243,9 @@ def test_a_reclaim_outside_a_loop_collects_and_trims_at_once(monkeypatch):
 
 @pytest.mark.skipif(importlib.util.find_spec("uvloop") is None, reason="uvloop not installed")
 def test_the_reserve_taken_back_after_a_wave_keeps_the_objects_it_pointed_to_from_start():
-    # A reserve timer handle keeps its time (a float), a reserve iterator its future: made anew
-    # when the reserve is taken back, they would sit in the pools the wave left partly used.
+    # A reserve timer handle keeps its time (a float), a reserve iterator its future, the reserve
+    # its lists: made anew when the reserve is taken back, they would sit in the pools the wave
+    # left partly used.
     import uvloop
 
     async def warm_wave_swap() -> tuple[set[int], set[int], set[int], set[int]]:
@@ -253,12 +254,15 @@ def test_the_reserve_taken_back_after_a_wave_keeps_the_objects_it_pointed_to_fro
         free_lists.warm(loop)
         times = {id(handle.when()) for handle in free_lists.timers}
         futures = {id(gc.get_referents(it)[0]) for it in free_lists.iters}
+        lists = [free_lists.iters, free_lists.soon, free_lists.timers, free_lists.floats]
         _wave_of_timer_handles(loop)
         await asyncio.sleep(0.05)
         wave = free_lists.take_handles(loop)
         await asyncio.sleep(memory.SETTLE)
         free_lists.swap(loop, wave)
         await asyncio.sleep(0.05)
+        now = [free_lists.iters, free_lists.soon, free_lists.timers, free_lists.floats]
+        assert all(kept is list_now for kept, list_now in zip(lists, now))
         return (
             times,
             {id(handle.when()) for handle in free_lists.timers},
