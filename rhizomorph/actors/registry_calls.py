@@ -24,6 +24,7 @@ from typing import Any
 from ray.exceptions import RayActorError
 
 from rhizomorph.background import spawn
+from rhizomorph.gateway.memory import UnboxedCount
 from rhizomorph.protocol.ownership import OwnedState
 
 #: Longest one registry call may take before its caller is told the registry is unavailable.
@@ -50,13 +51,8 @@ class RegistryCalls:
         # would sit in one of the wave's arenas and keep it (rhizomorph/gateway/memory.py).
         self._counts = array.array("q", [0, 0])
 
-    @property
-    def batches(self) -> int:
-        return self._counts[0]
-
-    @property
-    def calls(self) -> int:
-        return self._counts[1]
+    batches = UnboxedCount(0)
+    calls = UnboxedCount(1)
 
     async def _call(self, name: str, *args: Any) -> Any:
         future = asyncio.get_running_loop().create_future()

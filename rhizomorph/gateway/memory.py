@@ -39,7 +39,7 @@ import struct
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, overload
 
 log = logging.getLogger("rhizomorph.memory")
 
@@ -227,6 +227,26 @@ def collect_and_trim(wave_handles: list[Any] | None = None, loop: asyncio.Abstra
     log.debug("reclaimed %d objects in %.1f ms", found, (time.perf_counter() - started) * 1000)
 
 
+class UnboxedCount:
+    """A read-only int attribute kept in its owner's ``_counts`` array, at ``slot``: a count kept
+    as an int object, made anew at each change, would leave its last value in whatever arena had
+    room then (a wave's)."""
+
+    def __init__(self, slot: int) -> None:
+        self.slot = slot
+
+    @overload
+    def __get__(self, owner: None, kind: type) -> UnboxedCount: ...
+
+    @overload
+    def __get__(self, owner: object, kind: type | None = None) -> int: ...
+
+    def __get__(self, owner: object, kind: type | None = None) -> int | UnboxedCount:
+        if owner is None:
+            return self
+        return int(owner._counts[self.slot])  # type: ignore[attr-defined]
+
+
 class Reclaimer:
     def __init__(
         self,
@@ -253,18 +273,10 @@ class Reclaimer:
         self._tail_owed = False
         self._timer: asyncio.TimerHandle | None = None
 
-    @property
-    def departed_since(self) -> int:
-        return self._counts[0]
-
-    @property
-    def departures(self) -> int:
-        """Departures since the worker started (benchmarks/idle_memory.py waits on them)."""
-        return self._counts[1]
-
-    @property
-    def runs(self) -> int:
-        return self._counts[2]
+    departed_since = UnboxedCount(0)
+    #: Departures since the worker started (benchmarks/idle_memory.py waits on them).
+    departures = UnboxedCount(1)
+    runs = UnboxedCount(2)
 
     def departed(self) -> None:
         """A client left this worker."""
