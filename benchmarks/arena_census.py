@@ -259,6 +259,8 @@ def census(mostly_free: float = 0.5, only_new: set[int] | None = None, referrers
     labels_total: Counter = Counter()
     holders: dict[str, Counter] = defaultdict(Counter)
     sample_objects: dict[str, list[Any]] = defaultdict(list)
+    storage_blocks = array.array("Q")
+    storage_labels: list[str] = []
     for arena, image in zip(found, images):
         base = arena["address"]
         first_pool = (arena["address"] + POOL_SIZE - 1) & ~(POOL_SIZE - 1)
@@ -303,6 +305,9 @@ def census(mostly_free: float = 0.5, only_new: set[int] | None = None, referrers
                         sample_objects[label].append(obj[0])  # an address: found among gc's objects below
                 else:
                     label = f"[{size}] " + _raw_label(block, size, view, types, memory)
+                    if referrers and len(storage_blocks) < 4096:
+                        storage_blocks.append(block)  # a dict's key table, a list's or set's storage?
+                        storage_labels.append(label)
                 labels[label] += 1
         if detail:
             pinned.append(
@@ -326,6 +331,7 @@ def census(mostly_free: float = 0.5, only_new: set[int] | None = None, referrers
                     continue
                 holders[wanted[id(obj)]][_holder(ref)] += 1
         del objects
+        _storage_owners(storage_blocks, storage_labels, holders)
     sample_objects.clear()
     return {
         "arenas": len(found),
@@ -344,6 +350,34 @@ def census(mostly_free: float = 0.5, only_new: set[int] | None = None, referrers
         "labels": labels_total.most_common(60),
         "holders": {k: v.most_common(4) for k, v in holders.items()},
     }
+
+
+#: Where a container keeps the address of its storage (CPython 3.11): a dict's ``ma_keys``, a
+#: list's ``ob_item``, a set's ``table``.
+STORAGE_POINTER = ((dict, 32), (list, 24), (set, 40), (frozenset, 40))
+
+
+def _storage_owners(blocks: array.array, labels: list[str], holders: dict[str, Counter]) -> None:
+    """The containers whose storage (a dict's key table, a list's or set's items) is one of
+    ``blocks``: not objects, so no referrer names them. Untracked dicts (of atomic values only)
+    are found among the referents of tracked objects."""
+    if not blocks:
+        return
+    wanted = dict(zip(blocks, labels))
+    seen: set[int] = set()
+    for obj in gc.get_objects():
+        candidates = (obj, *gc.get_referents(obj))
+        for candidate in candidates:
+            if id(candidate) in seen:
+                continue
+            seen.add(id(candidate))
+            for kind, offset in STORAGE_POINTER:
+                if isinstance(candidate, kind):
+                    label = wanted.get(_word(id(candidate) + offset))
+                    if label is not None:
+                        owners = "; ".join(_holder(r) for r in gc.get_referrers(candidate)[:4] if r is not candidates)
+                        holders[label][f"storage of {_holder(candidate)} <- {owners or _holder(obj)}"] += 1
+                    break
 
 
 def _holder(ref: Any) -> str:

@@ -5,6 +5,7 @@ unit test of pure code: the module reads Ray's exception types (no Ray runtime i
 from __future__ import annotations
 
 import asyncio
+import gc
 
 import pytest
 from ray.exceptions import ActorDiedError
@@ -92,6 +93,19 @@ async def test_calls_made_while_a_batch_is_in_flight_leave_together_in_order():
     assert [len(batch) for batch in handle.batches] == [1, 5]
     assert handle.locate.calls == [(f"ws/{i}",) for i in range(6)]
     assert (calls.batches, calls.calls) == (2, 6)
+
+
+async def test_a_burst_of_calls_leaves_no_object_of_its_own_behind_in_the_caller():
+    # A wave of departures' releases: a pending list or a count made by the last of them would
+    # sit in the wave's memory and keep it (gateway/memory.py).
+    handle = FakeRegistryHandle(locate=lambda address: address)
+    calls = RegistryCalls(handle)
+    pending = calls._pending
+    await asyncio.gather(*(calls.locate(f"ws/{i}") for i in range(600)))
+    await asyncio.sleep(0)
+    assert calls._pending is pending and pending == []
+    assert calls.calls == 600 and calls.batches == len(handle.batches) >= 2
+    assert not any(type(o) is int for o in gc.get_referents(calls))  # the counts are unboxed
 
 
 async def test_an_error_of_one_call_in_a_batch_is_its_own():

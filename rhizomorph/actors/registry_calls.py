@@ -15,6 +15,7 @@ what a restarted registry rebuilds itself from. A registry that cannot answer is
 
 from __future__ import annotations
 
+import array
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
@@ -23,6 +24,7 @@ from typing import Any
 from ray.exceptions import RayActorError
 
 from rhizomorph.background import spawn
+from rhizomorph.gateway.memory import UnboxedCount
 from rhizomorph.protocol.ownership import OwnedState
 
 #: Longest one registry call may take before its caller is told the registry is unavailable.
@@ -44,9 +46,13 @@ class RegistryCalls:
         self._clock = clock
         self._pending: list[tuple[str, tuple[Any, ...], asyncio.Future[Any]]] = []
         self._busy = False
-        #: Ray calls made (``call_batch``) and the registry calls they carried.
-        self.batches = 0
-        self.calls = 0
+        # Ray calls made (``call_batch``) and the registry calls they carried; unboxed, and the
+        # pending list kept, not replaced: an int or a list made by a wave of departures' releases
+        # would sit in one of the wave's arenas and keep it (rhizomorph/gateway/memory.py).
+        self._counts = array.array("q", [0, 0])
+
+    batches = UnboxedCount(0)
+    calls = UnboxedCount(1)
 
     async def _call(self, name: str, *args: Any) -> Any:
         future = asyncio.get_running_loop().create_future()
@@ -65,16 +71,18 @@ class RegistryCalls:
 
     def _flush(self) -> None:
         """Send what gathered as one batch, unless nothing did; the next flush follows its answer."""
-        self._pending = [call for call in self._pending if not call[2].done()]  # done: timed out
-        if not self._pending:
+        pending = self._pending
+        pending[:] = [call for call in pending if not call[2].done()]  # done: timed out
+        if not pending:
             self._busy = False
             return
-        batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+        batch = pending[:MAX_BATCH]
+        del pending[:MAX_BATCH]
         spawn(self._send(batch)).add_done_callback(lambda _: self._flush())
 
     async def _send(self, batch: list[tuple[str, tuple[Any, ...], asyncio.Future[Any]]]) -> None:
-        self.batches += 1
-        self.calls += len(batch)
+        self._counts[0] += 1
+        self._counts[1] += len(batch)
         try:
             answers = await self.handle.call_batch.remote([(name, args) for name, args, _ in batch])
         except Exception as exc:  # the batch as a whole: the registry died, or Ray could not call it

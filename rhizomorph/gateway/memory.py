@@ -15,9 +15,11 @@ What the trim cannot get back with Python's default allocator (pymalloc): it ret
 arena to the system only when every block in it is free, and a few objects that outlive the
 wave pin arenas of the wave. benchmarks/arena_census.py names them. The worst were the event
 loop's free lists (asyncio's future iterators, uvloop's handles: ~750 objects of the wave's last
-moments): ``FreeLists`` empties them with a reserve set aside at start. Also: the struct
+moments) and CPython's floats: ``FreeLists`` empties them with a reserve set aside at start,
+whose objects keep what they point to from start (the timer handles' times). Also: the struct
 module's cache (a ``Struct`` per format first used during the wave), the reclaimer's own counts
-and times (unboxed here), a loop variable that kept the last client alive (clients.py). What
+and times and the counts a departure adds to (unboxed, here and in stats.py), a loop variable
+that kept the last client alive (clients.py). What
 stays is reused by the next connections; benchmarks/README.md ("After 5000 connections close")
 lists what still pins arenas. With ``Config.worker_allocator = "malloc"`` the workers' objects
 come from glibc's heap instead, whose free pages the trim returns, at a CPU cost per message.
@@ -37,7 +39,7 @@ import struct
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, overload
 
 log = logging.getLogger("rhizomorph.memory")
 
@@ -62,13 +64,17 @@ def _malloc_trim() -> Callable[[], None] | None:
 _TRIM = _malloc_trim()
 
 #: The lengths of the free lists emptied: asyncio's future iterators (CPython 3.11), uvloop's
-#: ``Handle`` and ``TimerHandle`` (each). Exact: one more than a list holds would be allocated
-#: anew when the reserve is taken back, wherever the allocator has room (a wave's arena).
+#: ``Handle`` and ``TimerHandle`` (each), CPython's floats (3.11). Exact: one more than a list
+#: holds would be allocated anew when the reserve is taken back, wherever the allocator has room
+#: (a wave's arena).
 FUTURE_ITERS = 255
 HANDLES = 250
+FLOATS = 100
 #: Seconds between taking the loop's handles and freeing them: the loop lets go of a cancelled
 #: handle on its next iteration.
 SETTLE = 0.1
+#: A reserve timer handle's delay (it is cancelled at once).
+_TIMER_DELAY = 3600.0
 
 
 def _noop() -> None:
@@ -78,70 +84,109 @@ def _noop() -> None:
 _CONTEXT = contextvars.Context()
 
 
-def take_loop_handles(loop: asyncio.AbstractEventLoop) -> list[Any]:
-    """Take ``HANDLES`` handles of each kind uvloop keeps in a free list, all cancelled.
-
-    uvloop keeps the last ``Handle`` (``call_soon``) and ``TimerHandle`` (``call_later``) objects
-    freed in a free list each, for reuse: new ones come from there first. The loop lets go of a
-    cancelled handle on its next iteration; the caller keeps them. On asyncio's loop, which has
-    no such lists, it only costs the handles."""
+def take_soon_handles(loop: asyncio.AbstractEventLoop) -> list[Any]:
+    """``HANDLES`` cancelled ``call_soon`` handles: uvloop takes them from its ``Handle`` free list
+    first (the loop lets go of a cancelled handle on its next iteration; the caller keeps them)."""
     context = _CONTEXT  # one for all: else each handle copies the current one, a new object
     handles: list[Any] = [loop.call_soon(_noop, context=context) for _ in range(HANDLES)]
-    handles += [loop.call_later(3600.0, _noop, context=context) for _ in range(HANDLES)]
     for handle in handles:
         handle.cancel()
     return handles
 
 
-def take_future_iters(loop: asyncio.AbstractEventLoop) -> list[Any]:
-    """Take ``FUTURE_ITERS`` of the iterators ``await`` takes from a free list of the C ``_asyncio``
-    module (255 in CPython 3.11); no call empties that list."""
-    future = loop.create_future()
-    iters = [future.__await__() for _ in range(FUTURE_ITERS)]
-    future.cancel()
-    return iters
+def take_timer_handles(loop: asyncio.AbstractEventLoop, times: list[float] | None = None) -> list[Any]:
+    """``HANDLES`` cancelled ``call_later`` handles (uvloop's ``TimerHandle`` free list first).
+
+    Each keeps its time, a float made by uvloop. Given ``times`` (float objects, emptied), those
+    become the handles' times: they are put on CPython's float free list, emptied first, just
+    before the handles are made, which take them from there. Else a reserve taken back after a
+    wave would keep 250 new floats, in the pools the wave left partly used."""
+    context = _CONTEXT
+    handles: list[Any] = []
+    while len(handles) < HANDLES:
+        count = min(FLOATS, HANDLES - len(handles))
+        held = take_floats() if times else None  # the float free list emptied (and what it held kept)
+        if times:
+            del times[-count:]  # the last references: onto the float free list
+        handles += [loop.call_later(_TIMER_DELAY, _noop, context=context) for _ in range(count)]
+        del held  # back onto the free list
+    for handle in handles:
+        handle.cancel()
+    return handles
+
+
+def take_floats() -> list[float]:
+    """``FLOATS`` new float objects: CPython's float free list's first, so it is left empty."""
+    return [i + 0.5 for i in range(FLOATS)]
 
 
 class FreeLists:
     """Empties the free lists a wave leaves behind, with objects set aside at start.
 
-    After a wave the free lists (asyncio's future iterators, uvloop's handles) hold the wave's
-    last objects, scattered over its arenas, and each keeps its arena (Python's allocator returns
-    an arena only when all of it is free). Taking them out and freeing them needs the lists
-    full, or they go straight back: so ``warm`` sets aside as many objects of each kind at
-    start, in the arenas that the worker keeps anyway. ``swap`` gives those back (the lists are
-    full), frees the wave's (they do not fit), and takes the reserve out again: the lists are
-    left empty, and refill with objects allocated after the wave."""
+    After a wave the free lists (asyncio's future iterators, uvloop's handles, CPython's floats)
+    hold the wave's last objects, scattered over its arenas, and each keeps its arena (Python's
+    allocator returns an arena only when all of it is free). Taking them out and freeing them
+    needs the lists full, or they go straight back: so ``warm`` sets aside as many objects of
+    each kind at start, in the arenas that the worker keeps anyway. ``swap`` gives those back
+    (the lists are full), frees the wave's (they do not fit), and takes the reserve out again:
+    the lists are left empty, and refill with objects allocated after the wave. The reserve
+    keeps what its objects point to from start too: one future for the iterators, and the timer
+    handles' times (``take_timer_handles``)."""
 
     def __init__(self) -> None:
         self.iters: list[Any] = []
-        self.handles: list[Any] = []
+        self.soon: list[Any] = []
+        self.timers: list[Any] = []
+        self.floats: list[float] = []
         self.warmed = False
+        self._future: asyncio.Future[None] | None = None
 
     def warm(self, loop: asyncio.AbstractEventLoop) -> None:
         if self.warmed:
             return
         self.warmed = True
-        self.iters = take_future_iters(loop)
+        self._future = loop.create_future()
+        self._future.cancel()  # only iterated over by nobody: the iterators keep it
+        self.iters = self._take_iters()
         if _has_handle_free_lists(loop):
-            self.handles = take_loop_handles(loop)
+            self.soon = take_soon_handles(loop)
+            self.timers = take_timer_handles(loop)
+        self.floats = take_floats()
+
+    def _take_iters(self) -> list[Any]:
+        """``FUTURE_ITERS`` of the iterators ``await`` takes from a free list of the C
+        ``_asyncio`` module (255 in CPython 3.11); no call empties that list."""
+        future = self._future
+        assert future is not None
+        return [future.__await__() for _ in range(FUTURE_ITERS)]
 
     def take_handles(self, loop: asyncio.AbstractEventLoop) -> list[Any]:
         """The wave's handles out of uvloop's lists; ``swap`` them once the loop let go (a
         loop iteration)."""
-        return take_loop_handles(loop) if self.warmed and _has_handle_free_lists(loop) else []
+        if not (self.warmed and _has_handle_free_lists(loop)):
+            return []
+        return take_soon_handles(loop) + take_timer_handles(loop)
 
     def swap(self, loop: asyncio.AbstractEventLoop, wave_handles: list[Any]) -> None:
         if not self.warmed:
             return
-        wave_iters = take_future_iters(loop)
+        # The reserve's lists are kept (extended, not replaced): a list made now would be one of
+        # the objects left in the wave's arenas.
+        wave_iters = self._take_iters()
         self.iters.clear()  # the reserve into the free list: full
         del wave_iters[:]  # the wave's: freed
-        self.iters = take_future_iters(loop)  # the reserve out again
+        self.iters += self._take_iters()  # the reserve out again
         if wave_handles:
-            self.handles.clear()
+            times = [handle.when() for handle in self.timers]  # the reserve's, kept for the new ones
+            self.soon.clear()
+            self.timers.clear()
             del wave_handles[:]
-            self.handles = take_loop_handles(loop)
+            self.soon += take_soon_handles(loop)
+            self.timers += take_timer_handles(loop, times)
+        wave_floats = take_floats()
+        self.floats.clear()
+        del wave_floats[:]
+        self.floats += take_floats()
 
 
 def _has_handle_free_lists(loop: asyncio.AbstractEventLoop) -> bool:
@@ -182,6 +227,26 @@ def collect_and_trim(wave_handles: list[Any] | None = None, loop: asyncio.Abstra
     log.debug("reclaimed %d objects in %.1f ms", found, (time.perf_counter() - started) * 1000)
 
 
+class UnboxedCount:
+    """A read-only int attribute kept in its owner's ``_counts`` array, at ``slot``: a count kept
+    as an int object, made anew at each change, would leave its last value in whatever arena had
+    room then (a wave's)."""
+
+    def __init__(self, slot: int) -> None:
+        self.slot = slot
+
+    @overload
+    def __get__(self, owner: None, kind: type) -> UnboxedCount: ...
+
+    @overload
+    def __get__(self, owner: object, kind: type | None = None) -> int: ...
+
+    def __get__(self, owner: object, kind: type | None = None) -> int | UnboxedCount:
+        if owner is None:
+            return self
+        return int(owner._counts[self.slot])  # type: ignore[attr-defined]
+
+
 class Reclaimer:
     def __init__(
         self,
@@ -208,18 +273,10 @@ class Reclaimer:
         self._tail_owed = False
         self._timer: asyncio.TimerHandle | None = None
 
-    @property
-    def departed_since(self) -> int:
-        return self._counts[0]
-
-    @property
-    def departures(self) -> int:
-        """Departures since the worker started (benchmarks/idle_memory.py waits on them)."""
-        return self._counts[1]
-
-    @property
-    def runs(self) -> int:
-        return self._counts[2]
+    departed_since = UnboxedCount(0)
+    #: Departures since the worker started (benchmarks/idle_memory.py waits on them).
+    departures = UnboxedCount(1)
+    runs = UnboxedCount(2)
 
     def departed(self) -> None:
         """A client left this worker."""

@@ -164,7 +164,7 @@ class Router:
         self.reconnects.left(conn, conn.queue.close(), replaced=address in self.clients)
         conn.queue.on_overflow = None  # conn -> queue -> conn.evict: a cycle only the collector breaks
         self.counters.departed.merge(conn.queue.batch_metrics)
-        self.counters.disconnects[str(conn.close_code or "none")] += 1
+        self.counters.disconnects.add(conn.close_code)
         try:
             removed = await self.clients.release(conn)
         except Exception as exc:  # registry restarting; its state is rebuilt from reconnects

@@ -7,6 +7,7 @@ import gc
 import importlib.util
 import inspect
 import struct
+import sys
 import tracemalloc
 import weakref
 from typing import Any
@@ -238,3 +239,59 @@ def test_a_reclaim_outside_a_loop_collects_and_trims_at_once(monkeypatch):
     monkeypatch.setattr(memory, "_TRIM", lambda: trims.append(1))
     memory.reclaim()
     assert trims == [1]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("uvloop") is None, reason="uvloop not installed")
+def test_the_reserve_taken_back_after_a_wave_keeps_the_objects_it_pointed_to_from_start():
+    # A reserve timer handle keeps its time (a float), a reserve iterator its future, the reserve
+    # its lists: made anew when the reserve is taken back, they would sit in the pools the wave
+    # left partly used.
+    import uvloop
+
+    async def warm_wave_swap() -> tuple[set[int], set[int], set[int], set[int]]:
+        loop = asyncio.get_running_loop()
+        free_lists = memory.FreeLists()
+        free_lists.warm(loop)
+        times = {id(handle.when()) for handle in free_lists.timers}
+        futures = {id(gc.get_referents(it)[0]) for it in free_lists.iters}
+        lists = [free_lists.iters, free_lists.soon, free_lists.timers, free_lists.floats]
+        _wave_of_timer_handles(loop)
+        await asyncio.sleep(0.05)
+        wave = free_lists.take_handles(loop)
+        await asyncio.sleep(memory.SETTLE)
+        free_lists.swap(loop, wave)
+        await asyncio.sleep(0.05)
+        now = [free_lists.iters, free_lists.soon, free_lists.timers, free_lists.floats]
+        assert all(kept is list_now for kept, list_now in zip(lists, now))
+        return (
+            times,
+            {id(handle.when()) for handle in free_lists.timers},
+            futures,
+            {id(gc.get_referents(it)[0]) for it in free_lists.iters},
+        )
+
+    loop = uvloop.new_event_loop()
+    try:
+        times, times_after, futures, futures_after = loop.run_until_complete(warm_wave_swap())
+    finally:
+        loop.close()
+    assert len(times) == memory.HANDLES and times_after == times
+    assert len(futures) == 1 and futures_after == futures
+
+
+def test_the_floats_a_wave_left_in_cpythons_free_list_are_freed_and_the_list_left_empty():
+    free_lists = memory.FreeLists()
+    free_lists.floats = memory.take_floats()  # the reserve, set aside at start
+    free_lists.warmed = True
+    loop = asyncio.new_event_loop()
+    free_lists._future = loop.create_future()
+    try:
+        wave = [i * 1.5 for i in range(1, 2 * memory.FLOATS)]
+        del wave  # the free list keeps the last of them
+        free_lists.swap(loop, [])
+        blocks = sys.getallocatedblocks()
+        probe = [i * 2.5 for i in range(1, memory.FLOATS + 1)]
+        # New blocks, not the wave's floats from the free list: the swap left it empty.
+        assert sys.getallocatedblocks() - blocks >= len(probe)
+    finally:
+        loop.close()
