@@ -326,3 +326,63 @@ def test_take_lone_gives_the_one_buffered_frame_with_takes_reason_for_an_idle_ta
         assert flush.frames == [b"x" * size] and flush.reason == reason
         assert len(batcher) == 0 and batcher.buffered_bytes == 0 and not batcher.full()
         assert batcher.metrics.reasons[reason] == 1
+
+
+def walk(sizes: list[int], policy: BatchPolicy, idle: bool, waited: bool) -> tuple[int, str] | None:
+    """The rules of ``take`` spelled out as the module docstring states them (``waited``: the
+    timer of the oldest frame is due): how many frames leave at the head, and why."""
+    if not policy.enabled:
+        return 1, "unbatched"
+    if sizes[0] >= policy.max_size:
+        return 1, "large"
+    count, size = 0, 0
+    for frame_size in sizes:
+        if frame_size >= policy.max_size or count == policy.max_messages or size + frame_size > policy.max_size:
+            break
+        count, size = count + 1, size + frame_size
+    if count == policy.max_messages:
+        return count, "count"
+    if count < len(sizes):
+        return count, "size" if sizes[count] < policy.max_size else "large"
+    if size >= policy.max_size:
+        return count, "size"
+    if any(s > policy.max_size // 2 for s in sizes):
+        return count, "half"
+    if idle:
+        return count, "idle"
+    if policy.wait == "socket":
+        return count, "free"
+    return (count, "timer") if waited else None
+
+
+@given(
+    sizes=st.lists(st.integers(min_value=1, max_value=130), min_size=1, max_size=8),
+    alone=st.lists(st.booleans(), min_size=8, max_size=8),
+    max_messages=st.integers(1, 4),
+    wait=st.sampled_from(["socket", "timer"]),
+    idle=st.booleans(),
+    waited=st.booleans(),
+)
+def test_take_gives_the_rules_flush_for_every_buffer(sizes, alone, max_messages, wait, idle, waited):
+    # take() shortcuts the walk where the head is over half of max_size (no later frame of its
+    # size could join it): the flush and its reason must be the rules' all the same.
+    policy = BatchPolicy(timeout_ms=10.0, max_messages=max_messages, max_size=100, wait=wait)
+    batcher = Batcher(policy)
+    if not idle:
+        fill(batcher, 10)
+        batcher.take(0.0)  # a write is under way: the target is not idle
+    frames_in = [bytes([i]) * size for i, size in enumerate(sizes)]
+    for i, frame in enumerate(frames_in):
+        batcher.add(frame, 0.0, alone=alone[i])
+    batching_sizes = [1 << 62 if alone[i] else size for i, size in enumerate(sizes)]
+    expected = walk(batching_sizes, policy, idle, waited)
+    flush = batcher.take(0.0105 if waited else 0.0)
+    if expected is None:
+        assert flush is None
+        return
+    assert flush is not None and (len(flush.frames), flush.reason) == expected
+    assert flush.frames == frames_in[: expected[0]]
+    assert batcher.buffered_bytes == sum(sizes[expected[0] :]) and len(batcher) == len(sizes) - expected[0]
+    rest = batching_sizes[expected[0] :]
+    big_or_many = any(s > 50 for s in rest) or len(rest) >= max_messages or sum(sizes[expected[0] :]) >= 100
+    assert batcher.full() == (bool(rest) and big_or_many)

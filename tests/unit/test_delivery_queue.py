@@ -305,3 +305,33 @@ async def test_a_chunk_waits_while_the_socket_cannot_take_a_write() -> None:
     socket.block.set()
     await settle()
     assert waited.done() and queue.depth == 0 and socket.messages() == [message(0)]
+
+
+async def burst_behind_a_busy_socket(policy: BatchPolicy) -> tuple[list[tuple[str, bytes]], dict[str, int]]:
+    """Frames over half of max_size, two per read, to a v3 target whose socket is busy at first."""
+    socket, clock = FakeSocket(), Clock()
+    socket.is_ready = False
+    queue = make_v3_queue(policy, socket, clock)
+    for i in range(0, 6, 2):
+        WRITES.begin()
+        try:
+            queue.put(message(i, size=60))
+            queue.put(message(i + 1, size=60))
+        finally:
+            WRITES.end()
+    await settle()
+    socket.is_ready = True
+    queue.put(message(6, size=60))
+    await settle()
+    assert queue.depth == 0
+    return socket.written, {r: n for r, n in queue.batch_metrics.reasons.items() if n}
+
+
+async def test_frames_no_later_frame_can_join_leave_a_busy_v3_target_as_with_batching_off() -> None:
+    # Batching cannot help such frames (none shares a flush): on must take off's path, each
+    # frame its own send from the writer while the socket is busy, in put once it is free.
+    on, on_reasons = await burst_behind_a_busy_socket(SOCKET)
+    off, off_reasons = await burst_behind_a_busy_socket(BatchPolicy(enabled=False, max_size=100))
+    expected = [("task", message(i, size=60)) for i in range(6)] + [("direct", message(6, size=60))]
+    assert on == off == expected
+    assert off_reasons == {"unbatched": 7} and on_reasons == {"size": 5, "half": 2}
