@@ -240,12 +240,23 @@ async def _measure_claim(
     return record
 
 
-def claims_harness(pool: ClientPool, agents: Agents | None = None, pairs: list[Pair] | None = None) -> Harness:
+async def _new_clients(rig: EchoRig | EventRig) -> None:
+    assert isinstance(rig, CaseRig)
+    await rig.renew()
+
+
+def claims_harness(
+    pool: ClientPool, agents: Agents | None = None, pairs: list[Pair] | None = None, fresh_clients: bool = False
+) -> Harness:
     """Calls between a caller here and a provider process (kept in ``pool``); the router probed as above.
     With ``agents`` (``--trees``), a tree's pairs run in that tree's agent (``tree_agent.RemoteRig``),
-    which probes the router itself."""
+    which probes the router itself. ``fresh_clients``: every repeat of a case on new clients (a new
+    provider process and caller per pair), so that no pair's own processes sit under all its runs."""
     if agents is None:
-        return Harness(open_rig=pool.open, measure=_measure_claim, probe=router_probe, kind="claim")
+        new_repeat = _new_clients if fresh_clients else None
+        return Harness(
+            open_rig=pool.open, measure=_measure_claim, probe=router_probe, kind="claim", new_repeat=new_repeat
+        )
     everyone = pairs or []
 
     async def open_rig(pair: Pair, case: Case, payloads: list[Any]) -> EchoRig | EventRig:
@@ -298,6 +309,7 @@ async def run_claims_to_file(
     path: Path,
     stamp: dict[str, Any],
     show_progress: bool = True,
+    fresh_clients: bool = False,
 ) -> None:
     """In the load process: the idle background, then every case on every pair, to ``path``."""
     quiet_client_logs()
@@ -312,7 +324,7 @@ async def run_claims_to_file(
         pool = ClientPool()
         agents = Agents(emit) if any(isinstance(p.contender, Hosted) for p in pairs) else None
         try:
-            harness = claims_harness(pool, agents, pairs)
+            harness = claims_harness(pool, agents, pairs, fresh_clients)
             await run_suite(cases, pairs, repeats, timeout, emit, show_progress, harness=harness)
         finally:
             await pool.close()
@@ -335,6 +347,7 @@ def run_claims(
     clients: list[str],
     cases: list[Case],
     hosts: list[TreeRouters] | None = None,
+    fresh_clients: bool = False,
 ) -> list[str]:
     """Start the contenders (and the trees' ``hosts``, whose contenders join them in the order
     ``tree_order`` gives), run the claims in the load process, stop them; returns start-up notes."""
@@ -365,6 +378,8 @@ def run_claims(
                 suite.run_timeout,
                 path,
                 stamp,
+                True,
+                fresh_clients,
             )
     finally:
         for contender in started:
@@ -433,6 +448,12 @@ def main(argv: list[str] | None = None) -> int:
         " the first is the 'before' the others are compared to)",
     )
     parser.add_argument(
+        "--fresh-clients",
+        action="store_true",
+        help="new client processes for every repeat of a case (not with --trees): a pair's own provider and"
+        " caller then sit under one repeat, not the whole run",
+    )
+    parser.add_argument(
         "--client-loop", choices=("asyncio", "uvloop"), default="asyncio", help="the event loop of the clients"
     )
     args = parser.parse_args(argv)
@@ -451,6 +472,8 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks.machine import machine_info
     from rhizomorph import ensure_ray
 
+    if args.fresh_clients and args.trees:
+        parser.error("--fresh-clients is not for --trees runs (a tree's clients live in its agent)")
     try:
         trees = prepare_trees(args.trees) if args.trees else []
     except TreeError as exc:
@@ -483,7 +506,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with LoadProcess() as load:
             cases = select_cases(suite, args.cases)
-            late = run_claims(load, suite, repeats, path, stamp, contenders, args.clients, cases, hosts)
+            late = run_claims(
+                load, suite, repeats, path, stamp, contenders, args.clients, cases, hosts, args.fresh_clients
+            )
         with record_sink(path, stamp) as emit:
             for note in late:
                 emit({"kind": "note", "text": note})

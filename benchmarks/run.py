@@ -124,6 +124,9 @@ class Harness:
     measure: Callable[[EchoRig | EventRig, Case, list[Any], ProcessProbe, float], Awaitable[Record]] = _measure
     probe: Callable[[Pair, list[Pair]], ProcessProbe] = _server_probe
     kind: str = "result"
+    #: Called for each open rig before every repeat but the first (``None``: a rig is kept for the
+    #: whole case): ``bench_claims --fresh-clients`` gives every repeat new client processes.
+    new_repeat: Callable[[EchoRig | EventRig], Awaitable[None]] | None = None
 
     def failure(self, what: str) -> str:
         return what if self.kind == "result" else f"{self.kind}-{what}"
@@ -183,6 +186,10 @@ async def run_case(
                 emit({"kind": harness.failure("error"), **who, "error": f"{type(exc).__name__}: {exc}"})
                 progress.skip(repeats)
         for repeat in range(repeats):
+            if repeat and harness.new_repeat is not None:
+                for i, rig in rigs.items():
+                    await harness.new_repeat(rig)
+                    await harness.measure(rig, case, payloads[:WARMUP_MESSAGES], probes[i], WARMUP_TIMEOUT)
             order = [i for i in range(len(pairs)) if i in rigs]
             shift = repeat % max(len(order), 1)
             order = order[shift:] + order[:shift]

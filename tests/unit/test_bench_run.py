@@ -92,3 +92,18 @@ async def test_pairs_take_turns_pass_by_pass_until_the_minimum():
         assert run["messages"] == run["delivered"] == 4 * passes
         assert abs(run["elapsed_s"] - PASS_S * passes) < 1e-9 and run["payload_bytes"] == 2048 * passes
         assert abs(run["mb_per_s"] - 2048 / PASS_S / 1e6) < 1e-6 and run["latency_p50_ms"] == 1.0
+
+
+async def test_new_repeat_renews_every_rig_before_each_repeat_but_the_first():
+    renewed: list[tuple[Rig, int]] = []
+    records: list[dict] = []
+
+    async def new_repeat(rig):
+        renewed.append((rig, sum(1 for r in records if r["kind"] == "claim")))
+
+    harness = Harness(open_rig=open_rig, measure=measure, probe=HARNESS.probe, kind="claim", new_repeat=new_repeat)
+    progress = Progress(9, enabled=False)
+    await run_case(Case(SCENARIO, CONCURRENT, 0.0), pairs(), 3, 10.0, records.append, progress, harness)
+    assert len(records) == 9  # the warm-up after a renewal is not a record
+    assert [emitted for _, emitted in renewed] == [3, 3, 3, 6, 6, 6]  # after each repeat's 3 runs
+    assert len({id(rig) for rig, _ in renewed}) == 3  # each pair's rig, once per later repeat
