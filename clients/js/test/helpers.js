@@ -23,6 +23,15 @@ export async function openV4(options = {}) {
   return server;
 }
 
+/** Once the calls a client's connect left in flight have their answers (hypha-rpc sends some of
+ * them from a task: an answer may still be on its way when connect returns). */
+export async function settled(server) {
+  const stores = new Set(["services", "message_cache"]);
+  await eventually(() => Object.keys(server.rpc._object_store).every((key) => stores.has(key)), {
+    what: "connect's own calls answered",
+  });
+}
+
 /** A client of the released hypha-rpc JavaScript package (v3), closed after the file's tests. */
 export async function openReleased(options = {}) {
   const server = await connectReleased({ server_url: routerUrl, method_timeout: 30, logger: null, ...options });

@@ -14,6 +14,7 @@ import {
   payload,
   peers,
   registerPeer,
+  settled,
   v3RouterUrl,
 } from "./helpers.js";
 
@@ -35,6 +36,7 @@ test("a burst between two v4 clients arrives whole and in order, in fewer frames
   const target = await openV4();
   const received = [];
   target.rpc.on("seq", (message) => received.push(message.data));
+  await Promise.all([settled(sender), settled(target)]); // their answers would count as messages in
   const before = { in: wireStats(target), out: wireStats(sender) };
   await Promise.all([...Array(300).keys()].map((i) => sender.emit({ type: "seq", to: address(target), data: i })));
   await eventually(() => received.length === 300, { what: "300 events" });
