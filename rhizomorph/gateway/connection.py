@@ -271,34 +271,22 @@ class RouterServerConnection(ServerConnection):
 
     def write_binary(self, messages: list[bytes]) -> None:
         """Each of ``messages`` as one binary frame, to the transport now: what ``queue_binary``
-        and ``send_data`` write (the same bytes in the same writes), when nothing else waits in
-        the protocol, in one pass."""
-        protocol = self.protocol
-        if protocol.writes or protocol.extensions or protocol.expect_continuation_frame or protocol.state is not OPEN:
-            self.queue_binary(messages)
-            self.send_data()
-            return
-        header = ws_frames.server_header
+        and ``send_data`` write (the same bytes in the same writes). The common flush, one message
+        that fits one write with nothing else waiting in the protocol, goes straight to the
+        transport without passing through ``protocol.writes``."""
         if len(messages) == 1:
             message = messages[0]
             size = len(message)
-            if 0 < size <= COALESCE_LIMIT - ws_frames.MAX_SERVER_HEADER:
-                self.transport.write(header(size) + message)
+            protocol = self.protocol
+            if (
+                0 < size <= COALESCE_LIMIT - ws_frames.MAX_SERVER_HEADER
+                and protocol.state is OPEN
+                and not (protocol.writes or protocol.extensions or protocol.expect_continuation_frame)
+            ):
+                self.transport.write(ws_frames.server_header(size) + message)
                 return
-        pieces: list[bytes] = []
-        for message in messages:
-            if not message:  # an empty write would end the stream: websockets' way
-                self.queue_binary(messages)
-                self.send_data()
-                return
-            pieces.append(header(len(message)))
-            pieces.append(message)
-        if not pieces:
-            return
-        if sum(map(len, pieces)) <= COALESCE_LIMIT:
-            self.transport.write(b"".join(pieces))
-        else:  # headers and messages as they are, in one write(v) call
-            self.transport.writelines(pieces)
+        self.queue_binary(messages)
+        self.send_data()
 
     def send_data(self) -> None:
         protocol = self.protocol
