@@ -266,8 +266,7 @@ class Router:
             self.unroutable(conn, str(exc))
             return None
         header = env.header
-        to = header["to"]
-        target = to if "/" in to else envelope.normalize_target(to, conn.workspace)  # mostly absolute already
+        target = envelope.normalize_target(header["to"], conn.workspace)
         if envelope.is_broadcast(target):
             if target != f"{conn.workspace}/*":
                 # Broadcasts never leave the sender's workspace.
