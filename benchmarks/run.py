@@ -327,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.contenders:
         contenders = [c for c in contenders if any(s in c.name for s in args.contenders)]
         claimants = [c for c in claimants if any(s in c.name for s in args.contenders)]
+    claimants = bench_claims.with_copies(claimants, bench_claims.DEFAULT_COPIES)  # the claims' routers, twice each
     stamp = {"run_id": run_id, "suite": suite.name}
     meta = {
         "kind": "meta",
@@ -336,6 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         "notes": notes,
         "contenders": [c.name for c in contenders],
         "claims_contenders": [c.name for c in claimants],
+        "claims_copies": bench_claims.DEFAULT_COPIES,
         "clients": args.clients,
         "run_timeout_s": suite.run_timeout,
         "claims_min_run_s": claims_suite.min_run_s,
