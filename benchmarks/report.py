@@ -355,7 +355,7 @@ def copy_ratios(copies: dict[tuple[str, str, str, str], ClaimCell], scenario: st
     (same repeat) of copy 1 to each later copy, in one scenario and mode; ``copies`` the cells of the
     unpooled records."""
     found = {}
-    for (s, m, name, client), cell in sorted(copies.items()):
+    for (s, m, name, client), cell in sorted(copies.items(), key=lambda item: item[0]):
         base, number = copy_of(name)
         first = copies.get((s, m, base, client))
         if s == scenario and m == mode and number > 1 and first is not None:
@@ -631,9 +631,9 @@ def claims_targets(cells, copies=None) -> list[str]:
     ``copies`` (the unpooled cells of a run with ``--copies``): the ≥ 1.0-in-every-cell targets say
     whether each cell below 1.0 is within that cell's identical-routers spread (``every_cell_verdict``)."""
     scenarios, modes = _scenarios(cells), _modes(cells)
-    floors = {f"{s}/{CLAIM_MODE_NAMES.get(m, m)}": copy_floor(copies, s, m) for s in scenarios for m in modes}
-    if not copy_row_title(copies):
-        floors = {}
+    floors = {}
+    if copy_row_title(copies):
+        floors = {f"{s}/{CLAIM_MODE_NAMES.get(m, m)}": copy_floor(copies, s, m) for s in scenarios for m in modes}
     on_off_v3, on_off_v4, v4_v3, _ = CLAIM_RATIOS[:4]
 
     def medians(spec: ClaimRatio, value: Any = mib_per_s) -> dict[str, float]:
