@@ -596,6 +596,11 @@ def _who(key: tuple[str, str]) -> str:
     return " ".join(part for part in key if part)
 
 
+def _below(value: float) -> str:
+    """A ratio below 1.0 that two digits would round up to 1.00 gets three."""
+    return f"{value:.2f}" if round(value, 2) < 1 else f"{value:.3f}"
+
+
 def every_cell_verdict(got: dict[tuple[str, str], float], floors: dict[str, float | None]) -> str:
     """A ≥ 1.0-in-every-cell target over ``got`` ((who, cell) -> median ratio): reached when no cell is
     below 1.0; else each cell below, and with ``floors`` (cell -> ``copy_floor``, identical routers'
@@ -608,18 +613,18 @@ def every_cell_verdict(got: dict[tuple[str, str], float], floors: dict[str, floa
     if not below:
         return f"**reached** ({len(got)} of {len(got)} cells ≥ 1.0)"
     if not floors:
-        return "**not reached**, below 1.0: " + ", ".join(f"{_who(key)} {v:.2f}" for key, v in below.items())
+        return "**not reached**, below 1.0: " + ", ".join(f"{_who(key)} {_below(v)}" for key, v in below.items())
     texts, beyond = [], 0
     for (who, cell), v in below.items():
         floor = floors.get(cell)
         if floor is None:
             beyond += 1
-            texts.append(f"{_who((who, cell))} {v:.2f} (no identical routers measured)")
+            texts.append(f"{_who((who, cell))} {_below(v)} (no identical routers measured)")
         else:
             inside = v >= 1 / floor
             beyond += not inside
             spread = f"±{(floor - 1) * 100:.0f} %"
-            texts.append(f"{_who((who, cell))} {v:.2f} ({'within' if inside else 'beyond'} {spread})")
+            texts.append(f"{_who((who, cell))} {_below(v)} ({'within' if inside else 'beyond'} {spread})")
     verdict = "**not reached**" if beyond else "**within the noise**"
     within = len(below) - beyond
     counts = f"{len(got) - len(below)} of {len(got)} cells ≥ 1.0, {within} below within the identical routers' spread"

@@ -104,6 +104,11 @@ def test_the_verdict_cases():
     beyond = report.every_cell_verdict({("v4 client", cell): 0.90, ("v4 client", "large/burst"): 1.2}, {cell: 1.05})
     assert beyond.startswith("**not reached** (1 of 2 cells ≥ 1.0, 0 below within")
     assert beyond.endswith("v4 client small/burst 0.90 (beyond ±5 %)")
+    within = report.every_cell_verdict({("v4 client", cell): 0.996}, {cell: 1.05})
+    assert within == (
+        "**within the noise** (0 of 1 cells ≥ 1.0, 1 below within the identical routers' spread),"
+        " below 1.0: v4 client small/burst 0.996 (within ±5 %)"  # three digits where two would say 1.00
+    )
     unknown = report.every_cell_verdict({("", cell): 0.99}, {cell: None})
     assert unknown.startswith("**not reached**")
     assert unknown.endswith("small/burst 0.99 (no identical routers measured)")
