@@ -68,7 +68,7 @@ from benchmarks.contenders import (
 )
 from benchmarks.loadgen import CLIENT_LOOP_ENV, LoadProcess
 from benchmarks.measure import run_calls
-from benchmarks.report import tree_of
+from benchmarks.report import COPY_MARK, tree_of
 from benchmarks.run import (
     RESULTS_DIR,
     Harness,
@@ -98,6 +98,10 @@ NO_TREES_NOTE = "No runs: every tree must start for a before / after (see the no
 RIG_TIMEOUT = 60.0
 #: How old the router probe's set of Ray processes may get before a pass looks for new ones.
 PROBE_REFRESH_S = 5.0
+#: Routers per rhizomorph setting (``--copies``): two identical routers in one run differ by up to
+#: ~8 % in a cell, most often against the first started (benchmarks/claims.md); two copies in the
+#: order on, off, off, on give each setting an early and a late router and measure that noise.
+DEFAULT_COPIES = 2
 
 
 def claim_contenders(
@@ -134,6 +138,20 @@ def claim_contenders(
             )
         )
     return contenders
+
+
+def with_copies(contenders: list[Contender], copies: int) -> list[Contender]:
+    """Every rhizomorph contender ``copies`` times, in a balanced start order: the settings in their
+    order for copy 1, 3, ..., reversed for copy 2, 4, ... (``rhizomorph``, ``rhizomorph-no-batching``,
+    ``rhizomorph-no-batching#2``, ``rhizomorph#2``: each setting has an early and a late router);
+    copy 1 keeps the name, copy k is ``<name>#k``; the other contenders (Hypha) after them."""
+    routers = [c for c in contenders if isinstance(c, Rhizomorph)]
+    others = [c for c in contenders if not isinstance(c, Rhizomorph)]
+    started: list[Contender] = []
+    for number in range(1, max(copies, 1) + 1):
+        for c in routers if number % 2 else routers[::-1]:
+            started.append(c if number == 1 else Rhizomorph(c.workers, name=f"{c.name}{COPY_MARK}{number}", **c.config))
+    return started + others
 
 
 def claim_pairs(contenders: list[Contender], clients: tuple[str, ...] | list[str] = CLIENTS) -> list[Pair]:
@@ -454,6 +472,12 @@ def main(argv: list[str] | None = None) -> int:
         " caller then sit under one repeat, not the whole run",
     )
     parser.add_argument(
+        "--copies",
+        type=int,
+        help=f"routers per rhizomorph setting, started on, off, off, on and pooled in the table, which adds"
+        f" their copy 1 / copy 2 ratio (default {DEFAULT_COPIES}; 1 with --trees, which takes no other)",
+    )
+    parser.add_argument(
         "--client-loop", choices=("asyncio", "uvloop"), default="asyncio", help="the event loop of the clients"
     )
     args = parser.parse_args(argv)
@@ -474,6 +498,11 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.fresh_clients and args.trees:
         parser.error("--fresh-clients is not for --trees runs (a tree's clients live in its agent)")
+    copies = args.copies if args.copies is not None else (1 if args.trees else DEFAULT_COPIES)
+    if args.trees and copies > 1:
+        parser.error("--copies is not for --trees runs (each tree's routers run once; the trees are the copies)")
+    if copies < 1:
+        parser.error("--copies must be at least 1")
     try:
         trees = prepare_trees(args.trees) if args.trees else []
     except TreeError as exc:
@@ -482,6 +511,7 @@ def main(argv: list[str] | None = None) -> int:
     contenders = claim_contenders(args.batch_waits, args.loops, args.workers, args.allocators)
     contenders += hypha_contender(notes, not args.no_hypha, args.hypha_python)
     contenders = [c for c in contenders if not args.contenders or c.name in args.contenders]
+    contenders = with_copies(contenders, copies)
     hosts = tree_hosts(contenders, trees)
     if trees:  # every rhizomorph contender runs in the trees' hosts, each on a Ray of its own
         contenders = [c for c in contenders if not isinstance(c, Rhizomorph)]
@@ -497,6 +527,7 @@ def main(argv: list[str] | None = None) -> int:
         "contenders": [c.name for c in contenders] + [c.name for h in hosts for c in h.specs],
         "trees": [{"label": t.label, "spec": t.spec, "source": t.source, "commit": t.commit} for t in trees],
         "clients": args.clients,
+        "copies": copies,
         "client_loop": args.client_loop,
         "run_timeout_s": suite.run_timeout,
         "min_run_s": suite.min_run_s,

@@ -107,9 +107,27 @@ class Rhizomorph(Contender):
             self.deployment = None
 
     def server_pids(self) -> list[int]:
-        pids = [info["pid"] for info in self.deployment.worker_info.values()]
-        registry = actor_pid(self.deployment.registry)
-        return pids + ([registry] if registry else [])
+        """Every process of this router: its gateway workers and every alive actor named under its
+        prefix (controller, registry, chunking actors), so that a probe of another router on the
+        same Ray leaves all of them out."""
+        pids = {info["pid"] for info in self.deployment.worker_info.values()}
+        pids.update(router_actor_pids(self.deployment.config.server_id))
+        return sorted(pids)
+
+
+def router_actor_pids(server_id: str) -> list[int]:
+    """The pids of the alive actors of router ``server_id``, from the GCS actor table."""
+    from ray._private.state import actors
+
+    from rhizomorph.actors import naming
+
+    prefix = naming.router_prefix(server_id)
+    table = actors().values()
+    return [
+        int(a["Pid"])
+        for a in table
+        if a.get("Name", "").startswith(prefix) and a.get("State") == "ALIVE" and a.get("Pid")
+    ]
 
 
 def actor_pid(handle: Any) -> int | None:

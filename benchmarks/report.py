@@ -318,6 +318,77 @@ def claim_cells(records: list[dict[str, Any]]) -> dict[tuple[str, str, str, str]
     return cells
 
 
+#: A router started more than once in a claims run (``bench_claims --copies``): ``rhizomorph#2``.
+COPY_MARK = "#"
+
+
+def copy_of(name: str) -> tuple[str, int]:
+    """``rhizomorph-no-batching#2`` -> (``rhizomorph-no-batching``, 2); a name without a copy number is copy 1."""
+    base, mark, number = name.rpartition(COPY_MARK)
+    return (base, int(number)) if mark and number.isdigit() else (name, 1)
+
+
+def pool_copies(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The runs of a setting's copies, one run per repeat: payload, time, calls and CPU summed over
+    the copies (so MiB/s is the sum of the payload over the sum of the time: with the same passes on
+    every copy, the same work's total time), ``passes`` summed, ``copies`` how many were pooled."""
+    if all(copy_of(r["contender"])[1] == 1 for r in records):
+        return records
+    renamed = []
+    passes: dict[tuple[Any, ...], int] = {}
+    copies: dict[tuple[Any, ...], int] = {}
+    for r in records:
+        base = copy_of(r["contender"])[0]
+        key = (r.get("kind"), r["case"], base, r["client"], r.get("repeat"))
+        passes[key] = passes.get(key, 0) + r.get("passes", 1)
+        copies[key] = copies.get(key, 0) + 1
+        renamed.append({**r, "contender": base})
+    pooled = merge_passes(renamed)
+    for run in pooled:
+        key = (run.get("kind"), run["case"], run["contender"], run["client"], run.get("repeat"))
+        run.update(passes=passes[key], copies=copies[key])
+    return pooled
+
+
+def copy_ratios(copies: dict[tuple[str, str, str, str], ClaimCell], scenario: str, mode: str) -> dict[str, list[float]]:
+    """Identical routers in one run: per setting and client started in copies, the paired ratios
+    (same repeat) of copy 1 to each later copy, in one scenario and mode; ``copies`` the cells of the
+    unpooled records."""
+    found = {}
+    for (s, m, name, client), cell in sorted(copies.items(), key=lambda item: item[0]):
+        base, number = copy_of(name)
+        first = copies.get((s, m, base, client))
+        if s == scenario and m == mode and number > 1 and first is not None:
+            found[f"{base} [{client}] 1/{number}"] = paired(first, cell)
+    return found
+
+
+def copy_floor(copies, scenario: str, mode: str) -> float | None:
+    """How far identical routers' medians differ in this cell: the largest max(m, 1/m) over the
+    medians m of ``copy_ratios``; None when the run had no copies."""
+    medians = [statistics.median(r) for r in copy_ratios(copies, scenario, mode).values() if r]
+    return max((max(m, 1 / m) for m in medians if m > 0), default=None)
+
+
+def copy_row_title(copies) -> str | None:
+    """The title of the identical-routers row (``copy 1 / copy 2``), None without copies."""
+    last = max((copy_of(name)[1] for (_, _, name, _) in copies or {}), default=1)
+    if last < 2:
+        return None
+    return "identical routers, copy 1 / copy " + ("2" if last == 2 else f"2–{last}")
+
+
+def copy_stat(copies, scenario: str, modes: Iterable[str]) -> tuple[Stat, bool]:
+    """Every copy-1 / later-copy ratio of a scenario over ``modes``, and whether those runs were complete."""
+    ratios: list[float] = []
+    complete = True
+    for mode in modes:
+        for rs in copy_ratios(copies, scenario, mode).values():
+            ratios += rs
+        complete &= all(c.complete for (s, m, _, _), c in copies.items() if s == scenario and m == mode)
+    return Stat.of(ratios), complete
+
+
 def _best(cells: dict[tuple[str, str, str, str], ClaimCell], scenario: str, mode: str) -> ClaimCell | None:
     """The rhizomorph pair with the highest median MiB/s in this cell."""
     mine = [c for (s, m, name, _), c in cells.items() if s == scenario and m == mode and name.startswith(DEFAULT)]
@@ -399,7 +470,9 @@ def _scenarios(cells) -> list[str]:
     return [s for s in CLAIM_SCENARIOS if s in present] + sorted(present - set(CLAIM_SCENARIOS))
 
 
-def claims_table(cells) -> str:
+def claims_table(cells, copies=None) -> str:
+    """``copies``: the cells of the unpooled records (``claim_cells`` before ``pool_copies``), for the
+    identical-routers row; ``cells`` those of the pooled ones."""
     from benchmarks.scenarios import CLAIMED_GAIN
 
     scenarios, modes = _scenarios(cells), _modes(cells)
@@ -416,10 +489,14 @@ def claims_table(cells) -> str:
             stat, complete = claim_ratio(cells, spec, s, modes)
             texts.append(_claim_cell_text(stat, complete, CLAIMED_GAIN.get(s) if spec.claimed else None))
         lines.append(f"| {spec.title} | " + " | ".join(texts) + " |")
+    title = copy_row_title(copies)
+    if title:
+        texts = [_claim_cell_text(*copy_stat(copies, s, modes), None) for s in scenarios]
+        lines.append(f"| *{title}* | " + " | ".join(texts) + " |")
     return "\n".join(lines)
 
 
-def claims_mode_table(cells) -> str:
+def claims_mode_table(cells, copies=None) -> str:
     scenarios, modes = _scenarios(cells), _modes(cells)
     columns = [(s, m) for s in scenarios for m in modes]
     lines = [
@@ -429,6 +506,10 @@ def claims_mode_table(cells) -> str:
     for spec in claim_rows(cells):
         texts = [_claim_cell_text(*claim_ratio(cells, spec, s, [m]), None) for s, m in columns]
         lines.append(f"| {spec.title} | " + " | ".join(texts) + " |")
+    title = copy_row_title(copies)
+    if title:
+        texts = [_claim_cell_text(*copy_stat(copies, s, [m]), None) for s, m in columns]
+        lines.append(f"| *{title}* | " + " | ".join(texts) + " |")
     return "\n".join(lines)
 
 
@@ -511,9 +592,53 @@ def _figures(got: dict[str, float]) -> str:
     return " — " + ", ".join(f"{s} {v:.2f}" for s, v in got.items()) if got else ""
 
 
-def claims_targets(cells) -> list[str]:
-    """The issue's targets, each reached or not, with the measured figures (medians over both modes)."""
+def _who(key: tuple[str, str]) -> str:
+    return " ".join(part for part in key if part)
+
+
+def _below(value: float) -> str:
+    """A ratio below 1.0 that two digits would round up to 1.00 gets three."""
+    return f"{value:.2f}" if round(value, 2) < 1 else f"{value:.3f}"
+
+
+def every_cell_verdict(got: dict[tuple[str, str], float], floors: dict[str, float | None]) -> str:
+    """A ≥ 1.0-in-every-cell target over ``got`` ((who, cell) -> median ratio): reached when no cell is
+    below 1.0; else each cell below, and with ``floors`` (cell -> ``copy_floor``, identical routers'
+    largest difference in that cell) whether it is within that noise (ratio ≥ 1 / floor) or beyond it.
+    Every cell below within its floor: **within the noise** (not evidence of a loss); any beyond (or one
+    without a floor, when the run had copies): **not reached**."""
+    if not got:
+        return "not measured"
+    below = {key: v for key, v in got.items() if v < 1.0}
+    if not below:
+        return f"**reached** ({len(got)} of {len(got)} cells ≥ 1.0)"
+    if not floors:
+        return "**not reached**, below 1.0: " + ", ".join(f"{_who(key)} {_below(v)}" for key, v in below.items())
+    texts, beyond = [], 0
+    for (who, cell), v in below.items():
+        floor = floors.get(cell)
+        if floor is None:
+            beyond += 1
+            texts.append(f"{_who((who, cell))} {_below(v)} (no identical routers measured)")
+        else:
+            inside = v >= 1 / floor
+            beyond += not inside
+            spread = f"±{(floor - 1) * 100:.0f} %"
+            texts.append(f"{_who((who, cell))} {_below(v)} ({'within' if inside else 'beyond'} {spread})")
+    verdict = "**not reached**" if beyond else "**within the noise**"
+    within = len(below) - beyond
+    counts = f"{len(got) - len(below)} of {len(got)} cells ≥ 1.0, {within} below within the identical routers' spread"
+    return f"{verdict} ({counts}), below 1.0: " + ", ".join(texts)
+
+
+def claims_targets(cells, copies=None) -> list[str]:
+    """The issue's targets, each reached or not, with the measured figures (medians over both modes).
+    ``copies`` (the unpooled cells of a run with ``--copies``): the ≥ 1.0-in-every-cell targets say
+    whether each cell below 1.0 is within that cell's identical-routers spread (``every_cell_verdict``)."""
     scenarios, modes = _scenarios(cells), _modes(cells)
+    floors = {}
+    if copy_row_title(copies):
+        floors = {f"{s}/{CLAIM_MODE_NAMES.get(m, m)}": copy_floor(copies, s, m) for s in scenarios for m in modes}
     on_off_v3, on_off_v4, v4_v3, _ = CLAIM_RATIOS[:4]
 
     def medians(spec: ClaimRatio, value: Any = mib_per_s) -> dict[str, float]:
@@ -534,13 +659,10 @@ def claims_targets(cells) -> list[str]:
     verdict = _verdict(got, V4_ON_OFF_TARGET, lambda s, v: v >= V4_ON_OFF_TARGET[s])
     lines.append(f"- v4 client, batching on vs off ≥ {wanted}: {verdict}{_figures(got)}")
     got = per_cell(v4_v3)
-    below = {k: v for k, v in got.items() if v < 1.0}
-    verdict = "not measured" if not got else ("**not reached**" if below else "**reached**")
     total = len(CLAIM_SCENARIOS) * len(CLAIM_MODE_NAMES)
     counted = f" ({len(got)} of {total} measured)" if len(got) < total else ""
-    lines.append(
-        f"- v4 / v3 ≥ 1.0 in every cell{counted}: {verdict}" + (f", below 1.0:{_figures(below)[2:]}" if below else "")
-    )
+    verdict = every_cell_verdict({("", k): v for k, v in got.items()}, floors)
+    lines.append(f"- v4 / v3 ≥ 1.0 in every cell{counted}: {verdict}")
     got = {s: v for s, v in medians(v4_v3).items() if s in V4_V3_TARGET}
     verdict = _verdict(got, V4_V3_TARGET, lambda s, v: v >= V4_V3_TARGET[s])
     lines.append(f"- v4 / v3 ≥ 1.3× on {', '.join(V4_V3_TARGET)}: {verdict}{_figures(got)}")
@@ -554,12 +676,10 @@ def claims_targets(cells) -> list[str]:
         "- router CPU per call ≤ 1/4 of Hypha's in every scenario (rhizomorph / Hypha, hypha-rpc clients on both): "
         + (f"{verdict}{_figures(got)}" if got else "not measured (no Hypha in this run)")
     )
-    got = {f"{spec.title.split(',')[0]} {k}": v for spec in (on_off_v3, on_off_v4) for k, v in per_cell(spec).items()}
-    below = {k: v for k, v in got.items() if v < 1.0}
-    verdict = "not measured" if not got else ("**not reached**" if below else "**reached**")
+    got = {(spec.title.split(",")[0], k): v for spec in (on_off_v3, on_off_v4) for k, v in per_cell(spec).items()}
     lines.append(
-        f"- never slower (item 3): batching on ≥ off in every cell, v3 and v4 clients: {verdict}"
-        + (f", below 1.0:{_figures(below)[2:]}" if below else "")
+        "- never slower (item 3): batching on ≥ off in every cell, v3 and v4 clients: "
+        + every_cell_verdict(got, floors)
     )
     return lines
 
@@ -588,8 +708,23 @@ def claims_markdown(meta: dict[str, Any], records: list[dict[str, Any]], extra: 
     return _claims_markdown(meta, records, extra)
 
 
+def _copies_text(copies) -> str:
+    title = copy_row_title(copies)
+    if not title:
+        return ""
+    return (
+        " Every rhizomorph setting ran as identical routers (`rhizomorph`, `rhizomorph#2`, ...), started in a"
+        " balanced order (on, off, off, on: each setting has an early and a late router); each ratio pools a"
+        " setting's copies per repeat (their payload summed over their time summed). The last row is copy 1 over"
+        " the later copies of the same setting and client, every such ratio: how far identical routers differ in"
+        " this run. A cell below 1.0 is *within* when it is no further from 1.0 than the median of the identical"
+        " routers furthest apart in that cell (scenario and mode)."
+    )
+
+
 def _claims_markdown(meta: dict[str, Any], records: list[dict[str, Any]], extra: list[dict[str, Any]]) -> str:
-    cells = claim_cells(records)
+    copies = claim_cells(records)  # every router on its own (``--copies``: each copy apart)
+    cells = claim_cells(pool_copies(records))  # the copies of a setting pooled: what the ratios compare
     if not cells:
         return "## The batching report's table, with real clients\n\n_No claims runs in this results file._\n"
     repeats = max(len(c.runs) for c in cells.values())
@@ -607,10 +742,10 @@ def _claims_markdown(meta: dict[str, Any], records: list[dict[str, Any]], extra:
         f" {repeats} repeat{'s' if repeats != 1 else ''}, interleaved;{_run_length(meta)}"
         " Command: `python -m benchmarks.bench_claims` (part of `make bench`).",
         "Each cell: the median of the ratios of runs of the same repeat, over both modes, with their min–max;"
-        " MiB/s counts the payload both ways. ⚠: some run lost calls or hit the time limit.",
-        claims_table(cells),
-        "**Targets** (issue 12; medians over both modes):\n\n" + "\n".join(claims_targets(cells)),
-        "**Per mode** (median of the paired ratios, min–max)\n\n" + claims_mode_table(cells),
+        " MiB/s counts the payload both ways. ⚠: some run lost calls or hit the time limit." + _copies_text(copies),
+        claims_table(cells, copies),
+        "**Targets** (issue 12; medians over both modes):\n\n" + "\n".join(claims_targets(cells, copies)),
+        "**Per mode** (median of the paired ratios, min–max)\n\n" + claims_mode_table(cells, copies),
         "**Spread** (how far the repeats of one cell disagree)\n\n" + claims_spread_markdown(cells),
         "**Figures** (median, min–max, of the repeats). CPU per call, µs: the caller (the load process), the"
         " provider (its process), the router (rhizomorph: every process of the Ray runtime except the other"

@@ -153,6 +153,12 @@ async def _open(pair: Pair, case: Case, payloads: list[Any], probe: ProcessProbe
     return rig
 
 
+def rotation(repeat: int, repeats: int, pairs: int) -> int:
+    """Which pair goes first in ``repeat``: the first places spread evenly over the pairs (with 8
+    pairs and 5 repeats 0, 1, 3, 4, 6; ``repeat % pairs`` would never let pairs 5-7 go first)."""
+    return repeat * pairs // max(repeats, 1) % max(pairs, 1)
+
+
 def another_round(spent: list[float], min_run_s: float) -> bool:
     """Whether a repeat measures one more pass of every pair: until the pairs' passes have lasted
     ``min_run_s`` each on average (wall time; the pairs take turns, pass by pass, so every pair's
@@ -191,7 +197,7 @@ async def run_case(
                     await harness.new_repeat(rig)
                     await harness.measure(rig, case, payloads[:WARMUP_MESSAGES], probes[i], WARMUP_TIMEOUT)
             order = [i for i in range(len(pairs)) if i in rigs]
-            shift = repeat % max(len(order), 1)
+            shift = rotation(repeat, repeats, len(order))
             order = order[shift:] + order[:shift]
             spent = dict.fromkeys(order, 0.0)  # wall seconds of each pair's passes in this repeat
             for pass_ in itertools.count():
@@ -327,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.contenders:
         contenders = [c for c in contenders if any(s in c.name for s in args.contenders)]
         claimants = [c for c in claimants if any(s in c.name for s in args.contenders)]
+    claimants = bench_claims.with_copies(claimants, bench_claims.DEFAULT_COPIES)  # the claims' routers, twice each
     stamp = {"run_id": run_id, "suite": suite.name}
     meta = {
         "kind": "meta",
@@ -336,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
         "notes": notes,
         "contenders": [c.name for c in contenders],
         "claims_contenders": [c.name for c in claimants],
+        "claims_copies": bench_claims.DEFAULT_COPIES,
         "clients": args.clients,
         "run_timeout_s": suite.run_timeout,
         "claims_min_run_s": claims_suite.min_run_s,

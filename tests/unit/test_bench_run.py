@@ -9,7 +9,7 @@ import asyncio
 from benchmarks import report
 from benchmarks.clients import RawClients
 from benchmarks.contenders import ProcessProbe, Rhizomorph
-from benchmarks.run import Harness, Pair, Progress, another_round, run_case
+from benchmarks.run import Harness, Pair, Progress, another_round, rotation, run_case
 from benchmarks.scenarios import CONCURRENT, Case, Scenario
 
 SCENARIO = Scenario("small", 4, size=256, modes=(CONCURRENT,))
@@ -107,3 +107,10 @@ async def test_new_repeat_renews_every_rig_before_each_repeat_but_the_first():
     assert len(records) == 9  # the warm-up after a renewal is not a record
     assert [emitted for _, emitted in renewed] == [3, 3, 3, 6, 6, 6]  # after each repeat's 3 runs
     assert len({id(rig) for rig, _ in renewed}) == 3  # each pair's rig, once per later repeat
+
+
+def test_the_first_place_of_a_repeat_spreads_over_every_pair():
+    assert [rotation(r, 5, 8) for r in range(5)] == [0, 1, 3, 4, 6]
+    assert [rotation(r, 3, 3) for r in range(3)] == [0, 1, 2]
+    assert sorted({rotation(r, 16, 8) for r in range(16)}) == list(range(8))
+    assert rotation(0, 1, 0) == 0  # no pair set up
