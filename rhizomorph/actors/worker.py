@@ -52,7 +52,6 @@ class GatewayWorker:
         self._channel: ChannelServer | None = None
         self._node_id = ""
         self._server: server.Listener | None = None
-        self._write_watch: asyncio.Task[None] | None = None
         #: The registry epoch of the directory this worker holds: older updates are dropped.
         self._epoch = 0
         self._info: dict[str, Any] = {}
@@ -94,7 +93,7 @@ class GatewayWorker:
             await self._channel.start()
         self._router.peers.dead_peer_errors = (ray.exceptions.ActorDiedError,)
         await self._hello()
-        self._write_watch = asyncio.ensure_future(self._router.clients.watch_writes(config.write_timeout))
+        self._router.clients.watch_writes(config.write_timeout)
         return {
             "worker_id": self._router.worker_id,
             "pid": os.getpid(),
@@ -211,8 +210,7 @@ class GatewayWorker:
         self._router.set_batch_policy(policy)
 
     async def stop(self) -> None:
-        if self._write_watch is not None:
-            self._write_watch.cancel()  # else asyncio logs "Task was destroyed but it is pending"
+        self._router.clients.stop_watching()
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()

@@ -9,6 +9,7 @@ and the disconnect cleanup tells senders and subscribers.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, Protocol
@@ -16,6 +17,9 @@ from typing import Any, Protocol
 from rhizomorph.gateway.connection import ClientConnection
 from rhizomorph.protocol.close_codes import CloseCode
 from rhizomorph.protocol.handshake import HandshakeError
+
+#: The write watch's timer runs in this context: else each arming copies the current one.
+_CONTEXT = contextvars.Context()
 
 
 class ClientRegistry(Protocol):
@@ -52,6 +56,10 @@ class Clients:
         self._closing: set[asyncio.Task[None]] = set()
         self._by_address: dict[str, ClientConnection] = {}
         self._by_workspace: dict[str, set[str]] = {}
+        #: The write watch's timeout and period (``watch_writes``; 0: not watching) and its timer.
+        self._watch = (0.0, 1.0)
+        self._watch_timer: asyncio.TimerHandle | None = None
+        self._look_now = self._look  # one bound method for every arming, made at start
 
     # -- the table -----------------------------------------------------------------------------
     def get(self, address: str) -> ClientConnection | None:
@@ -76,6 +84,8 @@ class Clients:
     def _add(self, conn: ClientConnection) -> None:
         self._by_address[conn.address] = conn
         self._by_workspace.setdefault(conn.workspace, set()).add(conn.address)
+        if self._watch_timer is None and self._watch[0] > 0:
+            self._arm_watch()
 
     def remove(self, conn: ClientConnection) -> None:
         """Take ``conn`` out of the table, unless a newer socket of the client replaced it."""
@@ -87,6 +97,8 @@ class Clients:
             members.discard(conn.address)
             if not members:
                 del self._by_workspace[conn.workspace]
+        if not self._by_address:
+            self._disarm_watch()
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def admit(self, conn: ClientConnection, is_reconnect: bool) -> None:
@@ -140,16 +152,41 @@ class Clients:
         conn = self._by_address.get(address)
         return conn is not None and await conn.probe()
 
-    async def watch_writes(self, timeout: float, period: float = 1.0) -> None:
-        """Evict clients whose socket write stalled past ``timeout`` (runs for the worker's life)."""
-        while timeout > 0:
-            await asyncio.sleep(period)
-            self.evict_stalled(time.monotonic(), timeout)
+    def watch_writes(self, timeout: float, period: float = 1.0) -> None:
+        """Evict clients whose socket write stalled past ``timeout`` (0: never), looking every
+        ``period`` seconds while the worker holds any client (``stop_watching`` ends it).
+
+        One loop timer, armed when the first client is added and cancelled when the last one
+        leaves, not a task that sleeps: a sleep pending after a wave (its future, timer handle,
+        iterator and context, made anew each period) sits in whatever pools had room, the
+        wave's, and keeps their arenas (benchmarks/README.md, "After 5000 connections close")."""
+        self._disarm_watch()
+        self._watch = (timeout, period)
+        if timeout > 0 and self._by_address:
+            self._arm_watch()
+
+    def stop_watching(self) -> None:
+        self._watch = (0.0, self._watch[1])
+        self._disarm_watch()
+
+    def _arm_watch(self) -> None:
+        self._watch_timer = asyncio.get_running_loop().call_later(self._watch[1], self._look_now, context=_CONTEXT)
+
+    def _disarm_watch(self) -> None:
+        if self._watch_timer is not None:
+            self._watch_timer.cancel()
+            self._watch_timer = None
+
+    def _look(self) -> None:
+        self._watch_timer = None
+        timeout = self._watch[0]
+        self.evict_stalled(time.monotonic(), timeout)
+        if timeout > 0 and self._by_address and self._watch_timer is None:
+            self._arm_watch()
 
     def evict_stalled(self, now: float, timeout: float) -> None:
-        # A function of its own: a loop variable in ``watch_writes`` would keep the last client
-        # it saw alive while it sleeps, after that client left (and, after a wave, that client's
-        # objects would keep one of the wave's arenas).
+        # A function of its own, run to its end at each look: nothing here outlives it (a client
+        # kept while the watch waits, after it left, would keep one of a wave's arenas).
         for conn in self:
             if conn.queue.stalled(now, timeout):
                 conn.queue.overflow(f"a write blocked for over {timeout:g} s")

@@ -19,9 +19,9 @@ moments) and CPython's floats: ``FreeLists`` empties them with a reserve set asi
 whose objects keep what they point to from start (the timer handles' times). Also: the struct
 module's cache (a ``Struct`` per format first used during the wave), the reclaimer's own counts
 and times and the counts a departure adds to (unboxed, here and in stats.py), a loop variable
-that kept the last client alive (clients.py). What
-stays is reused by the next connections; benchmarks/README.md ("After 5000 connections close")
-lists what still pins arenas. With ``Config.worker_allocator = "malloc"`` the workers' objects
+that kept the last client alive and the write watch's sleep, pending after a wave (clients.py).
+What stays is reused by the next connections; benchmarks/README.md ("After 5000 connections
+close") lists what still pins arenas. With ``Config.worker_allocator = "malloc"`` the workers' objects
 come from glibc's heap instead, whose free pages the trim returns, at a CPU cost per message.
 """
 

@@ -16,7 +16,8 @@ import pytest
 
 from rhizomorph.gateway import memory
 from rhizomorph.gateway.memory import Reclaimer
-from tests.unit.test_router import FakeRegistry, join, make_router, settle
+from rhizomorph.protocol.close_codes import CloseCode
+from tests.unit.test_router import FakeRegistry, call, join, make_router, settle
 
 
 def reclaimer(runs: list[int], **timing: Any) -> Reclaimer:
@@ -116,7 +117,7 @@ class SlowRelease(FakeRegistry):
 async def test_the_write_watch_does_not_keep_a_client_that_left():
     router = make_router()
     conn, _ = await join(router, "a")
-    watch = asyncio.ensure_future(router.clients.watch_writes(timeout=60.0, period=0.01))
+    router.clients.watch_writes(timeout=60.0, period=0.01)
     await asyncio.sleep(0.05)  # it looked at the client
     gone = weakref.ref(conn)
     await router.disconnect(conn)
@@ -125,7 +126,62 @@ async def test_the_write_watch_does_not_keep_a_client_that_left():
     try:
         assert gone() is None
     finally:
-        watch.cancel()
+        router.clients.stop_watching()
+        router.reclaimer.close()
+
+
+async def test_the_write_watch_looks_only_while_the_worker_holds_clients():
+    """No look is pending once the last client left (nothing of it outlives a wave), and the
+    next client arms it again."""
+    router = make_router()
+    clients = router.clients
+    looks: list[float] = []
+    clients.evict_stalled = lambda now, timeout: looks.append(now)  # type: ignore[method-assign]
+    clients.watch_writes(timeout=60.0, period=0.01)
+    await asyncio.sleep(0.05)
+    assert looks == []  # no client: nothing to look at
+
+    a, _ = await join(router, "a")
+    b, _ = await join(router, "b")
+    await asyncio.sleep(0.1)
+    assert len(looks) >= 3
+    await router.disconnect(a)
+    seen = len(looks)
+    await asyncio.sleep(0.05)
+    assert len(looks) > seen  # b is still here
+    await router.disconnect(b)
+    seen = len(looks)
+    await asyncio.sleep(0.05)
+    assert len(looks) == seen  # the last one left: the timer was cancelled with it
+
+    c, _ = await join(router, "c")
+    await asyncio.sleep(0.05)
+    assert len(looks) > seen
+    clients.stop_watching()
+    seen = len(looks)
+    await asyncio.sleep(0.05)
+    assert len(looks) == seen
+    await router.disconnect(c)
+    router.reclaimer.close()
+
+
+async def test_the_write_watch_evicts_a_client_whose_write_stalled():
+    router = make_router(enable_message_batching=False)
+    a, a_socket = await join(router, "a")
+    b, b_socket = await join(router, "b")
+    b_socket.block = asyncio.Event()  # b reads nothing: its write blocks
+    router.clients.watch_writes(timeout=0.05, period=0.01)
+    router.route(a, call("b"))
+    try:
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if b_socket.close_code is not None:
+                break
+        assert b_socket.close_code == CloseCode.SLOW_CONSUMER
+        assert router.counters.evicted == 1
+        assert a_socket.close_code is None
+    finally:
+        router.clients.stop_watching()
         router.reclaimer.close()
 
 
