@@ -270,10 +270,22 @@ class RawPeer:
         elif self.on_message is not None:
             self.on_message(message)
 
-    async def close(self) -> None:
+    async def close(self, timeout: float = 5.0) -> None:
+        """Close the socket: the closing handshake if it ends within ``timeout``, else the TCP
+        connection is aborted. Either way the socket is released when this returns (a cancelled
+        handshake alone would leave it open, to warn unclosed when collected)."""
         if self._reader is not None:
             self._reader.cancel()
         try:
-            await asyncio.wait_for(self.ws.close(), 5)
+            await asyncio.wait_for(self.ws.close(), timeout)
         except Exception:
             pass
+        finally:
+            await self.abort()
+
+    async def abort(self) -> None:
+        """Drop the TCP connection now, without a closing handshake, and wait until the socket is
+        released. For a peer that stopped reading: its handshake cannot end (websockets reads
+        nothing more, the router's close frame included), so ``close`` would wait out its timeout."""
+        self.ws.transport.abort()
+        await self.ws.wait_closed()

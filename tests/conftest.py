@@ -87,20 +87,31 @@ async def connect(router):
 
 
 @pytest.fixture
-async def raw(router):
-    """Connect raw protocol clients (``benchmarks.wire.RawPeer``) to ``router``, at ``path``, with
-    the auth fields given (``token``, ``workspace``, ``reconnection_token``, ``wire_protocol``);
-    all are closed after the test."""
+async def raw_peers():
+    """Connect raw protocol clients (``benchmarks.wire.RawPeer``) to any URL, with
+    ``RawPeer.connect``'s options; all are closed after the test, however it ends."""
     clients: list[RawPeer] = []
 
-    async def _connect(path: str = "/", **auth: Any) -> RawPeer:
-        client = await RawPeer.connect(router.url + path, timeout=10, **auth)
+    async def _connect(url: str, **options: Any) -> RawPeer:
+        client = await RawPeer.connect(url, **options)
         clients.append(client)
         return client
 
     yield _connect
     for client in clients:
         await client.close()
+
+
+@pytest.fixture
+async def raw(router, raw_peers):
+    """Connect raw protocol clients (``benchmarks.wire.RawPeer``) to ``router``, at ``path``, with
+    the auth fields given (``token``, ``workspace``, ``reconnection_token``, ``wire_protocol``);
+    all are closed after the test."""
+
+    async def _connect(path: str = "/", **auth: Any) -> RawPeer:
+        return await raw_peers(router.url + path, timeout=10, **auth)
+
+    return _connect
 
 
 REPO_UNIT = Path(__file__).resolve().parent / "unit"

@@ -24,66 +24,71 @@ def tight_router(ray_runtime):
     deployment.stop()
 
 
-async def sleeping_client(url: str) -> tuple[websockets.ClientConnection, str]:
-    """A client that stops reading after the handshake (websockets then stops reading the socket)."""
-    sleeper = await RawPeer.connect(url, max_queue=1)
-    return sleeper.ws, sleeper.address
+async def sleeping_client(raw_peers, url: str) -> RawPeer:
+    """A client that stops reading after the handshake (websockets then stops reading the socket:
+    it does not see the router close it either, so the test must close it itself)."""
+    return await raw_peers(url, max_queue=1)
 
 
 def rss(deployment: Deployment) -> int:
     return sum(psutil.Process(info["pid"]).memory_info().rss for info in deployment.worker_info.values())
 
 
-async def test_slow_consumer_is_evicted_senders_are_told_and_memory_stays_flat(tight_router):
+async def test_slow_consumer_is_evicted_senders_are_told_and_memory_stays_flat(tight_router, raw_peers):
     from hypha_rpc import connect_to_server
 
     url = tight_router.url
-    sleeper_ws, target = await sleeping_client(url)
-    sender = await RawPeer.connect(url)
+    sleeper = await sleeping_client(raw_peers, url)
+    target = sleeper.address
+    sender = await raw_peers(url)
     bystander = await connect_to_server({"server_url": url})
-    await bystander.register_service({"id": "echo", "config": {"visibility": "public"}, "echo": lambda x: x})
-    bystander_echo = await bystander.get_service(f"{bystander.config.workspace}/{bystander.config.client_id}:echo")
+    try:
+        await bystander.register_service({"id": "echo", "config": {"visibility": "public"}, "echo": lambda x: x})
+        bystander_echo = await bystander.get_service(f"{bystander.config.workspace}/{bystander.config.client_id}:echo")
 
-    before = rss(tight_router)
-    payload = {"args": [b"\0" * FRAME], "promise": "*"}
-    sent = FLOOD // FRAME
-    for i in range(sent):
-        await sender.ws.send(
-            encode({"type": "method", "to": target, "method": "services.x.y", "session": f"s{i}"}, payload)
+        before = rss(tight_router)
+        payload = {"args": [b"\0" * FRAME], "promise": "*"}
+        sent = FLOOD // FRAME
+        for i in range(sent):
+            await sender.ws.send(
+                encode({"type": "method", "to": target, "method": "services.x.y", "session": f"s{i}"}, payload)
+            )
+        rejected = set()
+
+        async def collect() -> None:
+            while True:
+                message = await sender.next_binary(timeout=10)
+                if message.get("method", "").endswith(".reject"):
+                    rejected.add(message["method"].split(".")[0])
+
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(collect(), 15)
+        after = rss(tight_router)
+
+        stats = tight_router.stats()[0]
+        assert stats["evicted"] >= 1
+        assert target not in stats["clients"]
+        # Every frame that did not fit was answered; nothing was held beyond the bound.
+        assert len(rejected) >= sent - (QUEUE_BOUND + 16 * 1024 * 1024) // FRAME
+        assert after - before < 48 * 1024 * 1024, (
+            f"RSS grew by {(after - before) >> 20} MiB for a {FLOOD >> 20} MiB flood"
         )
-    rejected = set()
-
-    async def collect() -> None:
-        while True:
-            message = await sender.next_binary(timeout=10)
-            if message.get("method", "").endswith(".reject"):
-                rejected.add(message["method"].split(".")[0])
-
-    with pytest.raises(asyncio.TimeoutError):
-        await asyncio.wait_for(collect(), 15)
-    after = rss(tight_router)
-
-    stats = tight_router.stats()[0]
-    assert stats["evicted"] >= 1
-    assert target not in stats["clients"]
-    # Every frame that did not fit was answered; nothing was held beyond the bound.
-    assert len(rejected) >= sent - (QUEUE_BOUND + 16 * 1024 * 1024) // FRAME
-    assert after - before < 48 * 1024 * 1024, f"RSS grew by {(after - before) >> 20} MiB for a {FLOOD >> 20} MiB flood"
-    # Other clients are unaffected.
-    assert await bystander_echo.echo("still fine") == "still fine"
-    with pytest.raises(websockets.ConnectionClosed):
-        for _ in range(10_000):
-            await asyncio.wait_for(sleeper_ws.recv(), 10)
-    await sender.ws.close()
-    await bystander.disconnect()
+        # Other clients are unaffected.
+        assert await bystander_echo.echo("still fine") == "still fine"
+        with pytest.raises(websockets.ConnectionClosed):
+            for _ in range(10_000):
+                await asyncio.wait_for(sleeper.ws.recv(), 10)
+    finally:
+        await asyncio.wait_for(bystander.disconnect(), 5)
 
 
-async def test_stalled_write_is_evicted_by_the_write_deadline(tight_router):
+async def test_stalled_write_is_evicted_by_the_write_deadline(tight_router, raw_peers):
     """A consumer that reads nothing, with frames small enough to stay under the queue bound:
     the write deadline (3 s here) evicts it."""
     url = tight_router.url
-    sleeper_ws, target = await sleeping_client(url)
-    sender = await RawPeer.connect(url)
+    sleeper = await sleeping_client(raw_peers, url)
+    target = sleeper.address
+    sender = await raw_peers(url)
     evicted_before = tight_router.stats()[0]["evicted"]
     # Enough to fill the socket buffers (so a write blocks) but stay under the queue bound.
     for _ in range(40):
@@ -95,4 +100,5 @@ async def test_stalled_write_is_evicted_by_the_write_deadline(tight_router):
         if tight_router.stats()[0]["evicted"] > evicted_before:
             break
     assert tight_router.stats()[0]["evicted"] == evicted_before + 1
-    await sender.ws.close()
+    # Evicted, but this end has read nothing since the handshake, the close included: drop it.
+    await sleeper.abort()

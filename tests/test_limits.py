@@ -332,7 +332,7 @@ def tiny(ray_runtime):
     deployment.stop()
 
 
-async def test_max_connections_per_worker_refuses_with_1013(tiny):
+async def test_max_connections_per_worker_refuses_with_1013(tiny, raw_peers):
     first = await RawPeer.connect(tiny.url)
     second = await RawPeer.connect(tiny.url)
     try:
@@ -347,7 +347,7 @@ async def test_max_connections_per_worker_refuses_with_1013(tiny):
             await connect_to_server({"server_url": tiny.url, "method_timeout": 10})
 
         # A client replacing its own live socket is not a new connection: allowed when full.
-        replacement = await RawPeer.connect(tiny.url, reconnection_token=second.info["reconnection_token"])
+        replacement = await raw_peers(tiny.url, reconnection_token=second.info["reconnection_token"])
         await expect_refusal(second.ws, code=4000, error=None)
         second = replacement
 
@@ -356,13 +356,13 @@ async def test_max_connections_per_worker_refuses_with_1013(tiny):
         token = first.info["reconnection_token"]
         await first.ws.close()
         await _wait_connections(tiny, 1)
-        newcomer = await RawPeer.connect(tiny.url)
+        newcomer = await raw_peers(tiny.url)
         async with websockets.connect(tiny.url) as ws:
             await ws.send(json.dumps({"reconnection_token": token}))
             await expect_refusal(ws, code=1013, error=None)
         await newcomer.ws.close()
         await _wait_connections(tiny, 1)
-        back = await RawPeer.connect(tiny.url, reconnection_token=token)  # room again: welcome back
+        back = await raw_peers(tiny.url, reconnection_token=token)  # room again: welcome back
         assert back.address == first.address
         await back.ws.close()
     finally:
@@ -388,8 +388,8 @@ def sleepy(ray_runtime):
     deployment.stop()
 
 
-async def test_idle_connection_is_closed_1001_with_an_error(sleepy):
-    client = await RawPeer.connect(sleepy.url)
+async def test_idle_connection_is_closed_1001_with_an_error(sleepy, raw_peers):
+    client = await raw_peers(sleepy.url)
     started = time.monotonic()
     reason = await expect_refusal(client.ws, code=1001, error="idle timeout (1 s without a message)")
     assert "idle timeout" in reason
