@@ -24,6 +24,16 @@ def tight_router(ray_runtime):
     deployment.stop()
 
 
+@pytest.fixture(scope="module")
+def deadline_router(ray_runtime):
+    """A router whose queue bound is far above what the write-deadline test sends: only the deadline
+    can evict there (with ``tight_router``'s bound, 10 MiB to a sleeper overflows the queue first)."""
+    config = Config(port=0, workers=1, max_queue_bytes=16 * QUEUE_BOUND, write_timeout=3.0)
+    deployment = Deployment(config).start()
+    yield deployment
+    deployment.stop()
+
+
 async def sleeping_client(raw_peers, url: str) -> RawPeer:
     """A client that stops reading after the handshake (websockets then stops reading the socket:
     it does not see the router close it either, so the test must close it itself)."""
@@ -82,23 +92,25 @@ async def test_slow_consumer_is_evicted_senders_are_told_and_memory_stays_flat(t
         await asyncio.wait_for(bystander.disconnect(), 5)
 
 
-async def test_stalled_write_is_evicted_by_the_write_deadline(tight_router, raw_peers):
-    """A consumer that reads nothing, with frames small enough to stay under the queue bound:
-    the write deadline (3 s here) evicts it."""
-    url = tight_router.url
+async def test_stalled_write_is_evicted_by_the_write_deadline(deadline_router, raw_peers):
+    """A consumer that reads nothing, sent less in all than the queue bound: the write deadline
+    (3 s here) evicts it."""
+    url = deadline_router.url
     sleeper = await sleeping_client(raw_peers, url)
     target = sleeper.address
     sender = await raw_peers(url)
-    evicted_before = tight_router.stats()[0]["evicted"]
-    # Enough to fill the socket buffers (so a write blocks) but stay under the queue bound.
-    for _ in range(40):
+    evicted_before = deadline_router.stats()[0]["evicted"]
+    # Enough to fill the socket buffers (so a write blocks), less in all than the queue bound.
+    frames = 40
+    assert frames * 256 * 1024 < deadline_router.config.max_queue_bytes
+    for _ in range(frames):
         await sender.ws.send(
             encode({"type": "method", "to": target, "method": "services.x.y"}, {"args": [b"\1" * (256 * 1024)]})
         )
     for _ in range(100):
         await asyncio.sleep(0.2)
-        if tight_router.stats()[0]["evicted"] > evicted_before:
+        if deadline_router.stats()[0]["evicted"] > evicted_before:
             break
-    assert tight_router.stats()[0]["evicted"] == evicted_before + 1
+    assert deadline_router.stats()[0]["evicted"] == evicted_before + 1
     # Evicted, but this end has read nothing since the handshake, the close included: drop it.
     await sleeper.abort()
