@@ -74,6 +74,11 @@ SUMMED = (
 )
 
 
+def run_key(record: dict[str, Any]) -> tuple[Any, ...]:
+    """The run a pass record belongs to: (kind, case, contender, client, repeat)."""
+    return (record.get("kind"), record["case"], record["contender"], record["client"], record.get("repeat"))
+
+
 def merge_passes(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One record per run — (kind, case, contender, client, repeat) — from the records of its
     passes (``run.run_case`` interleaves the pairs pass by pass): counts, bytes, time and CPU
@@ -81,7 +86,7 @@ def merge_passes(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ``passes`` how many there were. A record without ``pass`` is a run of one pass."""
     runs: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for r in records:
-        runs.setdefault((r.get("kind"), r["case"], r["contender"], r["client"], r.get("repeat")), []).append(r)
+        runs.setdefault(run_key(r), []).append(r)
     merged = []
     for passes in runs.values():
         run = {k: v for k, v in passes[0].items() if k != "pass"}
@@ -334,18 +339,16 @@ def pool_copies(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     every copy, the same work's total time), ``passes`` summed, ``copies`` how many were pooled."""
     if all(copy_of(r["contender"])[1] == 1 for r in records):
         return records
-    renamed = []
+    renamed = [{**r, "contender": copy_of(r["contender"])[0]} for r in records]
     passes: dict[tuple[Any, ...], int] = {}
     copies: dict[tuple[Any, ...], int] = {}
-    for r in records:
-        base = copy_of(r["contender"])[0]
-        key = (r.get("kind"), r["case"], base, r["client"], r.get("repeat"))
+    for r in renamed:
+        key = run_key(r)
         passes[key] = passes.get(key, 0) + r.get("passes", 1)
         copies[key] = copies.get(key, 0) + 1
-        renamed.append({**r, "contender": base})
     pooled = merge_passes(renamed)
     for run in pooled:
-        key = (run.get("kind"), run["case"], run["contender"], run["client"], run.get("repeat"))
+        key = run_key(run)
         run.update(passes=passes[key], copies=copies[key])
     return pooled
 
