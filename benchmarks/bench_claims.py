@@ -21,7 +21,7 @@ flight and an unbounded burst (every call of a pass over the scenario in flight 
 Repeats are interleaved across the pairs, as in the suite. Each run records the MiB/s and
 calls/s, and the CPU of the caller (the load process), the provider (its process) and the
 router: for rhizomorph every process of the Ray runtime (GCS, raylet, agents, actors, idle
-workers) except the other router's own workers and registry; for Hypha its process tree.
+workers) except the other routers' own actors (workers, registry, controller); for Hypha its process tree.
 ``benchmarks/report.py`` turns the records into the table of ratios, the report's claims
 beside them and the issue's targets reached or not.
 

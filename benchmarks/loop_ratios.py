@@ -7,7 +7,7 @@
 Per cell (scenario, mode, client) and pooled over all of them: the median (min–max) of the
 paired ratios uvloop / asyncio — runs of the same repeat, which interleave, so each pair saw the
 same machine — of MiB/s and of the CPU per call of the router (every process of its Ray
-runtime but the other router's workers and registry), the caller and the provider. Several
+runtime but the other routers' actors), the caller and the provider. Several
 files (e.g. clients on asyncio, then on uvloop) are pooled and also shown one by one.
 
     python -m benchmarks.bench_claims --workers 1 --contenders rhizomorph rhizomorph-1w --no-hypha

@@ -752,8 +752,8 @@ def _claims_markdown(meta: dict[str, Any], records: list[dict[str, Any]], extra:
         "**Spread** (how far the repeats of one cell disagree)\n\n" + claims_spread_markdown(cells),
         "**Figures** (median, min–max, of the repeats). CPU per call, µs: the caller (the load process), the"
         " provider (its process), the router (rhizomorph: every process of the Ray runtime except the other"
-        " router's workers and registry; Hypha: its process tree); *idle*: the part of it that Ray's processes"
-        " use with no traffic at all (measured before the runs, times the run's length, per call).\n\n"
+        " routers' actors (workers, registry, controller); Hypha: its process tree); *idle*: the part of it that"
+        " Ray's processes use with no traffic at all (measured before the runs, times the run's length, per call).\n\n"
         + claims_detail_table(cells, idle_share),
     ]
     facts = []
