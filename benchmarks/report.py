@@ -492,10 +492,7 @@ def claims_table(cells, copies=None) -> str:
             stat, complete = claim_ratio(cells, spec, s, modes)
             texts.append(_claim_cell_text(stat, complete, CLAIMED_GAIN.get(s) if spec.claimed else None))
         lines.append(f"| {spec.title} | " + " | ".join(texts) + " |")
-    title = copy_row_title(copies)
-    if title:
-        texts = [_claim_cell_text(*copy_stat(copies, s, modes), None) for s in scenarios]
-        lines.append(f"| *{title}* | " + " | ".join(texts) + " |")
+    lines += _copy_row(copies, [(s, modes) for s in scenarios])
     return "\n".join(lines)
 
 
@@ -509,11 +506,18 @@ def claims_mode_table(cells, copies=None) -> str:
     for spec in claim_rows(cells):
         texts = [_claim_cell_text(*claim_ratio(cells, spec, s, [m]), None) for s, m in columns]
         lines.append(f"| {spec.title} | " + " | ".join(texts) + " |")
-    title = copy_row_title(copies)
-    if title:
-        texts = [_claim_cell_text(*copy_stat(copies, s, [m]), None) for s, m in columns]
-        lines.append(f"| *{title}* | " + " | ".join(texts) + " |")
+    lines += _copy_row(copies, [(s, [m]) for s, m in columns])
     return "\n".join(lines)
+
+
+def _copy_row(copies, columns: list[tuple[str, list[str]]]) -> list[str]:
+    """The identical-routers row of a claims table, one cell per (scenario, modes) column; none
+    without copies."""
+    title = copy_row_title(copies)
+    if not title:
+        return []
+    texts = [_claim_cell_text(*copy_stat(copies, s, modes), None) for s, modes in columns]
+    return [f"| *{title}* | " + " | ".join(texts) + " |"]
 
 
 def claims_spread(cells, value: Any = mib_per_s) -> dict[str, Stat]:
