@@ -1,7 +1,7 @@
 """CPU per message of one target's delivery queue (``rhizomorph/gateway/delivery.py``), batching on or off.
 
     python -m benchmarks.delivery_cpu [--size 20000] [--messages 20000] [--no-batching] [--wire v3]
-                                      [--busy [--burst 8]] [--routed]
+                                      [--busy [--burst 8]] [--routed [--read 256000] [--stream] [--slow]]
     valgrind --tool=callgrind python -m benchmarks.delivery_cpu ...   # instructions, load-free
 
 Messages arrive one per event-loop turn, as calls from a socket's ``data_received`` do, at a
@@ -113,9 +113,12 @@ def main() -> int:
     parser.add_argument("--busy", action="store_true", help="a socket that never takes a direct write")
     parser.add_argument("--burst", type=int, default=1, help="frames per read (one write group)")
     parser.add_argument("--routed", action="store_true", help="the whole routed path (benchmarks/route_cpu.py)")
+    parser.add_argument("--read", type=int, default=0, help="--routed: bytes per read of the caller's socket")
+    parser.add_argument("--stream", action="store_true", help="--routed: a v4 caller's chunk streams")
+    parser.add_argument("--slow", action="store_true", help="--routed: the target's socket pauses after big writes")
     args = parser.parse_args()
     if args.routed:
-        result = route_cpu.run(args.size, args.messages, args.batching, args.wire)
+        result = route_cpu.run(args.size, args.messages, args.batching, args.wire, args.read, args.stream, args.slow)
     else:
         result = run(args.size, args.messages, args.batching, args.wire, args.busy, max(1, args.burst))
     print(json.dumps(asyncio.run(result)))

@@ -19,20 +19,23 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import random
 import time
 from collections.abc import Callable
 from typing import Any
 
 import msgpack
 from websockets.asyncio.connection import Connection
+from websockets.frames import apply_mask
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from rhizomorph.config import Config
 from rhizomorph.gateway.connection import ClientConnection, RouterServerConnection
 from rhizomorph.gateway.router import Router
-from rhizomorph.protocol import limits
+from rhizomorph.protocol import frames, limits
 from rhizomorph.protocol.handshake import Identity
+from rhizomorph.protocol.streams import StreamIds
 
 
 class Transport(asyncio.Transport):
@@ -42,17 +45,27 @@ class Transport(asyncio.Transport):
         super().__init__()
         self.written = 0
         self.writes = 0
+        self.sizes: list[int] = []  # bytes of each write, while ``record`` (the writes a stream's chunks get)
+        self.record = False
         self.digest: Any = None  # a hash of what is written while set (the warm-up): the bytes on the wire
 
     def write(self, data: Any) -> None:
         self.written += len(data)
         self.writes += 1
+        if self.record:
+            self.sizes.append(len(data))
         if self.digest is not None:
             self.digest.update(data)
 
     def writelines(self, list_of_data: Any) -> None:
-        for data in list_of_data:
-            self.write(data)
+        size = sum(map(len, list_of_data))  # one write(v) call, as uvloop's writelines makes
+        self.written += size
+        self.writes += 1
+        if self.record:
+            self.sizes.append(size)
+        if self.digest is not None:
+            for data in list_of_data:
+                self.digest.update(data)
 
     def is_closing(self) -> bool:
         return False
@@ -76,6 +89,31 @@ class Transport(asyncio.Transport):
         return default
 
 
+class SlowTransport(Transport):
+    """A socket whose peer reads slower than the router writes: a write over 64 KiB pauses the
+    connection (as a transport above its high-water mark does), and it resumes two loop turns
+    later; what is queued meanwhile goes through the target's writer task."""
+
+    protocol: Any = None  # the connection that gets pause_writing / resume_writing
+    pauses = 0
+
+    def write(self, data: Any) -> None:
+        super().write(data)
+        self._maybe_pause(len(data))
+
+    def writelines(self, list_of_data: Any) -> None:
+        super().writelines(list_of_data)
+        self._maybe_pause(sum(map(len, list_of_data)))
+
+    def _maybe_pause(self, size: int) -> None:
+        protocol = self.protocol
+        if size > 65536 and protocol is not None and not protocol.paused:
+            self.pauses += 1
+            protocol.pause_writing()
+            loop = asyncio.get_running_loop()
+            loop.call_soon(loop.call_soon, protocol.resume_writing)
+
+
 class NoRegistry:
     async def claim_client(self, *args: Any) -> None:
         return None
@@ -96,10 +134,12 @@ def server_connection(transport: asyncio.Transport) -> RouterServerConnection:
 
 
 async def _join(
-    router: Router, client_id: str, wire_v4: bool
+    router: Router, client_id: str, wire_v4: bool, slow: bool = False
 ) -> tuple[ClientConnection, RouterServerConnection, Transport]:
-    transport = Transport()
+    transport = SlowTransport() if slow else Transport()
     websocket = server_connection(transport)
+    if isinstance(transport, SlowTransport):
+        transport.protocol = websocket
     identity = Identity(
         workspace="ws", client_id=client_id, user_id=f"u-{client_id}", is_anonymous=True, workspaces={"ws": "rw"}
     )
@@ -108,13 +148,22 @@ async def _join(
     return conn, websocket, transport
 
 
-def call_frame(size: int) -> bytes:
-    """A hypha-rpc call of about ``size`` bytes as the caller's socket carries it (masked)."""
+def call_message(size: int) -> bytes:
+    """A hypha-rpc call of about ``size`` bytes (unmasked: what a client sends as one message)."""
     header = {"type": "method", "from": "ws/a", "to": "ws/b", "method": "services.echo.echo", "session": "s" * 22}
     extra = {"args": [b""], "promise": {"heartbeat": "ws/a:h", "resolve": "ws/a:r", "reject": "ws/a:j"}, "t": 15.0}
     padding = max(0, size - len(msgpack.packb(header)) - len(msgpack.packb(extra)))
     extra["args"] = [b"x" * padding]
-    message = msgpack.packb(header, use_bin_type=True) + msgpack.packb(extra, use_bin_type=True)
+    return msgpack.packb(header, use_bin_type=True) + msgpack.packb(extra, use_bin_type=True)
+
+
+def call_frame(size: int) -> bytes:
+    """A hypha-rpc call of about ``size`` bytes as the caller's socket carries it (masked)."""
+    return masked_frame(call_message(size))
+
+
+def masked_frame(message: bytes) -> bytes:
+    """One binary WebSocket frame of ``message`` as a client sends it (masked)."""
     mask = b"\x5a\xa5\x3c\xc3"
     length = len(message)
     if length < 126:
@@ -123,9 +172,12 @@ def call_frame(size: int) -> bytes:
         head = bytes((0x82, 0x80 | 126)) + length.to_bytes(2, "big")
     else:
         head = bytes((0x82, 0x80 | 127)) + length.to_bytes(8, "big")
-    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(message))
-    return head + mask + masked
+    return head + mask + apply_mask(message, mask)
 
+
+#: Bytes per chunk of a v4 client's stream: ``rhizomorph/client.py``'s ``CHUNK_SIZE`` (importing it
+#: would import hypha-rpc and numpy, whose BLAS threads would show in callgrind's counts).
+CHUNK_SIZE = 256 * 1024
 
 #: Messages whose bytes on the wire are hashed (``warmup_digest``), before the warm-up.
 DIGESTED = 20
@@ -141,10 +193,29 @@ async def one_per_turn(put: Callable[[bytes], Any], frame: bytes, messages: int)
     return time.process_time() - started
 
 
-async def run(size: int, messages: int, batching: bool, wire: str = "v3") -> dict[str, Any]:
+def stream_bytes(size: int) -> bytes:
+    """A v4 client's call of about ``size`` bytes as its socket carries it: a chunk stream
+    (``rhizomorph/client.py``'s ``CHUNK_SIZE``), one masked frame per chunk."""
+    chunks = frames.split_stream(call_message(size), 1, CHUNK_SIZE)  # the id is free again after its last chunk
+    return b"".join(masked_frame(chunk) for chunk in chunks)
+
+
+async def run(
+    size: int,
+    messages: int,
+    batching: bool,
+    wire: str = "v3",
+    read: int = 0,
+    stream: bool = False,
+    slow: bool = False,
+) -> dict[str, Any]:
+    """``read``: the caller's bytes arrive in reads of at most this many bytes, one per loop turn
+    (0: one read per frame); ``stream``: the caller is a v4 client sending each call as a chunk
+    stream; ``slow``: the target's socket pauses after each big write (``SlowTransport``)."""
     router = Router(Config(port=0, enable_message_batching=batching), "w1", NoRegistry())  # type: ignore[arg-type]
-    caller, caller_socket, _ = await _join(router, "a", wire_v4=False)
-    _, _, target_transport = await _join(router, "b", wire_v4=wire == "v4")
+    router.streams.ids = StreamIds(random.Random(0))  # the same stream ids in every run: comparable digests
+    caller, caller_socket, _ = await _join(router, "a", wire_v4=stream)
+    _, _, target_transport = await _join(router, "b", wire_v4=wire == "v4", slow=slow)
     policy = limits.InboundPolicy(
         rate=router.config.message_rate, burst=router.config.message_burst, idle_timeout=router.config.idle_timeout
     )
@@ -154,22 +225,38 @@ async def run(size: int, messages: int, batching: bool, wire: str = "v3") -> dic
             router.route(caller, message)
 
     caller_socket.on_binary = on_binary
-    frame = call_frame(size)
+    data = stream_bytes(size) if stream else call_frame(size)
+    pieces = [data[i : i + read] for i in range(0, len(data), read)] if read else [data]
     receive = caller_socket.data_received
+
+    async def call() -> None:
+        for piece in pieces:
+            receive(piece)
+            await asyncio.sleep(0)  # the next read comes on a later turn of the loop
+
     target_transport.digest = hashlib.sha256()
     for _ in range(DIGESTED):  # the same for any --messages: it cancels out of (I(N) - I(M)) / (N - M)
-        receive(frame)
-        await asyncio.sleep(0)
+        await call()
     digest, target_transport.digest = target_transport.digest.hexdigest()[:16], None
+    target_transport.record = True  # the writes of one call
+    await call()
+    target_transport.record = False
     for _ in range(messages // 10):  # warm-up
-        receive(frame)
-        await asyncio.sleep(0)
+        await call()
     written = target_transport.written
-    elapsed = await one_per_turn(receive, frame, messages)
+    if len(pieces) == 1:
+        elapsed = await one_per_turn(receive, data, messages)
+    else:
+        started = time.process_time()
+        for _ in range(messages):
+            await call()
+        await asyncio.sleep(0)
+        elapsed = time.process_time() - started
     return {
         **result(size, batching, wire, messages, elapsed),
         "bytes_out_per_message": round((target_transport.written - written) / messages, 1),
         "writes": target_transport.writes,
+        "writes_of_one_call": target_transport.sizes,
         "warmup_digest": digest,
     }
 

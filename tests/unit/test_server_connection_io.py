@@ -95,3 +95,36 @@ async def test_a_frame_split_over_reads_into_websockets_keeps_its_reads_there() 
     assert got == [b"one", b"two", b"three"]
     assert connection.protocol.state is State.OPEN
     assert await connection.recv() == text
+
+
+#: Frames that no other frame can share a flush with, arriving over several reads of the
+#: caller's socket: a v4 caller's 2 MB chunk stream (256000-byte reads, as uvloop reads), a
+#: hypha-rpc ``message_cache`` chunk call (~256 KiB) and 100 KB calls (mixed's blobs) to v3
+#: and v4 targets.
+UNSHAREABLE = {
+    "v4-stream-2MB": {"stream": True, "wire": "v4", "size": 2_000_000, "read": 256_000},
+    "v3-chunk-call": {"wire": "v3", "size": 262_200, "read": 256_000},
+    "v3-100KB": {"wire": "v3", "size": 100_000, "read": 65_536},
+    "v4-100KB": {"wire": "v4", "size": 100_000, "read": 65_536},
+}
+
+
+@pytest.mark.parametrize("slow", [False, True], ids=["ready", "slow-target"])
+@pytest.mark.parametrize("case", list(UNSHAREABLE))
+async def test_frames_that_cannot_share_a_flush_reach_the_target_in_the_writes_of_batching_off(
+    case: str, slow: bool
+) -> None:
+    """Batching on gives such frames the socket writes batching off gives them: the same bytes
+    in the same writes, whether the target's socket takes every write or pauses after each big
+    one (then its writer task sends them)."""
+    on = await route_cpu.run(messages=2, batching=True, slow=slow, **UNSHAREABLE[case])  # type: ignore[arg-type]
+    off = await route_cpu.run(messages=2, batching=False, slow=slow, **UNSHAREABLE[case])  # type: ignore[arg-type]
+    for key in ("writes_of_one_call", "writes", "bytes_out_per_message", "warmup_digest"):
+        assert on[key] == off[key], key
+    assert on["writes_of_one_call"], "the recorded call wrote nothing"
+
+
+def test_the_benchmarks_chunk_size_is_the_v4_clients() -> None:
+    from rhizomorph import client
+
+    assert route_cpu.CHUNK_SIZE == client.CHUNK_SIZE
