@@ -301,9 +301,11 @@ class Registry:
     async def pid(self) -> int:
         return os.getpid()
 
+    # Not retried on a restarted registry (as the other calls are): the controller holds a new
+    # one, and Ray does not log a retry for it.
+    @ray.method(max_task_retries=0)
     async def hold(self) -> None:
-        """The controller's death watch (``Held``): unanswered while this registry lives (a
-        restart retries it on the new one, which rebuilds itself: nothing for the controller)."""
+        """The controller's death watch (``Held``): unanswered while this registry lives."""
         await self._held.hold()
 
     async def call_batch(self, calls: list[tuple[str, tuple[Any, ...]]]) -> list[tuple[bool, Any]]:
