@@ -2,13 +2,15 @@
 
     python -m benchmarks.idle_threads --env NAME=VALUE [--env ...] [--base-env NAME=VALUE ...]
                                       [--window 30] [--settle 10] [--runs 1] [--workers 1]
+                                      [--tree DIR] [--base-tree DIR]
 
 Starts this tree's router twice (embedded Ray each): "base" with ``--base-env`` and "test" with
 ``--base-env`` plus ``--env`` (e.g. one of ``launcher.EMBEDDED_RAY_ENV`` back at Ray's default,
 or a Ray setting to try). Both serve at once, so the machine's load is the same for both over
 the one window in which each thread's CPU is read from ``/proc/<pid>/task``: finer than
 ``benchmarks.idle``'s runs taken in turn, and a thread's name says what of a process costs
-(an actor's main thread, ``[main]``, runs Ray's 10 ms signal check and nothing else).
+(an actor's main thread, ``[main]``, runs Ray's 10 ms signal check and nothing else). With
+``--base-tree`` the base router runs another tree (e.g. a worktree of main): code against code.
 """
 
 from __future__ import annotations
@@ -95,11 +97,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--tree", type=Path, default=REPO)
+    parser.add_argument("--base-tree", type=Path, help="the base router's tree (default: --tree), e.g. main's")
     args = parser.parse_args(argv)
     base_env = pairs(args.base_env)
     for run in range(args.runs):
         # one at a time: two Ray starts at once time out on a loaded machine
-        with Serve(args.tree, args.workers, base_env) as base:
+        with Serve(args.base_tree or args.tree, args.workers, base_env) as base:
             base.wait_serving(120.0)
             with Serve(args.tree, args.workers, {**base_env, **pairs(args.env)}) as test:
                 test.wait_serving(120.0)

@@ -158,9 +158,10 @@ class Config:
     #: custom resource, and move to another such node if theirs is lost; by default they run on
     #: the head node, whose loss ends the cluster anyway (docs/deploy.md).
     control_resource: str = ""
-    #: Seconds between the controller's health checks (``ray.nodes()`` and a ping per worker): a
-    #: dead worker's clients are released and announced, its peers told; missing workers are
-    #: started on alive nodes, including nodes that joined later. ``0`` disables the watchdog.
+    #: Seconds between the watchdog's looks at Ray's nodes (a dead actor it learns at once, from
+    #: the call each holds open); a lost or missing worker starts a health check: a dead worker's
+    #: clients are released and announced, its peers told; missing workers are started on alive
+    #: nodes, including nodes that joined later. ``0`` disables the watchdog.
     health_check_interval: float = 1.0
     #: Each node gets its own port (node ``i`` listens on ``port + i``; with ``port = 0`` each
     #: node picks a free one) instead of the same port everywhere. For several nodes simulated

@@ -14,6 +14,12 @@ as the parent-death signal it completes). When the pipe closes without the word 
 (the driver died), it kills the processes it noted, checking their start times so that a
 reused pid is never hit. A driver that exits normally writes ``stop`` (``atexit``) and the
 watcher just ends.
+
+It walks down from the driver through ``/proc/<pid>/task/<tid>/children`` rather than reading
+every process of the machine (whose count, not the router's, set what a look cost): each
+second the children of every descendant's main thread (Ray's processes start theirs there),
+and every ``FULL_EVERY`` looks those of all their threads too (a child forked by another
+thread is listed under that thread only). A process's start time is read once, when first seen.
 """
 
 from __future__ import annotations
@@ -29,48 +35,64 @@ from typing import IO
 
 #: Seconds between two looks at the driver's descendants.
 PERIOD = 1.0
+#: Every this many looks, the children of every thread, not only of the main ones.
+FULL_EVERY = 10
 _STOP = b"stop\n"
 
 
-def processes() -> dict[int, tuple[int, int]]:
-    """Every process: pid -> (parent pid, start time in clock ticks since boot), from /proc."""
-    found = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
+def _read(path: str) -> bytes:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.read(fd, 1 << 16)
+    finally:
+        os.close(fd)
+
+
+def start_time(pid: int) -> int | None:
+    """The start time of ``pid`` (clock ticks since boot), ``None`` if it is gone."""
+    try:
+        stat = _read(f"/proc/{pid}/stat")
+    except OSError:
+        return None
+    return int(stat[stat.rindex(b")") + 2 :].split()[19])  # after "pid (comm) ": state, ppid, ...
+
+
+def children(pid: int, every_thread: bool) -> list[int]:
+    """The children of ``pid``'s main thread, or of all its threads (none if it is gone)."""
+    try:
+        threads = os.listdir(f"/proc/{pid}/task") if every_thread else [str(pid)]
+    except OSError:
+        return []
+    found = []
+    for tid in threads:
         try:
-            with open(f"/proc/{entry}/stat", "rb") as handle:
-                stat = handle.read()
+            found += [int(child) for child in _read(f"/proc/{pid}/task/{tid}/children").split()]
         except OSError:  # gone meanwhile
-            continue
-        fields = stat[stat.rindex(b")") + 2 :].split()  # after "pid (comm) ": state, ppid, ...
-        found[int(entry)] = (int(fields[1]), int(fields[19]))
+            pass
     return found
 
 
-def descendants(root: int, table: dict[int, tuple[int, int]]) -> dict[int, int]:
-    """pid -> start time of every descendant of ``root`` in ``table``."""
-    children: dict[int, list[int]] = {}
-    for pid, (parent, _) in table.items():
-        children.setdefault(parent, []).append(pid)
-    found, todo = {}, [root]
+def descendants(root: int, every_thread: bool) -> list[int]:
+    """Every descendant of ``root`` reached through the children of main threads (or all threads)."""
+    found, todo = [], [root]
     while todo:
-        for child in children.get(todo.pop(), ()):
-            found[child] = table[child][1]
+        for child in children(todo.pop(), every_thread):
+            found.append(child)
             todo.append(child)
     return found
 
 
-def watch(driver_pid: int, pipe: IO[bytes], out: IO[bytes] | None) -> int:
+def watch(driver_pid: int, pipe: IO[bytes], out: IO[bytes] | None, full_every: int = FULL_EVERY) -> int:
     """Note ``driver_pid``'s descendants until ``pipe`` closes; kill them unless told ``stop``.
     Says ``watching`` on ``out`` once it has noted them a first time."""
     noted: dict[int, int] = {}  # pid -> start time
     received = bytearray()
-    while True:
-        table = processes()
-        if driver_pid not in table:
-            break
-        noted.update(descendants(driver_pid, table))
+    looks = 0
+    while start_time(driver_pid) is not None:
+        for pid in descendants(driver_pid, every_thread=looks % full_every == 0):
+            if pid not in noted and (started := start_time(pid)) is not None:
+                noted[pid] = started
+        looks += 1
         if out is not None:
             out.write(b"watching\n")
             out.close()
@@ -80,9 +102,8 @@ def watch(driver_pid: int, pipe: IO[bytes], out: IO[bytes] | None) -> int:
     if received.endswith(_STOP):
         return 0
     noted.pop(os.getpid(), None)
-    table = processes()
     for pid, started in noted.items():
-        if table.get(pid, (0, None))[1] == started:
+        if start_time(pid) == started:
             try:
                 os.kill(pid, signal.SIGKILL)
             except OSError:
@@ -103,12 +124,12 @@ def _read_for(seconds: float, pipe: IO[bytes], into: bytearray) -> bool:
     return True
 
 
-def start() -> subprocess.Popen[bytes]:
+def start(full_every: int = FULL_EVERY) -> subprocess.Popen[bytes]:
     """Start the watcher for this process and wait until it has noted this process's
     descendants; ``stop`` is written to it when this process exits."""
     watcher = subprocess.Popen(
         # A plain script (-P: its directory stays off sys.path): it imports the standard library only.
-        [sys.executable, "-P", __file__, str(os.getpid())],
+        [sys.executable, "-P", __file__, str(os.getpid()), str(full_every)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         start_new_session=True,  # a Ctrl-C or a kill of the driver's process group spares it
@@ -131,4 +152,4 @@ def start() -> subprocess.Popen[bytes]:
 
 
 if __name__ == "__main__":
-    sys.exit(watch(int(sys.argv[1]), sys.stdin.buffer, sys.stdout.buffer))
+    sys.exit(watch(int(sys.argv[1]), sys.stdin.buffer, sys.stdout.buffer, int(sys.argv[2])))

@@ -141,13 +141,28 @@ async def wait_gone(pids: set[int], timeout: float) -> tuple[list[int], float]:
     return sorted(pid for pid in pids if alive(pid)), time.monotonic() - started
 
 
-# A stand-in for a driver: a child that would outlive it (as Ray's agents did), then the watcher.
+# A stand-in for a driver: processes that would outlive it (as Ray's agents did), then the
+# watcher; then more, started after it: one by the main thread with a child of its own, one by
+# another thread that lives on (noted by the watcher's look at every thread, here every second one).
 FAKE_DRIVER = """
-import subprocess, sys, time
+import subprocess, sys, threading, time
 from rhizomorph import reaper
-child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
-watcher = reaper.start()
-print(child.pid, watcher.pid, flush=True)
+SLEEP = [sys.executable, "-c", "import time; time.sleep(600)"]
+PARENT = [sys.executable, "-c", "import subprocess, sys, time; "
+          "print(subprocess.Popen(sys.argv[1:]).pid, flush=True); time.sleep(600)", *SLEEP]
+child = subprocess.Popen(SLEEP)
+watcher = reaper.start(full_every=2)
+later = subprocess.Popen(PARENT, stdout=subprocess.PIPE, text=True)
+grandchild = int(later.stdout.readline())
+from_thread, started = [], threading.Event()
+def spawn():  # the thread lives on: its child is listed under it, not under the main thread
+    from_thread.append(subprocess.Popen(SLEEP))
+    started.set()
+    threading.Event().wait()
+threading.Thread(target=spawn, daemon=True).start()
+started.wait()
+time.sleep(2.5)  # two looks: at the main threads' children, then at every thread's
+print(watcher.pid, child.pid, later.pid, grandchild, from_thread[0].pid, flush=True)
 if sys.argv[1] == "exit":
     sys.exit(0)
 time.sleep(600)
@@ -159,18 +174,18 @@ async def test_the_watcher_kills_what_a_killed_driver_left_and_spares_a_clean_ex
     driver = subprocess.Popen(
         [sys.executable, "-c", FAKE_DRIVER, ending], stdout=subprocess.PIPE, text=True, start_new_session=True
     )
-    child, watcher = map(int, (await asyncio.to_thread(driver.stdout.readline)).split())
+    watcher, *left_behind = map(int, (await asyncio.to_thread(driver.stdout.readline)).split())
     try:
         if ending == "kill":
             driver.kill()
-            left, waited = await wait_gone({child, watcher}, 10)
+            left, waited = await wait_gone({watcher, *left_behind}, 10)
             assert left == [], f"left behind after {waited:.1f} s"
         else:
             assert await asyncio.to_thread(driver.wait, 10) == 0
             left, _ = await wait_gone({watcher}, 10)
-            assert left == [] and alive(child)  # told "stop": it ends and touches nothing
+            assert left == [] and all(alive(pid) for pid in left_behind)  # told "stop": it touches nothing
     finally:
-        for pid in (driver.pid, child):
+        for pid in (driver.pid, *left_behind):
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)
         driver.wait()

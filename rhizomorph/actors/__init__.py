@@ -1,5 +1,5 @@
 """The Ray actors of a router and the links between them: controller, gateway worker shell,
-registry, chunking actor, peer links and channels; and two helpers for handling actors."""
+registry, chunking actor, peer links and channels; and helpers for handling actors."""
 
 from __future__ import annotations
 
@@ -41,3 +41,19 @@ async def answers(refs: Mapping[str, Any], timeout: float) -> dict[str, Any]:
         else:
             results[key] = task.exception() or task.result()
     return results
+
+
+class Held:
+    """The actor's side of the controller's death watch (``watchdog.DeathWatch``): a call that
+    is answered only when a later one takes its place, so that it fails exactly when the actor
+    dies (Ray's ``ActorDiedError``, on the controller). A restarted controller's call takes the
+    place of its predecessor's: one is left waiting at most."""
+
+    def __init__(self) -> None:
+        self._waiting: asyncio.Future[None] | None = None
+
+    async def hold(self) -> None:
+        if self._waiting is not None and not self._waiting.done():
+            self._waiting.set_result(None)
+        self._waiting = asyncio.get_running_loop().create_future()
+        await self._waiting

@@ -1,11 +1,12 @@
 """The controller: a detached actor that places a router's gateway workers and watches them.
 
 One per router (``server_id``). It creates the registry and the workers (``launching.py``:
-pinned to every alive node, nodes from ``ray.nodes()``), and runs the watchdog: every
-``health_check_interval`` it releases the clients of lost workers, tells the survivors
-(``watchdog.py``) and starts replacements (docs/deploy.md). Being detached, it outlives the
-process that started it (``rhizomorph serve``, a ``Deployment``): a crashed launcher leaves the
-router serving, and ``rhizomorph status`` / ``stop`` reach it by name.
+pinned to every alive node, nodes from ``ray.nodes()``), and runs the watchdog: when an actor
+dies, or Ray's nodes (looked at every ``health_check_interval``) say a node was lost or added,
+it releases the clients of lost workers, tells the survivors (``watchdog.py``) and starts
+replacements (docs/deploy.md). Being detached, it outlives the process that started it
+(``rhizomorph serve``, a ``Deployment``): a crashed launcher leaves the router serving, and
+``rhizomorph status`` / ``stop`` reach it by name.
 
 It is restartable: the registry and the workers are detached named actors too, so Ray's
 restart of a crashed controller (or of one whose node was lost) finds them by name
@@ -194,12 +195,23 @@ class Controller:
             return await launching.reconcile(self._fleet)
 
     async def _watch(self) -> None:
-        while not self._stopping:
-            await asyncio.sleep(self._fleet.config.health_check_interval)
-            try:
-                await self.check()
-            except Exception:
-                log.exception("health check failed")
+        watch = watchdog.DeathWatch()
+        try:
+            while not self._stopping:
+                interval = self._fleet.config.health_check_interval
+                try:
+                    due = await watch.due(self._fleet, interval)
+                except Exception:
+                    log.exception("watching the router failed")
+                    await asyncio.sleep(interval)
+                    due = True
+                if due and not self._stopping:
+                    try:
+                        await self.check()
+                    except Exception:
+                        log.exception("health check failed")
+        finally:
+            watch.close()
 
     async def check(self) -> list[str]:
         """One health check (``watchdog.py``): release the workers that are gone, then start the

@@ -20,21 +20,31 @@ from rhizomorph.actors.placement import on_node, worker_runtime, workers_for_nod
 WORKER_START_TIMEOUT = 120.0
 
 
-async def reconcile(fleet: Fleet) -> list[str]:
-    """Start the workers each alive node is missing (new nodes, lost workers). Returns their ids."""
-    alive = [n for n in await asyncio.to_thread(ray.nodes) if n.get("Alive")]
-    alive.sort(key=lambda n: fleet.nodes.get(n["NodeID"], len(fleet.nodes)))
+async def alive_nodes() -> list[dict[str, Any]]:
+    """Ray's alive nodes (``ray.nodes()``: a call to the GCS)."""
+    return [n for n in await asyncio.to_thread(ray.nodes) if n.get("Alive")]
+
+
+def missing(fleet: Fleet, alive: list[dict[str, Any]]) -> list[tuple[str, int]]:
+    """(node id, workers it is missing) of the ``alive`` nodes that want more than they have."""
     plan: list[tuple[str, int]] = []
-    for node in alive:
+    for node in sorted(alive, key=lambda n: fleet.nodes.get(n["NodeID"], len(fleet.nodes))):
         node_id = node["NodeID"]
         wanted = workers_for_node(fleet.config, node.get("Resources") or {})
-        missing = wanted - sum(1 for i in fleet.worker_info.values() if i["node_id"] == node_id)
-        if missing > 0:
-            if node_id not in fleet.nodes:
-                fleet.nodes[node_id] = max(fleet.nodes.values(), default=-1) + 1
-            plan.append((node_id, missing))
+        count = wanted - sum(1 for i in fleet.worker_info.values() if i["node_id"] == node_id)
+        if count > 0:
+            plan.append((node_id, count))
+    return plan
+
+
+async def reconcile(fleet: Fleet) -> list[str]:
+    """Start the workers each alive node is missing (new nodes, lost workers). Returns their ids."""
+    plan = missing(fleet, await alive_nodes())
     if not plan:
         return []
+    for node_id, _ in plan:
+        if node_id not in fleet.nodes:
+            fleet.nodes[node_id] = max(fleet.nodes.values(), default=-1) + 1
     started = await _start_workers(fleet, plan)
     if started:
         await fleet.call_all(("set_peers", dict(fleet.workers)))

@@ -24,7 +24,7 @@ from typing import Any
 
 import ray
 
-from rhizomorph.actors import naming
+from rhizomorph.actors import Held, naming
 from rhizomorph.actors.registry_calls import RegistryCalls, RegistryUnavailable
 from rhizomorph.background import spawn
 from rhizomorph.protocol import ownership
@@ -115,6 +115,7 @@ class Registry:
         self.epoch = 0
         self._rebuilt = asyncio.Event()
         self._last_rebuild: dict[str, Any] = {}
+        self._held = Held()
         # The constructor runs on the actor's event loop (Ray's async actors), so the rebuild
         # starts now, before any call is answered.
         asyncio.get_event_loop().create_task(self._rebuild())
@@ -299,6 +300,13 @@ class Registry:
 
     async def pid(self) -> int:
         return os.getpid()
+
+    # Not retried on a restarted registry (as the other calls are): the controller holds a new
+    # one, and Ray does not log a retry for it.
+    @ray.method(max_task_retries=0)
+    async def hold(self) -> None:
+        """The controller's death watch (``Held``): unanswered while this registry lives."""
+        await self._held.hold()
 
     async def call_batch(self, calls: list[tuple[str, tuple[Any, ...]]]) -> list[tuple[bool, Any]]:
         """Several calls of one worker in one Ray call (``RegistryCalls`` gathers them while its

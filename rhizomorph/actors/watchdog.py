@@ -4,6 +4,10 @@ A worker is gone when Ray says its node is dead (``ray.nodes()``) or its actor d
 (``ActorDiedError`` on a ping); one merely slow to answer is left alone. The registry is
 pinged too: a restarted one rebuilds itself, a lost one is made again. Replacing the lost
 workers is ``launching.reconcile``'s, called by the controller next.
+
+Between checks, ``DeathWatch`` says when one is due, without a call to any actor while nothing
+happens: each actor holds a call of the controller's open (``actors.Held``), which Ray fails
+when the actor dies, and Ray's nodes are looked at once an interval (a node lost or added).
 """
 
 from __future__ import annotations
@@ -15,13 +19,13 @@ from typing import Any
 import ray
 from ray.exceptions import ActorDiedError
 
-from rhizomorph.actors import answers
+from rhizomorph.actors import answers, launching
 from rhizomorph.actors.fleet import CONTROL_TIMEOUT, Fleet, log
 
 
 async def release_lost(fleet: Fleet) -> list[str]:
     """Find the lost workers, check the registry, then release the lost ones; returns their ids."""
-    alive_nodes = {n["NodeID"] for n in await asyncio.to_thread(ray.nodes) if n.get("Alive")}
+    alive_nodes = {n["NodeID"] for n in await launching.alive_nodes()}
     lost = [w for w, info in fleet.worker_info.items() if info["node_id"] not in alive_nodes]
     pings = {w: h.ping.remote() for w, h in fleet.workers.items() if w not in lost}
     interval = max(1.0, fleet.config.health_check_interval)
@@ -78,3 +82,55 @@ async def forget_workers(fleet: Fleet, lost: list[str]) -> None:
         }
     )
     log.warning("lost gateway worker(s) %s; released %d client(s)", ", ".join(lost), len(removed))
+
+
+class DeathWatch:
+    """When the controller's next health check is due: at once when an actor's held call ends
+    (it died, or was replaced), else when Ray's nodes and the fleet disagree (a worker on a
+    lost node, a node missing workers), looked at once per interval."""
+
+    def __init__(self) -> None:
+        #: "registry" or a worker id -> (the handle held, its call).
+        self._held: dict[str, tuple[Any, asyncio.Future[Any]]] = {}
+        #: ... -> when its last call was made.
+        self._made: dict[str, float] = {}
+
+    def _hold(self, fleet: Fleet, spacing: float) -> None:
+        actors = {**fleet.workers, "registry": fleet.registry}
+        for key in [k for k, (handle, _) in self._held.items() if actors.get(k) is not handle]:
+            self._held.pop(key)[1].cancel()
+        now = time.monotonic()
+        for key, handle in actors.items():
+            # At most one call per actor and interval: one that keeps failing at once is no busy loop.
+            if handle is None or key in self._held or now - self._made.get(key, -spacing) < spacing:
+                continue
+            self._made[key] = now
+            self._held[key] = (handle, asyncio.ensure_future(_answer(handle.hold.remote())))
+
+    async def due(self, fleet: Fleet, interval: float) -> bool:
+        """Wait up to ``interval``; whether a health check is due."""
+        self._hold(fleet, interval)
+        calls = [call for _, call in self._held.values()]
+        if calls:
+            await asyncio.wait(calls, timeout=interval, return_when=asyncio.FIRST_COMPLETED)
+        else:
+            await asyncio.sleep(interval)
+        ended = [key for key, (_, call) in self._held.items() if call.done()]
+        for key in ended:
+            _, call = self._held.pop(key)
+            log.debug("the held call of %s ended: %r", key, call.exception() or call.result())
+        if ended:
+            return True
+        alive = await launching.alive_nodes()
+        alive_ids = {n["NodeID"] for n in alive}
+        lost = any(info["node_id"] not in alive_ids for info in fleet.worker_info.values())
+        return lost or bool(launching.missing(fleet, alive))
+
+    def close(self) -> None:
+        for _, call in self._held.values():
+            call.cancel()
+        self._held.clear()
+
+
+async def _answer(ref: Any) -> Any:
+    return await ref

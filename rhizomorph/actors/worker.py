@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import ray
 
 from rhizomorph import logs
-from rhizomorph.actors import event_loop
+from rhizomorph.actors import Held, event_loop
 from rhizomorph.actors.channel import ChannelServer
 from rhizomorph.actors.chunking import node_relay
 from rhizomorph.actors.peer_link import Item
@@ -55,6 +55,7 @@ class GatewayWorker:
         #: The registry epoch of the directory this worker holds: older updates are dropped.
         self._epoch = 0
         self._info: dict[str, Any] = {}
+        self._held = Held()
 
     async def start(self, listener_handover: str = "") -> dict[str, Any]:
         """Listen, serve, greet the registry. With ``listener_handover`` (the launcher's Unix
@@ -141,6 +142,10 @@ class GatewayWorker:
     async def ping(self) -> str:
         """Liveness check of the controller's watchdog."""
         return self._router.worker_id
+
+    async def hold(self) -> None:
+        """The controller's death watch (``Held``): unanswered while this worker lives."""
+        await self._held.hold()
 
     async def forget_clients(self, removed: dict[str, list[dict[str, Any]]]) -> None:
         self._router.forget_clients(removed)
