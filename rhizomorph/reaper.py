@@ -20,6 +20,8 @@ every process of the machine (whose count, not the router's, set what a look cos
 second the children of every descendant's main thread (Ray's processes start theirs there),
 and every ``FULL_EVERY`` looks those of all their threads too (a child forked by another
 thread is listed under that thread only). A process's start time is read once, when first seen.
+A kernel built without those lists (``CONFIG_PROC_CHILDREN``) gets the full scan instead: every
+process's parent, each look.
 """
 
 from __future__ import annotations
@@ -72,11 +74,37 @@ def children(pid: int, every_thread: bool) -> list[int]:
     return found
 
 
+#: Whether this kernel lists a thread's children (``CONFIG_PROC_CHILDREN``, on in distribution kernels).
+HAS_CHILDREN_FILES = os.path.exists(f"/proc/self/task/{os.getpid()}/children")
+
+
 def descendants(root: int, every_thread: bool) -> list[int]:
-    """Every descendant of ``root`` reached through the children of main threads (or all threads)."""
+    """Every descendant of ``root`` reached through the children of main threads (or all threads);
+    where the kernel lists no children, from every process's parent (``scanned_descendants``)."""
+    if not HAS_CHILDREN_FILES:
+        return scanned_descendants(root)
     found, todo = [], [root]
     while todo:
         for child in children(todo.pop(), every_thread):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def scanned_descendants(root: int) -> list[int]:
+    """Every descendant of ``root``, from the parent pid of every process of the machine."""
+    below: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = _read(f"/proc/{entry}/stat")
+            except OSError:  # gone meanwhile
+                continue
+            parent = int(stat[stat.rindex(b")") + 2 :].split()[1])
+            below.setdefault(parent, []).append(int(entry))
+    found, todo = [], [root]
+    while todo:
+        for child in below.get(todo.pop(), ()):
             found.append(child)
             todo.append(child)
     return found
