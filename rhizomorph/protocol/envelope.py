@@ -8,8 +8,7 @@ and re-packs it in front of the untouched remaining bytes. The payload is never 
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgpack
 
@@ -20,8 +19,7 @@ class EnvelopeError(ValueError):
     """A binary frame whose header cannot be routed."""
 
 
-@dataclass(slots=True)
-class Envelope:
+class Envelope(NamedTuple):
     """A parsed binary frame: the header dict plus where the payload starts."""
 
     header: dict[str, Any]
@@ -58,7 +56,8 @@ def parse(frame: bytes | memoryview) -> Envelope:
         raise EnvelopeError("header has no string 'to'")
     if not isinstance(header.get("type", ""), str):
         raise EnvelopeError("header 'type' must be a string")
-    return Envelope(header, offset, frame)
+    # tuple.__new__ straight: a dataclass's or NamedTuple's __init__/__new__ is a Python call per frame
+    return tuple.__new__(Envelope, (header, offset, frame))
 
 
 def _longer_head(frame: bytes | memoryview) -> tuple[Any, int]:
@@ -78,7 +77,6 @@ def _unpack_head(head: bytes | memoryview) -> tuple[Any, int]:
     unpacker = getattr(_local, "unpacker", None)
     if unpacker is None:
         unpacker = _local.unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=_HEAD_LIMIT)
-    base = unpacker.tell()
     unpacker.feed(head)
     try:
         header = unpacker.unpack()
@@ -88,10 +86,9 @@ def _unpack_head(head: bytes | memoryview) -> tuple[Any, int]:
     except (ValueError, TypeError, msgpack.UnpackException) as exc:
         _local.unpacker = None
         raise EnvelopeError(f"malformed msgpack header: {exc}") from None
-    offset = unpacker.tell() - base
-    if offset < len(head):
-        unpacker.read_bytes(len(head) - offset)  # discard the rest: the buffer is empty again
-    return header, offset
+    # The rest of ``head`` is read out (the buffer is empty again): what is left says where the
+    # header ended, without two ``tell`` calls around it.
+    return header, len(head) - len(unpacker.read_bytes(len(head)))
 
 
 def _unpack_whole(frame: bytes | memoryview) -> tuple[Any, int]:
