@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 FLUSH_REASONS = ("idle", "free", "count", "size", "half", "timer", "large", "unbatched")
 #: What a busy target's batch waits for once its socket is free (see the module docstring).
@@ -108,8 +108,7 @@ class BatchMetrics:
         }
 
 
-@dataclass(slots=True)
-class Flush:
+class Flush(NamedTuple):
     frames: list[bytes]
     reason: str
 
@@ -225,18 +224,25 @@ class Batcher:
             return None
         return self._pop(count, reason)
 
-    def take_lone(self) -> Flush:
-        """The one buffered frame, to be written now by a target that is idle (nothing else is
-        buffered or being written): ``take``'s flush for that case without its rules' walk."""
-        assert len(self._frames) == 1
+    def pass_lone(self, frame: bytes, alone: bool = False) -> bool:
+        """A frame for a target that is idle (its socket free, nothing being written), to be
+        written now if nothing is buffered: its flush is counted as ``add`` then ``take`` count
+        it, without buffering it. ``False``, and nothing done, if frames are buffered (``add`` it)."""
+        if self._frames:
+            return False
         policy = self._policy
+        size = len(frame)
         if not policy.enabled:
             reason = "unbatched"
-        elif self._sizes[0] >= policy.max_size:
+        elif alone or size >= policy.max_size:
             reason = "large"
         else:
-            reason = "half" if self._big else "idle"
-        return self._pop(1, reason)
+            reason = "half" if size > self._half else "idle"
+        metrics = self.metrics
+        if not metrics.max_depth:
+            metrics.max_depth = 1
+        metrics.record(1, size, reason)
+        return True
 
     def _pop(self, count: int, reason: str) -> Flush:
         half = self._half
@@ -258,7 +264,7 @@ class Batcher:
         self.metrics.record(count, size, reason)
         # Until a write leaves the buffer empty, later messages gather behind it (see ``wait``).
         self._idle = False
-        return Flush(frames, reason)
+        return tuple.__new__(Flush, (frames, reason))  # not the NamedTuple's Python __new__
 
     def written(self) -> None:
         """The socket finished writing a flush; an empty buffer means the target is idle again."""
