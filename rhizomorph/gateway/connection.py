@@ -99,7 +99,7 @@ class RouterServerConnection(ServerConnection):
         if self._in_parts is not None:
             self._read(data)
         elif self.on_binary is not None and (
-            (self._at_boundary and self.protocol.state is State.OPEN) or self._check_boundary()
+            (self._at_boundary and self.protocol.state is OPEN) or self._check_boundary()
         ):
             self._read(data)
         else:
@@ -167,8 +167,19 @@ class RouterServerConnection(ServerConnection):
                 if position < end and not grouped:  # another frame follows in this read
                     WRITES.begin()
                     grouped = True
-                self._binary_frame(payload, binary, header.fin)
-                if self.on_binary is None or protocol.state is not State.OPEN:
+                if binary and header.fin and self._binary_parts is None:
+                    # A whole message in one frame (the common case): ``_binary_frame``'s first
+                    # branch, without its call.
+                    on_binary = self.on_binary
+                    if on_binary is None:
+                        return
+                    try:
+                        on_binary(payload)
+                    except Exception:  # a router bug must not kill the socket's protocol callbacks
+                        log.exception("routing a frame failed")
+                else:
+                    self._binary_frame(payload, binary, header.fin)
+                if self.on_binary is None or protocol.state is not OPEN:
                     return  # the connection ends (a protocol error, or routing closed it): nothing more is read
         finally:
             if grouped:
