@@ -160,10 +160,16 @@ class DeliveryQueue:
         direct = self._direct
         free = self._socket_free(direct)
         if free and not self.gather_turn and not WRITES.depth and batcher.pass_lone(frame, alone):
-            # A frame that nothing waits with: written now, as with batching off (never buffered).
+            # A frame that nothing waits with: written now, as with batching off (never buffered,
+            # so ``_write_now``'s ``batcher.written`` has nothing to do: written here).
             assert direct is not None
-            if self._write_now(direct, [frame]):
-                self._progress.set()
+            try:
+                direct.write([frame])
+            except Exception as exc:
+                self._fail(exc, [frame])
+                return True
+            self.frames_written += 1
+            self._progress.set()
             return True
         batcher.add(frame, self._clock(), alone=alone)
         if free and batcher.full():

@@ -226,8 +226,9 @@ class Batcher:
 
     def pass_lone(self, frame: bytes, alone: bool = False) -> bool:
         """A frame for a target that is idle (its socket free, nothing being written), to be
-        written now if nothing is buffered: its flush is counted as ``add`` then ``take`` count
-        it, without buffering it. ``False``, and nothing done, if frames are buffered (``add`` it)."""
+        written now if nothing is buffered: its flush is counted as ``add``, ``take`` and
+        ``written`` count it, without buffering it (the caller need not call ``written``).
+        ``False``, and nothing done, if frames are buffered (``add`` it)."""
         if self._frames:
             return False
         policy = self._policy
@@ -242,6 +243,7 @@ class Batcher:
         if not metrics.max_depth:
             metrics.max_depth = 1
         metrics.record(1, size, reason)
+        self._idle = True  # what ``written`` leaves after a flush that emptied the buffer
         return True
 
     def _pop(self, count: int, reason: str) -> Flush:
