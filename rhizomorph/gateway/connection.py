@@ -167,12 +167,9 @@ class RouterServerConnection(ServerConnection):
                 if position < end and not grouped:  # another frame follows in this read
                     WRITES.begin()
                     grouped = True
-                if binary and fin and self._binary_parts is None:
-                    # A whole message in one frame (the common case): ``_binary_frame``'s first
-                    # branch, without its call.
-                    on_binary = self.on_binary
-                    if on_binary is None:
-                        return
+                # A whole message in one frame (the common case): ``_binary_frame``'s first branch
+                # without its call.
+                if binary and fin and self._binary_parts is None and (on_binary := self.on_binary) is not None:
                     try:
                         on_binary(payload)
                     except Exception:  # a router bug must not kill the socket's protocol callbacks
