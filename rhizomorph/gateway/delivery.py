@@ -158,8 +158,9 @@ class DeliveryQueue:
         alone = frame[:1] == b"\xc1"
         batcher = self.batcher
         direct = self._direct
-        free = self._socket_free(direct)
-        if free and not self.gather_turn and not WRITES.depth and batcher.pass_lone(frame, alone):
+        if not self._socket_free(direct):
+            batcher.add(frame, self._clock(), alone=alone)
+        elif not self.gather_turn and not WRITES.depth and batcher.pass_lone(frame, alone):
             # A frame that nothing waits with: written now, as with batching off (never buffered,
             # so ``_write_now``'s ``batcher.written`` has nothing to do: written here).
             assert direct is not None
@@ -171,12 +172,13 @@ class DeliveryQueue:
             self.frames_written += 1
             self._progress.set()
             return True
-        batcher.add(frame, self._clock(), alone=alone)
-        if free and batcher.full():
-            assert direct is not None
-            self._write_full(direct)
-            if not len(batcher):
-                return True
+        else:
+            batcher.add(frame, self._clock(), alone=alone)
+            if batcher.full():
+                assert direct is not None
+                self._write_full(direct)
+                if not len(batcher):
+                    return True
         if self._writer is None:
             if self._held or self._turn_pending:
                 pass

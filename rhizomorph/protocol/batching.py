@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 FLUSH_REASONS = ("idle", "free", "count", "size", "half", "timer", "large", "unbatched")
 #: What a busy target's batch waits for once its socket is free (see the module docstring).
@@ -108,7 +108,8 @@ class BatchMetrics:
         }
 
 
-class Flush(NamedTuple):
+@dataclass(slots=True)
+class Flush:
     frames: list[bytes]
     reason: str
 
@@ -266,7 +267,7 @@ class Batcher:
         self.metrics.record(count, size, reason)
         # Until a write leaves the buffer empty, later messages gather behind it (see ``wait``).
         self._idle = False
-        return tuple.__new__(Flush, (frames, reason))  # not the NamedTuple's Python __new__
+        return Flush(frames, reason)
 
     def written(self) -> None:
         """The socket finished writing a flush; an empty buffer means the target is idle again."""

@@ -8,7 +8,8 @@ and re-packs it in front of the untouched remaining bytes. The payload is never 
 from __future__ import annotations
 
 import threading
-from typing import Any, NamedTuple
+from dataclasses import dataclass
+from typing import Any
 
 import msgpack
 
@@ -19,7 +20,8 @@ class EnvelopeError(ValueError):
     """A binary frame whose header cannot be routed."""
 
 
-class Envelope(NamedTuple):
+@dataclass(slots=True)
+class Envelope:
     """A parsed binary frame: the header dict plus where the payload starts."""
 
     header: dict[str, Any]
@@ -56,8 +58,7 @@ def parse(frame: bytes | memoryview) -> Envelope:
         raise EnvelopeError("header has no string 'to'")
     if not isinstance(header.get("type", ""), str):
         raise EnvelopeError("header 'type' must be a string")
-    # tuple.__new__ straight: a dataclass's or NamedTuple's __init__/__new__ is a Python call per frame
-    return tuple.__new__(Envelope, (header, offset, frame))
+    return Envelope(header, offset, frame)
 
 
 def _longer_head(frame: bytes | memoryview) -> tuple[Any, int]:
