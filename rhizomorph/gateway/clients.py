@@ -55,6 +55,8 @@ class Clients:
         self._on_socket_lost = on_socket_lost
         self._closing: set[asyncio.Task[None]] = set()
         self._by_address: dict[str, ClientConnection] = {}
+        #: ``get`` without a Python call in between (the router looks a target up for every frame).
+        self.lookup = self._by_address.get
         self._by_workspace: dict[str, set[str]] = {}
         #: The write watch's timeout and period (``watch_writes``; 0: not watching) and its timer.
         self._watch = (0.0, 1.0)

@@ -99,7 +99,7 @@ class RouterServerConnection(ServerConnection):
         if self._in_parts is not None:
             self._read(data)
         elif self.on_binary is not None and (
-            (self._at_boundary and self.protocol.state is State.OPEN) or self._check_boundary()
+            (self._at_boundary and self.protocol.state is OPEN) or self._check_boundary()
         ):
             self._read(data)
         else:
@@ -134,18 +134,18 @@ class RouterServerConnection(ServerConnection):
                 if isinstance(header, int):
                     self._keep(data, position, header)
                     return
-                opcode = header.opcode
+                fin, rsv, opcode, masked, at, length = header  # one unpacking, not an attribute each
                 binary = opcode == ws_frames.OP_BINARY
-                stop = header.payload + header.length
+                stop = at + length
                 data_frame = binary or (opcode == ws_frames.OP_CONT and not self._text_fragmented)
-                if not data_frame or not header.masked or header.rsv:
+                if not data_frame or not masked or rsv:
                     # Not ours: websockets reads it whole (it knows nothing of a binary message
                     # begun here), then the rest of the data while it is at a frame boundary.
                     if opcode == ws_frames.OP_TEXT and self._binary_parts is not None:
                         self._fail(CloseCode.PROTOCOL_ERROR, "expected a continuation frame")
                         return
                     if stop > end:
-                        if opcode & 0x08 and header.length <= 125:  # a control frame: kept until whole
+                        if opcode & 0x08 and length <= 125:  # a control frame: kept until whole
                             self._keep(data, position, stop - position)
                         else:
                             self._to_websockets(data[position:] if position else data)
@@ -157,18 +157,26 @@ class RouterServerConnection(ServerConnection):
                             self._to_websockets(data[position:])
                         return
                     continue
-                if self._too_big(header.length):
+                if self._too_big(length):
                     return
                 if stop > end:
                     self._keep(data, position, stop - position)
                     return
-                payload = apply_mask(memoryview(data)[header.payload : stop], data[header.payload - 4 : header.payload])
+                payload = apply_mask(memoryview(data)[at:stop], data[at - 4 : at])
                 position = stop
                 if position < end and not grouped:  # another frame follows in this read
                     WRITES.begin()
                     grouped = True
-                self._binary_frame(payload, binary, header.fin)
-                if self.on_binary is None or protocol.state is not State.OPEN:
+                # A whole message in one frame (the common case): ``_binary_frame``'s first branch
+                # without its call.
+                if binary and fin and self._binary_parts is None and (on_binary := self.on_binary) is not None:
+                    try:
+                        on_binary(payload)
+                    except Exception:  # a router bug must not kill the socket's protocol callbacks
+                        log.exception("routing a frame failed")
+                else:
+                    self._binary_frame(payload, binary, fin)
+                if position < end and (self.on_binary is None or protocol.state is not OPEN):
                     return  # the connection ends (a protocol error, or routing closed it): nothing more is read
         finally:
             if grouped:

@@ -45,7 +45,7 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from rhizomorph.protocol import frames as v4frames
-from rhizomorph.protocol.batching import Batcher, BatchMetrics, BatchPolicy, Flush
+from rhizomorph.protocol.batching import Batcher, BatchMetrics, BatchPolicy
 
 log = logging.getLogger("rhizomorph.delivery")
 
@@ -155,17 +155,27 @@ class DeliveryQueue:
             self.overflow(f"delivery queue over {self.max_bytes} bytes")
             return False
         # A chunk of a stream is not a message: it never shares a batch frame (docs/protocol-v4.md).
+        alone = frame[:1] == b"\xc1"
         batcher = self.batcher
-        batcher.add(frame, self._clock(), alone=frame[:1] == b"\xc1")
         direct = self._direct
-        if self._socket_free(direct):
+        if not self._socket_free(direct):
+            batcher.add(frame, self._clock(), alone=alone)
+        elif not self.gather_turn and not WRITES.depth and batcher.pass_lone(frame, alone):
+            # A frame that nothing waits with: written now, as with batching off (never buffered,
+            # so ``_write_now``'s ``batcher.written`` has nothing to do: written here).
             assert direct is not None
-            if not self.gather_turn and len(batcher) == 1 and not WRITES.depth:
-                # A frame that nothing waits with: written now, as with batching off.
-                if self._write_now(direct, batcher.take_lone()):
-                    self._progress.set()
+            try:
+                direct.write([frame])
+            except Exception as exc:
+                self._fail(exc, [frame])
                 return True
-            elif batcher.full():
+            self.frames_written += 1
+            self._progress.set()
+            return True
+        else:
+            batcher.add(frame, self._clock(), alone=alone)
+            if batcher.full():
+                assert direct is not None
                 self._write_full(direct)
                 if not len(batcher):
                     return True
@@ -191,7 +201,7 @@ class DeliveryQueue:
         while batcher.full() and direct.ready():
             flush = batcher.take(self._clock())
             assert flush is not None  # a full head is always due
-            if not self._write_now(direct, flush):
+            if not self._write_now(direct, flush.frames):
                 return
         self._progress.set()
         if not len(batcher):
@@ -207,7 +217,7 @@ class DeliveryQueue:
         batcher = self.batcher
         wrote = False
         while direct.ready() and (flush := batcher.take(self._clock())) is not None:
-            if not self._write_now(direct, flush):
+            if not self._write_now(direct, flush.frames):
                 return
             wrote = True
         if wrote:
@@ -215,14 +225,14 @@ class DeliveryQueue:
         if len(batcher):
             self._writer = asyncio.get_running_loop().create_task(self._drain())
 
-    def _write_now(self, direct: DirectWrite, flush: Flush) -> bool:
-        """Hand ``flush`` to the socket at once; ``False``: the write failed (its senders are told,
-        as for a failed write in the writer)."""
-        messages = self._messages(flush.frames)
+    def _write_now(self, direct: DirectWrite, frames: list[bytes]) -> bool:
+        """Hand a flush's ``frames`` to the socket at once; ``False``: the write failed (its
+        senders are told, as for a failed write in the writer)."""
+        messages = frames if len(frames) == 1 else self._messages(frames)  # one frame: itself
         try:
             direct.write(messages)
         except Exception as exc:
-            self._fail(exc, flush.frames)
+            self._fail(exc, frames)
             return False
         self.frames_written += len(messages)
         self.batcher.written()

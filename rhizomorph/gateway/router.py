@@ -44,6 +44,7 @@ from rhizomorph.protocol.reconnecting import DEFAULT_MAX_CLIENTS, Reconnecting
 from rhizomorph.protocol.routing import Via
 
 log = logging.getLogger("rhizomorph.router")
+_V4 = frames.MAGIC  # the first byte of every v4 frame
 
 
 class Router:
@@ -65,6 +66,7 @@ class Router:
         )
         self.streams = ChunkStreams(self, self.peers)
         self.clients = Clients(worker_id, registry, self.peers, on_socket_lost=self.socket_lost)
+        self._client = self.clients.lookup  # read on every frame: the table's own get
         self.broadcasts = Broadcasts(worker_id, self.clients, self.peers)
         self.replica = DirectoryReplica(config.max_tracked_targets_per_client)
         self.unknown = UnknownTargets(
@@ -231,7 +233,7 @@ class Router:
         if held and conn in held:
             held[conn].append(frame)  # routed in turn with other clients' frames (throttle.py)
             return
-        if frames.is_v4(frame):
+        if frame and frame[0] == _V4:  # ``frames.is_v4`` without its call
             self._route_v4(conn, frame)
             return
         self._route_message(conn, frame)
@@ -249,7 +251,7 @@ class Router:
         if stamped is None:
             return
         target, frame, header = stamped
-        local = self.clients.get(target)
+        local = self._client(target)
         if local is not None and not self._locating:
             # A stamped frame is a msgpack map, never a v4 frame: it fits v3 and v4 clients alike.
             if not local.queue.put(frame):

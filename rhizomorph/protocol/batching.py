@@ -225,18 +225,27 @@ class Batcher:
             return None
         return self._pop(count, reason)
 
-    def take_lone(self) -> Flush:
-        """The one buffered frame, to be written now by a target that is idle (nothing else is
-        buffered or being written): ``take``'s flush for that case without its rules' walk."""
-        assert len(self._frames) == 1
+    def pass_lone(self, frame: bytes, alone: bool = False) -> bool:
+        """A frame for a target that is idle (its socket free, nothing being written), to be
+        written now if nothing is buffered: its flush is counted as ``add``, ``take`` and
+        ``written`` count it, without buffering it (the caller need not call ``written``).
+        ``False``, and nothing done, if frames are buffered (``add`` it)."""
+        if self._frames:
+            return False
         policy = self._policy
+        size = len(frame)
         if not policy.enabled:
             reason = "unbatched"
-        elif self._sizes[0] >= policy.max_size:
+        elif alone or size >= policy.max_size:
             reason = "large"
         else:
-            reason = "half" if self._big else "idle"
-        return self._pop(1, reason)
+            reason = "half" if size > self._half else "idle"
+        metrics = self.metrics
+        if not metrics.max_depth:
+            metrics.max_depth = 1
+        metrics.record(1, size, reason)
+        self._idle = True  # what ``written`` leaves after a flush that emptied the buffer
+        return True
 
     def _pop(self, count: int, reason: str) -> Flush:
         half = self._half

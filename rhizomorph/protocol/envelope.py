@@ -78,7 +78,6 @@ def _unpack_head(head: bytes | memoryview) -> tuple[Any, int]:
     unpacker = getattr(_local, "unpacker", None)
     if unpacker is None:
         unpacker = _local.unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=_HEAD_LIMIT)
-    base = unpacker.tell()
     unpacker.feed(head)
     try:
         header = unpacker.unpack()
@@ -88,10 +87,9 @@ def _unpack_head(head: bytes | memoryview) -> tuple[Any, int]:
     except (ValueError, TypeError, msgpack.UnpackException) as exc:
         _local.unpacker = None
         raise EnvelopeError(f"malformed msgpack header: {exc}") from None
-    offset = unpacker.tell() - base
-    if offset < len(head):
-        unpacker.read_bytes(len(head) - offset)  # discard the rest: the buffer is empty again
-    return header, offset
+    # The rest of ``head`` is read out (the buffer is empty again): what is left says where the
+    # header ended, without two ``tell`` calls around it.
+    return header, len(head) - len(unpacker.read_bytes(len(head)))
 
 
 def _unpack_whole(frame: bytes | memoryview) -> tuple[Any, int]:

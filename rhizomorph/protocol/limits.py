@@ -53,20 +53,20 @@ class TokenBucket:
         self._tokens = self.burst
         self._last = clock()
 
-    def _refill(self, now: float) -> None:
-        elapsed = now - self._last
-        if elapsed > 0:
-            self._tokens = min(self.burst, self._tokens + elapsed * self.rate)
-        self._last = now  # a clock going backwards adds nothing, and does not stall refills
-
     @property
     def tokens(self) -> float:
-        self._refill(self._clock())
+        self.take(0.0)  # the refill alone
         return self._tokens
 
     def take(self, n: float = 1.0, *, now: float | None = None) -> bool:
         """Spend ``n`` tokens if there are that many; ``now`` saves a clock read."""
-        self._refill(self._clock() if now is None else now)
+        if now is None:
+            now = self._clock()
+        # The refill, here and not in a method of its own: this runs for every inbound frame.
+        elapsed = now - self._last
+        if elapsed > 0:
+            self._tokens = min(self.burst, self._tokens + elapsed * self.rate)
+        self._last = now  # a clock going backwards adds nothing, and does not stall refills
         if self._tokens + _EPSILON >= n:  # refills are float sums: 0.5 + 0.05 * 10 < 1
             self._tokens -= n
             return True
@@ -110,8 +110,8 @@ class InboundPolicy:
 
     def on_frame(self) -> Breach | None:
         now = self._clock()  # one clock read per frame: this runs for every inbound frame
-        self.idle.touch(now)
-        if self.bucket is not None and not self.bucket.take(now=now):
+        self.idle._last = now  # ``touch(now)`` without its call
+        if self.bucket is not None and not self.bucket.take(1.0, now=now):
             return Breach(
                 CloseCode.POLICY_VIOLATION,
                 f"message rate limit exceeded ({self.bucket.rate:g}/s, burst {self.bucket.burst:g})",

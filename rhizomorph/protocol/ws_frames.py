@@ -9,6 +9,7 @@ plain masked data frame (control frames, reserved bits, text) is left to websock
 
 from __future__ import annotations
 
+import struct
 from typing import NamedTuple
 
 OP_CONT, OP_TEXT, OP_BINARY = 0x0, 0x1, 0x2
@@ -47,18 +48,21 @@ def parse_header(data: bytes, start: int) -> Header | int:
             return 10
         length = int.from_bytes(data[at : at + 8], "big")
         at += 8
-    masked = bool(second & 0x80)
+    masked = second > 0x7F  # the mask bit, the top one: a comparison, not a bool() call
     if masked:
         at += 4
-        if len(data) < at:
+        if available < at - start:
             return at - start
     # tuple.__new__ straight: the NamedTuple's own __new__ is a Python function (one call per frame)
-    return tuple.__new__(Header, (bool(first & FIN), first & 0x70, first & 0x0F, masked, at, length))
+    return tuple.__new__(Header, (first > 0x7F, first & 0x70, first & 0x0F, masked, at, length))
 
 
 #: The longest header of a server's (unmasked) frame: 2 bytes and a 64-bit length.
 MAX_SERVER_HEADER = 10
 _SHORT_BINARY = [bytes((FIN | OP_BINARY, length)) for length in range(126)]  # one per message: made once
+#: The two longer forms, each packed in one call (not bytes(), to_bytes and a concatenation).
+_HEADER_16 = struct.Struct(">BBH").pack
+_HEADER_64 = struct.Struct(">BBQ").pack
 
 
 def server_header(length: int, opcode: int = OP_BINARY) -> bytes:
@@ -69,5 +73,5 @@ def server_header(length: int, opcode: int = OP_BINARY) -> bytes:
     if length < 126:
         return bytes((first, length))
     if length < 65536:
-        return bytes((first, 126)) + length.to_bytes(2, "big")
-    return bytes((first, 127)) + length.to_bytes(8, "big")
+        return _HEADER_16(first, 126, length)
+    return _HEADER_64(first, 127, length)

@@ -313,19 +313,31 @@ def test_complete_says_whether_a_busy_target_flushes_before_its_timer(sizes, alo
         assert batcher.complete() == (before_timer is not None)
 
 
-def test_take_lone_gives_the_one_buffered_frame_with_takes_reason_for_an_idle_target() -> None:
-    for policy, size, reason in [
-        (BatchPolicy(max_size=100), 10, "idle"),
-        (BatchPolicy(max_size=100), 60, "half"),
-        (BatchPolicy(max_size=100), 100, "large"),
-        (BatchPolicy(enabled=False), 10, "unbatched"),
+def test_pass_lone_counts_an_idle_targets_frame_as_add_then_take_would() -> None:
+    for policy, size, alone, reason in [
+        (BatchPolicy(max_size=100), 10, False, "idle"),
+        (BatchPolicy(max_size=100), 60, False, "half"),
+        (BatchPolicy(max_size=100), 100, False, "large"),
+        (BatchPolicy(max_size=100), 10, True, "large"),
+        (BatchPolicy(enabled=False), 10, False, "unbatched"),
     ]:
-        batcher = Batcher(policy)
-        batcher.add(b"x" * size, 0.0)
-        flush = batcher.take_lone()
-        assert flush.frames == [b"x" * size] and flush.reason == reason
-        assert len(batcher) == 0 and batcher.buffered_bytes == 0 and not batcher.full()
-        assert batcher.metrics.reasons[reason] == 1
+        taken = Batcher(policy)
+        taken.add(b"x" * size, 0.0, alone=alone)
+        flush = taken.take(0.0)
+        assert flush is not None and flush.frames == [b"x" * size] and flush.reason == reason
+        taken.written()
+        passed = Batcher(policy)
+        assert passed.pass_lone(b"x" * size, alone)
+        assert len(passed) == 0 and passed.buffered_bytes == 0 and not passed.full()
+        assert passed.metrics == taken.metrics and passed.metrics.reasons[reason] == 1
+        assert passed.take(0.0) is None and passed.deadline() is None
+
+
+def test_pass_lone_leaves_a_frame_behind_buffered_ones_to_add() -> None:
+    batcher = Batcher(BatchPolicy(max_size=100))
+    batcher.add(b"a", 0.0)
+    assert not batcher.pass_lone(b"b")
+    assert len(batcher) == 1 and batcher.metrics.flushes == 0
 
 
 def walk(sizes: list[int], policy: BatchPolicy, idle: bool, waited: bool) -> tuple[int, str] | None:

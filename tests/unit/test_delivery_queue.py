@@ -197,6 +197,19 @@ async def test_a_v3_targets_frame_that_nothing_waits_with_is_written_in_put(poli
     assert queue.depth == 0 and queue._writer is None and not queue._turn_pending
     reasons = {r: n for r, n in queue.batch_metrics.reasons.items() if n}
     assert reasons == ({"unbatched": 3} if not policy.enabled else {"idle": 1, "half": 1, "large": 1})
+    metrics = queue.batch_metrics  # each counted as a flush of its own, never buffered deeper than one
+    assert (metrics.messages, metrics.flushes, metrics.bytes, metrics.batched_messages) == (3, 3, 270, 0)
+    assert metrics.sizes == {1: 3} and metrics.max_depth == 1 and queue.frames_written == 3
+
+
+async def test_a_v3_targets_lone_frame_whose_write_fails_goes_to_on_unwritten() -> None:
+    socket, clock = FakeSocket(), Clock()
+    unwritten: list[bytes] = []
+    queue = DeliveryQueue("ws/c", socket.send, SOCKET, direct=socket, clock=clock, on_unwritten=unwritten.extend)
+    socket.fail = True
+    assert queue.put(message(0))  # handed over: its sender is told through on_unwritten
+    assert unwritten == [message(0)] and queue.frames_written == 0
+    assert not queue.put(message(1))  # the queue is closed: the caller tells the sender
 
 
 async def test_the_frames_of_one_read_group_leave_a_v3_target_in_one_write_at_the_groups_end() -> None:
