@@ -1,7 +1,7 @@
 """CPU per message of one target's delivery queue (``rhizomorph/gateway/delivery.py``), batching on or off.
 
     python -m benchmarks.delivery_cpu [--size 20000] [--messages 20000] [--no-batching] [--wire v3]
-                                      [--busy [--burst 8]] [--routed [--read 256000] [--stream] [--slow]]
+                                      [--busy [--burst 8]] [--routed [--read 256000 [--unaligned]] [--stream] [--slow]]
     valgrind --tool=callgrind python -m benchmarks.delivery_cpu ...   # instructions, load-free
 
 Messages arrive one per event-loop turn, as calls from a socket's ``data_received`` do, at a
@@ -116,9 +116,14 @@ def main() -> int:
     parser.add_argument("--read", type=int, default=0, help="--routed: bytes per read of the caller's socket")
     parser.add_argument("--stream", action="store_true", help="--routed: a v4 caller's chunk streams")
     parser.add_argument("--slow", action="store_true", help="--routed: the target's socket pauses after big writes")
+    parser.add_argument(
+        "--unaligned", action="store_true", help="--routed --read: reads cut from 10 calls in a row, not per call"
+    )
     args = parser.parse_args()
     if args.routed:
-        result = route_cpu.run(args.size, args.messages, args.batching, args.wire, args.read, args.stream, args.slow)
+        result = route_cpu.run(
+            args.size, args.messages, args.batching, args.wire, args.read, args.stream, args.slow, args.unaligned
+        )
     else:
         result = run(args.size, args.messages, args.batching, args.wire, args.busy, max(1, args.burst))
     print(json.dumps(asyncio.run(result)))

@@ -181,6 +181,8 @@ CHUNK_SIZE = 256 * 1024
 
 #: Messages whose bytes on the wire are hashed (``warmup_digest``), before the warm-up.
 DIGESTED = 20
+#: Calls in a row whose bytes are cut into reads together (``unaligned``).
+PERIOD = 10
 
 
 async def one_per_turn(put: Callable[[bytes], Any], frame: bytes, messages: int) -> float:
@@ -208,10 +210,16 @@ async def run(
     read: int = 0,
     stream: bool = False,
     slow: bool = False,
+    unaligned: bool = False,
 ) -> dict[str, Any]:
     """``read``: the caller's bytes arrive in reads of at most this many bytes, one per loop turn
     (0: one read per frame); ``stream``: the caller is a v4 client sending each call as a chunk
-    stream; ``slow``: the target's socket pauses after each big write (``SlowTransport``)."""
+    stream; ``slow``: the target's socket pauses after each big write (``SlowTransport``);
+    ``unaligned``: the reads are cut from the caller's stream of ``PERIOD`` calls in a row, as
+    a socket with several calls in flight is read (a read ends inside the next call's frame),
+    not one call at a time (then ``messages`` must be a multiple of ``PERIOD``)."""
+    if unaligned and (not read or messages % PERIOD):
+        raise ValueError(f"unaligned needs --read and a multiple of {PERIOD} messages")
     router = Router(Config(port=0, enable_message_batching=batching), "w1", NoRegistry())  # type: ignore[arg-type]
     router.streams.ids = StreamIds(random.Random(0))  # the same stream ids in every run: comparable digests
     caller, caller_socket, _ = await _join(router, "a", wire_v4=stream)
@@ -234,8 +242,22 @@ async def run(
             receive(piece)
             await asyncio.sleep(0)  # the next read comes on a later turn of the loop
 
+    if unaligned:
+        stream_of_calls = data * PERIOD  # cut once: the same reads for any --messages
+        period = [stream_of_calls[i : i + read] for i in range(0, len(stream_of_calls), read)]
+
+        async def calls(count: int) -> None:
+            for _ in range(count // PERIOD):
+                for piece in period:
+                    receive(piece)
+                    await asyncio.sleep(0)
+
     target_transport.digest = hashlib.sha256()
-    for _ in range(DIGESTED):  # the same for any --messages: it cancels out of (I(N) - I(M)) / (N - M)
+    if unaligned:
+        await calls(DIGESTED)
+    for _ in range(
+        0 if unaligned else DIGESTED
+    ):  # the same for any --messages: it cancels out of (I(N) - I(M)) / (N - M)
         await call()
     digest, target_transport.digest = target_transport.digest.hexdigest()[:16], None
     target_transport.record = True  # the writes of one call
@@ -244,7 +266,12 @@ async def run(
     for _ in range(messages // 10):  # warm-up
         await call()
     written = target_transport.written
-    if len(pieces) == 1:
+    if unaligned:
+        started = time.process_time()
+        await calls(messages)
+        await asyncio.sleep(0)
+        elapsed = time.process_time() - started
+    elif len(pieces) == 1:
         elapsed = await one_per_turn(receive, data, messages)
     else:
         started = time.process_time()

@@ -28,6 +28,28 @@ async def test_channel_delivers_batches_in_order_over_a_unix_socket():
         await server.close()
 
 
+async def test_large_frames_cross_the_socket_byte_for_byte():
+    """A batch goes out as its prefix and body (``writelines``); the reader decodes batches whole
+    in a read straight from it and buffers the rest: every frame arrives as it was sent."""
+    received = []
+    server = channel.ChannelServer(received.extend)
+    path = await server.start()
+    sender = channel.Channel(path)
+    big = bytes(range(256)) * 2400  # ~600 KB: a batch over several reads
+    sent = [("ws/a", None, big), ("ws/b", None, b"x" * 100), ("ws/c", None, big[::-1])]
+    try:
+        await sender.send(sent[:1])
+        assert sender.try_send(sent[1:])
+        for _ in range(200):
+            if len(received) == len(sent):
+                break
+            await asyncio.sleep(0.01)
+        assert received == sent
+    finally:
+        sender.close()
+        await server.close()
+
+
 def test_same_node_workers_use_the_socket(router2):
     kinds = [kind for stats in router2.stats() for kind in stats["peer_channels"].values()]
     assert kinds == ["socket", "socket"]

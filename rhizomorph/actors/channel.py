@@ -33,8 +33,41 @@ SYNC_WRITE_LIMIT = 1 << 20
 
 
 def encode_batch(items: list[Item]) -> bytes:
-    body = msgpack.packb(items, use_bin_type=True)  # tuples pack as arrays
-    return _LENGTH.pack(len(body)) + body
+    return b"".join(batch_parts(items))
+
+
+#: A frame at least this long is a piece of its own in the batch's ``writelines``, written from
+#: where it is: packed, it would be copied into msgpack's buffer and out of it again.
+LARGE_FRAME = 65536
+
+
+def batch_parts(items: list[Item]) -> list[bytes]:
+    """A batch as pieces for ``writelines``: its length prefix, then its body (the bytes of
+    ``msgpack.packb(items)``), large frames apart, so that no frame is copied to make it."""
+    if all(len(item[2]) < LARGE_FRAME for item in items):
+        body = msgpack.packb(items, use_bin_type=True)  # tuples pack as arrays
+        return [_LENGTH.pack(len(body)), body]
+    parts = [b"", _header(len(items), 0x90, 0xDC, 0xDD)]
+    for item in items:
+        target, event_type, frame = item
+        if len(frame) < LARGE_FRAME:
+            parts.append(msgpack.packb(item, use_bin_type=True))
+        else:  # what packb writes for the item: its 3-array header, the strings, then bin 16/32
+            size = len(frame)
+            head = b"\xc5" + size.to_bytes(2, "big") if size < 65536 else b"\xc6" + size.to_bytes(4, "big")
+            parts.append(b"\x93" + msgpack.packb(target) + msgpack.packb(event_type) + head)
+            parts.append(frame)
+    parts[0] = _LENGTH.pack(sum(map(len, parts)))
+    return parts
+
+
+def _header(count: int, fix: int, short: int, long: int) -> bytes:
+    """A msgpack array header for ``count`` entries (fixarray, array 16 or array 32)."""
+    if count < 16:
+        return bytes((fix | count,))
+    if count < 65536:
+        return bytes((short,)) + count.to_bytes(2, "big")
+    return bytes((long,)) + count.to_bytes(4, "big")
 
 
 def decode_batch(body: bytes | memoryview) -> list[Item]:
@@ -75,8 +108,11 @@ class _BatchReader(asyncio.Protocol):
         self._transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        buffer = self._buffer
-        buffer += data
+        buffer: bytearray | memoryview = self._buffer
+        if self._buffer:
+            self._buffer += data
+        else:  # batches whole in this read are decoded from it: only a batch's start is buffered
+            buffer = memoryview(data)
         offset, end = 0, len(buffer)
         try:
             while end - offset >= _LENGTH.size:
@@ -94,7 +130,11 @@ class _BatchReader(asyncio.Protocol):
             if self._transport is not None:
                 self._transport.close()
             return
-        del buffer[:offset]  # the decoded batches hold copies, no view of the buffer
+        if isinstance(buffer, memoryview):
+            if offset < end:
+                self._buffer = bytearray(buffer[offset:])
+        else:
+            del buffer[:offset]  # the decoded batches hold copies, no view of the buffer
 
 
 class Channel:
@@ -110,14 +150,14 @@ class Channel:
         writer = self._writer
         if writer is None or writer.is_closing() or writer.transport.get_write_buffer_size() > SYNC_WRITE_LIMIT:
             return False
-        writer.write(encode_batch(items))
+        writer.writelines(batch_parts(items))
         return True
 
     async def send(self, items: list[Item]) -> None:
         writer = self._writer
         if writer is None or writer.is_closing():
             writer = await self._connect()
-        writer.write(encode_batch(items))
+        writer.writelines(batch_parts(items))
         await writer.drain()
 
     async def _connect(self) -> asyncio.StreamWriter:

@@ -91,6 +91,7 @@ class RouterServerConnection(ServerConnection):
     _in_parts: list[bytes | memoryview] | None = None
     _in_size = 0
     _in_need = 0
+    _in_data_frame = False
     #: ``at_frame_boundary`` was true and websockets' parser has been fed nothing since: it
     #: still is while the connection is open (only what it reads moves its parser).
     _at_boundary = False
@@ -118,17 +119,36 @@ class RouterServerConnection(ServerConnection):
         """Binary frames straight to ``on_binary``; from the first other frame on, the rest of
         ``data`` goes to websockets (its parser is at a frame boundary: it reads it as ever)."""
         parts = self._in_parts
-        if parts is not None:
-            parts.append(data)
-            self._in_size += len(data)
-            if self._in_size < self._in_need:
-                return
-            data = b"".join(parts)
-            self._in_parts = None
+        position = 0
         protocol = self.protocol
-        position, end = 0, len(data)
         grouped = False  # the frames of this read: one write group for v3 targets (delivery.py)
         try:
+            if parts is not None:
+                parts.append(data)
+                self._in_size += len(data)
+                if self._in_size < self._in_need:
+                    return
+                self._in_parts = None
+                extra = self._in_size - self._in_need
+                if not (extra and self._in_data_frame):
+                    data = b"".join(parts)
+                else:  # only the kept frame's bytes are joined; the frames after it are read from ``data``
+                    position = len(data) - extra
+                    parts[-1] = memoryview(data)[:position]
+                    frame = b"".join(parts)
+                    WRITES.begin()  # another frame follows in this read
+                    grouped = True
+                    header = ws_frames.parse_header(frame, 0)
+                    assert not isinstance(header, int)  # whole: it was kept until it was
+                    at = header.payload
+                    self._binary_frame(
+                        apply_mask(memoryview(frame)[at:], frame[at - 4 : at]),
+                        header.opcode == ws_frames.OP_BINARY,
+                        header.fin,
+                    )
+                    if self.on_binary is None or protocol.state is not OPEN:
+                        return
+            end = len(data)
             while position < end:
                 header = ws_frames.parse_header(data, position)
                 if isinstance(header, int):
@@ -160,7 +180,7 @@ class RouterServerConnection(ServerConnection):
                 if self._too_big(length):
                     return
                 if stop > end:
-                    self._keep(data, position, stop - position)
+                    self._keep(data, position, stop - position, data_frame=True)
                     return
                 payload = apply_mask(memoryview(data)[at:stop], data[at - 4 : at])
                 position = stop
@@ -182,11 +202,13 @@ class RouterServerConnection(ServerConnection):
             if grouped:
                 WRITES.end()
 
-    def _keep(self, data: bytes, position: int, need: int) -> None:
-        """The frame at ``data[position:]`` is incomplete: wait until ``need`` bytes of it are here."""
+    def _keep(self, data: bytes, position: int, need: int, data_frame: bool = False) -> None:
+        """The frame at ``data[position:]`` is incomplete: wait until ``need`` bytes of it are here
+        (``data_frame``: they are the whole of a data frame whose header was checked)."""
         self._in_parts = [memoryview(data)[position:] if position else data]
         self._in_size = len(data) - position
         self._in_need = need
+        self._in_data_frame = data_frame
 
     def _too_big(self, length: int) -> bool:
         """Whether a frame of ``length`` payload bytes passes websockets' limits (``max_size``):

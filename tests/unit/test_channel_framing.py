@@ -3,10 +3,19 @@ byte stream however it is split."""
 
 from __future__ import annotations
 
+import msgpack
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rhizomorph.actors.channel import MAX_BATCH_BYTES, _BatchReader, decode_batch, encode_batch
+from rhizomorph.actors.channel import (
+    LARGE_FRAME,
+    MAX_BATCH_BYTES,
+    _BatchReader,
+    batch_parts,
+    decode_batch,
+    encode_batch,
+)
 
 ITEMS = st.tuples(st.text(max_size=20), st.none() | st.text(max_size=8), st.binary(max_size=300))
 BATCHES = st.lists(st.lists(ITEMS, min_size=1, max_size=5), min_size=1, max_size=6)
@@ -22,6 +31,20 @@ def test_channel_batches_round_trip(items):
     data = encode_batch(items)
     assert int.from_bytes(data[:4], "big") == len(data) - 4
     assert decode_batch(data[4:]) == items
+
+
+SIZES = [0, 5, LARGE_FRAME - 1, LARGE_FRAME, 65535, 65536, 300_000]
+
+
+@pytest.mark.parametrize("count", [1, 3, 17])
+def test_a_batch_with_large_frames_is_the_bytes_of_its_msgpack_pieces_apart(count):
+    """Large frames are written as pieces of their own: the pieces are msgpack's bytes, in order."""
+    items = [(f"ws/c{i}", None if i % 2 else "evt", bytes([i]) * SIZES[i % len(SIZES)]) for i in range(count)]
+    items.append(("ws/big", None, b"b" * 70_000))
+    body = msgpack.packb(items, use_bin_type=True)
+    parts = batch_parts(items)
+    assert b"".join(parts) == len(body).to_bytes(4, "big") + body
+    assert any(part is items[-1][2] for part in parts)  # written from where it is, not copied
 
 
 class _Transport:

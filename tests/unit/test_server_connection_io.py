@@ -97,6 +97,30 @@ async def test_a_frame_split_over_reads_into_websockets_keeps_its_reads_there() 
     assert await connection.recv() == text
 
 
+@pytest.mark.parametrize("read", [1, 7, 1000, 65_536, 70_010, 256_000])
+async def test_frames_kept_over_reads_arrive_whole_however_the_stream_is_cut(read: int) -> None:
+    """A frame kept over reads is joined from its own bytes only; the frames after it in the
+    read that completes it are read from that read: every message arrives as it was sent."""
+    connection, _ = open_connection()
+    got: list[bytes] = []
+    connection.on_binary = lambda message: got.append(bytes(message))
+    big, other = bytes(range(256)) * 300, b"o" * 130_000
+    stream = b"".join(
+        [
+            masked(Opcode.BINARY, big),
+            masked(Opcode.BINARY, b"small"),
+            masked(Opcode.BINARY, other[:70_000], fin=False),  # a fragmented message
+            masked(Opcode.CONT, other[70_000:]),
+            masked(Opcode.BINARY, big[::-1]),
+            masked(Opcode.BINARY, b"last"),
+        ]
+    )
+    for start in range(0, len(stream), read):
+        connection.data_received(stream[start : start + read])
+    assert got == [big, b"small", other, big[::-1], b"last"]
+    assert connection.protocol.state is State.OPEN
+
+
 #: Frames that no other frame can share a flush with, arriving over several reads of the
 #: caller's socket: a v4 caller's 2 MB chunk stream (256000-byte reads, as uvloop reads), a
 #: hypha-rpc ``message_cache`` chunk call (~256 KiB) and 100 KB calls (mixed's blobs) to v3
