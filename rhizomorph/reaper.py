@@ -33,6 +33,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from typing import IO
 
 #: Seconds between two looks at the driver's descendants.
@@ -50,13 +51,19 @@ def _read(path: str) -> bytes:
         os.close(fd)
 
 
-def start_time(pid: int) -> int | None:
-    """The start time of ``pid`` (clock ticks since boot), ``None`` if it is gone."""
+def _stat(pid: int | str) -> list[bytes] | None:
+    """The fields of ``/proc/<pid>/stat`` after "pid (comm) " (state, ppid, ...); ``None`` if it is gone."""
     try:
         stat = _read(f"/proc/{pid}/stat")
     except OSError:
         return None
-    return int(stat[stat.rindex(b")") + 2 :].split()[19])  # after "pid (comm) ": state, ppid, ...
+    return stat[stat.rindex(b")") + 2 :].split()
+
+
+def start_time(pid: int) -> int | None:
+    """The start time of ``pid`` (clock ticks since boot), ``None`` if it is gone."""
+    fields = _stat(pid)
+    return None if fields is None else int(fields[19])
 
 
 def children(pid: int, every_thread: bool) -> list[int]:
@@ -83,28 +90,23 @@ def descendants(root: int, every_thread: bool) -> list[int]:
     where the kernel lists no children, from every process's parent (``scanned_descendants``)."""
     if not HAS_CHILDREN_FILES:
         return scanned_descendants(root)
-    found, todo = [], [root]
-    while todo:
-        for child in children(todo.pop(), every_thread):
-            found.append(child)
-            todo.append(child)
-    return found
+    return _walk(root, lambda pid: children(pid, every_thread))
 
 
 def scanned_descendants(root: int) -> list[int]:
     """Every descendant of ``root``, from the parent pid of every process of the machine."""
     below: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = _read(f"/proc/{entry}/stat")
-            except OSError:  # gone meanwhile
-                continue
-            parent = int(stat[stat.rindex(b")") + 2 :].split()[1])
-            below.setdefault(parent, []).append(int(entry))
+        if entry.isdigit() and (fields := _stat(entry)) is not None:  # else gone meanwhile
+            below.setdefault(int(fields[1]), []).append(int(entry))
+    return _walk(root, lambda pid: below.get(pid, []))
+
+
+def _walk(root: int, children_of: Callable[[int], list[int]]) -> list[int]:
+    """Every process below ``root``, given each one's children."""
     found, todo = [], [root]
     while todo:
-        for child in below.get(todo.pop(), ()):
+        for child in children_of(todo.pop()):
             found.append(child)
             todo.append(child)
     return found
