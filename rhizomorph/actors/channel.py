@@ -47,27 +47,26 @@ def batch_parts(items: list[Item]) -> list[bytes]:
     if all(len(item[2]) < LARGE_FRAME for item in items):
         body = msgpack.packb(items, use_bin_type=True)  # tuples pack as arrays
         return [_LENGTH.pack(len(body)), body]
-    parts = [b"", _header(len(items), 0x90, 0xDC, 0xDD)]
+    parts = [b"", _array_header(len(items))]
     for item in items:
         target, event_type, frame = item
         if len(frame) < LARGE_FRAME:
             parts.append(msgpack.packb(item, use_bin_type=True))
-        else:  # what packb writes for the item: its 3-array header, the strings, then bin 16/32
-            size = len(frame)
-            head = b"\xc5" + size.to_bytes(2, "big") if size < 65536 else b"\xc6" + size.to_bytes(4, "big")
+        else:  # what packb writes for the item: its 3-array header, the strings, then bin 32 (>= 64 KiB)
+            head = b"\xc6" + len(frame).to_bytes(4, "big")
             parts.append(b"\x93" + msgpack.packb(target) + msgpack.packb(event_type) + head)
             parts.append(frame)
     parts[0] = _LENGTH.pack(sum(map(len, parts)))
     return parts
 
 
-def _header(count: int, fix: int, short: int, long: int) -> bytes:
+def _array_header(count: int) -> bytes:
     """A msgpack array header for ``count`` entries (fixarray, array 16 or array 32)."""
     if count < 16:
-        return bytes((fix | count,))
+        return bytes((0x90 | count,))
     if count < 65536:
-        return bytes((short,)) + count.to_bytes(2, "big")
-    return bytes((long,)) + count.to_bytes(4, "big")
+        return b"\xdc" + count.to_bytes(2, "big")
+    return b"\xdd" + count.to_bytes(4, "big")
 
 
 def decode_batch(body: bytes | memoryview) -> list[Item]:
