@@ -23,10 +23,15 @@ from rhizomorph.actors import answers, launching
 from rhizomorph.actors.fleet import CONTROL_TIMEOUT, Fleet, log
 
 
+def on_lost_nodes(fleet: Fleet, alive: list[dict[str, Any]]) -> list[str]:
+    """The workers whose node is not among Ray's ``alive`` nodes."""
+    alive_ids = {n["NodeID"] for n in alive}
+    return [w for w, info in fleet.worker_info.items() if info["node_id"] not in alive_ids]
+
+
 async def release_lost(fleet: Fleet) -> list[str]:
     """Find the lost workers, check the registry, then release the lost ones; returns their ids."""
-    alive_nodes = {n["NodeID"] for n in await launching.alive_nodes()}
-    lost = [w for w, info in fleet.worker_info.items() if info["node_id"] not in alive_nodes]
+    lost = on_lost_nodes(fleet, await launching.alive_nodes())
     pings = {w: h.ping.remote() for w, h in fleet.workers.items() if w not in lost}
     interval = max(1.0, fleet.config.health_check_interval)
     for worker_id, answer in (await answers(pings, interval)).items():
@@ -122,9 +127,7 @@ class DeathWatch:
         if ended:
             return True
         alive = await launching.alive_nodes()
-        alive_ids = {n["NodeID"] for n in alive}
-        lost = any(info["node_id"] not in alive_ids for info in fleet.worker_info.values())
-        return lost or bool(launching.missing(fleet, alive))
+        return bool(on_lost_nodes(fleet, alive) or launching.missing(fleet, alive))
 
     def close(self) -> None:
         for _, call in self._held.values():
