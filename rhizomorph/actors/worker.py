@@ -42,9 +42,11 @@ class GatewayWorker:
     def __init__(self, config: Config, worker_id: str, registry: Any) -> None:
         # The gateway is imported here, in the worker's process, not with this module: the
         # controller imports this module only to create workers, and need not load the gateway.
+        from rhizomorph.gateway import memory
         from rhizomorph.gateway.router import Router
 
         logs.configure(config.log_level, config.log_format)
+        memory.tune_heap()
         self._config = config
         self._registry = registry
         self._calls = RegistryCalls(registry)

@@ -32,6 +32,7 @@ import asyncio
 import contextvars
 import ctypes
 import ctypes.util
+import functools
 import gc
 import logging
 import math
@@ -49,19 +50,44 @@ MAX_WAIT = 10.0
 MIN_INTERVAL = 10.0
 
 
-def _malloc_trim() -> Callable[[], None] | None:
+def _glibc() -> ctypes.CDLL | None:
     name = ctypes.util.find_library("c")
     try:
-        trim = ctypes.CDLL(name).malloc_trim if name else None
-    except (OSError, AttributeError):  # not glibc
+        libc = ctypes.CDLL(name) if name else None
+    except OSError:
         return None
-    if trim is None:
+    if libc is None or not hasattr(libc, "malloc_trim") or not hasattr(libc, "mallopt"):  # not glibc
         return None
-    trim.argtypes = [ctypes.c_size_t]
-    return lambda: trim(0)
+    libc.malloc_trim.argtypes = [ctypes.c_size_t]
+    libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    return libc
 
 
-_TRIM = _malloc_trim()
+_LIBC = _glibc()
+_TRIM: Callable[[], object] | None = None if _LIBC is None else functools.partial(_LIBC.malloc_trim, 0)
+
+#: glibc's ``mallopt`` parameters (malloc.h).
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
+#: The heap of a gateway worker: freed memory at its top is given back to the system only past
+#: this many bytes, and blocks up to ``HEAP_MMAP_THRESHOLD`` come from the heap, not from a
+#: mapping of their own. glibc's own thresholds follow the largest block freed (twice a
+#: 256 KiB chunk of hypha-rpc's, ~0.5 MiB): a worker carrying large messages then gives pages
+#: back and takes them again, zeroed by the kernel, for every few chunks (benchmarks/router_cpu.md,
+#: "The heap's thresholds"). A wave of departures still trims the heap down (``collect_and_trim``).
+HEAP_TRIM_THRESHOLD = 64 << 20
+HEAP_MMAP_THRESHOLD = 4 << 20
+
+
+def tune_heap() -> bool:
+    """Fix the process's heap thresholds (``HEAP_TRIM_THRESHOLD``, ``HEAP_MMAP_THRESHOLD``);
+    False where the C library is not glibc's."""
+    if _LIBC is None:
+        return False
+    return bool(_LIBC.mallopt(M_TRIM_THRESHOLD, HEAP_TRIM_THRESHOLD)) and bool(
+        _LIBC.mallopt(M_MMAP_THRESHOLD, HEAP_MMAP_THRESHOLD)
+    )
+
 
 #: The lengths of the free lists emptied: asyncio's future iterators (CPython 3.11), uvloop's
 #: ``Handle`` and ``TimerHandle`` (each), CPython's floats (3.11). Exact: one more than a list
