@@ -8,9 +8,9 @@ own, defaults otherwise), all up at once; then, for each case, runs that take tu
 the trees (base, branch, base, branch ...) with the same clients (this tree's: caller here,
 provider in a process of its own, on different gateway workers as in ``bench_claims``). Each
 run is ``benchmarks.call_cpu.measure`` (~3000 calls by default) plus the CPU of the router's
-gateway worker(s) alone: the router's whole process tree also counts Ray's idle background
-for as long as the run lasts, which moves with the machine's load; the workers' part moves
-with the code. One JSON line per run; numbers: ``benchmarks/router_cpu.md``.
+gateway worker(s) alone (and their minor page faults per call): the router's whole process
+tree also counts Ray's idle background for as long as the run lasts, which moves with the
+machine's load; the workers' part moves with the code. One JSON line per run; numbers: ``benchmarks/router_cpu.md``.
 """
 
 from __future__ import annotations
@@ -56,6 +56,19 @@ class TreeRouter(call_cpu.ServedRouter):
                 total += seconds
         return total
 
+    def worker_page_faults(self) -> int:
+        """Minor page faults of the router's gateway worker processes (alive now) so far: each a
+        page the kernel gave them, zeroed (``rhizomorph/gateway/memory.py``, ``tune_heap``)."""
+        total = 0
+        for process in psutil.Process(self.process.pid).children(recursive=True):
+            if role(process) == "gateway worker actor":
+                try:
+                    with open(f"/proc/{process.pid}/stat") as stat:
+                        total += int(stat.read().rsplit(")", 1)[1].split()[7])  # minflt, proc(5)
+                except OSError:
+                    pass  # a worker that ended during the run
+        return total
+
     def roles_cpu_seconds(self) -> dict[str, float]:
         """CPU seconds of the router's processes (alive now) by role (``router_processes.ROLES``)."""
         roles: dict[str, float] = {}
@@ -67,6 +80,7 @@ class TreeRouter(call_cpu.ServedRouter):
 
 
 async def run(router: TreeRouter, case: str, client: str, rounds: int, in_flight: int) -> dict[str, Any]:
+    faults = router.worker_page_faults()
     record = await call_cpu.measure(
         router.url,
         router.process.pid,
@@ -78,7 +92,8 @@ async def run(router: TreeRouter, case: str, client: str, rounds: int, in_flight
         workers_cpu=router.worker_cpu_seconds,
         roles_cpu=router.roles_cpu_seconds,
     )
-    return {"tree": router.tree, **record}
+    faults = router.worker_page_faults() - faults  # the run's setup (connect, first call) included
+    return {"tree": router.tree, **record, "worker_faults_per_call": round(faults / record["calls"], 1)}
 
 
 def start(tree: str, attempts: int = START_ATTEMPTS) -> TreeRouter:
