@@ -10,7 +10,8 @@ provider in a process of its own, on different gateway workers as in ``bench_cla
 run is ``benchmarks.call_cpu.measure`` (~3000 calls by default) plus the CPU of the router's
 gateway worker(s) alone (and their minor page faults per call): the router's whole process
 tree also counts Ray's idle background for as long as the run lasts, which moves with the
-machine's load; the workers' part moves with the code. One JSON line per run; numbers: ``benchmarks/router_cpu.md``.
+machine's load; the workers' part moves with the code. One JSON line per run; numbers:
+``benchmarks/router_cpu.md``.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from benchmarks import call_cpu
 from benchmarks.contenders import _free_port
 from benchmarks.router_processes import cpu_seconds, role, tree
 from benchmarks.run import quiet_client_logs
+from rhizomorph.reaper import _stat
 
 #: Passes per run where ``call_cpu``'s ~3000 calls would take minutes (20 x 2 MB a pass).
 ROUNDS = {"large": 5}
@@ -48,26 +50,20 @@ class TreeRouter(call_cpu.ServedRouter):
         env = {**os.environ, "PYTHONPATH": tree}
         self.process = subprocess.Popen(command, cwd=tree, env=env, stdout=subprocess.PIPE, text=True)
 
+    def _workers(self) -> list[psutil.Process]:
+        """The router's gateway worker processes (alive now)."""
+        processes = psutil.Process(self.process.pid).children(recursive=True)
+        return [process for process in processes if role(process) == "gateway worker actor"]
+
     def worker_cpu_seconds(self) -> float:
         """CPU seconds of the router's gateway worker processes (alive now)."""
-        total = 0.0
-        for process in psutil.Process(self.process.pid).children(recursive=True):
-            if role(process) == "gateway worker actor" and (seconds := cpu_seconds(process)) is not None:
-                total += seconds
-        return total
+        return sum(seconds for process in self._workers() if (seconds := cpu_seconds(process)) is not None)
 
     def worker_page_faults(self) -> int:
         """Minor page faults of the router's gateway worker processes (alive now) so far: each a
         page the kernel gave them, zeroed (``rhizomorph/gateway/memory.py``, ``tune_heap``)."""
-        total = 0
-        for process in psutil.Process(self.process.pid).children(recursive=True):
-            if role(process) == "gateway worker actor":
-                try:
-                    with open(f"/proc/{process.pid}/stat") as stat:
-                        total += int(stat.read().rsplit(")", 1)[1].split()[7])  # minflt, proc(5)
-                except OSError:
-                    pass  # a worker that ended during the run
-        return total
+        # minflt, field 10 of proc(5): the 8th after "pid (comm)"; None for a worker that ended
+        return sum(int(fields[7]) for process in self._workers() if (fields := _stat(process.pid)) is not None)
 
     def roles_cpu_seconds(self) -> dict[str, float]:
         """CPU seconds of the router's processes (alive now) by role (``router_processes.ROLES``)."""

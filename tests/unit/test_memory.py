@@ -7,6 +7,7 @@ import gc
 import importlib.util
 import inspect
 import struct
+import subprocess
 import sys
 import tracemalloc
 import weakref
@@ -368,8 +369,6 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 
 @pytest.mark.skipif(memory._LIBC is None, reason="glibc only")
 def test_a_tuned_heap_keeps_the_pages_of_freed_large_blocks_for_the_next_ones():
-    import subprocess
-
     def faults(mode: str) -> int:
         done = subprocess.run([sys.executable, "-c", _CHURN, mode], capture_output=True, text=True, check=True)
         return int(done.stdout.strip().splitlines()[-1])
