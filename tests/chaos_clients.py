@@ -14,7 +14,8 @@ chunk size) and emits events to its workspace.
 Every RPC (a lookup is one, so is a call) is counted under the phase it started in:
 ``completed`` (the right answer), ``wrong`` (another answer), ``rejected`` (an error came back:
 the router's or the peer's), ``timed_out`` (hypha-rpc's own ``method_timeout`` gave up: no
-answer came) or ``hung`` (not ended ``BOUND`` seconds after it started: it is abandoned then).
+answer came) or ``hung`` (not ended ``BOUND`` seconds after it started: followed ``FOLLOW`` seconds more,
+to record how it ends, then abandoned).
 """
 
 from __future__ import annotations
@@ -27,8 +28,11 @@ from typing import Any
 
 from tests.crowd_member import disconnect_all
 
-#: Seconds after which a call that has not ended is counted hung (and abandoned).
+#: Seconds after which a call that has not ended is counted hung.
 BOUND = 30.0
+#: Seconds a hung call is followed further, to record how it ended (for a diagnosis), before it
+#: is abandoned.
+FOLLOW = 20.0
 #: hypha-rpc's own timer: shorter than ``BOUND``, so a call that gets no answer at all ends as
 #: ``timed_out``, and ``hung`` is left for calls that something keeps from ending.
 METHOD_TIMEOUT = 20.0
@@ -99,6 +103,7 @@ class Member:
         self.sid = f"{server.config.workspace}/{server.config.client_id}:{SERVICE}"
         self.proxies: dict[str, Any] = {}
         self.reconnects = 0  # hypha-rpc fires "connected" after each reconnection (not the first)
+        self.reconnected_at: list[float] = []  # time.monotonic() of each
 
     def socket(self) -> Any:
         """The current WebSocket: hypha-rpc opens a new one for each reconnection."""
@@ -182,6 +187,7 @@ class Traffic:
 
     async def _subscribe(self, member: Member) -> None:
         member.reconnects += 1
+        member.reconnected_at.append(time.monotonic())
         try:
             await member.server.subscribe(EVENT)
         except Exception as exc:
@@ -230,10 +236,16 @@ class Traffic:
             self.in_flight[phase] -= 1
         counts = self.tally.calls[phase][kind]
         if not done:
-            task.cancel()
             counts["hung"] += 1
             self.tally.errors[phase][f"{kind}: hung"] += 1
-            self._unanswered(phase, member, kind, target, started, socket, "hung")
+            await asyncio.wait({task}, timeout=FOLLOW)
+            if task.done():
+                then = repr(task.exception()) if task.exception() else f"answered {task.result()!r}"
+            else:
+                task.cancel()
+                then = "no end"
+            ended = round(time.monotonic() - started, 2)
+            self._unanswered(phase, member, kind, target, started, socket, f"hung; then {then} after {ended} s")
             return
         exc = task.exception()
         if exc is not None:
@@ -252,7 +264,8 @@ class Traffic:
     def _unanswered(
         self, phase: str, member: Member, kind: str, target: str, started: float, socket: Any, what: str
     ) -> None:
-        if len(self.tally.unanswered[phase]) < 40:
+        # The first 40 of a phase, and every hung one.
+        if len(self.tally.unanswered[phase]) < 40 or what.startswith("hung"):
             self.tally.unanswered[phase].append(
                 {
                     "kind": kind,
@@ -261,6 +274,7 @@ class Traffic:
                     "caller_v4": member.v4,
                     "caller_socket_dropped": member.dropped(socket),
                     "started_after_phase_s": round(started - self.phase_started, 2),
+                    "caller_reconnected_after_s": [round(t - started, 2) for t in member.reconnected_at if t > started],
                     "what": what,
                 }
             )

@@ -141,6 +141,26 @@ async def test_large_transfer_does_not_hold_up_small_calls(router, clients):
     await race_transfer_and_small_calls(router, consumer, provider)
 
 
+async def test_a_stream_cut_by_its_socket_fails_its_call_and_the_client_calls_on(router, clients):
+    # The caller's socket dies mid-stream (as when its gateway worker is killed): the call
+    # fails now, not never (hypha-rpc starts its timer only once the send is done), and the
+    # client, reconnected, calls again.
+    provider = await clients(router.url, v4=True)
+    consumer = await clients(router.url, v4=True)
+    await provider.register_service({"id": "sink", "config": {"visibility": "public"}, "take": lambda d: len(d)})
+    sink = await consumer.get_service(f"{address(provider)}:sink")
+    websocket = consumer.rpc._connection._websocket
+    taking = asyncio.ensure_future(sink.take(b"\x07" * 32_000_000))
+    await eventually(lambda: websocket.batch_metrics()["frames_written"] >= 4, timeout=10, interval=0.001)
+    assert not taking.done()
+    websocket._websocket.transport.abort()
+    with pytest.raises(Exception, match="closed|Failed to send") as failed:
+        await asyncio.wait_for(taking, 10)
+    assert "timed out" not in str(failed.value)
+    await eventually(lambda: consumer.rpc._connection._websocket is not websocket, timeout=20)
+    assert await sink.take(b"\x07" * 1_000_000) == 1_000_000
+
+
 async def test_order_holds_across_two_workers(router2, clients):
     sender, target = await on_two_workers(lambda: clients(router2.url, v4=True))
     first, second = sender.config.rhizomorph_worker, target.config.rhizomorph_worker

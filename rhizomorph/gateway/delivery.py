@@ -244,12 +244,17 @@ class DeliveryQueue:
 
     def _fail(self, exc: Exception, frames: list[bytes]) -> None:
         log.debug("delivery to %s stopped: %s", self.address, exc)
-        self._closed = True
+        self._stop()
         unwritten = frames + self.batcher.drain()
         if self.on_unwritten is not None:
             self.on_unwritten(unwritten)
         else:
             self._unwritten.extend(unwritten)
+
+    def _stop(self) -> None:
+        """Deliver nothing more; a paced sender waiting for progress wakes, to find it closed."""
+        self._closed = True
+        self._progress.set()
 
     def hold(self) -> None:
         """Write nothing until ``release``; frames queue meanwhile (bounded as ever)."""
@@ -314,7 +319,7 @@ class DeliveryQueue:
     def overflow(self, reason: str) -> None:
         """Give up on this target (it does not drain): stop queueing and call ``on_overflow`` once."""
         if self.on_overflow is not None and not self._closed:
-            self._closed = True
+            self._stop()
             self.on_overflow(reason)
 
     async def wait_below(self, depth: int) -> None:
@@ -343,9 +348,8 @@ class DeliveryQueue:
 
     def close(self) -> list[bytes]:
         """Stop delivering; returns the frames that were never written."""
-        self._closed = True
+        self._stop()
         self._nudge()
-        self._progress.set()
         unwritten, self._unwritten = self._unwritten, []
         return unwritten + self.batcher.drain()
 

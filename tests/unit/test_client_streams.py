@@ -51,3 +51,30 @@ async def test_concurrent_streams_go_whole_one_after_the_other(enabled: bool, la
     assert order == [1] * 4 + [2] * 4  # stream 1's four chunks, then stream 2's
     assembler = frames.StreamAssembler()
     assert [whole for chunk in socket.sent if (whole := assembler.add(chunk)) is not None] == [first, second]
+
+
+class BreakingSocket(SlowSocket):
+    """Takes ``good`` writes, then fails every one: the router's end of the socket is gone."""
+
+    def __init__(self, good: int) -> None:
+        super().__init__()
+        self.good = good
+
+    async def send(self, data: bytes) -> None:
+        await asyncio.sleep(0)
+        if len(self.sent) >= self.good:
+            raise ConnectionError("gone")
+        self.sent.append(data)
+
+
+@pytest.mark.parametrize("good", [0, 1, 3])
+async def test_a_stream_whose_socket_breaks_fails_and_so_does_the_one_waiting_behind_it(good: int) -> None:
+    # The stream's send must end (hypha-rpc starts a call's timer only once it has): with an
+    # error, which fails the call at once. The stream waiting for its turn fails as well.
+    socket = BreakingSocket(good)
+    websocket = BatchingWebSocket(socket, BatchPolicy())
+    websocket._outbox = DeliveryQueue("router", socket.send, BatchPolicy(), wire_v4=True, direct=socket)
+    streams = [websocket.send_stream(b"a" * 60, chunk_size=10), websocket.send_stream(b"b" * 60, chunk_size=10)]
+    results = await asyncio.wait_for(asyncio.gather(*streams, return_exceptions=True), 5)
+    assert [type(r) for r in results] == [ConnectionError, ConnectionError]
+    assert len(socket.sent) == good

@@ -320,6 +320,30 @@ async def test_a_chunk_waits_while_the_socket_cannot_take_a_write() -> None:
     assert waited.done() and queue.depth == 0 and socket.messages() == [message(0)]
 
 
+@pytest.mark.parametrize("how", ["write fails", "overflow"])
+async def test_a_paced_sender_is_woken_when_the_queue_stops_delivering(how: str) -> None:
+    # A chunk stream waiting for the socket (the v4 client's send_stream) must learn that the
+    # queue gave up, not wait on forever: its call's timer starts only once the send returns.
+    socket, clock = FakeSocket(), Clock()
+    socket.block = asyncio.Event()
+    socket.is_ready = False
+    queue = make_queue(SOCKET, socket, clock)
+    queue.on_overflow = lambda reason: None
+    queue.put(message(0))
+    waiting = asyncio.ensure_future(queue.wait_writable())
+    paced = asyncio.ensure_future(queue.wait_below(1))
+    await settle()  # the writer task's write blocks
+    assert not waiting.done() and not paced.done()
+    if how == "write fails":
+        socket.fail = True
+        socket.block.set()
+    else:
+        queue.overflow("not draining")
+    await settle()
+    assert waiting.done() and paced.done()
+    assert not queue.put(message(1))  # and the sender's next put is refused: it is told
+
+
 async def burst_behind_a_busy_socket(policy: BatchPolicy) -> tuple[list[tuple[str, bytes]], dict[str, int]]:
     """Frames over half of max_size, two per read, to a v3 target whose socket is busy at first."""
     socket, clock = FakeSocket(), Clock()
