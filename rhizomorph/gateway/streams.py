@@ -17,7 +17,7 @@ from rhizomorph.gateway.undeliverable import Undeliverable
 from rhizomorph.protocol import envelope, frames
 from rhizomorph.protocol.streams import OpenStream, ReceivingStreams, StreamIds, Verdict
 
-STREAM_CUT = "the chunk stream was cut: chunks were lost between gateway workers"
+STREAM_CUT = "the chunk stream was cut before its end: its sender left, or chunks were lost between gateway workers"
 
 
 class StreamHost(Undeliverable, Protocol):
